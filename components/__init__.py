@@ -1,0 +1,1 @@
+"""KFP components: one thin, typed wrapper per pipeline stage around ``testprio.stages``."""

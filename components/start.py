@@ -1,0 +1,26 @@
+from kfp import dsl
+
+from components.images import RUNTIME
+
+
+@dsl.component(base_image=RUNTIME)
+def start(
+    model: str,
+    data: str,
+    root: str,
+    run_id: str,
+    job_name: str,
+    metric: str,
+    framework: str,
+    output_kind: str,
+    output_name: str,
+    input_shape: str,
+    shard_size: int,
+    batch_size: int,
+    top_k: int,
+) -> str:
+    """Check every parameter and write run.json (status running); returns the run URI."""
+    parameters = dict(locals())  # first line: every argument, nothing else
+    from testprio.stages import start_run
+
+    return start_run(root, run_id or job_name, parameters)

@@ -1,0 +1,1 @@
+"""The compiled pipelines: wiring of components, cluster settings, compile entry points."""

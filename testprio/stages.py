@@ -1,0 +1,91 @@
+"""Entry points that the KFP components call: one function per pipeline task.
+
+Each takes plain strings and numbers (what KFP passes), records the stage in ``run.json``
+and ``stages/``, and calls the stage's module. Keeping this here leaves each component body
+a single call, and lets the tests run every stage without KFP.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from testprio import convert, ingest, rank, score
+from testprio.errors import TestprioError
+from testprio.layout import RunLayout, finish_run, stage
+from testprio.layout import start_run as layout_start_run
+from testprio.log import configure
+from testprio.metrics import check_metric
+
+
+def validate_parameters(parameters: dict[str, Any]) -> None:
+    """Check every run parameter up front, so a bad one fails the run before any work."""
+    check_metric(parameters["metric"])
+    convert.resolve_framework(parameters["model"], parameters["framework"])
+    if parameters["output_kind"] not in convert.OUTPUT_KINDS:
+        raise TestprioError(
+            f"--output-kind '{parameters['output_kind']}' is not one of "
+            f"{', '.join(convert.OUTPUT_KINDS)}."
+        )
+    for name in ("shard_size", "batch_size"):
+        if int(parameters[name]) <= 0:
+            raise TestprioError(
+                f"--{name.replace('_', '-')} {parameters[name]} must be a positive number."
+            )
+    if int(parameters["top_k"]) < 0:
+        raise TestprioError(f"--top-k {parameters['top_k']} must be zero or positive.")
+    ingest.detect_format(parameters["data"])
+    ingest.parse_shape(parameters["input_shape"])
+
+
+def start_run(root: str, run_id: str, parameters: dict[str, Any]) -> str:
+    """First task: check every parameter, write ``run.json``; return the run URI."""
+    configure()
+    layout = RunLayout.create(root, run_id)
+    parameters = {**parameters, "run_id": run_id}
+    layout_start_run(layout, parameters)  # refuses a folder that holds a finished run
+    with stage(layout, "start"):
+        validate_parameters(parameters)
+    return layout.uri
+
+
+def ingest_pool(run_uri: str, data: str, input_shape: str, shard_size: int) -> list[str]:
+    configure()
+    layout = RunLayout(run_uri)
+    with stage(layout, "ingest") as figures:
+        shards = ingest.ingest(
+            layout, data, shard_size=int(shard_size), input_shape=ingest.parse_shape(input_shape)
+        )
+        figures["shards"] = len(shards)
+    return shards
+
+
+def convert_model(
+    run_uri: str, model: str, framework: str, output_kind: str, output_name: str
+) -> str:
+    configure()
+    layout = RunLayout(run_uri)
+    with stage(layout, "convert"):
+        convert.convert(
+            layout, model, framework=framework, output_kind=output_kind, output_name=output_name
+        )
+    return layout.model_onnx
+
+
+def score_shard(shard_uri: str, batch_size: int) -> str:
+    configure()
+    layout = RunLayout.of_data_shard(shard_uri)
+    stage_name = "score-" + os.path.splitext(os.path.basename(shard_uri))[0]
+    with stage(layout, stage_name) as figures:
+        result = score.score_shard(layout, shard_uri, batch_size=int(batch_size))
+        figures.update(rows=result["rows"], skipped=result["skipped"])
+    return result["uri"]
+
+
+def rank_scores(run_uri: str, score_uris: list[str], metric: str, top_k: int) -> str:
+    configure()
+    layout = RunLayout(run_uri)
+    with stage(layout, "rank"):
+        rank.rank(layout, list(score_uris), metric=metric, top_k=int(top_k))
+    finish_run(layout)
+    return layout.ranking

@@ -1,0 +1,283 @@
+"""One interface over local folders and ``gs://bucket/prefix`` roots.
+
+Every other module names files by URI (a local path or ``gs://...``) and goes through the
+functions here, so the pipeline runs unchanged on a laptop and in a cluster.
+
+Publishing is atomic: a local file is written under a temporary name in the same folder and
+moved into place with ``os.replace``; a GCS object is uploaded in one request, and GCS
+makes an object visible only once its upload has completed. A reader therefore never sees
+half a file, and a file that exists is complete.
+
+For GCS the client honours ``STORAGE_EMULATOR_HOST`` (used by the tests with
+``gcp-storage-emulator``); otherwise it uses the ambient Google credentials (Workload
+Identity in a cluster, ``gcloud auth application-default login`` on a laptop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import Any, BinaryIO, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from testprio.errors import TestprioError
+
+GCS_SCHEME = "gs://"
+
+
+class Backend(Protocol):
+    def exists(self, uri: str) -> bool: ...
+    def list_names(self, uri: str) -> list[str]: ...
+    def open_read(self, uri: str) -> BinaryIO: ...
+    def staging_path(self, uri: str) -> str: ...
+    def publish(self, staged: str, uri: str) -> None: ...
+    def delete(self, uri: str) -> None: ...
+    def local_copy(self, uri: str, folder: str) -> str: ...
+
+
+class LocalBackend:
+    def exists(self, uri: str) -> bool:
+        return os.path.exists(uri)
+
+    def list_names(self, uri: str) -> list[str]:
+        if not os.path.isdir(uri):
+            return []
+        return sorted(name for name in os.listdir(uri) if os.path.isfile(os.path.join(uri, name)))
+
+    def open_read(self, uri: str) -> BinaryIO:
+        try:
+            return open(uri, "rb")
+        except FileNotFoundError:
+            raise TestprioError(f"{uri} does not exist; check the path.") from None
+
+    def staging_path(self, uri: str) -> str:
+        # Same folder as the target, so that os.replace is a rename on one filesystem.
+        folder = os.path.dirname(os.path.abspath(uri))
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, f".{os.path.basename(uri)}.tmp-{uuid.uuid4().hex[:12]}")
+
+    def publish(self, staged: str, uri: str) -> None:
+        os.replace(staged, uri)
+
+    def delete(self, uri: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(uri)
+
+    def local_copy(self, uri: str, folder: str) -> str:
+        if not os.path.exists(uri):
+            raise TestprioError(f"{uri} does not exist; check the path.")
+        return uri
+
+
+def split_gcs_uri(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    rest = uri[len(GCS_SCHEME) :]
+    bucket, _, blob = rest.partition("/")
+    if not bucket:
+        raise TestprioError(f"{uri} names no bucket; write it as gs://BUCKET/PREFIX.")
+    return bucket, blob.strip("/")
+
+
+@functools.lru_cache(maxsize=1)
+def _gcs_client():
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project="testprio-emulator", credentials=AnonymousCredentials())
+    try:
+        return storage.Client()
+    except Exception as exc:  # google.auth raises several unrelated types here
+        raise TestprioError(
+            f"cannot connect to Google Cloud Storage ({exc}); run "
+            "'gcloud auth application-default login' or give the pod a Workload Identity."
+        ) from None
+
+
+class GcsBackend:
+    def _blob(self, uri: str):
+        bucket, name = split_gcs_uri(uri)
+        return _gcs_client().bucket(bucket).blob(name)
+
+    def exists(self, uri: str) -> bool:
+        bucket, name = split_gcs_uri(uri)
+        if self._blob(uri).exists():
+            return True
+        # A "folder" exists when any object lies under it.
+        prefix = name + "/" if name else ""
+        return any(True for _ in _gcs_client().list_blobs(bucket, prefix=prefix, max_results=1))
+
+    def list_names(self, uri: str) -> list[str]:
+        bucket, name = split_gcs_uri(uri)
+        prefix = name + "/" if name else ""
+        blobs = _gcs_client().list_blobs(bucket, prefix=prefix, delimiter="/")
+        return sorted(blob.name[len(prefix) :] for blob in blobs)
+
+    def open_read(self, uri: str) -> BinaryIO:
+        blob = self._blob(uri)
+        if not blob.exists():
+            raise TestprioError(f"{uri} does not exist; check the bucket and object name.")
+        return blob.open("rb")
+
+    def staging_path(self, uri: str) -> str:
+        handle, path = tempfile.mkstemp(prefix="testprio-", suffix="-" + os.path.basename(uri))
+        os.close(handle)
+        return path
+
+    def publish(self, staged: str, uri: str) -> None:
+        try:
+            self._blob(uri).upload_from_filename(staged)
+        finally:
+            os.remove(staged)
+
+    def delete(self, uri: str) -> None:
+        blob = self._blob(uri)
+        if blob.exists():
+            blob.delete()
+
+    def local_copy(self, uri: str, folder: str) -> str:
+        blob = self._blob(uri)
+        if not blob.exists():
+            raise TestprioError(f"{uri} does not exist; check the bucket and object name.")
+        path = os.path.join(folder, os.path.basename(uri) or "object")
+        blob.download_to_filename(path)
+        return path
+
+
+_BACKENDS: dict[str, Backend] = {"local": LocalBackend(), "gs": GcsBackend()}
+
+
+def backend_for(uri: str) -> Backend:
+    if uri.startswith(GCS_SCHEME):
+        return _BACKENDS["gs"]
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0]
+        raise TestprioError(
+            f"{uri} uses the unsupported scheme '{scheme}://'; use a local path or gs://."
+        )
+    return _BACKENDS["local"]
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with ``/`` (local paths on POSIX and gs:// alike)."""
+    return "/".join([base.rstrip("/"), *(part.strip("/") for part in parts)])
+
+
+def normalize_root(uri: str) -> str:
+    """Absolute local path, or the gs:// URI without a trailing slash."""
+    if uri.startswith(GCS_SCHEME):
+        split_gcs_uri(uri)
+        return uri.rstrip("/")
+    backend_for(uri)
+    return os.path.abspath(uri)
+
+
+def exists(uri: str) -> bool:
+    return backend_for(uri).exists(uri)
+
+
+def list_names(uri: str) -> list[str]:
+    """Names of the files directly under the folder ``uri``, sorted."""
+    return backend_for(uri).list_names(uri)
+
+
+def delete(uri: str) -> None:
+    backend_for(uri).delete(uri)
+
+
+@contextlib.contextmanager
+def open_read(uri: str) -> Iterator[BinaryIO]:
+    handle = backend_for(uri).open_read(uri)
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """A local path holding the object's bytes (the file itself when it is local)."""
+    with tempfile.TemporaryDirectory(prefix="testprio-fetch-") as folder:
+        yield backend_for(uri).local_copy(uri, folder)
+
+
+@contextlib.contextmanager
+def atomic_path(uri: str) -> Iterator[str]:
+    """Yield a local path to write; on success it is published at ``uri`` in one step."""
+    backend = backend_for(uri)
+    staged = backend.staging_path(uri)
+    try:
+        yield staged
+        backend.publish(staged, uri)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(staged)
+        raise
+
+
+def read_bytes(uri: str) -> bytes:
+    with open_read(uri) as handle:
+        return handle.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    with atomic_path(uri) as path, open(path, "wb") as handle:
+        handle.write(data)
+
+
+def copy_file(source_uri: str, target_uri: str) -> None:
+    with open_read(source_uri) as source, atomic_path(target_uri) as path:
+        with open(path, "wb") as target:
+            shutil.copyfileobj(source, target, length=1 << 20)
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str, value: Any) -> None:
+    write_bytes(uri, json.dumps(value, indent=2, sort_keys=False).encode() + b"\n")
+
+
+@contextlib.contextmanager
+def open_parquet(uri: str) -> Iterator[pq.ParquetFile]:
+    """A ``ParquetFile`` that reads row groups and columns on demand (ranged reads on GCS)."""
+    with open_read(uri) as handle:
+        try:
+            parquet = pq.ParquetFile(handle)
+        except pa.ArrowInvalid as exc:
+            raise TestprioError(
+                f"{uri} is not a readable Parquet file ({exc}); rewrite it or rerun the stage "
+                "that made it."
+            ) from None
+        yield parquet
+
+
+def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
+    with open_parquet(uri) as parquet:
+        return parquet.read(columns=columns)
+
+
+@contextlib.contextmanager
+def parquet_writer(uri: str, schema: pa.Schema, **options: Any) -> Iterator[pq.ParquetWriter]:
+    """Stream record batches into a Parquet file that appears at ``uri`` only when complete."""
+    with atomic_path(uri) as path:
+        writer = pq.ParquetWriter(path, schema, **options)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+
+def write_table(uri: str, table: pa.Table, **options: Any) -> None:
+    with atomic_path(uri) as path:
+        pq.write_table(table, path, **options)
