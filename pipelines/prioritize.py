@@ -38,9 +38,9 @@ class ClusterSettings:
 
     def __post_init__(self) -> None:
         if self.parallelism < 1:
-            raise ValueError(f"parallelism {self.parallelism} must be at least 1.")
+            raise ValueError(f"--parallelism {self.parallelism} must be at least 1.")
         if self.gpu and self.gpu_count < 1:
-            raise ValueError(f"gpu_count {self.gpu_count} must be at least 1.")
+            raise ValueError(f"--gpu-count {self.gpu_count} must be at least 1.")
 
 
 def _resources(task: dsl.PipelineTask, cpu: str, memory: str) -> None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import builtins
 import contextlib
 import io
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 
 from testprio import storage
 from testprio.errors import TestprioError
-from testprio.layout import RunLayout, new_run_id
+from testprio.layout import RunLayout, check_run_id, new_run_id
 from testprio.metrics import METRICS
 
 # Lines of the KFP local runner's output worth showing without --verbose: our own log lines
@@ -69,8 +71,12 @@ def run_pipeline_locally(parameters: dict, *, verbose: bool = False) -> RunLayou
             pipeline_root=pipeline_root,
             raise_on_error=True,
         )
+        original_print = builtins.print
         try:
-            with _quiet_runner(verbose):
+            with _quiet_runner(verbose), warnings.catch_warnings():
+                # Resource, GPU and image settings are for the cluster; locally they are no-ops.
+                warnings.filterwarnings("ignore", message=".*have no effect in the current local")
+                warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
                 prioritize(**parameters)
         except RuntimeError:
             record = storage.read_json(layout.run_json) if storage.exists(layout.run_json) else {}
@@ -79,6 +85,9 @@ def run_pipeline_locally(parameters: dict, *, verbose: bool = False) -> RunLayou
                 or "the pipeline failed before it started the run; rerun with --verbose to "
                 "see the task logs."
             ) from None
+        finally:
+            # KFP's local runner swaps in an indenting print and can leave it behind.
+            builtins.print = original_print
     return layout
 
 
@@ -156,14 +165,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from testprio.stages import validate_parameters
 
     validate_parameters(parameters)
+    check_run_id(parameters["run_id"])
     print(
         f"testprio run {parameters['run_id']} -> "
         f"{storage.join(parameters['root'], parameters['run_id'])}",
         file=sys.stderr,
     )
     layout = run_pipeline_locally(parameters, verbose=args.verbose)
-    # sys.stdout.write: KFP's local runner leaves builtins.print indenting its output.
-    sys.stdout.write("\n" + format_run_result(layout))
+    print("\n" + format_run_result(layout), end="")
     return 0
 
 

@@ -1,0 +1,41 @@
+"""Run the pipeline's stages in-process (no KFP), as the components would call them."""
+
+from __future__ import annotations
+
+from testprio import stages, storage
+from testprio.layout import RunLayout
+
+
+def parameters(model: str, data: str, root: str, run_id: str, **overrides) -> dict:
+    values = {
+        "model": str(model),
+        "data": str(data),
+        "root": root,
+        "run_id": run_id,
+        "job_name": "",
+        "metric": "gini",
+        "framework": "auto",
+        "output_kind": "auto",
+        "output_name": "",
+        "input_shape": "",
+        "shard_size": 10_000,
+        "batch_size": 64,
+        "top_k": 10,
+    }
+    values.update(overrides)
+    return values
+
+
+def run_stages(model, data, root: str, run_id: str = "run", **overrides) -> RunLayout:
+    """start -> ingest -> convert -> score every shard -> rank; returns the run's layout."""
+    p = parameters(model, data, root, run_id, **overrides)
+    run_uri = stages.start_run(p["root"], p["run_id"], p)
+    shards = stages.ingest_pool(run_uri, p["data"], p["input_shape"], p["shard_size"])
+    stages.convert_model(run_uri, p["model"], p["framework"], p["output_kind"], p["output_name"])
+    scores = [stages.score_shard(shard, p["batch_size"]) for shard in shards]
+    stages.rank_scores(run_uri, scores, p["metric"], p["top_k"])
+    return RunLayout(run_uri)
+
+
+def ranking(layout: RunLayout):
+    return storage.read_table(layout.ranking)

@@ -1,0 +1,170 @@
+"""The whole pipeline through KFP's local runner, on a local root and on an emulator gs:// root,
+with a real PyTorch CNN exported to ONNX; plus the command line around it."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from testprio import cli, storage
+from testprio.layout import RunLayout
+from tests.conftest import linear_classifier, write_pool
+
+pytestmark = pytest.mark.pipeline
+
+
+@pytest.fixture(scope="session")
+def digits_model(tmp_path_factory):
+    """The demo's CNN, trained (seeded) on half the digits and exported by torch.onnx."""
+    from demo.train_digits import train_and_export
+
+    return train_and_export(tmp_path_factory.mktemp("digits"), seed=0)
+
+
+def _parameters(model: str, data: str, root: str, run_id: str, **overrides) -> dict:
+    from tests.stagekit import parameters
+
+    values = parameters(model, data, root, run_id, shard_size=300, batch_size=128)
+    values.pop("job_name")
+    values.update(overrides)
+    return values
+
+
+def test_pipeline_runs_end_to_end(root, digits_model):
+    model, data = str(digits_model["model"]), str(digits_model["pool"])
+    if root.startswith("gs://"):  # remote inputs too
+        storage.copy_file(model, storage.join(root, "inputs", "model.onnx"))
+        storage.copy_file(data, storage.join(root, "inputs", "pool.npz"))
+        model, data = (
+            storage.join(root, "inputs", "model.onnx"),
+            storage.join(root, "inputs", "pool.npz"),
+        )
+    layout = cli.run_pipeline_locally(_parameters(model, data, root, "digits"))
+
+    record = storage.read_json(layout.run_json)
+    assert record["status"] == "succeeded", record
+    stage_names = [timing["stage"] for timing in record["stages"]]
+    assert stage_names[:3] == ["start", "ingest", "convert"]
+    assert sorted(stage_names[3:6]) == [f"score-shard-0000{i}" for i in range(3)]
+    assert stage_names[-1] == "rank"
+    assert all(timing["end"] >= timing["start"] for timing in record["stages"])
+
+    assert storage.list_names(layout.data_dir) == [
+        "manifest.json",
+        "quarantine.parquet",
+        "shard-00000.parquet",
+        "shard-00001.parquet",
+        "shard-00002.parquet",
+    ]
+    assert storage.list_names(layout.scores_dir) == [
+        "shard-00000.parquet",
+        "shard-00001.parquet",
+        "shard-00002.parquet",
+    ]
+    ranking = storage.read_table(layout.ranking)
+    assert ranking.num_rows == digits_model["pool_size"] == 899
+    gini = ranking.column("gini").to_numpy()
+    assert (np.diff(gini) <= 0).all()
+    summary = storage.read_json(layout.summary)
+    # The ranking's accuracy is the torch model's own accuracy on the pool.
+    assert summary["labels"]["accuracy"] == pytest.approx(digits_model["pool_accuracy"], abs=1e-6)
+    # A trained model's uncertainty finds its mistakes far sooner than a random order.
+    assert summary["labels"]["apfd"]["normalized"] > 0.75
+    model_json = storage.read_json(layout.model_json)
+    assert model_json["producer_name"] == "pytorch"
+    assert model_json["output_kind"] == "logits"
+
+
+def test_failed_stage_marks_the_run_failed(local_root, tmp_path, digits_model):
+    data = write_pool(tmp_path / "wrong.npz", np.zeros((20, 3, 8, 8), np.float32))
+    with pytest.raises(
+        cli.TestprioError,
+        match=r"expects shape \(N, 1, 8, 8\) but the data "
+        r"samples have shape \(N, 3, 8, 8\)",
+    ):
+        cli.run_pipeline_locally(
+            _parameters(str(digits_model["model"]), str(data), local_root, "bad")
+        )
+    layout = RunLayout.create(local_root, "bad")
+    record = storage.read_json(layout.run_json)
+    assert (record["status"], record["failed_stage"]) == ("failed", "convert")
+    assert not storage.exists(layout.ranking)
+    assert not storage.exists(layout.scores_dir)
+
+
+def test_cli_run_prints_top_k_and_the_run_folder(local_root, digits_model, capsys):
+    code = cli.main(
+        [
+            "run",
+            "--model",
+            str(digits_model["model"]),
+            "--data",
+            str(digits_model["pool"]),
+            "--root",
+            local_root,
+            "--run-id",
+            "cli",
+            "--metric",
+            "margin",
+            "--top-k",
+            "5",
+            "--shard-size",
+            "500",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Ranked 899 of 899 samples by margin" in out
+    assert f"Run folder: {local_root}/cli" in out
+    table_rows = [
+        line for line in out.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 6
+    ]
+    ranking = pq.read_table(f"{local_root}/cli/ranking.parquet").slice(0, 5).to_pylist()
+    assert [int(line.split()[1]) for line in table_rows] == [r["sample_id"] for r in ranking]
+    assert "APFD" in out
+
+
+def test_cli_refuses_an_existing_run_id(local_root, tmp_path, capsys):
+    model = linear_classifier(tmp_path / "m.onnx")
+    data = write_pool(tmp_path / "p.npy", np.ones((5, 1, 8, 8), np.float32))
+    args = [
+        "run",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--root",
+        local_root,
+        "--run-id",
+        "same",
+    ]
+    assert cli.main(args) == 0
+    before = storage.read_bytes(f"{local_root}/same/run.json")
+    capsys.readouterr()
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"testprio: error: run folder {local_root}/same already exists; choose another --run-id."
+    )
+    assert storage.read_bytes(f"{local_root}/same/run.json") == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--metric", "gin"],
+            "unknown metric 'gin'; choose one of gini, entropy, margin, least_confidence.",
+        ),
+        (["--run-id", "../up"], "run id '../up' is not allowed"),
+        (["--data", "missing.npz"], "--data missing.npz does not exist; check the path."),
+    ],
+)
+def test_cli_bad_input_is_one_sentence(tmp_path, capsys, args, message):
+    model = linear_classifier(tmp_path / "m.onnx")
+    data = write_pool(tmp_path / "p.npy", np.ones((5, 1, 8, 8), np.float32))
+    base = ["run", "--model", str(model), "--data", str(data), "--root", str(tmp_path / "r")]
+    assert cli.main(base + args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("testprio: error: ") and message in err[0]
+    assert not (tmp_path / "r").exists()

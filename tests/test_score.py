@@ -1,0 +1,300 @@
+"""Convert checks and the score stage: outputs, output kinds, and every error sentence."""
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from testprio import storage
+from testprio.errors import TestprioError
+from testprio.metrics import softmax
+from tests.conftest import linear_classifier, make_deterministic, reference_logits, write_pool
+from tests.stagekit import run_stages
+
+
+@pytest.fixture
+def pool(tmp_path):
+    rng = make_deterministic(5)
+    x = rng.normal(0, 1, (90, 1, 8, 8)).astype(np.float32)
+    return write_pool(tmp_path / "pool.npz", x, rng.integers(0, 10, 90)), x
+
+
+def _scores(layout):
+    tables = [
+        storage.read_table(storage.join(layout.scores_dir, name))
+        for name in storage.list_names(layout.scores_dir)
+    ]
+    import pyarrow as pa
+
+    return pa.concat_tables(tables).sort_by("sample_id")
+
+
+def _save_graph(path, nodes, inputs, outputs, initializers=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _float_input(name="input", shape=("N", 1, 8, 8)):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def test_probs_match_reference_softmax_of_logits(tmp_path, pool):
+    path, x = pool
+    model = linear_classifier(tmp_path / "m.onnx")
+    layout = run_stages(model, path, str(tmp_path / "r"), shard_size=40)
+    table = _scores(layout)
+    expected = softmax(reference_logits(x, model))
+    probs = np.stack(table.column("probs").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(table.column("predicted").to_numpy(), expected.argmax(axis=1))
+    model_json = storage.read_json(layout.model_json)
+    assert model_json["output_kind"] == "logits"
+    assert model_json["class_output"]["name"] == "logits"
+    assert model_json["parameter_count"] == 64 * 10 + 10
+    assert model_json["op_types"] == {"Add": 1, "Flatten": 1, "MatMul": 1}
+
+
+def test_probabilities_model_is_not_softmaxed_twice(tmp_path, pool):
+    path, x = pool
+    model = linear_classifier(tmp_path / "p.onnx", softmax=True)
+    layout = run_stages(model, path, str(tmp_path / "r"))
+    probs = np.stack(_scores(layout).column("probs").to_numpy(zero_copy_only=False))
+    once = softmax(reference_logits(x, model))
+    np.testing.assert_allclose(probs, once, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(probs, softmax(once), atol=1e-3)
+    model_json = storage.read_json(layout.model_json)
+    assert (model_json["output_kind"], model_json["output_kind_source"]) == (
+        "probabilities",
+        "detected",
+    )
+    assert model_json["output_from_softmax_node"] is True
+
+
+def test_output_kind_override_is_obeyed(tmp_path, pool):
+    path, x = pool
+    model = linear_classifier(tmp_path / "p.onnx", softmax=True)
+    layout = run_stages(model, path, str(tmp_path / "r"), output_kind="logits")
+    probs = np.stack(_scores(layout).column("probs").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(probs, softmax(softmax(reference_logits(x, model))), rtol=1e-4)
+
+
+def test_label_and_probabilities_outputs_pick_probabilities(tmp_path, pool):
+    path, x = pool
+    model = linear_classifier(tmp_path / "sk.onnx", label_output=True)
+    layout = run_stages(model, path, str(tmp_path / "r"))
+    model_json = storage.read_json(layout.model_json)
+    assert model_json["class_output"]["name"] == "probabilities"
+    assert model_json["output_kind"] == "probabilities"
+    table = _scores(layout)
+    expected = softmax(reference_logits(x, model))
+    np.testing.assert_allclose(
+        table.column("gini").to_numpy(), 1 - (expected**2).sum(axis=1), atol=1e-5
+    )
+
+
+def test_sklearn_classifier_exported_with_two_outputs(tmp_path, digits_pool):
+    """A real scikit-learn export (label + probabilities) ranks without a second softmax."""
+    import skl2onnx
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = digits_pool
+    clf = LogisticRegression(max_iter=500).fit(x.reshape(len(x), -1), y)
+    onx = skl2onnx.to_onnx(clf, x.reshape(len(x), -1)[:1], options={"zipmap": False})
+    model = tmp_path / "sk.onnx"
+    model.write_bytes(onx.SerializeToString())
+    pool = write_pool(tmp_path / "flat.npz", x.reshape(len(x), -1), y)
+    layout = run_stages(model, pool, str(tmp_path / "r"))
+    probs = np.stack(_scores(layout).column("probs").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(probs, clf.predict_proba(x.reshape(len(x), -1)), atol=1e-5)
+
+
+def test_retried_score_task_skips_a_complete_shard(tmp_path, pool):
+    from testprio import stages
+
+    layout = run_stages(linear_classifier(tmp_path / "m.onnx"), pool[0], str(tmp_path / "r"))
+    target = storage.join(layout.scores_dir, "shard-00000.parquet")
+    before = storage.read_bytes(target)
+    assert stages.score_shard(storage.join(layout.data_dir, "shard-00000.parquet"), 64) == target
+    assert storage.read_bytes(target) == before
+
+
+def test_provider_is_logged(tmp_path, pool, caplog):
+    with caplog.at_level(logging.INFO, logger="testprio"):
+        run_stages(linear_classifier(tmp_path / "m.onnx"), pool[0], str(tmp_path / "r"))
+    assert "onnxruntime providers: CPUExecutionProvider" in caplog.text
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def _expect_failure(tmp_path, model, data, match, **overrides):
+    root = str(tmp_path / "runs")
+    with pytest.raises(TestprioError, match=match):
+        run_stages(model, data, root, "bad", **overrides)
+    record = storage.read_json(storage.join(root, "bad", "run.json"))
+    assert record["status"] == "failed"
+    assert record["error"]
+    assert not storage.exists(storage.join(root, "bad", "ranking.parquet"))
+    return record
+
+
+def test_shape_mismatch_names_both_shapes(tmp_path):
+    x = np.zeros((10, 1, 4, 4), np.float32)
+    data = write_pool(tmp_path / "small.npz", x)
+    model = linear_classifier(tmp_path / "m.onnx")
+    record = _expect_failure(
+        tmp_path,
+        model,
+        data,
+        r"model input 'input' of m.onnx expects shape \(N, 1, 8, 8\) but the data samples "
+        r"have shape \(N, 1, 4, 4\)",
+    )
+    assert record["failed_stage"] == "convert"
+
+
+def test_output_without_class_scores(tmp_path, pool):
+    model = _save_graph(
+        tmp_path / "sum.onnx",
+        [helper.make_node("ReduceSum", ["input"], ["total"], keepdims=1)],
+        [_float_input()],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, ["N", 1, 1, 1])],
+    )
+    _expect_failure(
+        tmp_path,
+        model,
+        pool[0],
+        r"model sum.onnx has no output of per-class scores \(outputs: 'total'",
+    )
+
+
+def test_output_that_is_not_n_by_k(tmp_path, pool):
+    w = numpy_helper.from_array(np.ones((64, 1), np.float32), "W")
+    model = _save_graph(
+        tmp_path / "one.onnx",
+        [
+            helper.make_node("Flatten", ["input"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "W"], ["score"]),
+        ],
+        [_float_input()],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        [w],
+    )
+    _expect_failure(
+        tmp_path,
+        model,
+        pool[0],
+        r"output 'score' of model one.onnx has shape \(64, 1\) for a batch of 64; "
+        r"class scores must have shape \(N, K\) with K >= 2",
+    )
+
+
+def test_nan_outputs_name_the_sample_ids(tmp_path):
+    x = make_deterministic(6).uniform(0, 1, (100, 1, 8, 8)).astype(np.float32)
+    x[[70, 93], 0, 0, 0] = -1.0  # Sqrt of a negative value gives NaN for these two samples
+    data = write_pool(tmp_path / "pool.npz", x)
+    w = numpy_helper.from_array(np.ones((64, 3), np.float32), "W")
+    model = _save_graph(
+        tmp_path / "sqrt.onnx",
+        [
+            helper.make_node("Flatten", ["input"], ["flat"]),
+            helper.make_node("Sqrt", ["flat"], ["root"]),
+            helper.make_node("MatMul", ["root", "W"], ["logits"]),
+        ],
+        [_float_input()],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [w],
+    )
+    record = _expect_failure(
+        tmp_path,
+        model,
+        data,
+        r"NaN or Inf outputs for 2 sample\(s\) \(sample_id 70, 93\)",
+        shard_size=50,
+    )
+    assert record["failed_stage"] == "score-shard-00001"
+
+
+def test_model_with_two_inputs_is_refused(tmp_path, pool):
+    model = _save_graph(
+        tmp_path / "two.onnx",
+        [helper.make_node("Add", ["a", "b"], ["out"])],
+        [_float_input("a", ("N", 3)), _float_input("b", ("N", 3))],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])],
+    )
+    _expect_failure(tmp_path, model, pool[0], r"has 2 inputs \('a', 'b'\)")
+
+
+def test_integer_input_is_refused(tmp_path, pool):
+    model = _save_graph(
+        tmp_path / "int.onnx",
+        [helper.make_node("Cast", ["input"], ["out"], to=TensorProto.FLOAT)],
+        [helper.make_tensor_value_info("input", TensorProto.INT64, ["N", 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])],
+    )
+    _expect_failure(tmp_path, model, pool[0], r"has type tensor\(int64\)")
+
+
+def test_corrupt_model_file(tmp_path, pool):
+    model = tmp_path / "broken.onnx"
+    good = linear_classifier(tmp_path / "good.onnx").read_bytes()
+    model.write_bytes(good[: len(good) // 3])
+    _expect_failure(tmp_path, model, pool[0], r"model broken.onnx is not a readable ONNX file")
+
+
+def test_unknown_model_format(tmp_path, pool):
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"\x00" * 10)
+    with pytest.raises(TestprioError, match=r"cannot tell which framework saved .*model.bin"):
+        run_stages(model, pool[0], str(tmp_path / "runs"))
+
+
+def test_output_name_that_does_not_exist(tmp_path, pool):
+    model = linear_classifier(tmp_path / "m.onnx")
+    _expect_failure(
+        tmp_path, model, pool[0], r"--output-name 'scores' is not an output", output_name="scores"
+    )
+
+
+def test_several_candidate_outputs_ask_for_output_name(tmp_path, pool):
+    w = numpy_helper.from_array(np.ones((64, 3), np.float32), "W")
+    model = _save_graph(
+        tmp_path / "twin.onnx",
+        [
+            helper.make_node("Flatten", ["input"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "W"], ["head_a"]),
+            helper.make_node("Neg", ["head_a"], ["head_b"]),
+        ],
+        [_float_input()],
+        [
+            helper.make_tensor_value_info("head_a", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("head_b", TensorProto.FLOAT, ["N", 3]),
+        ],
+        [w],
+    )
+    _expect_failure(tmp_path, model, pool[0], r"several outputs .* name one with --output-name")
+    layout = run_stages(model, pool[0], str(tmp_path / "ok"), output_name="head_b")
+    assert storage.read_json(layout.model_json)["class_output"]["name"] == "head_b"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"metric": "accuracy"}, r"unknown metric 'accuracy'"),
+        ({"output_kind": "scores"}, r"--output-kind 'scores' is not one of"),
+        ({"framework": "caffe"}, r"--framework 'caffe' is not supported"),
+        ({"shard_size": 0}, r"--shard-size 0 must be a positive number"),
+        ({"batch_size": -1}, r"--batch-size -1 must be a positive number"),
+        ({"top_k": -2}, r"--top-k -2 must be zero or positive"),
+        ({"input_shape": "1,a"}, r"--input-shape '1,a' is not a list of positive integers"),
+    ],
+)
+def test_bad_parameters_fail_the_run_at_start(tmp_path, pool, overrides, match):
+    record = _expect_failure(
+        tmp_path, linear_classifier(tmp_path / "m.onnx"), pool[0], match, **overrides
+    )
+    assert record["failed_stage"] == "start"
