@@ -53,14 +53,32 @@ def _quiet_runner(verbose: bool) -> Iterator[None]:
         yield
 
 
+RUN_DEFAULTS = {
+    "run_id": "",
+    "metric": "gini",
+    "framework": "auto",
+    "output_kind": "auto",
+    "output_name": "",
+    "input_shape": "",
+    "shard_size": 10_000,
+    "batch_size": 256,
+    "top_k": 10,
+}
+
+
 def run_pipeline_locally(parameters: dict, *, verbose: bool = False) -> RunLayout:
     """Run ``prioritize`` through KFP's local subprocess runner; return the run's layout.
 
-    Raises TestprioError with the run's own error sentence when a stage fails.
+    ``parameters`` needs ``model``, ``data`` and ``root``; the rest default as on the
+    command line (``run_id`` to a new timestamped id). Raises TestprioError with the run's
+    own error sentence when a stage fails.
     """
     from kfp import local
 
     from pipelines.prioritize import prioritize
+
+    parameters = {**RUN_DEFAULTS, **parameters}
+    parameters["run_id"] = parameters["run_id"] or new_run_id()
 
     layout = RunLayout.create(parameters["root"], parameters["run_id"])
     if storage.exists(layout.run_json):

@@ -168,3 +168,16 @@ def test_cli_bad_input_is_one_sentence(tmp_path, capsys, args, message):
     assert len(err) == 1
     assert err[0].startswith("testprio: error: ") and message in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_notebook_call_with_defaults(local_root, tmp_path):
+    model = linear_classifier(tmp_path / "m.onnx", softmax=True)
+    x = np.random.default_rng(3).normal(0, 1, (40, 1, 8, 8)).astype(np.float32)
+    data = write_pool(tmp_path / "p.npy", x)
+    layout = cli.run_pipeline_locally({"model": str(model), "data": str(data), "root": local_root})
+    record = storage.read_json(layout.run_json)
+    assert record["status"] == "succeeded"
+    assert record["parameters"]["metric"] == "gini"
+    assert record["parameters"]["shard_size"] == 10_000
+    assert layout.run_id == record["run_id"] and layout.run_id[:2] == "20"
+    assert storage.read_table(layout.ranking).num_rows == 40
