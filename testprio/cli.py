@@ -81,6 +81,7 @@ def run_pipeline_locally(parameters: dict, *, verbose: bool = False) -> RunLayou
     parameters["run_id"] = parameters["run_id"] or new_run_id()
 
     layout = RunLayout.create(parameters["root"], parameters["run_id"])
+    storage.ensure_root(parameters["root"])
     if storage.exists(layout.run_json):
         raise TestprioError(f"run folder {layout.uri} already exists; choose another --run-id.")
     with tempfile.TemporaryDirectory(prefix="testprio-kfp-") as pipeline_root:

@@ -66,20 +66,25 @@ def _check_numeric(name: str, what: str, dtype: np.dtype) -> None:
 
 
 def _read_npy(path: str, name: str) -> PoolSource:
-    try:
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise TestprioError(
-            f"{name} is not a readable .npy array ({exc}); re-save it with numpy.save."
-        ) from None
-    _check_array_pair(name, x.shape, None)
-    _check_numeric(name, "inputs", x.dtype)
+    # Read through the file in chunks rather than memory-mapping it: mapped pages stay
+    # resident (and count against a pod's memory limit) until the whole map is released.
+    with open(path, "rb") as handle:
+        try:
+            shape, dtype = _npy_header(handle, name, "array")
+        except ValueError as exc:
+            raise TestprioError(
+                f"{name} is not a readable .npy array ({exc}); re-save it with numpy.save."
+            ) from None
+    _check_array_pair(name, shape, None)
+    _check_numeric(name, "inputs", dtype)
 
     def read_chunks(rows: int):
-        for start in range(0, x.shape[0], rows):
-            yield np.asarray(x[start : start + rows]), None
+        with open(path, "rb") as handle:
+            _npy_header(handle, name, "array")
+            for x in _stream_rows(handle, shape, dtype, rows, name, "array"):
+                yield x, None
 
-    return PoolSource(name, int(x.shape[0]), tuple(x.shape[1:]), False, read_chunks)
+    return PoolSource(name, int(shape[0]), tuple(shape[1:]), False, read_chunks)
 
 
 def _npy_header(handle: BinaryIO, name: str, member: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -96,21 +101,27 @@ def _npy_header(handle: BinaryIO, name: str, member: str) -> tuple[tuple[int, ..
     return tuple(shape), dtype
 
 
+def _stream_rows(
+    handle: BinaryIO, shape: tuple[int, ...], dtype: np.dtype, rows: int, name: str, member: str
+) -> Iterator[np.ndarray]:
+    """Chunks of ``rows`` samples from a file positioned just after a .npy header."""
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    remaining = shape[0]
+    while remaining:
+        take = min(rows, remaining)
+        buffer = handle.read(take * row_bytes)
+        if len(buffer) != take * row_bytes:
+            raise TestprioError(f"array '{member}' in {name} is truncated; re-save the file.")
+        yield np.frombuffer(buffer, dtype=dtype).reshape((take, *shape[1:]))
+        remaining -= take
+
+
 def _stream_npz_member(
     archive: zipfile.ZipFile, member: str, name: str, rows: int
 ) -> Iterator[np.ndarray]:
     with archive.open(member) as handle:
         shape, dtype = _npy_header(handle, name, member)
-        row_items = int(np.prod(shape[1:], dtype=np.int64))
-        row_bytes = row_items * dtype.itemsize
-        remaining = shape[0]
-        while remaining:
-            take = min(rows, remaining)
-            buffer = handle.read(take * row_bytes)
-            if len(buffer) != take * row_bytes:
-                raise TestprioError(f"array '{member}' in {name} is truncated; re-save the file.")
-            yield np.frombuffer(buffer, dtype=dtype).reshape((take, *shape[1:]))
-            remaining -= take
+        yield from _stream_rows(handle, shape, dtype, rows, name, member)
 
 
 def _read_npz(path: str, name: str) -> PoolSource:
@@ -171,7 +182,7 @@ def _read_parquet(path: str, name: str) -> PoolSource:
     label_column = next((c for c in LABEL_COLUMNS if c in schema.names), None)
     metadata = schema.metadata or {}
     shape = None
-    for key in (SHAPE_METADATA_KEY, b"shape"):
+    for key in (b"shape", SHAPE_METADATA_KEY):  # testprio's own key wins
         if key in metadata:
             shape = tuple(json.loads(metadata[key]))
     if shape is None:
@@ -194,7 +205,10 @@ def _read_parquet(path: str, name: str) -> PoolSource:
             x = values.flatten().to_numpy(zero_copy_only=False).reshape((len(batch), *shape))
             y = None
             if label_column:
-                y = batch.column(label_column).to_numpy(zero_copy_only=False)
+                labels = batch.column(label_column)
+                if labels.null_count:  # nulls -> NaN, which _to_labels reads as "unknown"
+                    labels = labels.cast(pa.float64())
+                y = labels.to_numpy(zero_copy_only=False)
             yield x, y
 
     return PoolSource(name, parquet.metadata.num_rows, shape, label_column is not None, read_chunks)
@@ -303,20 +317,24 @@ class _ShardSink:
 
 
 def _to_labels(y: np.ndarray | None, n: int, name: str) -> pa.Array:
+    """Integer labels as int32; NaN (a null in a Parquet label column) means unknown."""
     if y is None:
         return pa.nulls(n, pa.int32())
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y) & (y == np.round(y))):
-            raise TestprioError(f"labels in {name} are not whole numbers; give integer labels.")
-    if (y < 0).any():
+    _check_numeric(name, "labels", y.dtype)
+    unknown = np.isnan(y) if y.dtype.kind == "f" else np.zeros(len(y), dtype=bool)
+    known = y[~unknown]
+    if y.dtype.kind == "f" and not np.all(np.isfinite(known) & (known == np.round(known))):
+        raise TestprioError(f"labels in {name} are not whole numbers; give integer labels.")
+    if (known < 0).any():
         raise TestprioError(f"labels in {name} include negative values; use class indices 0..K-1.")
-    return pa.array(y.astype(np.int32))
+    return pa.array(np.where(unknown, 0, y).astype(np.int32), mask=unknown)
 
 
 def _batch(
     x: np.ndarray, ids: np.ndarray, y: np.ndarray | None, name: str, schema: pa.Schema
 ) -> pa.RecordBatch:
-    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(len(ids), -1)
+    width = schema.field("x").type.list_size
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(len(ids), width)
     values = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
     sources = pa.array([f"{name}[{i}]" for i in ids.tolist()], pa.string())
     return pa.RecordBatch.from_arrays(

@@ -178,13 +178,20 @@ def stage(layout: RunLayout, stage_name: str) -> Iterator[dict[str, Any]]:
 
 
 def fail_run(layout: RunLayout, stage_name: str, error: str) -> None:
-    """Record a failure in ``run.json`` (creating it if the failure came first)."""
+    """Record a failure in ``run.json`` (creating it if the failure came first).
+
+    Best effort: when the run folder itself cannot be written (the failure may be exactly
+    that), the original error still reaches the user.
+    """
     try:
-        record = storage.read_json(layout.run_json)
-    except TestprioError:
-        record = {"run_id": layout.run_id, "uri": layout.uri, "parameters": {}, "stages": []}
-    record.update(status="failed", ended=_now(), failed_stage=stage_name, error=error)
-    storage.write_json(layout.run_json, record)
+        try:
+            record = storage.read_json(layout.run_json)
+        except TestprioError:
+            record = {"run_id": layout.run_id, "uri": layout.uri, "parameters": {}, "stages": []}
+        record.update(status="failed", ended=_now(), failed_stage=stage_name, error=error)
+        storage.write_json(layout.run_json, record)
+    except Exception as exc:  # noqa: BLE001 - must not hide the stage's own error
+        log.warning("could not mark %s failed: %s", layout.run_json, exc)
 
 
 def collect_stage_timings(layout: RunLayout) -> list[dict[str, Any]]:

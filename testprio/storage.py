@@ -61,7 +61,13 @@ class LocalBackend:
     def staging_path(self, uri: str) -> str:
         # Same folder as the target, so that os.replace is a rename on one filesystem.
         folder = os.path.dirname(os.path.abspath(uri))
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise TestprioError(
+                f"cannot create the folder {folder} ({exc.strerror}); choose a --root you can "
+                "write to."
+            ) from None
         return os.path.join(folder, f".{os.path.basename(uri)}.tmp-{uuid.uuid4().hex[:12]}")
 
     def publish(self, staged: str, uri: str) -> None:
@@ -103,25 +109,63 @@ def _gcs_client():
         ) from None
 
 
+def _gcs_errors(method):
+    """Turn the GCS client's exceptions into one sentence naming the URI and what to do."""
+
+    @functools.wraps(method)
+    def wrapper(self, uri: str, *args, **kwargs):
+        from google.api_core import exceptions as gexc
+        from requests import exceptions as rexc
+
+        try:
+            return method(self, uri, *args, **kwargs)
+        except gexc.NotFound as exc:
+            bucket = split_gcs_uri(uri)[0]
+            raise TestprioError(
+                f"{uri} cannot be reached: bucket '{bucket}' or the object does not exist "
+                f"({exc.message}); create the bucket or correct the URI."
+            ) from None
+        except (gexc.Forbidden, gexc.Unauthorized) as exc:
+            raise TestprioError(
+                f"access to {uri} was refused ({exc.message}); give the pipeline's service "
+                "account read/write access to the bucket."
+            ) from None
+        except (
+            rexc.ConnectionError,
+            rexc.Timeout,
+            gexc.ServiceUnavailable,
+            gexc.RetryError,
+        ) as exc:
+            raise TestprioError(
+                f"Google Cloud Storage could not be reached for {uri} ({type(exc).__name__}); "
+                "check the network (or STORAGE_EMULATOR_HOST) and retry."
+            ) from None
+
+    return wrapper
+
+
 class GcsBackend:
     def _blob(self, uri: str):
         bucket, name = split_gcs_uri(uri)
         return _gcs_client().bucket(bucket).blob(name)
 
+    @_gcs_errors
     def exists(self, uri: str) -> bool:
         bucket, name = split_gcs_uri(uri)
-        if self._blob(uri).exists():
+        if name and self._blob(uri).exists():
             return True
         # A "folder" exists when any object lies under it.
         prefix = name + "/" if name else ""
         return any(True for _ in _gcs_client().list_blobs(bucket, prefix=prefix, max_results=1))
 
+    @_gcs_errors
     def list_names(self, uri: str) -> list[str]:
         bucket, name = split_gcs_uri(uri)
         prefix = name + "/" if name else ""
         blobs = _gcs_client().list_blobs(bucket, prefix=prefix, delimiter="/")
         return sorted(blob.name[len(prefix) :] for blob in blobs)
 
+    @_gcs_errors
     def open_read(self, uri: str) -> BinaryIO:
         blob = self._blob(uri)
         if not blob.exists():
@@ -135,15 +179,23 @@ class GcsBackend:
 
     def publish(self, staged: str, uri: str) -> None:
         try:
-            self._blob(uri).upload_from_filename(staged)
+            self._upload(uri, staged)
         finally:
             os.remove(staged)
 
+    @_gcs_errors
+    def _upload(self, uri: str, staged: str) -> None:
+        self._blob(uri).upload_from_filename(staged)
+
+    @_gcs_errors
     def delete(self, uri: str) -> None:
+        if not split_gcs_uri(uri)[1]:
+            raise TestprioError(f"{uri} is a whole bucket; testprio deletes single objects only.")
         blob = self._blob(uri)
         if blob.exists():
             blob.delete()
 
+    @_gcs_errors
     def local_copy(self, uri: str, folder: str) -> str:
         blob = self._blob(uri)
         if not blob.exists():
@@ -179,6 +231,22 @@ def normalize_root(uri: str) -> str:
         return uri.rstrip("/")
     backend_for(uri)
     return os.path.abspath(uri)
+
+
+def ensure_root(uri: str) -> None:
+    """Fail with one sentence unless runs can be written under ``uri``."""
+    if uri.startswith(GCS_SCHEME):
+        bucket = split_gcs_uri(uri)[0]
+        _BACKENDS["gs"].list_names(f"{GCS_SCHEME}{bucket}")  # a missing bucket raises here
+        return
+    try:
+        os.makedirs(uri, exist_ok=True)
+    except OSError as exc:
+        raise TestprioError(
+            f"cannot create the folder {uri} ({exc.strerror}); choose a --root you can write to."
+        ) from None
+    if not os.access(uri, os.W_OK):
+        raise TestprioError(f"cannot write under {uri}; choose a --root you can write to.")
 
 
 def exists(uri: str) -> bool:
