@@ -21,6 +21,7 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from testprio import storage
 from testprio.errors import TestprioError
@@ -159,8 +160,6 @@ def _read_npz(path: str, name: str) -> PoolSource:
 
 
 def _read_parquet(path: str, name: str) -> PoolSource:
-    import pyarrow.parquet as pq
-
     try:
         parquet = pq.ParquetFile(path)
     except pa.ArrowInvalid as exc:
@@ -453,15 +452,22 @@ def shard_sample_shape(schema: pa.Schema) -> tuple[int, ...]:
     return tuple(json.loads((schema.metadata or {})[SHAPE_METADATA_KEY]))
 
 
-def iter_shard_batches(
-    uri: str, batch_size: int, columns: tuple[str, ...] = ("sample_id", "x", "label")
+def shard_batches(
+    parquet: pq.ParquetFile, batch_size: int, columns: tuple[str, ...] = ("sample_id", "x", "label")
 ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
-    """Stream ``(record batch, x as (n, *shape) float32)`` from a sample shard.
+    """Stream ``(record batch, x as (n, *shape) float32)`` from an open sample shard.
 
     Reads one row group at a time; ``x`` is a zero-copy view of the batch's buffer.
     """
+    shape = shard_sample_shape(parquet.schema_arrow)
+    for batch in parquet.iter_batches(batch_size=batch_size, columns=list(columns)):
+        flat = batch.column("x").flatten().to_numpy(zero_copy_only=False)
+        yield batch, flat.reshape((batch.num_rows, *shape))
+
+
+def iter_shard_batches(
+    uri: str, batch_size: int, columns: tuple[str, ...] = ("sample_id", "x", "label")
+) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+    """``shard_batches`` of the sample shard at ``uri``."""
     with storage.open_parquet(uri) as parquet:
-        shape = shard_sample_shape(parquet.schema_arrow)
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=list(columns)):
-            flat = batch.column("x").flatten().to_numpy(zero_copy_only=False)
-            yield batch, flat.reshape((batch.num_rows, *shape))
+        yield from shard_batches(parquet, batch_size, columns)

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from testprio import storage
 from testprio.errors import TestprioError
-from testprio.ingest import iter_shard_batches
+from testprio.ingest import shard_batches
 from testprio.layout import RunLayout
 from testprio.log import get_logger
 from testprio.metrics import METRICS, score_probabilities, softmax
@@ -83,10 +83,12 @@ def score_shard(layout: RunLayout, shard_uri: str, *, batch_size: int = 256) -> 
         session = create_session(model_path)
     started = time.time()
     rows = 0
-    with storage.open_parquet(shard_uri) as parquet:
+    with (
+        storage.open_parquet(shard_uri) as parquet,
+        storage.parquet_writer(target, SCORES_SCHEMA) as writer,
+    ):
         total = parquet.metadata.num_rows
-    with storage.parquet_writer(target, SCORES_SCHEMA) as writer:
-        for batch, x in iter_shard_batches(shard_uri, batch_size):
+        for batch, x in shard_batches(parquet, batch_size):
             if rows == 0:
                 check_sample_shape(input_spec, tuple(x.shape[1:]), source_name)
             outputs = run_class_output(session, input_spec.name, output_name, x, source_name)
