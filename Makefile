@@ -5,7 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup lint test demo compile bench clean
+REGISTRY ?= $(or $(TESTPRIO_REGISTRY),ghcr.io/testprio)
+IMAGE_TAG ?= $(or $(TESTPRIO_IMAGE_TAG),0.1.0)
+
+.PHONY: setup lint test demo compile bench clean report browser images images-lock
+CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,17 +23,35 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup lint
+# The browser test drives Debian's Chromium (Playwright's own browser download fails here).
+browser:
+	@test -x $(CHROMIUM) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: setup lint browser
 	$(PY) -m pytest
+
+report: setup
+	@test -d demo-output/runs || $(MAKE) demo
+	$(VENV)/bin/testprio report --root demo-output/runs
 
 demo: setup
 	$(PY) demo/run_demo.py --out demo-output
 
 compile: setup
-	$(VENV)/bin/testprio compile --out build
+	for framework in onnx pytorch tensorflow paddle; do \
+	  TESTPRIO_REGISTRY=$(REGISTRY) TESTPRIO_IMAGE_TAG=$(IMAGE_TAG) \
+	    $(VENV)/bin/testprio compile --out build --framework $$framework || exit 1; \
+	done
+
+images: setup  ## build every image under images/ for linux/amd64 and push it to $(REGISTRY)
+	$(PY) images/build.py build --push --registry $(REGISTRY) --tag $(IMAGE_TAG)
+
+images-lock: setup  ## re-resolve images/*/requirements.txt from requirements.in
+	$(PY) images/build.py lock
 
 bench: setup
 	$(PY) bench/bench.py
+	$(PY) bench/report_bench.py
 
 clean:
-	rm -rf build demo-output bench/work .pytest_cache
+	rm -rf build demo-output bench/work .pytest_cache test-artifacts

@@ -3,7 +3,7 @@ from kfp import dsl
 from components.images import RUNTIME
 
 
-@dsl.component(base_image=RUNTIME)
+@dsl.component(base_image=RUNTIME, install_kfp_package=False)
 def start(
     model: str,
     data: str,
@@ -18,6 +18,8 @@ def start(
     shard_size: int,
     batch_size: int,
     top_k: int,
+    parity_tolerance: float,
+    strict_model_checks: bool,
 ) -> str:
     """Check every parameter and write run.json (status running); returns the run URI."""
     parameters = dict(locals())  # first line: every argument, nothing else

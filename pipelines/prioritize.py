@@ -1,7 +1,9 @@
-"""The ``prioritize`` pipeline: start -> ingest -> convert -> score (fan-out per shard) -> rank.
+"""The ``prioritize`` pipeline: start -> ingest -> convert -> score (fan-out per shard) -> rank
+-> report.
 
-Cluster settings (GPU, node selector, resources, fan-out width) are fixed when the pipeline
-is built and compiled; they have no effect in KFP's local runner.
+Cluster settings (GPU, node selector, resources, fan-out width, retries, caching) are fixed
+when the pipeline is built and compiled. KFP's local runner ignores the placement settings
+but honours retries, so local runs use ``LOCAL_SETTINGS`` (no retries).
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline's annotations as types.
@@ -10,13 +12,22 @@ from typing import Optional
 
 from kfp import compiler, dsl, kubernetes
 
-from components.convert import convert
+from components.convert import convert_onnx, convert_paddle, convert_pytorch, convert_tensorflow
 from components.ingest import ingest
 from components.rank import rank
+from components.report import report
 from components.score import score
 from components.start import start
 
 PIPELINE_NAME = "prioritize"
+# One convert component (and image) per framework, chosen when the pipeline is built:
+# KFP's dsl.OneOf, which could choose at run time, does not run in the local runner.
+CONVERT_COMPONENTS = {
+    "onnx": convert_onnx,
+    "pytorch": convert_pytorch,
+    "tensorflow": convert_tensorflow,
+    "paddle": convert_paddle,
+}
 
 
 @dataclass(frozen=True)
@@ -31,21 +42,95 @@ class ClusterSettings:
     )
     gpu_toleration_key: str = "nvidia.com/gpu"
     score_cpu: str = "4"
+    score_cpu_limit: str = "8"
     score_memory: str = "16G"
     cpu: str = "1"
+    cpu_limit: str = "2"
     memory: str = "4G"
     parallelism: int = 8
+    # Transient failures (a preempted GPU node, an evicted or OOM-killed pod) are retried
+    # after 30 s, then 60 s; no retry starts more than an hour after the first attempt.
+    retries: int = 2
+    retry_backoff: str = "30s"
+    retry_backoff_factor: float = 2.0
+    retry_backoff_max: str = "3600s"
+    # ONNX Runtime device of the score tasks (auto, cuda, cpu); empty: cuda when they get a
+    # GPU (a fallback to the CPU is then logged as a warning), else cpu.
+    score_device: str = ""
 
     def __post_init__(self) -> None:
         if self.parallelism < 1:
             raise ValueError(f"--parallelism {self.parallelism} must be at least 1.")
         if self.gpu and self.gpu_count < 1:
             raise ValueError(f"--gpu-count {self.gpu_count} must be at least 1.")
+        if self.retries < 0:
+            raise ValueError(f"--retries {self.retries} must be zero or more.")
+
+    @property
+    def device(self) -> str:
+        return self.score_device or ("cuda" if self.gpu else "cpu")
 
 
-def _resources(task: dsl.PipelineTask, cpu: str, memory: str) -> None:
-    task.set_cpu_request(cpu).set_memory_request(memory)
-    task.set_memory_limit(memory)
+# KFP's local runner honours retries (a bad input would wait out every backoff) and ignores
+# node placement; local runs score on whatever this machine's onnxruntime offers.
+LOCAL_SETTINGS = ClusterSettings(gpu=False, retries=0, score_device="auto")
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    """Requests, limits, caching and retries of one kind of task."""
+
+    cpu: str
+    cpu_limit: str
+    memory: str  # request and limit: memory cannot be throttled, only OOM-killed
+    cache: bool
+    retry: bool
+
+
+def task_policies(settings: ClusterSettings) -> dict[str, TaskPolicy]:
+    """Each task's policy, by task name.
+
+    Caching: KFP reuses the outputs of an earlier successful task with the same component
+    and inputs. ingest and convert take the run folder (``run_uri``) as an input, so they hit
+    only when a run is submitted again with the same ``run_id`` (to resume a cancelled run)
+    and then reuse the shards and model already in that folder. start is never cached (it
+    writes run.json), score neither (its inputs leave out the model, so a hit could return
+    another model's scores; a retried or resumed score task skips finished shards anyway),
+    nor rank and report (they rewrite the ranking, run.json and the UI outputs).
+
+    Retries: every task but start, whose failures are bad parameters (and which refuses a
+    run folder already marked failed); the other tasks can run again safely because every
+    file is published atomically.
+    """
+    cpu_task = {"cpu": settings.cpu, "cpu_limit": settings.cpu_limit, "memory": settings.memory}
+    return {
+        "start": TaskPolicy(cpu="500m", cpu_limit="1", memory="1G", cache=False, retry=False),
+        "ingest": TaskPolicy(**cpu_task, cache=True, retry=True),
+        "convert": TaskPolicy(**cpu_task, cache=True, retry=True),
+        "score": TaskPolicy(
+            cpu=settings.score_cpu,
+            cpu_limit=settings.score_cpu_limit,
+            memory=settings.score_memory,
+            cache=False,
+            retry=True,
+        ),
+        "rank": TaskPolicy(**cpu_task, cache=False, retry=True),
+        "report": TaskPolicy(**cpu_task, cache=False, retry=True),
+    }
+
+
+def _configure(task: dsl.PipelineTask, name: str, settings: ClusterSettings) -> None:
+    policy = task_policies(settings)[name]
+    task.set_cpu_request(policy.cpu).set_cpu_limit(policy.cpu_limit)
+    task.set_memory_request(policy.memory).set_memory_limit(policy.memory)
+    task.set_caching_options(enable_caching=policy.cache)
+    if policy.retry and settings.retries:
+        task.set_retry(
+            num_retries=settings.retries,
+            backoff_duration=settings.retry_backoff,
+            backoff_factor=settings.retry_backoff_factor,
+            backoff_max_duration=settings.retry_backoff_max,
+        )
 
 
 def _place_on_gpu(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
@@ -58,12 +143,21 @@ def _place_on_gpu(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
     )
 
 
-def build_pipeline(settings: Optional[ClusterSettings] = None):
-    """Return the ``prioritize`` pipeline function built with ``settings``."""
+def pipeline_name(framework: str = "onnx") -> str:
+    """``prioritize`` for ONNX models, ``prioritize-<framework>`` for the others."""
+    return PIPELINE_NAME if framework == "onnx" else f"{PIPELINE_NAME}-{framework}"
+
+
+def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = "onnx"):
+    """Return the ``prioritize`` pipeline function built with ``settings`` whose convert
+    task converts ``framework`` models (one of ``CONVERT_COMPONENTS``)."""
     settings = settings or ClusterSettings()
+    if framework not in CONVERT_COMPONENTS:
+        raise ValueError(f"--framework {framework} is not one of {', '.join(CONVERT_COMPONENTS)}.")
+    convert = CONVERT_COMPONENTS[framework]
 
     @dsl.pipeline(
-        name=PIPELINE_NAME,
+        name=pipeline_name(framework),
         description="Rank a pool of unlabeled inputs by model uncertainty (DeepGini & co).",
     )
     def prioritize(
@@ -78,7 +172,10 @@ def build_pipeline(settings: Optional[ClusterSettings] = None):
         input_shape: str = "",
         shard_size: int = 10_000,
         batch_size: int = 256,
+        gpu_batch_size: int = 1024,
         top_k: int = 10,
+        parity_tolerance: float = 1e-3,  # testprio.convert.DEFAULT_PARITY_TOLERANCE
+        strict_model_checks: bool = False,
     ) -> str:
         start_task = start(
             model=model,
@@ -94,14 +191,16 @@ def build_pipeline(settings: Optional[ClusterSettings] = None):
             shard_size=shard_size,
             batch_size=batch_size,
             top_k=top_k,
+            parity_tolerance=parity_tolerance,
+            strict_model_checks=strict_model_checks,
         ).set_display_name("start")
-        _resources(start_task, settings.cpu, settings.memory)
+        _configure(start_task, "start", settings)
         run_uri = start_task.output
 
         ingest_task = ingest(
             run_uri=run_uri, data=data, input_shape=input_shape, shard_size=shard_size
         ).set_display_name("ingest")
-        _resources(ingest_task, settings.cpu, settings.memory)
+        _configure(ingest_task, "ingest", settings)
 
         convert_task = convert(
             run_uri=run_uri,
@@ -109,15 +208,23 @@ def build_pipeline(settings: Optional[ClusterSettings] = None):
             framework=framework,
             output_kind=output_kind,
             output_name=output_name,
+            input_shape=input_shape,
+            parity_tolerance=parity_tolerance,
+            strict_model_checks=strict_model_checks,
         ).set_display_name("convert")
         convert_task.after(ingest_task)  # it checks the model against pool samples
-        _resources(convert_task, settings.cpu, settings.memory)
+        _configure(convert_task, "convert", settings)
 
         with dsl.ParallelFor(ingest_task.output, parallelism=settings.parallelism) as shard:
             # Only the loop item and pipeline parameters go in (see components/score.py).
-            score_task = score(shard=shard, batch_size=batch_size).set_display_name("score")
+            score_task = score(
+                shard=shard,
+                batch_size=batch_size,
+                gpu_batch_size=gpu_batch_size,
+                device=settings.device,
+            ).set_display_name("score")
             score_task.after(convert_task)
-            _resources(score_task, settings.score_cpu, settings.score_memory)
+            _configure(score_task, "score", settings)
             if settings.gpu:
                 _place_on_gpu(score_task, settings)
 
@@ -127,7 +234,14 @@ def build_pipeline(settings: Optional[ClusterSettings] = None):
             metric=metric,
             top_k=top_k,
         ).set_display_name("rank")
-        _resources(rank_task, settings.cpu, settings.memory)
+        _configure(rank_task, "rank", settings)
+
+        # Last: writes report/, hands the Kubeflow UI its HTML, Markdown and metrics
+        # outputs, and rewrites run.json as succeeded.
+        report_task = report(
+            run_uri=run_uri, ranking=rank_task.output, top_k=top_k
+        ).set_display_name("report")
+        _configure(report_task, "report", settings)
         return rank_task.output
 
     return prioritize
@@ -136,7 +250,9 @@ def build_pipeline(settings: Optional[ClusterSettings] = None):
 prioritize = build_pipeline()
 
 
-def compile_pipeline(package_path: str, settings: Optional[ClusterSettings] = None) -> str:
-    """Write the pipeline's KFP YAML to ``package_path``; return the path."""
-    compiler.Compiler().compile(build_pipeline(settings), package_path=package_path)
+def compile_pipeline(
+    package_path: str, settings: Optional[ClusterSettings] = None, framework: str = "onnx"
+) -> str:
+    """Write the KFP YAML of the pipeline for ``framework`` models to ``package_path``."""
+    compiler.Compiler().compile(build_pipeline(settings, framework), package_path=package_path)
     return package_path

@@ -1,4 +1,5 @@
-"""``testprio`` command line: run the pipeline locally, compile it for a cluster."""
+"""``testprio`` command line: run the pipeline locally, compile it for a cluster, submit and
+follow runs there (``testprio.client``), open the report."""
 
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ RUN_DEFAULTS = {
     "shard_size": 10_000,
     "batch_size": 256,
     "top_k": 10,
+    "parity_tolerance": 1e-3,
+    "strict_model_checks": False,
 }
 
 
@@ -75,10 +78,20 @@ def run_pipeline_locally(parameters: dict, *, verbose: bool = False) -> RunLayou
     """
     from kfp import local
 
-    from pipelines.prioritize import prioritize
+    from pipelines.prioritize import LOCAL_SETTINGS, build_pipeline
+    from testprio.convert import resolve_framework
 
     parameters = {**RUN_DEFAULTS, **parameters}
     parameters["run_id"] = parameters["run_id"] or new_run_id()
+    # The convert task is chosen when the pipeline is built (dsl.OneOf does not run in the
+    # local runner): detect the framework here from the file's content, without importing
+    # it. A model that cannot be detected gets the ONNX pipeline, whose start task then
+    # fails the run with the reason.
+    try:
+        framework = resolve_framework(parameters["model"], parameters["framework"])
+    except TestprioError:
+        framework = "onnx"
+    prioritize = build_pipeline(LOCAL_SETTINGS, framework)  # no retries: fail at once
 
     layout = RunLayout.create(parameters["root"], parameters["run_id"])
     storage.ensure_root(parameters["root"])
@@ -156,6 +169,7 @@ def format_run_result(layout: RunLayout) -> str:
         f"  ranking: {layout.ranking}",
         f"  summary: {layout.summary}",
         f"  run log: {layout.run_json}",
+        f"  report:  {layout.report_html}",
     ]
     return "\n\n".join(lines[:4]) + "\n" + "\n".join(lines[4:]) + "\n"
 
@@ -174,6 +188,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "shard_size": args.shard_size,
         "batch_size": args.batch_size,
         "top_k": args.top_k,
+        "parity_tolerance": args.parity_tolerance,
+        "strict_model_checks": args.strict_model_checks,
     }
     for key in ("model", "data"):
         value = parameters[key]
@@ -205,7 +221,7 @@ def _parse_node_selector(text: str) -> tuple[str, str]:
 def _cmd_compile(args: argparse.Namespace) -> int:
     import os
 
-    from pipelines.prioritize import ClusterSettings, compile_pipeline
+    from pipelines.prioritize import ClusterSettings, compile_pipeline, pipeline_name
 
     selectors = tuple(args.node_selector) if args.node_selector else ClusterSettings.node_selector
     try:
@@ -221,9 +237,154 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise TestprioError(str(exc)) from None
     os.makedirs(args.out, exist_ok=True)
-    path = compile_pipeline(os.path.join(args.out, "prioritize.yaml"), settings)
+    try:
+        name = pipeline_name(args.framework)
+        path = compile_pipeline(os.path.join(args.out, f"{name}.yaml"), settings, args.framework)
+    except ValueError as exc:
+        raise TestprioError(str(exc)) from None
     print(path)
     return 0
+
+
+def report_app_path() -> str:
+    """``report_app/app.py``: from the installed ``report_app`` package, else beside testprio."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("report_app")
+    if spec is not None and spec.submodule_search_locations:
+        folder = list(spec.submodule_search_locations)[0]
+    else:
+        folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "report_app")
+    path = os.path.join(os.path.abspath(folder), "app.py")
+    if not os.path.exists(path):
+        raise TestprioError("the report app (report_app/app.py) is missing; reinstall testprio.")
+    return path
+
+
+def report_server_command(root: str, port: int, host: str) -> list[str]:
+    """The ``streamlit run`` command line of the report app on ``root``."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        report_app_path(),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+        "--root",
+        root,
+    ]
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import importlib.util
+    import os
+    import signal
+    import subprocess
+
+    root = storage.normalize_root(args.root)
+    if not root.startswith(storage.GCS_SCHEME) and not os.path.isdir(root):
+        raise TestprioError(
+            f"--root {args.root} is not a folder; give the folder that holds your runs "
+            "(the --root of testprio run)."
+        )
+    if importlib.util.find_spec("streamlit") is None:
+        raise TestprioError("the report app needs streamlit; pip install streamlit, then retry.")
+    command = report_server_command(root, args.port, args.host)
+    print(f"testprio report on {root}: http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+    sys.stdout.flush()
+    server = subprocess.Popen(command, env={**os.environ, "TESTPRIO_REPORT_ROOT": root})
+    # Stopping this command (SIGTERM; Ctrl-C reaches both) stops the server with it.
+    previous = signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+    try:
+        return server.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+def _parse_param(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE")
+    return key.replace("-", "_"), value
+
+
+def _cluster_client(args: argparse.Namespace):
+    from testprio.client import Client
+
+    return Client(args.host or None, namespace=args.namespace or None, ui_host=args.ui_host or None)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    parameters = {"model": args.model, "data": args.data, "root": args.root, **dict(args.param)}
+    if args.run_id:
+        parameters["run_id"] = args.run_id
+    client = _cluster_client(args)
+    run = client.submit(
+        parameters,
+        package=args.package or None,
+        run_name=args.run_name or None,
+        experiment=args.experiment,
+        service_account=args.service_account or None,
+        enable_caching=False if args.no_cache else None,
+    )
+    for local, uri in run.uploaded.items():
+        print(f"uploaded {local} -> {uri}", file=sys.stderr)
+    host = f" --host {args.host}" if args.host else ""
+    print(f"Submitted {run.name} (KFP run {run.kfp_run_id}).")
+    print(f"  Kubeflow UI: {run.url}")
+    print(f"  run folder:  {run.run_uri}")
+    print(f"  follow it:   testprio runs logs {run.kfp_run_id} --follow{host}")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from testprio import client as kfp_runs
+
+    client = _cluster_client(args)
+    if args.runs_command == "list":
+        runs = client.list_runs(limit=args.limit, experiment=args.experiment or None)
+        print(kfp_runs.format_run_list(runs))
+    elif args.runs_command == "status":
+        print(kfp_runs.format_run(client.status(args.run)))
+    elif args.runs_command == "cancel":
+        run = client.cancel(args.run)
+        print(f"cancel requested: {run.name} ({run.kfp_run_id}) is {run.state}")
+    elif not args.follow:
+        print(kfp_runs.format_logs(client.logs(args.run)))
+    else:
+        for run in client.watch(args.run, interval=args.interval):
+            tasks = ", ".join(f"{task.name} {task.state}" for task in run.tasks)
+            print(f"{run.state}" + (f" ({tasks})" if tasks else ""), flush=True)
+        print(kfp_runs.format_logs(client.logs(args.run)))
+        if run.state != "SUCCEEDED":
+            raise TestprioError(
+                f"run {run.kfp_run_id} ended {run.state}"
+                + (f": {run.error}" if run.error else "; see the task errors above.")
+            )
+    return 0
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host",
+        default="",
+        help="Kubeflow Pipelines API or UI address, e.g. http://localhost:8080 (default: "
+        "$KF_PIPELINES_ENDPOINT, or in-cluster / kube config discovery)",
+    )
+    parser.add_argument("--namespace", default="", help="your profile namespace (multi-user)")
+    parser.add_argument("--ui-host", default="", help="UI address for links (default: --host)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,23 +395,49 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the pipeline locally (KFP local runner)")
-    run.add_argument("--model", required=True, help="ONNX model file (local path or gs://)")
+    run.add_argument(
+        "--model",
+        required=True,
+        help="model file or folder (ONNX, PyTorch, TensorFlow/Keras, Paddle; local or gs://)",
+    )
     run.add_argument("--data", required=True, help="pool: .npy, .npz (x, optional y) or .parquet")
     run.add_argument("--root", required=True, help="runs folder: local path or gs://bucket/prefix")
     run.add_argument("--run-id", default="", help="name of the run folder (default: timestamp)")
     run.add_argument("--metric", default="gini", help=f"one of {', '.join(METRICS)}")
-    run.add_argument("--framework", default="auto", help="auto or onnx")
+    run.add_argument(
+        "--framework",
+        default="auto",
+        help="auto (detect from the model), onnx, pytorch, tensorflow or paddle",
+    )
     run.add_argument("--input-shape", default="", help="per-sample shape, e.g. 1,28,28")
     run.add_argument("--output-kind", default="auto", help="auto, logits or probabilities")
     run.add_argument("--output-name", default="", help="model output holding class scores")
     run.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
     run.add_argument("--batch-size", type=int, default=256, help="samples per inference batch")
     run.add_argument("--top-k", type=int, default=10, help="rows shown and kept in the summary")
+    run.add_argument(
+        "--parity-tolerance",
+        type=float,
+        default=1e-3,
+        help="largest difference of any class probability allowed between the converted "
+        "ONNX model and its source framework (default 1e-3)",
+    )
+    run.add_argument(
+        "--strict-model-checks",
+        action="store_true",
+        help="fail the run when a model check fails (default: warn)",
+    )
     run.add_argument("--verbose", action="store_true", help="show every KFP task log line")
     run.set_defaults(handler=_cmd_run)
 
     comp = commands.add_parser("compile", help="compile the pipeline to KFP YAML")
     comp.add_argument("--out", default="build", help="folder for prioritize.yaml")
+    comp.add_argument(
+        "--framework",
+        default="onnx",
+        help="models the pipeline converts: onnx (default; prioritize.yaml), pytorch, "
+        "tensorflow or paddle (prioritize-<framework>.yaml, with that framework's image)",
+    )
     comp.add_argument("--gpu-type", default="nvidia.com/gpu", help="accelerator resource name")
     comp.add_argument("--gpu-count", type=int, default=1, help="GPUs per score task")
     comp.add_argument("--no-gpu", action="store_true", help="score on CPU nodes")
@@ -266,6 +453,62 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--score-memory", default="16G", help="memory of each score task")
     comp.add_argument("--parallelism", type=int, default=8, help="score tasks at once")
     comp.set_defaults(handler=_cmd_compile)
+
+    rep = commands.add_parser("report", help="open the report app (Streamlit) on a runs root")
+    rep.add_argument("--root", required=True, help="runs folder: local path or gs://bucket/prefix")
+    rep.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    rep.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    rep.set_defaults(handler=_cmd_report)
+
+    sub = commands.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster")
+    _add_cluster_options(sub)
+    sub.add_argument("--model", required=True, help="model: local path (uploaded) or gs://")
+    sub.add_argument("--data", required=True, help="pool: local path (uploaded) or gs://")
+    sub.add_argument("--root", required=True, help="runs folder: gs://bucket/prefix")
+    sub.add_argument("--run-id", default="", help="name of the run folder (default: timestamp)")
+    sub.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        type=_parse_param,
+        metavar="KEY=VALUE",
+        help="any other pipeline parameter, e.g. metric=entropy or shard_size=5000 (repeatable)",
+    )
+    sub.add_argument(
+        "--package",
+        default="",
+        help="compiled pipeline (default: build/prioritize.yaml, or "
+        "build/prioritize-<framework>.yaml for PyTorch, TensorFlow and Paddle models)",
+    )
+    sub.add_argument("--experiment", default="testprio", help="KFP experiment (default testprio)")
+    sub.add_argument("--run-name", default="", help="name in the UI (default: prioritize RUN_ID)")
+    sub.add_argument(
+        "--service-account",
+        default="",
+        help="Kubernetes service account of the run's pods, e.g. testprio-pipeline-runner "
+        "(manifests/); default: the cluster's",
+    )
+    sub.add_argument("--no-cache", action="store_true", help="turn KFP caching off for this run")
+    sub.set_defaults(handler=_cmd_submit)
+
+    runs = commands.add_parser("runs", help="list, inspect, cancel or follow cluster runs")
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True)
+    runs_list = runs_commands.add_parser("list", help="the newest runs")
+    _add_cluster_options(runs_list)
+    runs_list.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    runs_list.add_argument("--experiment", default="", help="only this experiment's runs")
+    for name, text in (
+        ("status", "state of a run and of its tasks"),
+        ("cancel", "terminate a run"),
+        ("logs", "task states, pods to `kubectl logs`, and the run's run.json"),
+    ):
+        command = runs_commands.add_parser(name, help=text)
+        _add_cluster_options(command)
+        command.add_argument("run", metavar="KFP_RUN_ID", help="as testprio submit printed it")
+        if name == "logs":
+            command.add_argument("--follow", action="store_true", help="until the run ends")
+            command.add_argument("--interval", type=float, default=10.0, help="seconds per poll")
+    runs.set_defaults(handler=_cmd_runs)
     return parser
 
 

@@ -100,6 +100,26 @@ class RunLayout:
     def summary(self) -> str:
         return storage.join(self.uri, "summary.json")
 
+    @property
+    def report_dir(self) -> str:
+        return storage.join(self.uri, "report")
+
+    @property
+    def report_html(self) -> str:
+        return storage.join(self.report_dir, "report.html")
+
+    @property
+    def report_json(self) -> str:
+        return storage.join(self.report_dir, "report.json")
+
+    @property
+    def report_markdown(self) -> str:
+        return storage.join(self.report_dir, "report.md")
+
+    @property
+    def export_zip(self) -> str:
+        return storage.join(self.report_dir, "export.zip")
+
     def data_shard(self, index: int) -> str:
         return storage.join(self.data_dir, shard_name(index))
 
@@ -200,11 +220,17 @@ def collect_stage_timings(layout: RunLayout) -> list[dict[str, Any]]:
     return sorted(timings, key=lambda timing: (timing["start"], timing["stage"]))
 
 
-def finish_run(layout: RunLayout) -> dict[str, Any]:
-    """Rewrite ``run.json`` last: status ``succeeded`` and every stage's timing."""
+def finished_record(layout: RunLayout) -> dict[str, Any]:
+    """The ``run.json`` record that ``finish_run`` would write now (nothing is written)."""
     record = storage.read_json(layout.run_json)
     record.update(
         status="succeeded", ended=_now(), stages=collect_stage_timings(layout), error=None
     )
+    return record
+
+
+def finish_run(layout: RunLayout) -> dict[str, Any]:
+    """Rewrite ``run.json`` last: status ``succeeded`` and every stage's timing."""
+    record = finished_record(layout)
     storage.write_json(layout.run_json, record)
     return record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,7 @@ def load_onnx(path: str, source_name: str) -> onnx.ModelProto:
             f"model {source_name} is not a readable ONNX file ({type(exc).__name__}); "
             "check that the file is complete and was saved with onnx.save or torch.onnx.export."
         ) from None
+    check_operators(model, source_name)
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -70,6 +72,34 @@ def load_onnx(path: str, source_name: str) -> onnx.ModelProto:
             f"model {source_name} fails the ONNX checker ({first_line}); re-export it."
         ) from None
     return model
+
+
+# Operator domains whose schemas the onnx package knows; others (onnxruntime's contrib ops,
+# exporters' local functions) are left to ONNX Runtime to resolve.
+STANDARD_DOMAINS = {"": "", "ai.onnx": "", "ai.onnx.ml": "ai.onnx.ml"}
+
+
+def check_operators(model: onnx.ModelProto, source_name: str) -> None:
+    """Name the first operator that the model's opset does not define.
+
+    A converter that cannot translate an operation leaves it in the graph under its own
+    name (tf2onnx does); the checker would only say "No Op registered".
+    """
+    opsets = {STANDARD_DOMAINS.get(i.domain, i.domain): i.version for i in model.opset_import}
+    for node in model.graph.node:
+        domain = STANDARD_DOMAINS.get(node.domain)
+        if domain is None or domain not in opsets:
+            continue
+        try:
+            onnx.defs.get_schema(node.op_type, opsets[domain], domain)
+        except onnx.defs.SchemaError:
+            opset = f"{domain} opset" if domain else "opset"
+            raise TestprioError(
+                f"model {source_name} uses the operator '{node.op_type}' (node '{node.name}'), "
+                f"which ONNX {opset} {opsets[domain]} does not define, so the converter could "
+                "not translate it; replace that layer, or convert the model with an opset "
+                "or converter that supports it."
+            ) from None
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
@@ -154,20 +184,100 @@ def model_facts(model: onnx.ModelProto, size_bytes: int) -> dict:
     }
 
 
-def execution_providers() -> list[str]:
-    """CUDA first when this onnxruntime build can use it, CPU always as the fallback."""
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+# The ONNX Runtime execution providers each device asks for, best first; CPU always comes
+# last so that a session can be created on any machine.
+DEVICE_PROVIDERS = {
+    "auto": (CUDA_PROVIDER, CPU_PROVIDER),  # CUDA when this onnxruntime can use it, else CPU
+    "cuda": (CUDA_PROVIDER, CPU_PROVIDER),  # CUDA expected: falling back to CPU is a warning
+    "cpu": (CPU_PROVIDER,),
+}
+
+
+def execution_providers(device: str = "auto") -> list[str]:
+    """Providers to request for ``device``: those of ``DEVICE_PROVIDERS`` this build has."""
+    if device not in DEVICE_PROVIDERS:
+        raise TestprioError(
+            f"device '{device}' is not one of {', '.join(DEVICE_PROVIDERS)}; use auto on a "
+            "laptop, cuda on GPU nodes."
+        )
     available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return [p for p in DEVICE_PROVIDERS[device] if p in available or p == CPU_PROVIDER]
 
 
-def create_session(model_bytes_or_path: bytes | str) -> ort.InferenceSession:
+def session_device(session: ort.InferenceSession) -> str:
+    """``"cuda"`` when the session really runs on the CUDA provider, else ``"cpu"``."""
+    return "cuda" if CUDA_PROVIDER in session.get_providers() else "cpu"
+
+
+def create_session(
+    model_bytes_or_path: bytes | str, *, device: str = "auto"
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on ``device`` (auto, cuda or cpu).
+
+    With ``device="cuda"`` a session that ends up on the CPU (an onnxruntime without the
+    CUDA provider, or one that cannot start it: no visible GPU, driver or CUDA/cuDNN
+    libraries missing) still works, and a warning says so once.
+    """
+    providers = execution_providers(device)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(
-        model_bytes_or_path, sess_options=options, providers=execution_providers()
-    )
+    with warnings.catch_warnings():
+        # onnxruntime warns in its own words about a provider it lacks; we log it below.
+        warnings.filterwarnings("ignore", message="Specified provider", category=UserWarning)
+        session = ort.InferenceSession(
+            model_bytes_or_path, sess_options=options, providers=providers
+        )
+    used = session_device(session)
+    if used == "cuda":
+        # A CUDA failure in a batch should fail the task (and let KFP retry it), not switch
+        # this session to the CPU behind the IO binding's back.
+        session.disable_fallback()
+    elif device == "cuda":
+        reason = (
+            "this onnxruntime has no CUDA execution provider (install onnxruntime-gpu)"
+            if CUDA_PROVIDER not in providers
+            else "the CUDA execution provider could not start (no visible GPU, or the NVIDIA "
+            "driver or CUDA/cuDNN libraries are missing)"
+        )
+        log.warning("CUDA was requested but %s; scoring on the CPU instead.", reason)
     log.info("onnxruntime providers: %s", ", ".join(session.get_providers()))
     return session
+
+
+class BoundRunner:
+    """Runs batches through ONNX Runtime's IO binding on ``device_type`` (``"cuda"``).
+
+    The batch goes to the device in one copy into an input buffer that is reused while the
+    batch shape stays the same (every batch but a shard's last), and the class output is
+    allocated on the device by ONNX Runtime and copied back once. With ``"cpu"`` the same
+    code runs on any machine (the tests use that).
+    """
+
+    def __init__(
+        self, session: ort.InferenceSession, input_name: str, output_name: str, device_type: str
+    ) -> None:
+        self._session = session
+        self._input_name = input_name
+        self._output_name = output_name
+        self._device_type = device_type
+        self._binding = session.io_binding()
+        self._input: ort.OrtValue | None = None
+
+    def __call__(self, feed: np.ndarray) -> np.ndarray:
+        if self._input is not None and tuple(self._input.shape()) == feed.shape:
+            self._input.update_inplace(np.ascontiguousarray(feed))
+        else:
+            self._input = ort.OrtValue.ortvalue_from_numpy(
+                np.ascontiguousarray(feed), self._device_type, 0
+            )
+            self._binding.bind_ortvalue_input(self._input_name, self._input)
+        # Bound afresh every run: a bound output keeps its last shape, and the last batch of
+        # a shard is shorter.
+        self._binding.bind_output(self._output_name, self._device_type, 0)
+        self._session.run_with_iobinding(self._binding)
+        return self._binding.copy_outputs_to_cpu()[0]
 
 
 def check_sample_shape(
@@ -192,13 +302,25 @@ def check_sample_shape(
 
 
 def run_class_output(
-    session, input_name: str, output_name: str, x: np.ndarray, source_name: str
+    session,
+    input_name: str,
+    output_name: str,
+    x: np.ndarray,
+    source_name: str,
+    *,
+    runner: BoundRunner | None = None,
 ) -> np.ndarray:
-    """Run one batch and return the class-score output, checked to be ``(N, K)``."""
+    """Run one batch and return the class-score output, checked to be ``(N, K)``.
+
+    ``runner`` (IO binding, for a CUDA session) replaces a plain ``session.run``.
+    """
     input_type = session.get_inputs()[0].type
     feed = x if input_type == "tensor(float)" else x.astype(FLOAT_INPUT_TYPES[input_type])
     try:
-        (outputs,) = session.run([output_name], {input_name: feed})
+        if runner is not None:
+            outputs = runner(feed)
+        else:
+            (outputs,) = session.run([output_name], {input_name: feed})
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         message = str(exc).strip().splitlines()[0][:300]
         raise TestprioError(

@@ -26,6 +26,31 @@ RANK_COLUMNS = ["sample_id", "predicted", "confidence", *METRICS, "label"]
 RANKING_ROW_GROUP = 65_536
 
 
+def _sortable_descending(values: np.ndarray) -> np.ndarray:
+    """uint32 keys whose ascending order is ``values``' descending order (float32, no NaN)."""
+    bits = (values.astype(np.float32) + np.float32(0.0)).view(np.uint32)  # -0.0 -> +0.0
+    # IEEE 754 floats sort like their bits once negatives are flipped whole and positives
+    # get the sign bit set; inverting the result turns ascending into descending.
+    ascending = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+    return ~ascending
+
+
+def ranking_order(values: np.ndarray, sample_ids: np.ndarray) -> np.ndarray:
+    """Row indices ordering ``values`` descending, ties by ``sample_id`` ascending.
+
+    Fast path: rows already in ascending ``sample_id`` order (scores shards concatenated in
+    shard order are) sort as one uint64 key, metric bits high and row index low.
+    """
+    n = len(values)
+    if n < 2**32 and (n < 2 or bool((np.diff(sample_ids) > 0).all())):
+        keys = (_sortable_descending(values).astype(np.uint64) << np.uint64(32)) | np.arange(
+            n, dtype=np.uint64
+        )
+        keys.sort()
+        return (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return np.lexsort((sample_ids, -values.astype(np.float64)))
+
+
 def rank_table(tables: list[pa.Table], metric: str) -> pa.Table:
     """Concatenate score tables and order them; adds ``rank`` (int64, from 1) in front."""
     check_metric(metric)
@@ -34,7 +59,7 @@ def rank_table(tables: list[pa.Table], metric: str) -> pa.Table:
         if tables
         else pa.table({name: pa.array([], pa.float32()) for name in RANK_COLUMNS})
     )
-    order = pc.sort_indices(table, sort_keys=[(metric, "descending"), ("sample_id", "ascending")])
+    order = ranking_order(table.column(metric).to_numpy(), table.column("sample_id").to_numpy())
     ranked = table.take(order)
     ranks = pa.array(np.arange(1, ranked.num_rows + 1, dtype=np.int64))
     return ranked.add_column(0, "rank", ranks)
@@ -76,7 +101,9 @@ def rank(
     tables = [storage.read_table(uri, columns=RANK_COLUMNS) for uri in score_uris]
     ranked = rank_table(tables, metric)
     log.info("rank: %s samples ranked by %s", f"{ranked.num_rows:,}", metric)
-    storage.write_table(layout.ranking, ranked, row_group_size=RANKING_ROW_GROUP)
+    storage.write_table(
+        layout.ranking, ranked, row_group_size=RANKING_ROW_GROUP, use_dictionary=False
+    )
     columns = {name: ranked.column(name).to_numpy() for name in ["predicted", *METRICS]}
     columns["label"] = pc.fill_null(ranked.column("label"), -1).to_numpy()
     top = ranked.slice(0, top_k).to_pylist()

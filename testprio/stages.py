@@ -36,6 +36,9 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         raise TestprioError(f"--top-k {parameters['top_k']} must be zero or positive.")
     ingest.detect_format(parameters["data"])
     ingest.parse_shape(parameters["input_shape"])
+    convert.check_parity_tolerance(
+        parameters.get("parity_tolerance", convert.DEFAULT_PARITY_TOLERANCE)
+    )
 
 
 def start_run(root: str, run_id: str, parameters: dict[str, Any]) -> str:
@@ -61,24 +64,59 @@ def ingest_pool(run_uri: str, data: str, input_shape: str, shard_size: int) -> l
 
 
 def convert_model(
-    run_uri: str, model: str, framework: str, output_kind: str, output_name: str
+    run_uri: str,
+    model: str,
+    framework: str,
+    output_kind: str,
+    output_name: str,
+    input_shape: str = "",
+    parity_tolerance: float = convert.DEFAULT_PARITY_TOLERANCE,
+    strict_model_checks: bool = False,
+    converter: str = "",
 ) -> str:
+    """``converter``: the framework the calling component's image converts ('' for any)."""
     configure()
     layout = RunLayout(run_uri)
-    with stage(layout, "convert"):
-        convert.convert(
-            layout, model, framework=framework, output_kind=output_kind, output_name=output_name
+    with stage(layout, "convert") as figures:
+        record = convert.convert(
+            layout,
+            model,
+            framework=framework,
+            output_kind=output_kind,
+            output_name=output_name,
+            input_shape=input_shape,
+            parity_tolerance=float(parity_tolerance),
+            strict_model_checks=bool(strict_model_checks),
+            converter=converter,
+        )
+        figures.update(
+            framework=record["source"]["framework"],
+            parity_max_abs_diff=(record["parity"] or {}).get("max_abs_diff_probabilities"),
+            checks_passed=record["checks_passed"],
         )
     return layout.model_onnx
 
 
-def score_shard(shard_uri: str, batch_size: int) -> str:
+def score_shard(
+    shard_uri: str, batch_size: int, gpu_batch_size: int = 0, device: str = "auto"
+) -> str:
     configure()
     layout = RunLayout.of_data_shard(shard_uri)
     stage_name = "score-" + os.path.splitext(os.path.basename(shard_uri))[0]
     with stage(layout, stage_name) as figures:
-        result = score.score_shard(layout, shard_uri, batch_size=int(batch_size))
-        figures.update(rows=result["rows"], skipped=result["skipped"])
+        result = score.score_shard(
+            layout,
+            shard_uri,
+            batch_size=int(batch_size),
+            gpu_batch_size=int(gpu_batch_size),
+            device=device,
+        )
+        figures.update(
+            rows=result["rows"],
+            skipped=result["skipped"],
+            device=result.get("device"),
+            batch_size=result.get("batch_size"),
+        )
     return result["uri"]
 
 
@@ -87,5 +125,20 @@ def rank_scores(run_uri: str, score_uris: list[str], metric: str, top_k: int) ->
     layout = RunLayout(run_uri)
     with stage(layout, "rank"):
         rank.rank(layout, list(score_uris), metric=metric, top_k=int(top_k))
-    finish_run(layout)
     return layout.ranking
+
+
+def report_run(run_uri: str, top_k: int):
+    """Last task: write ``report/`` and rewrite ``run.json`` (succeeded) last of all.
+
+    Returns the ``testprio.report.ReportResult`` whose parts the component hands to KFP's
+    HTML, Markdown, Metrics and ClassificationMetrics outputs.
+    """
+    from testprio import report  # charts and templates: only this task needs them
+
+    configure()
+    layout = RunLayout(run_uri)
+    with stage(layout, "report"):
+        result = report.build_report(layout, top_k=int(top_k))
+    finish_run(layout)
+    return result

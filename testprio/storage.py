@@ -36,6 +36,7 @@ GCS_SCHEME = "gs://"
 class Backend(Protocol):
     def exists(self, uri: str) -> bool: ...
     def list_names(self, uri: str) -> list[str]: ...
+    def list_folders(self, uri: str) -> list[str]: ...
     def open_read(self, uri: str) -> BinaryIO: ...
     def staging_path(self, uri: str) -> str: ...
     def publish(self, staged: str, uri: str) -> None: ...
@@ -51,6 +52,11 @@ class LocalBackend:
         if not os.path.isdir(uri):
             return []
         return sorted(name for name in os.listdir(uri) if os.path.isfile(os.path.join(uri, name)))
+
+    def list_folders(self, uri: str) -> list[str]:
+        if not os.path.isdir(uri):
+            return []
+        return sorted(entry.name for entry in os.scandir(uri) if entry.is_dir())
 
     def open_read(self, uri: str) -> BinaryIO:
         try:
@@ -166,6 +172,15 @@ class GcsBackend:
         return sorted(blob.name[len(prefix) :] for blob in blobs)
 
     @_gcs_errors
+    def list_folders(self, uri: str) -> list[str]:
+        bucket, name = split_gcs_uri(uri)
+        prefix = name + "/" if name else ""
+        blobs = _gcs_client().list_blobs(bucket, prefix=prefix, delimiter="/")
+        for _ in blobs.pages:  # the folder names arrive page by page, beside the objects
+            pass
+        return sorted(folder[len(prefix) :].rstrip("/") for folder in blobs.prefixes)
+
+    @_gcs_errors
     def open_read(self, uri: str) -> BinaryIO:
         blob = self._blob(uri)
         if not blob.exists():
@@ -258,6 +273,11 @@ def list_names(uri: str) -> list[str]:
     return backend_for(uri).list_names(uri)
 
 
+def list_folders(uri: str) -> list[str]:
+    """Names of the folders directly under the folder ``uri`` (on GCS: object prefixes), sorted."""
+    return backend_for(uri).list_folders(uri)
+
+
 def delete(uri: str) -> None:
     backend_for(uri).delete(uri)
 
@@ -276,6 +296,37 @@ def local_copy(uri: str) -> Iterator[str]:
     """A local path holding the object's bytes (the file itself when it is local)."""
     with tempfile.TemporaryDirectory(prefix="testprio-fetch-") as folder:
         yield backend_for(uri).local_copy(uri, folder)
+
+
+def is_folder(uri: str) -> bool:
+    """True when files or folders lie under ``uri`` (on GCS: under the prefix ``uri/``)."""
+    return bool(list_names(uri) or list_folders(uri))
+
+
+def list_tree(uri: str) -> list[str]:
+    """Paths (``a/b.txt``) of every file under the folder ``uri``, at any depth, sorted."""
+    names = list_names(uri)
+    for folder in list_folders(uri):
+        names += [f"{folder}/{name}" for name in list_tree(join(uri, folder))]
+    return sorted(names)
+
+
+@contextlib.contextmanager
+def local_folder(base: str, names: list[str]) -> Iterator[str]:
+    """A local folder holding ``base/NAME`` for every relative path in ``names``.
+
+    A local ``base`` is that folder itself; from GCS only the named objects are downloaded.
+    """
+    backend = backend_for(base)
+    if isinstance(backend, LocalBackend):
+        yield base
+        return
+    with tempfile.TemporaryDirectory(prefix="testprio-fetch-") as folder:
+        for name in names:
+            target = os.path.join(folder, os.path.dirname(name))
+            os.makedirs(target, exist_ok=True)
+            backend.local_copy(join(base, name), target)
+        yield folder
 
 
 @contextlib.contextmanager
@@ -318,16 +369,28 @@ def write_json(uri: str, value: Any) -> None:
 
 @contextlib.contextmanager
 def open_parquet(uri: str) -> Iterator[pq.ParquetFile]:
-    """A ``ParquetFile`` that reads row groups and columns on demand (ranged reads on GCS)."""
-    with open_read(uri) as handle:
+    """A ``ParquetFile`` that reads row groups and columns on demand (ranged reads on GCS).
+
+    ``pre_buffer=False``: pre-buffering would pull a whole shard into memory as soon as
+    every row group is iterated, so memory would grow with the shard size.
+    """
+    if backend_for(uri) is _BACKENDS["local"]:
+        if not os.path.exists(uri):
+            raise TestprioError(f"{uri} does not exist; check the path.")
+        handle = pa.OSFile(uri, "rb")  # native reads: faster than a Python file object
+    else:
+        handle = backend_for(uri).open_read(uri)
+    try:
         try:
-            parquet = pq.ParquetFile(handle)
+            parquet = pq.ParquetFile(handle, pre_buffer=False)
         except pa.ArrowInvalid as exc:
             raise TestprioError(
                 f"{uri} is not a readable Parquet file ({exc}); rewrite it or rerun the stage "
                 "that made it."
             ) from None
         yield parquet
+    finally:
+        handle.close()
 
 
 def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:

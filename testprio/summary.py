@@ -41,9 +41,9 @@ def apfd(misclassified: np.ndarray) -> dict | None:
 def score_bins(values: np.ndarray, upper: float, bins: int = HISTOGRAM_BINS) -> np.ndarray:
     """Bin index 0..bins-1 of each value on ``[0, upper]`` (values at the edge go last)."""
     if upper <= 0:
-        return np.zeros(len(values), dtype=np.int64)
-    index = np.floor(values.astype(np.float64) / upper * bins).astype(np.int64)
-    return np.clip(index, 0, bins - 1)
+        return np.zeros(len(values), dtype=np.int16)
+    index = np.floor(values.astype(np.float32) * np.float32(bins / upper))
+    return np.clip(index, 0, bins - 1).astype(np.int16)
 
 
 def _edges(upper: float, bins: int = HISTOGRAM_BINS) -> list[float]:

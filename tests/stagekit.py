@@ -21,19 +21,31 @@ def parameters(model: str, data: str, root: str, run_id: str, **overrides) -> di
         "shard_size": 10_000,
         "batch_size": 64,
         "top_k": 10,
+        "parity_tolerance": 1e-3,
+        "strict_model_checks": False,
     }
     values.update(overrides)
     return values
 
 
 def run_stages(model, data, root: str, run_id: str = "run", **overrides) -> RunLayout:
-    """start -> ingest -> convert -> score every shard -> rank; returns the run's layout."""
+    """start -> ingest -> convert -> score every shard -> rank -> report; returns the layout."""
     p = parameters(model, data, root, run_id, **overrides)
     run_uri = stages.start_run(p["root"], p["run_id"], p)
     shards = stages.ingest_pool(run_uri, p["data"], p["input_shape"], p["shard_size"])
-    stages.convert_model(run_uri, p["model"], p["framework"], p["output_kind"], p["output_name"])
+    stages.convert_model(
+        run_uri,
+        p["model"],
+        p["framework"],
+        p["output_kind"],
+        p["output_name"],
+        p["input_shape"],
+        p["parity_tolerance"],
+        p["strict_model_checks"],
+    )
     scores = [stages.score_shard(shard, p["batch_size"]) for shard in shards]
     stages.rank_scores(run_uri, scores, p["metric"], p["top_k"])
+    stages.report_run(run_uri, p["top_k"])
     return RunLayout(run_uri)
 
 

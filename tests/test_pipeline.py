@@ -45,8 +45,18 @@ def test_pipeline_runs_end_to_end(root, digits_model):
     stage_names = [timing["stage"] for timing in record["stages"]]
     assert stage_names[:3] == ["start", "ingest", "convert"]
     assert sorted(stage_names[3:6]) == [f"score-shard-0000{i}" for i in range(3)]
-    assert stage_names[-1] == "rank"
+    assert stage_names[-2:] == ["rank", "report"]
     assert all(timing["end"] >= timing["start"] for timing in record["stages"])
+    # The report task's outputs: the run's report/ folder (the KFP artifacts carry the same).
+    assert storage.list_names(layout.report_dir) == [
+        "export.zip",
+        "report.html",
+        "report.json",
+        "report.md",
+    ]
+    figures = storage.read_json(layout.report_json)
+    assert figures["metrics"]["samples"] == 899
+    assert figures["labels"]["confusion"] and figures["labels"]["fault_curve"]
 
     assert storage.list_names(layout.data_dir) == [
         "manifest.json",

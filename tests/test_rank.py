@@ -7,7 +7,7 @@ import pytest
 from testprio import storage
 from testprio.errors import TestprioError
 from testprio.metrics import METRICS, softmax
-from testprio.rank import rank_table
+from testprio.rank import rank_table, ranking_order
 from testprio.summary import HISTOGRAM_BINS, apfd
 from tests.conftest import linear_classifier, make_deterministic, write_pool
 from tests.stagekit import ranking, run_stages
@@ -144,3 +144,16 @@ def test_rank_refuses_missing_shard_scores(tmp_path, pool, model):
     with pytest.raises(TestprioError, match=r"scores are missing for 1 shard\(s\) \(shard-00001"):
         stages.rank_scores(layout.uri, scores, "gini", 10)
     assert storage.read_json(layout.run_json)["status"] == "failed"
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_ranking_order_matches_a_lexsort_reference(shuffled):
+    rng = make_deterministic(7)
+    values = rng.choice(np.array([0.5, 0.25, 0.0, -0.0, -1e-8, 1e-8, 0.75], np.float32), 5000)
+    values[:100] = rng.random(100).astype(np.float32)
+    ids = np.arange(5000, dtype=np.int64)
+    if shuffled:  # not in sample_id order: the general path
+        rng.shuffle(ids)
+    order = ranking_order(values, ids)
+    reference = np.lexsort((ids, -values.astype(np.float64)))
+    np.testing.assert_array_equal(ids[order], ids[reference])

@@ -298,3 +298,22 @@ def test_bad_parameters_fail_the_run_at_start(tmp_path, pool, overrides, match):
         tmp_path, linear_classifier(tmp_path / "m.onnx"), pool[0], match, **overrides
     )
     assert record["failed_stage"] == "start"
+
+
+def test_prefetch_keeps_order_raises_errors_and_stops_early():
+    from testprio.score import _prefetched
+
+    assert list(_prefetched(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("decode failed")
+
+    consumed = []
+    with pytest.raises(ValueError, match="decode failed"):
+        for item in _prefetched(failing()):
+            consumed.append(item)
+    assert consumed == [1]
+    for item in _prefetched(iter(range(10**6))):  # the consumer leaves early: no hang
+        if item == 3:
+            break

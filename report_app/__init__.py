@@ -1,0 +1,1 @@
+"""The Streamlit report app (``testprio report``): layout only, data from testprio.reportdata."""

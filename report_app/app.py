@@ -1,0 +1,501 @@
+"""testprio report: browse the runs under a root (a local folder or gs://bucket/prefix).
+
+Start it with ``testprio report --root ROOT``. Layout only: every table and figure comes from
+``testprio.reportdata`` and every chart from ``testprio.charts``. The root is fixed when the
+app starts (``--root`` after ``--`` or ``TESTPRIO_REPORT_ROOT``); URL parameters choose a
+page and runs by id, and ``reportdata.resolve_run`` refuses anything but a run id under the
+root. Text that comes from a run (sources, class names, file names, error sentences) goes
+through ``reportdata.md_escape`` wherever Streamlit would read it as Markdown.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import streamlit as st
+
+from testprio import charts, reportdata, storage
+from testprio.errors import TestprioError
+
+ROOT_ENV = "TESTPRIO_REPORT_ROOT"
+PAGES = {"runs": "Runs", "run": "Run", "compare": "Compare", "downloads": "Downloads"}
+CACHE_SECONDS = 15
+GALLERY_COLUMNS = 5
+PAGE_SIZES = (25, 50, 100, 500)
+esc = reportdata.md_escape
+
+
+def report_root() -> str:
+    args = sys.argv[1:]
+    if "--root" in args and args.index("--root") + 1 < len(args):
+        return args[args.index("--root") + 1]
+    return os.environ.get(ROOT_ENV, "runs")
+
+
+# --- cached reads (keyed by root and run id; finished runs never change) -----------------
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def runs_of(root: str) -> list[dict]:
+    return reportdata.list_runs(root)
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def details_of(root: str, run_id: str) -> reportdata.RunDetails:
+    return reportdata.load_run(reportdata.resolve_run(root, run_id))
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def dataset_of(root: str, run_id: str) -> dict | None:
+    return reportdata.dataset_summary(details_of(root, run_id))
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def random_samples_of(root: str, run_id: str, count: int) -> list[dict]:
+    return reportdata.random_samples(details_of(root, run_id), count)
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def gallery_of(root: str, run_id: str, which: str, k: int) -> list[dict]:
+    return reportdata.gallery(details_of(root, run_id), which, k)
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def ranking_page_of(
+    root: str,
+    run_id: str,
+    page: int,
+    page_size: int,
+    classes: tuple[int, ...] | None,
+    score_min: float | None,
+    score_max: float | None,
+) -> reportdata.RankingPage:
+    details = details_of(root, run_id)
+    filters = reportdata.RankingFilter(classes, score_min, score_max)
+    result = reportdata.ranking_page(details, page=page, page_size=page_size, filters=filters)
+    result.rows = reportdata.with_sources(details, result.rows)
+    return result
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def fault_curve_of(root: str, run_id: str) -> dict | None:
+    return reportdata.run_fault_curve(details_of(root, run_id))
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def comparison_of(root: str, a: str, b: str) -> dict:
+    return reportdata.compare_runs(details_of(root, a), details_of(root, b))
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def show_error(text: str) -> None:
+    st.error(esc(text))
+
+
+def query_run(name: str, run_ids: list[str]) -> str | None:
+    """The run id in URL parameter ``name`` if it names a run under the root, else None."""
+    value = st.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        reportdata.resolve_run(ROOT, value)
+    except TestprioError as exc:
+        show_error(str(exc))
+        return None
+    if value not in run_ids:
+        show_error(f"there is no run '{value}' under {ROOT}; pick one from the list.")
+        return None
+    return value
+
+
+def pick_run(label: str, param: str, run_ids: list[str], *, default: int = 0) -> str | None:
+    if not run_ids:
+        st.info(f"No runs under {esc(ROOT)} yet; start one with `testprio run`.")
+        return None
+    chosen = query_run(param, run_ids)
+    key = f"pick-{param}"
+    if st.session_state.get(key) not in run_ids:
+        st.session_state[key] = chosen or run_ids[min(default, len(run_ids) - 1)]
+    run_id = st.selectbox(label, run_ids, key=key)
+    st.query_params[param] = run_id
+    return run_id
+
+
+def open_run(run_id: str) -> None:
+    """Button callback: show ``run_id`` on the Run page (runs before the next script run)."""
+    st.session_state["page"] = "run"
+    st.session_state["pick-run"] = run_id
+    st.query_params.update(page="run", run=run_id)
+
+
+def table_height(rows: int, *, most: int = 12) -> int:
+    """Pixels that show ``rows`` rows (at most ``most``) of an ``st.dataframe`` unscrolled."""
+    return 38 + 35 * max(1, min(rows, most))
+
+
+def chart(spec) -> None:
+    st.altair_chart(spec, width="stretch")
+
+
+def show_gallery(items: list[dict], metric: str) -> None:
+    for start in range(0, len(items), GALLERY_COLUMNS):
+        columns = st.columns(GALLERY_COLUMNS)
+        for column, item in zip(columns, items[start : start + GALLERY_COLUMNS], strict=False):
+            with column:
+                if item["image"] is not None:
+                    st.image(item["image"], width=96)
+                st.caption(
+                    esc(
+                        f"#{item['rank']} · id {item['sample_id']} · predicted "
+                        f"{item['predicted']} · {metric} {item['score']:.3f}"
+                        + (f" · label {item['label']}" if item["label"] else "")
+                    )
+                )
+                probabilities = ", ".join(
+                    f"{p['class']}: {p['probability']:.3f}" for p in item["top_probabilities"]
+                )
+                st.caption(esc(f"{probabilities} · {item['source']}"))
+
+
+# --- pages --------------------------------------------------------------------------------
+
+
+def runs_page(rows: list[dict]) -> None:
+    st.title("testprio runs")
+    st.caption(esc(f"Root: {ROOT}"))
+    query = st.text_input(
+        "Search runs", placeholder="name, model, dataset, metric, status, start time, duration"
+    )
+    shown = reportdata.filter_runs(rows, query)
+    st.write(f"{len(shown)} of {len(rows)} runs")
+    table = [
+        {
+            **{name: row[name] for name in reportdata.RUN_COLUMNS},
+            "open": f"?page=run&run={row['run_id']}",
+            "error": row["error"],
+        }
+        for row in shown
+    ]
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "run_id": st.column_config.TextColumn("name"),
+            "open": st.column_config.LinkColumn("open", display_text="open"),
+        },
+    )
+    for row in shown:
+        if row["status"] == "failed":
+            show_error(f"{row['run_id']} failed in {row['failed_stage']}: {row['error']}")
+    if shown:
+        run_id = st.selectbox("Run", [row["run_id"] for row in shown], key="runs-open")
+        st.button("Open run", on_click=open_run, args=(run_id,))
+
+
+def model_section(details: reportdata.RunDetails) -> None:
+    st.header("Model")
+    summary = reportdata.model_summary(details.model)
+    if summary is None:
+        st.info("This run has no model/model.json (it stopped before convert).")
+        return
+    left, right = st.columns(2)
+    with left:
+        st.dataframe(summary["facts"], hide_index=True, height=table_height(len(summary["facts"])))
+    with right:
+        tensors = summary["inputs"] + summary["outputs"]
+        st.dataframe(tensors, hide_index=True, height=table_height(len(tensors)))
+        st.dataframe(
+            summary["ops"], hide_index=True, height=table_height(len(summary["ops"]), most=8)
+        )
+    if summary["checks"]:
+        st.subheader("Parity and model checks")
+        st.dataframe(summary["checks"], hide_index=True)
+
+
+def data_section(root: str, details: reportdata.RunDetails) -> None:
+    st.header("Data")
+    dataset = dataset_of(root, details.run_id)
+    if dataset is None:
+        st.info("This run has no data/manifest.json (it stopped before ingest).")
+        return
+    stats = dataset["stats"]
+    columns = st.columns(6)
+    columns[0].metric("samples", f"{dataset['samples']:,}")
+    columns[1].metric("quarantined", f"{dataset['quarantined']:,}")
+    columns[2].metric("shape", "×".join(str(dim) for dim in dataset["shape"]))
+    columns[3].metric("tensor bytes", reportdata.format_bytes(dataset["tensor_bytes"]))
+    columns[4].metric("mean", "-" if stats["mean"] is None else f"{stats['mean']:.4f}")
+    columns[5].metric("std", "-" if stats["std"] is None else f"{stats['std']:.4f}")
+    if dataset["stats_estimated"]:
+        st.caption(f"Value statistics from the first {stats['rows']:,} samples.")
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Class balance")
+        balance = dataset["class_balance"]
+        st.dataframe(balance, hide_index=True, height=table_height(len(balance)))
+    with right:
+        st.subheader("Quarantine")
+        if dataset["quarantine_reasons"]:
+            st.dataframe(dataset["quarantine_reasons"], hide_index=True)
+        else:
+            st.write("No sample was quarantined.")
+    st.subheader("Random samples")
+    samples = random_samples_of(root, details.run_id, 16)
+    columns = st.columns(8)
+    for index, item in enumerate(samples):
+        with columns[index % 8]:
+            st.image(item["image"], width=64)
+            st.caption(
+                esc(f"id {item['sample_id']}" + (f" · {item['label']}" if item["label"] else ""))
+            )
+
+
+def ranking_section(root: str, details: reportdata.RunDetails) -> None:
+    st.header("Ranking")
+    metric = details.metric
+    summary = details.summary
+    names = reportdata.class_names(details)
+    labels = [reportdata.class_label(i, names) for i in range(summary["num_classes"])]
+    upper = float(summary["histograms"][metric]["edges"][-1])
+    left, middle, right = st.columns([2, 2, 1])
+    chosen = left.multiselect("Predicted class", labels, key="rank-classes")
+    low, high = middle.slider(
+        f"{metric} range", 0.0, upper, (0.0, upper), step=upper / 100 or 0.01, key="rank-range"
+    )
+    page_size = right.selectbox("Rows per page", PAGE_SIZES, index=1, key="rank-size")
+    classes = tuple(labels.index(label) for label in chosen) if chosen else None
+    score_min = low if low > 0.0 else None
+    score_max = high if high < upper else None
+    first = ranking_page_of(root, details.run_id, 0, page_size, classes, score_min, score_max)
+    page = st.number_input(
+        f"Page (of {first.pages:,})", min_value=1, max_value=first.pages, value=1, key="rank-page"
+    )
+    result = (
+        first
+        if page == 1
+        else ranking_page_of(
+            root, details.run_id, int(page) - 1, page_size, classes, score_min, score_max
+        )
+    )
+    st.caption(f"{result.total:,} matching samples, most uncertain first.")
+    st.dataframe(result.rows, hide_index=True)
+
+
+def labels_section(root: str, details: reportdata.RunDetails) -> None:
+    labels = details.summary["labels"]
+    st.header("Labels")
+    apfd = labels["apfd"] or {}
+    columns = st.columns(4)
+    columns[0].metric("accuracy", f"{labels['accuracy']:.4f}")
+    columns[1].metric("misclassified", f"{labels['misclassified']:,}")
+    columns[2].metric("APFD", f"{apfd['raw']:.4f}" if apfd else "-")
+    normalized = apfd.get("normalized")
+    columns[3].metric("APFD normalized", f"{normalized:.4f}" if normalized is not None else "-")
+    curve = fault_curve_of(root, details.run_id)
+    left, right = st.columns(2)
+    with left:
+        if curve:
+            chart(charts.fault_curve(reportdata.fault_curve_rows(curve)))
+        else:
+            st.write("No misclassified sample: nothing to find.")
+    with right:
+        names = reportdata.class_names(details)
+        chart(charts.per_class_accuracy(reportdata.per_class_accuracy(details.summary, names)))
+
+
+def run_page(root: str, run_ids: list[str]) -> None:
+    run_id = pick_run("Run", "run", run_ids)
+    if run_id is None:
+        return
+    try:
+        details = details_of(root, run_id)
+    except TestprioError as exc:
+        show_error(str(exc))
+        return
+    row = reportdata.run_row(details.record)
+    st.title(f"Run {esc(run_id)}")
+    st.caption(
+        esc(
+            f"{row['status']} · model {row['model']} · pool {row['dataset']} · "
+            f"metric {row['metric']} · started {row['started']} · {row['duration']}"
+        )
+    )
+    if row["status"] == "failed":
+        show_error(f"{row['failed_stage']} failed: {row['error']}")
+    if details.summary:
+        summary, metric = details.summary, details.metric
+        columns = st.columns(5)
+        columns[0].metric("ranked", f"{summary['counts']['ranked']:,}")
+        columns[1].metric("quarantined", f"{summary['counts']['quarantined']:,}")
+        mean = summary["histograms"][metric]["mean"]
+        columns[2].metric(f"mean {metric}", "-" if mean is None else f"{mean:.4f}")
+        if summary["labels"]:
+            columns[3].metric("accuracy", f"{summary['labels']['accuracy']:.4f}")
+            apfd = summary["labels"]["apfd"]
+            columns[4].metric("APFD", f"{apfd['raw']:.4f}" if apfd else "-")
+
+    model_section(details)
+    data_section(root, details)
+
+    st.header("Stages")
+    timeline = reportdata.stage_timeline(details)
+    if timeline:
+        chart(charts.stage_timeline(timeline))
+    else:
+        st.write("No stage has finished yet.")
+
+    if not details.summary:
+        st.info("This run has no ranking yet, so there are no scores to show.")
+        return
+    names = reportdata.class_names(details)
+    st.header("Scores")
+    left, right = st.columns(2)
+    with left:
+        chart(charts.score_histogram(reportdata.score_histogram(details.summary), metric))
+    with right:
+        chart(charts.per_class_mean(reportdata.per_class_means(details.summary, names), metric))
+    chart(
+        charts.class_score_heatmap(reportdata.class_score_heatmap(details.summary, names), metric)
+    )
+
+    st.header("Most and least uncertain")
+    k = st.slider("Samples per gallery", 5, 30, 10, step=5, key="gallery-k")
+    st.subheader(f"Top {k}: label these first")
+    show_gallery(gallery_of(root, run_id, "top", k), metric)
+    st.subheader(f"Bottom {k}: the model is surest about these")
+    show_gallery(gallery_of(root, run_id, "bottom", k), metric)
+
+    ranking_section(root, details)
+    if details.has_labels:
+        labels_section(root, details)
+
+
+def compare_page(root: str, rows: list[dict]) -> None:
+    st.title("Compare two runs")
+    ranked = [row["run_id"] for row in rows if row["status"] == "succeeded"]
+    if len(ranked) < 2:
+        st.info("Comparing needs two finished runs on the same data.")
+        return
+    left, right = st.columns(2)
+    with left:
+        a = pick_run("Run A", "a", ranked, default=0)
+    with right:
+        other = next(index for index, run_id in enumerate(ranked) if run_id != a)
+        b = pick_run("Run B", "b", ranked, default=other)
+    if a == b:
+        st.info("Pick two different runs.")
+        return
+    try:
+        result = comparison_of(root, a, b)
+    except TestprioError as exc:
+        show_error(str(exc))
+        return
+    for warning in result["warnings"]:
+        st.warning(esc(warning))
+    columns = st.columns(4)
+    columns[0].metric("Spearman rank correlation", f"{result['spearman']:.4f}")
+    columns[1].metric("shared samples", f"{result['shared']:,}")
+    columns[2].metric("metrics", " vs ".join(result["metrics"]))
+    columns[3].metric("same data", "yes" if result["same_data"] else "no")
+    st.caption(esc(f"models: {result['models'][0]} vs {result['models'][1]}"))
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Top-k overlap")
+        st.dataframe(result["overlaps"], hide_index=True)
+        chart(charts.top_k_overlap(result["overlaps"]))
+    with right:
+        chart(charts.rank_scatter(result["scatter"], a, b))
+    st.subheader("Samples that moved most")
+    st.dataframe(result["moved"], hide_index=True)
+
+
+def downloads_page(root: str, run_ids: list[str]) -> None:
+    st.title("Downloads")
+    run_id = pick_run("Run", "run", run_ids)
+    if run_id is None:
+        return
+    details = details_of(root, run_id)
+    if not details.has_ranking:
+        st.info("This run has no ranking to download.")
+        return
+    layout = details.layout
+    st.subheader("Ranking")
+    left, right = st.columns(2)
+    left.download_button(
+        "Ranking as CSV",
+        data=lambda: reportdata.ranking_csv(layout),
+        file_name=f"{run_id}-ranking.csv",
+        mime="text/csv",
+        on_click="ignore",
+    )
+    right.download_button(
+        "Ranking as Parquet",
+        data=lambda: storage.read_bytes(layout.ranking),
+        file_name=f"{run_id}-ranking.parquet",
+        mime="application/octet-stream",
+        on_click="ignore",
+    )
+    st.subheader("Top-k for labeling")
+    k = int(
+        st.number_input(
+            "k", min_value=1, max_value=max(1, min(details.num_rows, 10_000)), value=100
+        )
+    )
+    left, right = st.columns(2)
+    left.download_button(
+        f"Top {k} as CSV (sample ids and sources)",
+        data=lambda: reportdata.rows_to_csv(reportdata.top_k_rows(details, k)),
+        file_name=f"{run_id}-top-{k}.csv",
+        mime="text/csv",
+        on_click="ignore",
+    )
+    right.download_button(
+        f"Top {k} images (zip of PNGs and the CSV)",
+        data=lambda: reportdata.top_k_images_zip(details, k),
+        file_name=f"{run_id}-top-{k}-images.zip",
+        mime="application/zip",
+        on_click="ignore",
+    )
+    st.subheader("Everything")
+    if storage.exists(layout.export_zip):
+        st.download_button(
+            "export.zip (ranking, scores and probabilities, report.html, run.json, model.json)",
+            data=lambda: storage.read_bytes(layout.export_zip),
+            file_name=f"{run_id}-export.zip",
+            mime="application/zip",
+            on_click="ignore",
+        )
+    else:
+        st.write("This run has no report/export.zip (its report stage has not run).")
+
+
+# --- the app ------------------------------------------------------------------------------
+
+st.set_page_config(page_title="testprio report", layout="wide")
+ROOT = report_root()
+try:
+    ROOT = storage.normalize_root(ROOT)
+    all_runs = runs_of(ROOT)
+except TestprioError as exc:
+    show_error(str(exc))
+    st.stop()
+
+if st.session_state.get("page") not in PAGES:
+    requested = st.query_params.get("page", "runs")
+    st.session_state["page"] = requested if requested in PAGES else "runs"
+page_key = st.sidebar.radio("Page", list(PAGES), format_func=PAGES.get, key="page")
+st.query_params["page"] = page_key
+st.sidebar.caption(esc(f"Root: {ROOT}"))
+ids = [row["run_id"] for row in all_runs]
+
+if page_key == "runs":
+    runs_page(all_runs)
+elif page_key == "run":
+    run_page(ROOT, ids)
+elif page_key == "compare":
+    compare_page(ROOT, all_runs)
+else:
+    downloads_page(ROOT, ids)

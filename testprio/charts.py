@@ -1,0 +1,224 @@
+"""The report's charts as Altair specifications, from rows shaped by ``testprio.reportdata``.
+
+The Streamlit app shows them interactively (hover shows values; the histogram zooms along
+its x axis); the report stage renders the same charts to static SVG with ``vl-convert``,
+offline and without scripts, so that ``report.html`` works inside the Kubeflow UI's
+sandboxed iframe. Data is inlined into each spec, never fetched.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+
+WIDTH = 520
+HEIGHT = 240
+ORDER_COLORS = {"ranking": "#d62728", "random": "#7f7f7f", "ideal": "#2ca02c"}
+
+
+def _data(rows: list[dict]) -> alt.Data:
+    return alt.Data(values=rows)
+
+
+def _by_class(title: str = "class") -> alt.Y:
+    return alt.Y(
+        "class:N",
+        sort=alt.EncodingSortField("class_index"),
+        title=title,
+        axis=alt.Axis(labelOverlap=False),  # one band per class: every label fits
+    )
+
+
+def _class_height(rows: list[dict]):
+    """One 18-pixel band per class (every label readable) up to 40 classes, then fixed."""
+    classes = len({row["class"] for row in rows})
+    return alt.Step(18) if classes <= 40 else 2 * HEIGHT
+
+
+def score_histogram(rows: list[dict], metric: str) -> alt.Chart:
+    """Samples per score bin (rows of ``reportdata.score_histogram``); zooms along x."""
+    return (
+        alt.Chart(_data(rows), title=f"Samples per {metric} bin")
+        .mark_bar(color="#4c78a8")
+        .encode(
+            x=alt.X("bin_start:Q", title=f"{metric} (higher = less sure)"),
+            x2="bin_end:Q",
+            y=alt.Y("samples:Q", title="samples"),
+            y2=alt.datum(0),
+            tooltip=[
+                alt.Tooltip("bin_start:Q", format=".3f", title="from"),
+                alt.Tooltip("bin_end:Q", format=".3f", title="to"),
+                alt.Tooltip("samples:Q", format=","),
+            ],
+        )
+        .properties(width=WIDTH, height=HEIGHT)
+        .interactive(bind_y=False)
+    )
+
+
+def class_score_heatmap(rows: list[dict], metric: str) -> alt.Chart:
+    """Predicted class x score bin counts (rows of ``reportdata.class_score_heatmap``)."""
+    return (
+        alt.Chart(_data(rows), title=f"Predicted class x {metric}")
+        .mark_rect()
+        .encode(
+            x=alt.X("bin_start:Q", title=metric),
+            x2="bin_end:Q",
+            y=_by_class("predicted class"),
+            color=alt.condition(
+                alt.datum.samples > 0,
+                alt.Color("samples:Q", scale=alt.Scale(scheme="blues"), title="samples"),
+                alt.value("#ffffff"),
+            ),
+            tooltip=[
+                alt.Tooltip("class:N", title="predicted"),
+                alt.Tooltip("bin_start:Q", format=".3f", title="from"),
+                alt.Tooltip("bin_end:Q", format=".3f", title="to"),
+                alt.Tooltip("samples:Q", format=","),
+            ],
+        )
+        .properties(width=WIDTH, height=_class_height(rows))
+    )
+
+
+def per_class_mean(rows: list[dict], metric: str) -> alt.Chart:
+    """Mean score per predicted class (rows of ``reportdata.per_class_means``)."""
+    return (
+        alt.Chart(_data(rows), title=f"Mean {metric} per predicted class")
+        .mark_bar(color="#f58518")
+        .encode(
+            x=alt.X("mean:Q", title=f"mean {metric}"),
+            y=_by_class("predicted class"),
+            tooltip=[
+                alt.Tooltip("class:N", title="predicted"),
+                alt.Tooltip("mean:Q", format=".4f"),
+                alt.Tooltip("predicted:Q", format=",", title="samples"),
+            ],
+        )
+        .properties(width=WIDTH, height=_class_height(rows))
+    )
+
+
+def per_class_accuracy(rows: list[dict]) -> alt.Chart:
+    """Accuracy per true class (rows of ``reportdata.per_class_accuracy``)."""
+    return (
+        alt.Chart(_data(rows), title="Accuracy per true class")
+        .mark_bar(color="#54a24b")
+        .encode(
+            x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy"),
+            y=_by_class("true class"),
+            tooltip=[alt.Tooltip("class:N"), alt.Tooltip("accuracy:Q", format=".4f")],
+        )
+        .properties(width=WIDTH, height=_class_height(rows))
+    )
+
+
+def stage_timeline(rows: list[dict]) -> alt.Chart:
+    """Gantt chart of stage (and per-shard score) start and end (``reportdata.stage_timeline``)."""
+    return (
+        alt.Chart(_data(rows), title="Stage timeline")
+        .mark_bar()
+        .encode(
+            x=alt.X("start_s:Q", title="seconds since the run started"),
+            x2="end_s:Q",
+            y=alt.Y("stage:N", sort=None, title=None),
+            color=alt.Color("group:N", title="stage"),
+            tooltip=[
+                alt.Tooltip("stage:N"),
+                alt.Tooltip("seconds:Q", format=".3f"),
+                alt.Tooltip("rows:Q", format=","),
+                alt.Tooltip("start:N", title="start (UTC)"),
+                alt.Tooltip("end:N", title="end (UTC)"),
+            ],
+        )
+        .properties(width=WIDTH, height=alt.Step(20))
+    )
+
+
+def fault_curve(rows: list[dict]) -> alt.Chart:
+    """Share of misclassified inputs found vs share inspected (``reportdata.fault_curve_rows``)."""
+    return (
+        alt.Chart(_data(rows), title="Mistakes found vs inputs inspected")
+        .mark_line()
+        .encode(
+            x=alt.X("inspected:Q", axis=alt.Axis(format="%"), title="share of inputs inspected"),
+            y=alt.Y("found:Q", axis=alt.Axis(format="%"), title="share of mistakes found"),
+            color=alt.Color(
+                "order:N",
+                scale=alt.Scale(domain=list(ORDER_COLORS), range=list(ORDER_COLORS.values())),
+                title="order",
+            ),
+            strokeDash=alt.condition(
+                alt.datum.order == "ranking", alt.value([1, 0]), alt.value([4, 3])
+            ),
+            tooltip=[
+                alt.Tooltip("order:N"),
+                alt.Tooltip("inspected:Q", format=".1%"),
+                alt.Tooltip("found:Q", format=".1%"),
+            ],
+        )
+        .properties(width=WIDTH, height=HEIGHT)
+        .interactive()
+    )
+
+
+def confusion_matrix(matrix: list[list[int]], labels: list[str]) -> alt.Chart:
+    """True class (rows) x predicted class (columns) counts."""
+    rows = [
+        {"true": labels[t], "predicted": labels[p], "t": t, "p": p, "samples": count}
+        for t, counts in enumerate(matrix)
+        for p, count in enumerate(counts)
+    ]
+    base = alt.Chart(_data(rows), title="Confusion matrix").encode(
+        x=alt.X("predicted:N", sort=alt.EncodingSortField("p"), title="predicted class"),
+        y=alt.Y("true:N", sort=alt.EncodingSortField("t"), title="true class"),
+    )
+    cells = base.mark_rect().encode(
+        color=alt.condition(
+            alt.datum.samples > 0,
+            alt.Color("samples:Q", scale=alt.Scale(scheme="greens", type="symlog")),
+            alt.value("#ffffff"),
+        ),
+        tooltip=["true:N", "predicted:N", alt.Tooltip("samples:Q", format=",")],
+    )
+    text = base.mark_text(fontSize=9).encode(text=alt.Text("samples:Q", format=","))
+    return (cells + text).properties(width=HEIGHT + 80, height=HEIGHT + 80)
+
+
+def rank_scatter(rows: list[dict], a: str, b: str) -> alt.Chart:
+    """Rank in run ``a`` vs rank in run ``b`` (rows of ``compare_runs``' ``scatter``)."""
+    return (
+        alt.Chart(_data(rows), title="Rank in each run (a sample of the shared inputs)")
+        .mark_circle(size=12, opacity=0.5)
+        .encode(
+            x=alt.X("rank_a:Q", title=f"rank in {a}"),
+            y=alt.Y("rank_b:Q", title=f"rank in {b}"),
+            tooltip=["sample_id:Q", "rank_a:Q", "rank_b:Q"],
+        )
+        .properties(width=HEIGHT + 80, height=HEIGHT + 80)
+        .interactive()
+    )
+
+
+def top_k_overlap(rows: list[dict]) -> alt.Chart:
+    """Share of the top-k that two runs have in common, for each k (``compare_runs``)."""
+    return (
+        alt.Chart(_data(rows), title="Top-k overlap")
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("k:Q", scale=alt.Scale(type="log"), title="k (top inputs of each run)"),
+            y=alt.Y("overlap:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            tooltip=[
+                alt.Tooltip("k:Q", format=","),
+                alt.Tooltip("shared:Q", format=","),
+                alt.Tooltip("overlap:Q", format=".1%"),
+            ],
+        )
+        .properties(width=HEIGHT + 80, height=HEIGHT)
+    )
+
+
+def to_svg(chart: alt.TopLevelMixin) -> str:
+    """The chart as one static SVG element (data inline; external loads refused)."""
+    import vl_convert
+
+    return vl_convert.vegalite_to_svg(chart.to_dict(), allowed_base_urls=[])

@@ -1,0 +1,145 @@
+"""The convert stage's child process: one framework's converter, in a process of its own.
+
+A converter module (``convert_pytorch``, ``convert_tensorflow``, ``convert_paddle``) offers:
+
+- ``convert(source, target, input_shape, *, fmt, pool_shape, source_name) -> dict`` writes
+  ``target``: one self-contained ONNX file whose input has a dynamic batch axis. It returns
+  facts about the conversion (converter, versions, the example input it used).
+  ``input_shape`` is the per-sample shape the user gave (or ``None``); ``pool_shape`` is that
+  of the pool's samples, the last resort of a framework that needs an example input.
+- ``run_source(source, x, *, fmt, source_name)`` runs the source model with its framework on
+  a float32 batch ``(N, *sample_shape)`` and returns its outputs: a list in the ONNX model's
+  output order, or a dict by output name.
+
+The convert stage (``testprio.convert``) never imports a framework: it starts
+``python -m testprio.convert_worker REQUEST.json`` (``worker_main``), which imports one
+converter module, converts, runs the source model on the parity samples and writes its
+result as JSON. TensorFlow and Paddle crash when imported into one process, and a crash in
+a framework's native code then fails the conversion with a sentence instead of taking the
+stage down. This module imports no framework itself.
+
+``fmt`` is the saved format that ``testprio.convert`` detected (``torchscript``,
+``exported_program``, ``keras``, ``keras_h5``, ``saved_model``, ``paddle_json``,
+``paddle_pdmodel``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+import time
+from typing import Any
+
+# Opset of every converted model: supported by torch.onnx (both exporters), tf2onnx 1.17,
+# paddle2onnx 2.1 and the onnx and onnxruntime versions testprio is tested with.
+OPSET = 18
+# Example batch for exporters that trace: more than 1, so that nothing specialises on a
+# batch of one (torch.export treats sizes 0 and 1 as constants).
+EXAMPLE_BATCH = 4
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+# The one line of code that saves each format testprio converts, by format name: shown in
+# error messages (and in the README's table).
+SAVE_LINES = {
+    "onnx": "torch.onnx.export(model, (example,), 'model.onnx', dynamo=True)",
+    "torchscript": "torch.jit.save(torch.jit.script(model.eval()), 'model.pt')",
+    "exported_program": (
+        "torch.export.save(torch.export.export(model.eval(), (example,), "
+        "dynamic_shapes=({0: torch.export.Dim('batch')},)), 'model.pt2')"
+    ),
+    "keras": "model.save('model.keras')",
+    "keras_h5": "model.save('model.h5')",
+    "saved_model": "model.export('saved_model_dir')",
+    "paddle_json": (
+        "paddle.jit.save(layer, 'model/inference', "
+        "input_spec=[paddle.static.InputSpec([None, C, H, W], 'float32')])"
+    ),
+    "paddle_pdmodel": (
+        "paddle.jit.save(layer, 'model/inference', "
+        "input_spec=[paddle.static.InputSpec([None, C, H, W], 'float32')])"
+    ),
+}
+
+
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` of a framework's exception, for one sentence."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _normalise_outputs(outputs: Any, onnx_path: str) -> list:
+    """Source outputs as a list in the ONNX model's output order."""
+    if not isinstance(outputs, dict):
+        return list(outputs)
+    import onnx
+
+    names = [value.name for value in onnx.load(onnx_path, load_external_data=False).graph.output]
+    if set(names) <= set(outputs):
+        return [outputs[name] for name in names]
+    return list(outputs.values())
+
+
+def _convert_and_run(request: dict) -> dict:
+    import numpy as np
+
+    from testprio.errors import TestprioError
+
+    module = importlib.import_module(request["module"])
+    source, fmt, name = request["source"], request["format"], request["source_name"]
+    input_shape = tuple(request["input_shape"]) if request["input_shape"] else None
+    started = time.perf_counter()
+    conversion = module.convert(
+        source,
+        request["target"],
+        input_shape,
+        fmt=fmt,
+        pool_shape=tuple(request["pool_shape"]),
+        source_name=name,
+    )
+    conversion["seconds"] = round(time.perf_counter() - started, 3)
+    result: dict[str, Any] = {"conversion": conversion, "source_error": None}
+    x = np.load(request["samples"])
+    try:
+        outputs = module.run_source(source, x, fmt=fmt, source_name=name)
+        arrays = [np.asarray(out) for out in _normalise_outputs(outputs, request["target"])]
+        np.savez(request["outputs"], *arrays)
+        result["source_outputs"] = len(arrays)
+    except TestprioError as exc:
+        result["source_error"] = str(exc)
+    except Exception as exc:  # the framework's own error types
+        result["source_error"] = describe(exc)
+    return result
+
+
+def worker_main(argv: list[str]) -> int:
+    """``python -m testprio.convert_worker REQUEST.json``: convert, run the source, write result."""
+    from testprio.errors import TestprioError
+
+    with open(argv[0], encoding="utf-8") as handle:
+        request = json.load(handle)
+    try:
+        result = _convert_and_run(request)
+        code = 0
+    except TestprioError as exc:
+        result, code = {"error": str(exc)}, 1
+    except Exception as exc:  # anything a framework raises while loading or exporting
+        result = {
+            "error": (
+                f"converting model {request['source_name']} to ONNX failed ({describe(exc)}); "
+                "check that the model loads and runs in its framework, or convert it to ONNX "
+                "yourself and pass the .onnx file."
+            )
+        }
+        code = 1
+    with open(request["result"], "w", encoding="utf-8") as handle:
+        json.dump(result, handle)
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))

@@ -1,0 +1,126 @@
+"""The report app in a real browser: ``testprio report`` on a loopback port, loaded in
+headless Chromium (Debian's ``chromium``; ``make test`` installs it when missing). The
+screenshot of the run page is kept in ``test-artifacts/`` (or ``$TESTPRIO_ARTIFACTS``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import _free_port
+from tests.reportkit import make_runs
+
+CHROMIUM = os.environ.get("TESTPRIO_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("TESTPRIO_ARTIFACTS", REPO / "test-artifacts"))
+
+# Outside CI a developer without Chromium may skip this test; CI (CI=true) never skips it:
+# `make test` installs Chromium, so a missing browser there is a failure.
+pytestmark = pytest.mark.skipif(
+    not shutil.which(CHROMIUM) and os.environ.get("CI") != "true",
+    reason=f"{CHROMIUM} is missing (make test installs chromium)",
+)
+
+
+@pytest.fixture(scope="module")
+def report_server(tmp_path_factory):
+    """``testprio report --root ROOT --port PORT`` as its own process; yields the URL."""
+    folder = tmp_path_factory.mktemp("browser")
+    make_runs(str(folder / "runs"), folder / "inputs")
+    port = _free_port()
+    log = open(folder / "server.log", "w+b")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [sys.executable, "-m", "testprio.cli", "report", "--root", str(folder / "runs")]
+        + ["--port", str(port)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                log.seek(0)
+                raise RuntimeError(f"the app did not start: {log.read()[-2000:]!r}") from None
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=20)
+    log.seek(0)
+    printed = log.read().decode()
+    log.close()
+    assert f"testprio report on {folder / 'runs'}: http://127.0.0.1:{port}/" in printed
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:  # each launch starts from a fresh temporary profile
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def test_run_page_renders_in_chromium(report_server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 6000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{report_server}/?page=run&run=labeled")
+    for section in ["Model", "Data", "Stages", "Scores", "Most and least uncertain", "Ranking"]:
+        page.get_by_role("heading", name=section, exact=True).wait_for(timeout=60_000)
+    page.get_by_role("heading", name="Labels", exact=True).wait_for(timeout=60_000)
+    page.get_by_text("Top 10: label these first").wait_for()
+    # Charts are drawn (Vega renders each into a canvas or SVG) and sample images load.
+    page.wait_for_function(
+        'document.querySelectorAll(\'[data-testid="stVegaLiteChart"] canvas, '
+        '[data-testid="stVegaLiteChart"] svg\').length >= 6',
+        timeout=60_000,
+    )
+    page.wait_for_function(
+        "[...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+        ".filter(img => img.complete && img.naturalWidth > 0).length >= 36",
+        timeout=60_000,
+    )
+    assert page.get_by_role("heading", name="Run labeled").is_visible()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(1000)  # let the charts' transitions settle before the screenshot
+    shot = ARTIFACTS / "report-run-page.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 50_000
+    assert not errors, errors
+    page.close()
+
+
+def test_hostile_run_names_stay_text_in_chromium(report_server, browser):
+    page = browser.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(f"{report_server}/?page=run&run=hostile")
+    page.get_by_text("Top 10: label these first").wait_for(timeout=60_000)
+    page.get_by_text("<img src=x onerror=alert(1)>.npz[", exact=False).first.wait_for()
+    page.wait_for_timeout(500)
+    assert dialogs == []  # neither the class name nor the file name ran as script
+    page.close()

@@ -1,0 +1,521 @@
+"""Data shaping for the report app (testprio.reportdata) on small real runs."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from testprio import reportdata, storage
+from testprio.errors import TestprioError
+from testprio.layout import RunLayout
+from testprio.metrics import softmax
+from tests.conftest import make_deterministic, reference_logits
+from tests.reportkit import RUN_IDS, digits, make_runs
+from tests.stagekit import run_stages
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, RunLayout]:
+    folder = tmp_path_factory.mktemp("reportdata")
+    return make_runs(str(folder / "runs"), folder / "inputs")
+
+
+@pytest.fixture(scope="module")
+def root(runs) -> str:
+    return runs["labeled"].uri.rsplit("/", 1)[0]
+
+
+def details(root: str, run_id: str) -> reportdata.RunDetails:
+    return reportdata.load_run(reportdata.resolve_run(root, run_id))
+
+
+def _ranking(layout: RunLayout) -> pa.Table:
+    return storage.read_table(layout.ranking)
+
+
+# --- paths under the root --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "run_id", ["..", "../labeled", "/etc", "/etc/passwd", "a/b", "gs://other/run", "", "a\\b"]
+)
+def test_run_ids_from_urls_cannot_leave_the_root(root, run_id):
+    with pytest.raises(TestprioError, match="is not a run id; pick a run from the list"):
+        reportdata.resolve_run(root, run_id)
+
+
+@pytest.mark.parametrize("relative", ["..", "a/../..", "/abs", "x//y", "./x", "gs://b/x", "c:x"])
+def test_relative_paths_with_dots_or_roots_are_refused(root, relative):
+    with pytest.raises(TestprioError, match="is not a path under the report's root"):
+        reportdata.resolve_under_root(root, relative)
+
+
+def test_a_symbolic_link_out_of_the_root_is_refused(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "secret").mkdir()
+    os.symlink(tmp_path / "secret", root / "escape")
+    with pytest.raises(TestprioError, match="'escape' leads outside the report's root"):
+        reportdata.resolve_run(str(root), "escape")
+    assert reportdata.resolve_run(str(root), "inside").uri == str(root / "inside")
+
+
+# --- the runs under a root ---------------------------------------------------------------
+
+
+def test_list_runs_finds_every_run_with_its_facts(root):
+    rows = {row["run_id"]: row for row in reportdata.list_runs(root)}
+    assert set(rows) == set(RUN_IDS)
+    labeled = rows["labeled"]
+    assert (labeled["model"], labeled["dataset"], labeled["metric"]) == (
+        "digits.onnx",
+        "digits.npz",
+        "gini",
+    )
+    assert labeled["status"] == "succeeded"
+    assert labeled["started"].endswith("UTC") and labeled["duration"].endswith(" s")
+    failed = rows["failed"]
+    assert (failed["status"], failed["failed_stage"]) == ("failed", "convert")
+    assert (
+        "expects shape (N, 1, 8, 8) but the data samples have shape (N, 3, 8, 8)"
+        in (failed["error"])
+    )
+
+
+def test_list_runs_skips_folders_without_a_run(tmp_path):
+    (tmp_path / "empty" / "not-a-run").mkdir(parents=True)
+    (tmp_path / "empty" / "broken").mkdir()
+    (tmp_path / "empty" / "broken" / "run.json").write_text("{not json")
+    assert reportdata.list_runs(str(tmp_path / "empty")) == []
+    assert reportdata.list_runs(str(tmp_path / "missing")) == []
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", set(RUN_IDS)),
+        ("ENTROPY", {"entropy"}),
+        ("rgb.npy", {"rgb"}),
+        ("failed", {"failed"}),
+        ("expects shape", {"failed"}),
+        ("digits.onnx", {"labeled", "entropy", "hostile", "failed"}),
+        ("no such thing", set()),
+    ],
+)
+def test_search_matches_any_shown_field(root, query, expected):
+    rows = reportdata.list_runs(root)
+    assert {row["run_id"] for row in reportdata.filter_runs(rows, query)} == expected
+
+
+# --- one run -----------------------------------------------------------------------------
+
+
+def test_dataset_summary_counts_balance_statistics_and_quarantine(root):
+    x, y = digits()
+    keep = np.ones(len(x), bool)
+    keep[[7, 50]] = False
+    summary = reportdata.dataset_summary(details(root, "labeled"))
+    assert (summary["samples"], summary["ingested"], summary["quarantined"]) == (120, 118, 2)
+    assert summary["shape"] == [1, 8, 8] and summary["shards"] == 3
+    assert summary["tensor_bytes"] == 118 * 64 * 4
+    assert summary["quarantine_reasons"] == [
+        {"reason": "non-finite values (NaN or Inf)", "samples": 2}
+    ]
+    assert [row["labeled"] for row in summary["class_balance"]] == np.bincount(
+        y[keep], minlength=10
+    ).tolist()
+    stats = summary["stats"]
+    assert not summary["stats_estimated"]
+    assert stats["mean"] == pytest.approx(float(x[keep].mean()), abs=1e-5)
+    assert stats["std"] == pytest.approx(float(x[keep].std()), abs=1e-5)
+    assert (stats["min"], stats["max"]) == (0.0, 1.0)
+
+
+def test_dataset_statistics_without_the_report_are_estimated_from_the_first_samples(root):
+    run = details(root, "labeled")
+    run.report = None
+    summary = reportdata.dataset_summary(run)
+    assert summary["stats_estimated"] and summary["stats"]["rows"] == 118
+    assert (
+        summary["class_balance"]
+        == reportdata.dataset_summary(details(root, "labeled"))["class_balance"]
+    )
+    partial = reportdata.dataset_stats(run.layout, run.manifest, max_rows=30)
+    assert 30 <= partial["rows"] < 118
+
+
+def test_model_summary_lists_facts_tensors_ops_and_any_checks(root):
+    model = storage.read_json(details(root, "labeled").layout.model_json)
+    model["parity"] = {"framework": "onnx", "max_abs_diff": 1.5e-7, "passed": True}
+    model["checks"] = [{"name": "determinism", "passed": True}, {"name": "batch", "passed": False}]
+    summary = reportdata.model_summary(model)
+    facts = {row["fact"]: row["value"] for row in summary["facts"]}
+    assert facts["Framework"] == "onnx" and facts["Opset"] == "ai.onnx 17"
+    assert facts["Nodes"] == "3" and facts["Unique ops"] == "3" and facts["Parameters"] == "650"
+    assert summary["inputs"] == [
+        {"name": "input", "type": "tensor(float)", "shape": "(N, 1, 8, 8)"}
+    ]
+    assert {row["op"] for row in summary["ops"]} == {"Flatten", "MatMul", "Add"}
+    assert {row["check"]: row["result"] for row in summary["checks"]} == {
+        "parity: framework": "onnx",
+        "parity: max_abs_diff": "1.5e-07",
+        "parity: passed": "yes",
+        "checks: determinism": "passed: yes",
+        "checks: batch": "passed: no",
+    }
+    assert reportdata.model_summary(None) is None
+
+
+def test_stage_timeline_has_every_stage_and_shard_in_start_order(root):
+    rows = reportdata.stage_timeline(details(root, "labeled"))
+    assert [row["stage"] for row in rows][:3] == ["start", "ingest", "convert"]
+    assert sorted(row["stage"] for row in rows if row["group"] == "score") == [
+        f"score-shard-0000{i}" for i in range(3)
+    ]
+    assert rows[-1]["stage"] == "report"
+    assert rows[0]["start_s"] == 0.0
+    assert all(row["end_s"] >= row["start_s"] for row in rows)
+    assert [row["start_s"] for row in rows] == sorted(row["start_s"] for row in rows)
+
+
+def test_summary_figures_as_chart_rows(root):
+    run = details(root, "labeled")
+    summary = run.summary
+    histogram = reportdata.score_histogram(summary)
+    assert sum(row["samples"] for row in histogram) == 118 and len(histogram) == 20
+    heatmap = reportdata.class_score_heatmap(summary)
+    assert len(heatmap) == 10 * 20 and sum(row["samples"] for row in heatmap) == 118
+    means = reportdata.per_class_means(summary)
+    assert sum(row["predicted"] for row in means) == 118
+    accuracy = reportdata.per_class_accuracy(summary)
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in accuracy)
+    assert reportdata.per_class_accuracy(details(root, "rgb").summary) == []
+
+
+# --- the ranking, a page at a time ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_groups(tmp_path_factory) -> reportdata.RunDetails:
+    """A ranked run whose ranking.parquet is rewritten in row groups of 7 rows."""
+    folder = tmp_path_factory.mktemp("groups")
+    from tests.conftest import linear_classifier, write_pool
+
+    x = make_deterministic(5).normal(0, 1, (100, 1, 8, 8)).astype(np.float32)
+    y = make_deterministic(6).integers(0, 10, 100)
+    model = linear_classifier(folder / "m.onnx", seed=3)
+    layout = run_stages(model, write_pool(folder / "p.npz", x, y), str(folder / "r"), "g")
+    pq.write_table(_ranking(layout), layout.ranking, row_group_size=7)
+    return reportdata.load_run(layout)
+
+
+def _reference_page(table: pa.Table, filters: reportdata.RankingFilter, page, size, metric):
+    rows = table.to_pylist()
+    kept = [
+        row
+        for row in rows
+        if (filters.classes is None or row["predicted"] in filters.classes)
+        and (filters.score_min is None or row[metric] >= np.float32(filters.score_min))
+        and (filters.score_max is None or row[metric] <= np.float32(filters.score_max))
+    ]
+    return kept[page * size : (page + 1) * size], len(kept)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        reportdata.RankingFilter(),
+        reportdata.RankingFilter(classes=(3,)),
+        reportdata.RankingFilter(classes=(0, 5, 9)),
+        reportdata.RankingFilter(score_min=0.5),
+        reportdata.RankingFilter(score_max=0.3),
+        reportdata.RankingFilter(classes=(1, 2, 4), score_min=0.2, score_max=0.8),
+        reportdata.RankingFilter(score_min=2.0),
+    ],
+)
+@pytest.mark.parametrize(("page", "size"), [(0, 10), (1, 10), (3, 9), (0, 1000)])
+def test_ranking_pages_equal_slices_of_the_filtered_ranking(small_groups, filters, page, size):
+    assert pq.ParquetFile(small_groups.layout.ranking).num_row_groups == 15
+    metric = small_groups.metric
+    columns = ["rank", "sample_id", "predicted", metric]
+    expected, total = _reference_page(
+        _ranking(small_groups.layout).select(columns), filters, page, size, metric
+    )
+    result = reportdata.ranking_page(
+        small_groups, page=page, page_size=size, filters=filters, columns=columns
+    )
+    assert result.total == total
+    assert result.pages == max(1, -(-total // size))
+    if page < result.pages:
+        assert result.page == page
+        assert result.rows.to_pylist() == expected
+    else:  # past the end: the last page
+        assert result.page == result.pages - 1
+
+
+def test_ranking_rows_read_any_span(small_groups):
+    whole = _ranking(small_groups.layout).select(["rank", "sample_id"])
+    for start, stop in [(0, 1), (6, 8), (13, 50), (95, 100), (99, 300), (120, 130)]:
+        part = reportdata.ranking_rows(small_groups.layout, start, stop, ["rank", "sample_id"])
+        assert part.to_pylist() == whole.slice(start, max(0, stop - start)).to_pylist()
+
+
+def test_ranking_page_refuses_a_zero_page_size(small_groups):
+    with pytest.raises(TestprioError, match="page size 0 must be a positive number of rows"):
+        reportdata.ranking_page(small_groups, page_size=0)
+
+
+# --- samples --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("know_shard_size", [True, False])
+def test_samples_are_found_by_id_across_quarantine_gaps(root, know_shard_size):
+    run = details(root, "labeled")
+    if not know_shard_size:  # older runs: the shards' id statistics decide
+        run.record["parameters"].pop("shard_size")
+    x, y = digits()
+    found = reportdata.read_samples(run, range(120))
+    assert sorted(found) == [i for i in range(120) if i not in (7, 50)]
+    for sample_id in (0, 6, 8, 39, 40, 49, 51, 119):
+        np.testing.assert_array_equal(found[sample_id]["x"], x[sample_id])
+        assert found[sample_id]["label"] == y[sample_id]
+        assert found[sample_id]["source"] == f"digits.npz[{sample_id}]"
+    assert reportdata.read_samples(run, [7, 50, 500]) == {}
+
+
+def test_probabilities_are_the_models_softmax(root, runs):
+    run = details(root, "labeled")
+    x, _ = digits()
+    model = runs["labeled"].uri.rsplit("/", 2)[0] + "/inputs/digits.onnx"
+    expected = softmax(reference_logits(x, model))
+    found = reportdata.read_probabilities(run, [0, 41, 119])
+    for sample_id, probs in found.items():
+        np.testing.assert_allclose(probs, expected[sample_id], atol=1e-5)
+
+
+def test_galleries_hold_the_first_and_last_ranks_with_images(root):
+    run = details(root, "labeled")
+    ranking = _ranking(run.layout)
+    top = reportdata.gallery(run, "top", 4)
+    bottom = reportdata.gallery(run, "bottom", 3)
+    assert [item["rank"] for item in top] == [1, 2, 3, 4]
+    assert [item["rank"] for item in bottom] == [116, 117, 118]
+    assert [item["sample_id"] for item in top] == ranking.column("sample_id")[:4].to_pylist()
+    for item in top + bottom:
+        assert item["image"].dtype == np.uint8 and item["image"].shape == (96, 96)
+        probabilities = [p["probability"] for p in item["top_probabilities"]]
+        assert probabilities == sorted(probabilities, reverse=True) and len(probabilities) == 3
+        assert item["top_probabilities"][0]["class"] == item["predicted"]
+        assert item["source"] == f"digits.npz[{item['sample_id']}]"
+    with pytest.raises(TestprioError, match="gallery 'middle' is not one of top, bottom"):
+        reportdata.gallery(run, "middle", 3)
+
+
+def test_rgb_samples_show_in_colour(root):
+    run = details(root, "rgb")
+    items = reportdata.gallery(run, "top", 2) + reportdata.random_samples(run, 5)
+    assert all(item["image"].ndim == 3 and item["image"].shape[2] == 3 for item in items)
+    drawn = [item["sample_id"] for item in reportdata.random_samples(run, 5)]
+    assert len(set(drawn)) == 5 and drawn == sorted(drawn)
+    assert drawn == [item["sample_id"] for item in reportdata.random_samples(run, 5)]  # seeded
+
+
+@pytest.mark.parametrize(
+    ("shape", "shown"),
+    [
+        ((1, 8, 8), (8, 8)),
+        ((8, 8), (8, 8)),
+        ((3, 6, 5), (6, 5, 3)),
+        ((6, 5, 3), (6, 5, 3)),
+        ((6, 5, 1), (6, 5)),
+        ((5, 7, 7), (7, 7)),
+        ((64,), (8, 8)),
+        ((48,), (4, 4, 3)),
+        ((10,), (1, 10)),
+        ((1, 1, 4, 4), (4, 4)),
+    ],
+)
+def test_display_image_understands_layouts_and_stretches_values(shape, shown):
+    sample = make_deterministic(1).normal(0.5, 2.0, shape)
+    image = reportdata.display_image(sample)
+    assert image.shape == shown and image.dtype == np.uint8
+    assert (image.min(), image.max()) == (0, 255)
+
+
+def test_display_image_of_constant_or_broken_samples():
+    assert (reportdata.display_image(np.full((4, 4), 0.5)) == 128).all()
+    assert (reportdata.display_image(np.full((4, 4), 7.0)) == 128).all()
+    assert (reportdata.display_image(np.full((4, 4), np.nan)) == 0).all()
+    broken = np.arange(16, dtype=np.float64).reshape(4, 4)
+    broken[0, 0] = np.inf
+    assert reportdata.display_image(broken).max() == 255
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (6, 4, 3)])
+def test_png_round_trips_through_pillow(shape):
+    from PIL import Image
+
+    image = make_deterministic(2).integers(0, 256, shape).astype(np.uint8)
+    decoded = np.asarray(Image.open(io.BytesIO(reportdata.encode_png(image))))
+    np.testing.assert_array_equal(decoded, image)
+    with pytest.raises(TestprioError, match=r"cannot encode an image of shape \(2, 2, 4\)"):
+        reportdata.encode_png(np.zeros((2, 2, 4), np.uint8))
+
+
+def test_upscale_repeats_whole_pixels():
+    image = np.arange(4, dtype=np.uint8).reshape(2, 2)
+    big = reportdata.upscale(image, min_side=6)
+    assert big.shape == (6, 6) and (big[:3, :3] == 0).all() and (big[3:, 3:] == 3).all()
+    assert reportdata.upscale(np.zeros((500, 500), np.uint8)).shape == (500, 500)
+
+
+# --- labels -----------------------------------------------------------------------------------
+
+
+def _reference_found(misclassified: np.ndarray, inspected: float) -> float:
+    n = len(misclassified)
+    return misclassified[: round(inspected * n)].sum() / misclassified.sum()
+
+
+def test_fault_curve_against_a_reference_and_planted_orders():
+    wrong = make_deterministic(3).random(1000) < 0.1
+    curve = reportdata.fault_curve(wrong, points=50)
+    assert len(curve["inspected"]) == 50
+    assert (curve["inspected"][0], curve["ranking"][0]) == (0.0, 0.0)
+    assert (curve["inspected"][-1], curve["ranking"][-1]) == (1.0, 1.0)
+    for x, found in zip(curve["inspected"], curve["ranking"], strict=True):
+        assert found == pytest.approx(_reference_found(wrong, x), abs=1e-6)
+    assert curve["random"] == curve["inspected"]
+    first = reportdata.fault_curve(np.array([True] * 10 + [False] * 90))
+    assert first["ranking"] == first["ideal"]
+    last = reportdata.fault_curve(np.array([False] * 90 + [True] * 10))
+    assert all(f <= r for f, r in zip(last["ranking"], last["random"], strict=True))
+    assert reportdata.fault_curve(np.zeros(5, bool)) is None
+    assert reportdata.fault_curve(np.zeros(0, bool)) is None
+    rows = reportdata.fault_curve_rows(first)
+    assert {row["order"] for row in rows} == {"ranking", "random", "ideal"}
+
+
+def test_label_figures_match_sklearn(root):
+    from sklearn.metrics import confusion_matrix
+
+    run = details(root, "labeled")
+    figures = reportdata.label_figures(run.layout, 10)
+    ranking = _ranking(run.layout)
+    expected = confusion_matrix(
+        ranking.column("label").to_numpy(), ranking.column("predicted").to_numpy(), labels=range(10)
+    )
+    assert figures["confusion"] == expected.tolist()
+    assert reportdata.run_fault_curve(run) == run.report["labels"]["fault_curve"]
+    assert reportdata.label_figures(details(root, "rgb").layout, 4) is None
+
+
+# --- two runs -----------------------------------------------------------------------------------
+
+
+def test_a_run_compared_with_itself_agrees_fully(root):
+    run = details(root, "labeled")
+    result = reportdata.compare_runs(run, run, top_ks=(5, 50))
+    assert result["spearman"] == 1.0 and result["same_data"] and result["warnings"] == []
+    assert [row["overlap"] for row in result["overlaps"]] == [1.0, 1.0, 1.0]
+    assert all(row["moved"] == 0 for row in result["moved"])
+
+
+def test_compare_two_metrics_against_scipy_and_sets(root):
+    from scipy.stats import spearmanr
+
+    a, b = details(root, "labeled"), details(root, "entropy")
+    result = reportdata.compare_runs(a, b, top_ks=(5, 20), moved=5)
+    ids_a = _ranking(a.layout).column("sample_id").to_pylist()
+    ids_b = _ranking(b.layout).column("sample_id").to_pylist()
+    rank_b = {sample_id: i for i, sample_id in enumerate(ids_b)}
+    expected = spearmanr(range(len(ids_a)), [rank_b[i] for i in ids_a]).statistic
+    assert result["spearman"] == pytest.approx(expected, abs=1e-6)
+    for row in result["overlaps"]:
+        k = row["k"]
+        assert row["shared"] == len(set(ids_a[:k]) & set(ids_b[:k]))
+    moves = [abs(row["moved"]) for row in result["moved"]]
+    assert moves == sorted(moves, reverse=True)
+    assert moves[0] == max(abs(rank_b[s] - i) for i, s in enumerate(ids_a))
+    assert result["metrics"] == ("gini", "entropy")
+
+
+def test_compare_warns_about_different_pools(root):
+    result = reportdata.compare_runs(details(root, "labeled"), details(root, "rgb"))
+    assert not result["same_data"]
+    assert (
+        "the runs ranked different pools (digits.npz, 120 samples vs rgb.npy, 30"
+        in (result["warnings"][0])
+    )
+    with pytest.raises(TestprioError, match="run failed has no ranking to compare"):
+        reportdata.compare_runs(details(root, "failed"), details(root, "labeled"))
+
+
+# --- downloads -----------------------------------------------------------------------------------
+
+
+def test_ranking_csv_equals_the_ranking(root):
+    run = details(root, "labeled")
+    table = pacsv.read_csv(io.BytesIO(reportdata.ranking_csv(run.layout)))
+    ranking = _ranking(run.layout)
+    assert table.column_names == ranking.column_names
+    assert table.column("sample_id").to_pylist() == ranking.column("sample_id").to_pylist()
+
+
+def test_top_k_for_labeling_has_ids_sources_and_images(root):
+    from PIL import Image
+
+    run = details(root, "labeled")
+    rows = reportdata.top_k_rows(run, 6)
+    assert [row["rank"] for row in rows] == list(range(1, 7))
+    assert all(row["source"] == f"digits.npz[{row['sample_id']}]" for row in rows)
+    text = reportdata.rows_to_csv(rows).decode()
+    assert text.splitlines()[0] == "rank,sample_id,source,predicted,confidence,gini,label"
+    archive = zipfile.ZipFile(io.BytesIO(reportdata.top_k_images_zip(run, 6)))
+    names = archive.namelist()
+    assert names[0] == "top-6.csv" and len(names) == 7
+    first = f"images/rank-0000001_sample-{rows[0]['sample_id']}.png"
+    assert first in names
+    assert Image.open(archive.open(first)).size == (8, 8)
+
+
+def test_md_escape_neutralises_markdown_and_html():
+    text = "<img src=x onerror=alert(1)> [a](javascript:x) *b* `c` | d"
+    escaped = reportdata.md_escape(text)
+    assert "<" not in escaped.replace("\\<", "") and "[" not in escaped.replace("\\[", "")
+    assert "javascript\\:" in escaped and "\\|" in escaped
+
+
+# --- gs:// --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gcs_runs(tmp_path_factory, gcs_emulator) -> str:
+    import uuid
+
+    from tests.conftest import BUCKET
+
+    root = f"gs://{BUCKET}/report-{uuid.uuid4().hex[:8]}"
+    make_runs(root, tmp_path_factory.mktemp("gcs-inputs"))
+    return root
+
+
+def test_everything_reads_from_a_gcs_root(gcs_runs):
+    rows = reportdata.list_runs(gcs_runs)
+    assert {row["run_id"] for row in rows} == set(RUN_IDS)
+    run = details(gcs_runs, "labeled")
+    assert run.layout.uri == f"{gcs_runs}/labeled"
+    page = reportdata.ranking_page(run, page=1, page_size=50)
+    assert page.rows.column("rank").to_pylist() == list(range(51, 101))
+    assert [item["rank"] for item in reportdata.gallery(run, "bottom", 2)] == [117, 118]
+    assert reportdata.read_samples(run, [8])[8]["source"] == "digits.npz[8]"
+    assert reportdata.dataset_summary(run)["quarantine_reasons"][0]["samples"] == 2
+    with pytest.raises(TestprioError, match="is not a run id"):
+        reportdata.resolve_run(gcs_runs, "../other")

@@ -1,0 +1,120 @@
+"""Per-task requests and limits, caching, retries and the score device, in the compiled YAML."""
+
+import pytest
+import yaml
+
+from pipelines.prioritize import LOCAL_SETTINGS, ClusterSettings, compile_pipeline, task_policies
+
+CACHED = {"ingest", "convert"}
+NOT_RETRIED = {"start"}
+
+
+def _compile(tmp_path, settings=None):
+    path = compile_pipeline(str(tmp_path / "prioritize.yaml"), settings)
+    pipeline, *_ = yaml.safe_load_all(open(path).read())
+    return pipeline
+
+
+def _tasks(pipeline) -> dict:
+    """Every task of the pipeline, the score task inside the loop included, by name."""
+    tasks = dict(pipeline["root"]["dag"]["tasks"])
+    for component in pipeline["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return {name: spec for name, spec in tasks.items() if not name.startswith("for-loop")}
+
+
+def _resources(pipeline) -> dict:
+    return {
+        name.removeprefix("exec-"): spec["container"]["resources"]
+        for name, spec in pipeline["deploymentSpec"]["executors"].items()
+    }
+
+
+def _policy_name(name: str, policies: dict) -> str:
+    """``convert`` for ``convert`` and for a framework's ``convert-pytorch`` alike."""
+    return max((key for key in policies if name.startswith(key)), key=len)
+
+
+def test_every_task_has_requests_and_limits(tmp_path):
+    pipeline = _compile(tmp_path)
+    resources = _resources(pipeline)
+    policies = task_policies(ClusterSettings())
+    for name, res in resources.items():
+        policy = policies[_policy_name(name, policies)]
+        assert res["resourceCpuRequest"] == policy.cpu, name
+        assert res["resourceCpuLimit"] == policy.cpu_limit, name
+        assert res["resourceMemoryRequest"] == res["resourceMemoryLimit"] == policy.memory, name
+    assert (resources["score"]["resourceCpuRequest"], resources["score"]["resourceCpuLimit"]) == (
+        "4",
+        "8",
+    )
+    assert resources["start"]["resourceMemoryLimit"] == "1G"
+
+
+def test_caching_only_for_ingest_and_convert(tmp_path):
+    tasks = _tasks(_compile(tmp_path))
+    assert {"start", "ingest", "convert-onnx", "score", "rank"} <= set(tasks)
+    policies = task_policies(ClusterSettings())
+    cached = {
+        _policy_name(name, policies)
+        for name, spec in tasks.items()
+        if spec["cachingOptions"].get("enableCache")
+    }
+    assert cached == CACHED
+
+
+def test_retries_with_backoff_on_every_task_but_start(tmp_path):
+    tasks = _tasks(_compile(tmp_path))
+    for name, spec in tasks.items():
+        if name in NOT_RETRIED:
+            assert "retryPolicy" not in spec, name
+        else:
+            assert spec["retryPolicy"] == {
+                "maxRetryCount": 2,
+                "backoffDuration": "30s",
+                "backoffFactor": 2.0,
+                "backoffMaxDuration": "3600s",
+            }, name
+
+
+def test_retry_settings_reach_the_yaml(tmp_path):
+    settings = ClusterSettings(retries=5, retry_backoff="10s", retry_backoff_factor=3.0)
+    policy = _tasks(_compile(tmp_path, settings))["score"]["retryPolicy"]
+    assert (policy["maxRetryCount"], policy["backoffDuration"], policy["backoffFactor"]) == (
+        5,
+        "10s",
+        3.0,
+    )
+
+
+def test_local_pipeline_has_no_retries_and_scores_on_any_device(tmp_path):
+    # KFP's local runner honours retry policies: a bad input must fail a local run at once.
+    pipeline = _compile(tmp_path, LOCAL_SETTINGS)
+    assert not [name for name, spec in _tasks(pipeline).items() if "retryPolicy" in spec]
+    score_inputs = _tasks(pipeline)["score"]["inputs"]["parameters"]
+    assert score_inputs["device"]["runtimeValue"]["constant"] == "auto"
+
+
+@pytest.mark.parametrize(("gpu", "device"), [(True, "cuda"), (False, "cpu")])
+def test_score_device_follows_the_gpu_setting(tmp_path, gpu, device):
+    pipeline = _compile(tmp_path, ClusterSettings(gpu=gpu, node_selector=()))
+    inputs = _tasks(pipeline)["score"]["inputs"]["parameters"]
+    assert inputs["device"]["runtimeValue"]["constant"] == device
+    assert inputs["gpu_batch_size"]["componentInputParameter"] == "pipelinechannel--gpu_batch_size"
+    parameters = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert parameters["gpu_batch_size"]["defaultValue"] == 1024
+
+
+def test_tasks_use_the_kfp_in_their_image(tmp_path):
+    # The images run as a non-root user with the pinned kfp installed: no task may try to
+    # `pip install kfp` at start-up (that also needs PyPI from inside the cluster).
+    pipeline = _compile(tmp_path)
+    for name, spec in pipeline["deploymentSpec"]["executors"].items():
+        command = " ".join(spec["container"]["command"] + spec["container"].get("args", []))
+        assert "pip install" not in command, name
+        assert "kfp.dsl.executor_main" in command, name
+
+
+def test_negative_retries_are_refused():
+    with pytest.raises(ValueError, match=r"^--retries -1 must be zero or more\.$"):
+        ClusterSettings(retries=-1)
