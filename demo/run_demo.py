@@ -54,13 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     ranking = root / run_id / "ranking.parquet"
+    report = root / run_id / "report" / "report.html"
     print(f"\nDone in {time.time() - started:.1f} s. The run is in {root / run_id}")
-    print("Look at the 20 inputs most worth labelling first:")
+    print("Open the report:")
+    print("  make report      # the Streamlit app on http://127.0.0.1:8501 (Ctrl-C to stop)")
+    print(f"  or open {report} in a browser (one self-contained page)")
+    print("Or read the 20 inputs most worth labelling first:")
     print(
         f'  .venv/bin/python -c "import pyarrow.parquet as pq; '
         f"print(pq.read_table('{ranking}').slice(0, 20).to_pandas().to_string())\""
     )
-    print(f"Figures (histograms, per-class means, APFD): {root / run_id / 'summary.json'}")
     return 0
 
 
