@@ -145,14 +145,36 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+# Parameters that may differ when an unfinished run is resumed: they name the KFP job, not
+# what the run computes.
+RESUMABLE_PARAMETERS = frozenset({"job_name"})
+
+
 def start_run(layout: RunLayout, parameters: dict[str, Any]) -> None:
-    """Write ``run.json`` with status ``running`` (kept as is when a retried stage calls it)."""
+    """Write ``run.json`` with status ``running``.
+
+    A folder whose run is still ``running`` (a retried task, or a cancelled run resubmitted
+    with its ``run_id``) is resumed, but only with the same parameters: its shards and model
+    would otherwise be mixed with another run's.
+    """
     if storage.exists(layout.run_json):
         record = storage.read_json(layout.run_json)
         if record.get("status") != "running":
             raise TestprioError(
                 f"run folder {layout.uri} already holds a {record.get('status')} run; "
                 "choose another --run-id."
+            )
+        before = record.get("parameters", {})
+        changed = sorted(
+            name
+            for name in set(before) | set(parameters)
+            if name not in RESUMABLE_PARAMETERS and before.get(name) != parameters.get(name)
+        )
+        if changed:
+            raise TestprioError(
+                f"run folder {layout.uri} holds an unfinished run started with other "
+                f"parameters ({', '.join(changed)}); resume it with the same ones or choose "
+                "another --run-id."
             )
         return
     record = {
@@ -226,6 +248,7 @@ def finished_record(layout: RunLayout) -> dict[str, Any]:
     record.update(
         status="succeeded", ended=_now(), stages=collect_stage_timings(layout), error=None
     )
+    record.pop("failed_stage", None)  # a task that failed and then succeeded on a retry
     return record
 
 

@@ -300,3 +300,28 @@ def test_report_app_environment_imports_the_app_modules(tmp_path):
         cwd=tmp_path,
     )
     assert out.strip() == "1.67.0"
+
+
+@pytest.mark.parametrize(
+    ("name", "entry"),
+    [
+        ("convert-pytorch", "import torch, testprio.convert_pytorch as m; v = torch.__version__"),
+        (
+            "convert-tensorflow",
+            "import tensorflow, tf2onnx, testprio.convert_tensorflow as m; v = tf2onnx.__version__",
+        ),
+        (
+            "convert-paddle",
+            "import paddle, paddle2onnx, testprio.convert_paddle as m; v = paddle.__version__",
+        ),
+    ],
+)
+def test_converter_environment_imports_its_framework(tmp_path, name, entry):
+    """Each converter image's lock installs into a fresh venv and its converter imports."""
+    python = _fresh_environment(tmp_path, name)
+    out = _run_in(
+        python,
+        f"{entry}\nimport testprio.convert_worker\nprint(v, m.__file__)",
+        cwd=tmp_path,
+    )
+    assert str(tmp_path / "venv") in out

@@ -1,0 +1,35 @@
+"""run.json lifecycle: resuming an unfinished run, and a retry that succeeds."""
+
+import pytest
+
+from testprio import storage
+from testprio.errors import TestprioError
+from testprio.layout import RunLayout, fail_run, finish_run, start_run
+
+
+def test_unfinished_run_resumes_only_with_the_same_parameters(local_root):
+    layout = RunLayout.create(local_root, "r1")
+    start_run(layout, {"model": "a.onnx", "metric": "gini", "job_name": "job-1"})
+    # The same parameters under another KFP job name: resumed, record unchanged.
+    start_run(layout, {"model": "a.onnx", "metric": "gini", "job_name": "job-2"})
+    assert storage.read_json(layout.run_json)["parameters"]["job_name"] == "job-1"
+    with pytest.raises(TestprioError, match=r"started with other parameters \(metric, model\)"):
+        start_run(layout, {"model": "b.onnx", "metric": "entropy", "job_name": "job-3"})
+
+
+def test_finished_run_is_never_restarted(local_root):
+    layout = RunLayout.create(local_root, "r2")
+    start_run(layout, {"model": "a.onnx"})
+    finish_run(layout)
+    with pytest.raises(TestprioError, match=r"already holds a succeeded run; choose another"):
+        start_run(layout, {"model": "a.onnx"})
+
+
+def test_a_retry_that_succeeds_clears_the_failure(local_root):
+    layout = RunLayout.create(local_root, "r3")
+    start_run(layout, {"model": "a.onnx"})
+    fail_run(layout, "score-shard-00001", "a transient failure.")
+    assert storage.read_json(layout.run_json)["failed_stage"] == "score-shard-00001"
+    record = finish_run(layout)
+    assert (record["status"], record["error"]) == ("succeeded", None)
+    assert "failed_stage" not in storage.read_json(layout.run_json)
