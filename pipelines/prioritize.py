@@ -155,6 +155,7 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
     if framework not in CONVERT_COMPONENTS:
         raise ValueError(f"--framework {framework} is not one of {', '.join(CONVERT_COMPONENTS)}.")
     convert = CONVERT_COMPONENTS[framework]
+    converter = framework  # the pipeline's own `framework` parameter shadows it below
 
     @dsl.pipeline(
         name=pipeline_name(framework),
@@ -211,6 +212,7 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
             input_shape=input_shape,
             parity_tolerance=parity_tolerance,
             strict_model_checks=strict_model_checks,
+            converter=converter,
         ).set_display_name("convert")
         convert_task.after(ingest_task)  # it checks the model against pool samples
         _configure(convert_task, "convert", settings)
