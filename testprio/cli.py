@@ -179,18 +179,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "model": args.model,
         "data": args.data,
         "root": storage.normalize_root(args.root),
-        "run_id": args.run_id or new_run_id(),
-        "metric": args.metric,
-        "framework": args.framework,
-        "output_kind": args.output_kind,
-        "output_name": args.output_name,
-        "input_shape": args.input_shape,
-        "shard_size": args.shard_size,
-        "batch_size": args.batch_size,
-        "top_k": args.top_k,
-        "parity_tolerance": args.parity_tolerance,
-        "strict_model_checks": args.strict_model_checks,
+        **{name: getattr(args, name) for name in RUN_DEFAULTS},
     }
+    parameters["run_id"] = parameters["run_id"] or new_run_id()
     for key in ("model", "data"):
         value = parameters[key]
         if "://" not in value:
@@ -402,23 +393,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--data", required=True, help="pool: .npy, .npz (x, optional y) or .parquet")
     run.add_argument("--root", required=True, help="runs folder: local path or gs://bucket/prefix")
-    run.add_argument("--run-id", default="", help="name of the run folder (default: timestamp)")
-    run.add_argument("--metric", default="gini", help=f"one of {', '.join(METRICS)}")
+    run.add_argument("--run-id", help="name of the run folder (default: timestamp)")
+    run.add_argument("--metric", help=f"one of {', '.join(METRICS)}")
     run.add_argument(
         "--framework",
-        default="auto",
         help="auto (detect from the model), onnx, pytorch, tensorflow or paddle",
     )
-    run.add_argument("--input-shape", default="", help="per-sample shape, e.g. 1,28,28")
-    run.add_argument("--output-kind", default="auto", help="auto, logits or probabilities")
-    run.add_argument("--output-name", default="", help="model output holding class scores")
-    run.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
-    run.add_argument("--batch-size", type=int, default=256, help="samples per inference batch")
-    run.add_argument("--top-k", type=int, default=10, help="rows shown and kept in the summary")
+    run.add_argument("--input-shape", help="per-sample shape, e.g. 1,28,28")
+    run.add_argument("--output-kind", help="auto, logits or probabilities")
+    run.add_argument("--output-name", help="model output holding class scores")
+    run.add_argument("--shard-size", type=int, help="samples per shard")
+    run.add_argument("--batch-size", type=int, help="samples per inference batch")
+    run.add_argument("--top-k", type=int, help="rows shown and kept in the summary")
     run.add_argument(
         "--parity-tolerance",
         type=float,
-        default=1e-3,
         help="largest difference of any class probability allowed between the converted "
         "ONNX model and its source framework (default 1e-3)",
     )
@@ -428,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail the run when a model check fails (default: warn)",
     )
     run.add_argument("--verbose", action="store_true", help="show every KFP task log line")
-    run.set_defaults(handler=_cmd_run)
+    run.set_defaults(handler=_cmd_run, **RUN_DEFAULTS)  # one source of the run defaults
 
     comp = commands.add_parser("compile", help="compile the pipeline to KFP YAML")
     comp.add_argument("--out", default="build", help="folder for prioritize.yaml")

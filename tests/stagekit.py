@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 from testprio import stages, storage
+from testprio.cli import RUN_DEFAULTS
 from testprio.layout import RunLayout
 
 
 def parameters(model: str, data: str, root: str, run_id: str, **overrides) -> dict:
     values = {
+        **RUN_DEFAULTS,
         "model": str(model),
         "data": str(data),
         "root": root,
         "run_id": run_id,
         "job_name": "",
-        "metric": "gini",
-        "framework": "auto",
-        "output_kind": "auto",
-        "output_name": "",
-        "input_shape": "",
-        "shard_size": 10_000,
-        "batch_size": 64,
-        "top_k": 10,
-        "parity_tolerance": 1e-3,
-        "strict_model_checks": False,
+        "batch_size": 64,  # several inference batches even in small test pools
     }
     values.update(overrides)
     return values
