@@ -6,8 +6,40 @@ from components.images import RUNTIME
 
 
 @dsl.component(base_image=RUNTIME, install_kfp_package=False)
-def ingest(run_uri: str, data: str, input_shape: str, shard_size: int) -> List[str]:
-    """Split the pool into sample shards; returns their URIs."""
+def ingest(
+    run_uri: str,
+    data: str,
+    input_shape: str,
+    shard_size: int,
+    preset: str = "",
+    ops: str = "",
+    custom_ops: str = "",
+    on_bad_sample: str = "quarantine",
+    value_range: str = "",
+    tensor_column: str = "x",
+    label_column: str = "",
+    max_data_gb: float = 20.0,
+    custom_op_cpu_seconds: float = 120.0,
+    custom_op_memory_mb: int = 2048,
+    custom_op_batch_timeout_s: float = 300.0,
+) -> List[str]:
+    """Read, check and preprocess the pool into sample shards; returns their URIs."""
     from testprio.stages import ingest_pool
 
-    return ingest_pool(run_uri, data, input_shape, shard_size)
+    return ingest_pool(
+        run_uri,
+        data,
+        input_shape=input_shape,
+        shard_size=shard_size,
+        preset=preset,
+        ops=ops,
+        custom_ops=custom_ops,
+        on_bad_sample=on_bad_sample,
+        value_range=value_range,
+        tensor_column=tensor_column,
+        label_column=label_column,
+        max_data_gb=max_data_gb,
+        custom_op_cpu_seconds=custom_op_cpu_seconds,
+        custom_op_memory_mb=custom_op_memory_mb,
+        custom_op_batch_timeout_s=custom_op_batch_timeout_s,
+    )

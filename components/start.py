@@ -20,6 +20,17 @@ def start(
     top_k: int,
     parity_tolerance: float,
     strict_model_checks: bool,
+    preset: str = "",
+    ops: str = "",
+    custom_ops: str = "",
+    on_bad_sample: str = "quarantine",
+    value_range: str = "",
+    tensor_column: str = "x",
+    label_column: str = "",
+    max_data_gb: float = 20.0,
+    custom_op_cpu_seconds: float = 120.0,
+    custom_op_memory_mb: int = 2048,
+    custom_op_batch_timeout_s: float = 300.0,
 ) -> str:
     """Check every parameter and write run.json (status running); returns the run URI."""
     parameters = dict(locals())  # first line: every argument, nothing else

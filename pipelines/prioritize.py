@@ -177,7 +177,31 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
         top_k: int = 10,
         parity_tolerance: float = 1e-3,  # testprio.convert.DEFAULT_PARITY_TOLERANCE
         strict_model_checks: bool = False,
+        preset: str = "",
+        ops: str = "",
+        custom_ops: str = "",
+        on_bad_sample: str = "quarantine",
+        value_range: str = "",
+        tensor_column: str = "x",
+        label_column: str = "",
+        max_data_gb: float = 20.0,
+        custom_op_cpu_seconds: float = 120.0,
+        custom_op_memory_mb: int = 2048,
+        custom_op_batch_timeout_s: float = 300.0,
     ) -> str:
+        ingest_arguments = dict(
+            preset=preset,
+            ops=ops,
+            custom_ops=custom_ops,
+            on_bad_sample=on_bad_sample,
+            value_range=value_range,
+            tensor_column=tensor_column,
+            label_column=label_column,
+            max_data_gb=max_data_gb,
+            custom_op_cpu_seconds=custom_op_cpu_seconds,
+            custom_op_memory_mb=custom_op_memory_mb,
+            custom_op_batch_timeout_s=custom_op_batch_timeout_s,
+        )
         start_task = start(
             model=model,
             data=data,
@@ -194,12 +218,17 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
             top_k=top_k,
             parity_tolerance=parity_tolerance,
             strict_model_checks=strict_model_checks,
+            **ingest_arguments,
         ).set_display_name("start")
         _configure(start_task, "start", settings)
         run_uri = start_task.output
 
         ingest_task = ingest(
-            run_uri=run_uri, data=data, input_shape=input_shape, shard_size=shard_size
+            run_uri=run_uri,
+            data=data,
+            input_shape=input_shape,
+            shard_size=shard_size,
+            **ingest_arguments,
         ).set_display_name("ingest")
         _configure(ingest_task, "ingest", settings)
 

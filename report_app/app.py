@@ -231,6 +231,11 @@ def data_section(root: str, details: reportdata.RunDetails) -> None:
     columns[5].metric("std", "-" if stats["std"] is None else f"{stats['std']:.4f}")
     if dataset["stats_estimated"]:
         st.caption(f"Value statistics from the first {stats['rows']:,} samples.")
+    st.caption(
+        f"Preprocessing: {reportdata.md_escape(dataset['preprocessing'] or 'none')} · "
+        "exact duplicates: "
+        f"{dataset['duplicates']:,} (kept and ranked; listed in data/duplicates.parquet)"
+    )
     left, right = st.columns(2)
     with left:
         st.subheader("Class balance")

@@ -17,6 +17,7 @@ from testprio import storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout, check_run_id, new_run_id
 from testprio.metrics import METRICS
+from testprio.preprocess import PRESETS
 
 # Lines of the KFP local runner's output worth showing without --verbose: our own log lines
 # (progress, stage timings) and the runner's task start/finish lines.
@@ -66,6 +67,17 @@ RUN_DEFAULTS = {
     "top_k": 10,
     "parity_tolerance": 1e-3,
     "strict_model_checks": False,
+    "preset": "",
+    "ops": "",
+    "custom_ops": "",
+    "on_bad_sample": "quarantine",
+    "value_range": "",
+    "tensor_column": "x",
+    "label_column": "",
+    "max_data_gb": 20.0,
+    "custom_op_cpu_seconds": 120.0,
+    "custom_op_memory_mb": 2048,
+    "custom_op_batch_timeout_s": 300.0,
 }
 
 
@@ -182,9 +194,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         **{name: getattr(args, name) for name in RUN_DEFAULTS},
     }
     parameters["run_id"] = parameters["run_id"] or new_run_id()
-    for key in ("model", "data"):
+    for key in ("model", "data", "custom_ops"):
         value = parameters[key]
-        if "://" not in value:
+        if value and "://" not in value:
             parameters[key] = storage.normalize_root(value)
             if not storage.exists(parameters[key]):
                 raise TestprioError(f"--{key} {value} does not exist; check the path.")
@@ -391,7 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="model file or folder (ONNX, PyTorch, TensorFlow/Keras, Paddle; local or gs://)",
     )
-    run.add_argument("--data", required=True, help="pool: .npy, .npz (x, optional y) or .parquet")
+    run.add_argument(
+        "--data",
+        required=True,
+        help="pool: .npy, .npz, .parquet, .csv, an image folder, or a .zip/.tar/.tar.gz of "
+        "one; a local path, gs://... or http(s)://...",
+    )
     run.add_argument("--root", required=True, help="runs folder: local path or gs://bucket/prefix")
     run.add_argument("--run-id", help="name of the run folder (default: timestamp)")
     run.add_argument("--metric", help=f"one of {', '.join(METRICS)}")
@@ -399,7 +416,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--framework",
         help="auto (detect from the model), onnx, pytorch, tensorflow or paddle",
     )
-    run.add_argument("--input-shape", help="per-sample shape, e.g. 1,28,28")
+    run.add_argument("--input-shape", help="per-sample shape of an array pool, e.g. 1,28,28")
+    run.add_argument(
+        "--preset",
+        help=f"preprocessing preset: {', '.join(sorted(PRESETS))} (see README)",
+    )
+    run.add_argument(
+        "--ops",
+        help='preprocessing ops as a JSON list, e.g. \'[{"op": "scale", "divide": 255}]\'',
+    )
+    run.add_argument(
+        "--custom-ops",
+        help="Python file defining op(x) -> x, run sandboxed after the other ops",
+    )
+    run.add_argument(
+        "--max-data-gb",
+        type=float,
+        help="largest download, and largest archive once extracted, in GiB (default 20)",
+    )
+    run.add_argument(
+        "--custom-op-cpu-seconds", type=float, help="CPU seconds per batch (default 120)"
+    )
+    run.add_argument("--custom-op-memory-mb", type=int, help="memory of its worker (default 2048)")
+    run.add_argument(
+        "--custom-op-batch-timeout-s", type=float, help="wall-clock seconds per batch (default 300)"
+    )
+    run.add_argument(
+        "--on-bad-sample",
+        choices=("quarantine", "fail"),
+        help="set unusable samples aside in data/quarantine.parquet (default) or stop the run",
+    )
+    run.add_argument(
+        "--value-range",
+        help="declared range of raw values, e.g. 0,255: samples outside it are quarantined",
+    )
+    run.add_argument(
+        "--tensor-column", help="Parquet column or .npz array of the samples (default x)"
+    )
+    run.add_argument(
+        "--label-column",
+        help="Parquet/CSV column or .npz array of the labels (default: label or y if present)",
+    )
     run.add_argument("--output-kind", help="auto, logits or probabilities")
     run.add_argument("--output-name", help="model output holding class scores")
     run.add_argument("--shard-size", type=int, help="samples per shard")

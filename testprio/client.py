@@ -50,7 +50,7 @@ DEFAULT_EXPERIMENT = "testprio"
 # The Kubernetes service account of manifests/ that may write to the bucket.
 PIPELINE_SERVICE_ACCOUNT = "testprio-pipeline-runner"
 # Parameters that name input files: local paths among them are uploaded before submitting.
-INPUT_PARAMETERS = ("model", "data")
+INPUT_PARAMETERS = ("model", "data", "custom_ops")
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})
 # KFP parameter types -> how a value given as text (command line) becomes that type.
 _PARAMETER_TYPES = {
@@ -189,7 +189,7 @@ def check_parameters(parameters: dict[str, Any], definitions: dict[str, dict]) -
 
 
 def upload_inputs(parameters: dict[str, Any], run_uri: str) -> dict[str, str]:
-    """Copy local ``model``/``data`` files (or folders) into ``{run_uri}/inputs/``.
+    """Copy local ``model``/``data``/``custom_ops`` files (or folders) into ``{run_uri}/inputs/``.
 
     Returns ``{local path: URI}`` and points the parameters at the URIs.
     """

@@ -1,239 +1,86 @@
-"""Ingest: a pool of inputs -> sample shards ``data/shard-NNNNN.parquet``.
+"""Ingest: a pool of inputs -> preprocessed sample shards ``data/shard-NNNNN.parquet``.
 
 Shard schema: ``sample_id int64`` (0..N-1 in source order), ``x fixed_size_list<float32>``
-(one flattened sample; the per-sample shape is in the schema metadata under
+(one flattened, preprocessed sample; its shape is in the schema metadata under
 ``testprio.shape``), ``label int32`` (null when unknown), ``source string``.
-Samples with NaN or Inf values go to ``data/quarantine.parquet`` with a reason instead.
 
-Readers stream fixed-size chunks, so memory stays flat whatever the pool size: ``.npy`` is
-memory-mapped, ``.npz`` members are read through their zip stream, Parquet by row batch.
+The stage, in order:
+
+1. resolves the source (local, ``gs://``, ``http(s)://``, archives: ``testprio.sources``)
+   and opens it with the reader of its format (``testprio.readers``);
+2. builds the preprocessing chain (``testprio.preprocess``: a preset, an op list, a
+   sandboxed custom op) and computes any statistics it needs in a streaming first pass;
+3. reads the pool again in chunks (image files decoded in parallel threads), checks every
+   raw sample, preprocesses the good ones and writes them to shards; a sample that cannot
+   be used goes to ``data/quarantine.parquet`` (sample id, source, kind, reason), or stops
+   the run with ``on_bad_sample="fail"``; exact duplicates (content hash of the raw
+   sample) are listed in ``data/duplicates.parquet`` and kept;
+4. writes ``data/manifest.json`` last, and records the exact op list (computed statistics
+   included) in ``run.json``.
+
+Samples in = shard rows + quarantined, always. Memory stays flat whatever the pool size.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import zipfile
-from collections.abc import Callable, Iterator
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from testprio import storage
+from testprio import preprocess, sandbox, sources, storage
 from testprio.errors import TestprioError
-from testprio.layout import RunLayout, shard_name
+from testprio.layout import RunLayout, record_in_run, shard_name
 from testprio.log import get_logger
+from testprio.pool import ArrayPool, BadSample, FilePool
+from testprio.readers import SHAPE_METADATA_KEY, Columns, check_numeric, open_pool
 
 log = get_logger("ingest")
 
-SHAPE_METADATA_KEY = b"testprio.shape"
 CHUNK_ROWS = 1024
-LABEL_COLUMNS = ("label", "y")
+# A chunk holds at most this many bytes of raw or preprocessed samples (large images).
+CHUNK_BYTES = 64 * 2**20
+PROGRESS_SECONDS = 5.0
+ON_BAD_SAMPLE = ("quarantine", "fail")
 
-
-@dataclass
-class PoolSource:
-    """A readable pool: sample count and shape up front, then chunks of rows in order."""
-
-    name: str
-    count: int
-    sample_shape: tuple[int, ...]
-    has_labels: bool
-    read_chunks: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray | None]]]
-
-
-# --- readers ---------------------------------------------------------------------------
-
-
-def _check_array_pair(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...] | None):
-    if len(x_shape) < 2:
-        raise TestprioError(
-            f"inputs in {name} have shape {x_shape}; expected (N, ...) with one row per sample."
-        )
-    if y_shape is not None and (len(y_shape) != 1 or y_shape[0] != x_shape[0]):
-        raise TestprioError(
-            f"labels in {name} have shape {y_shape} but there are {x_shape[0]} samples; "
-            "give one integer label per sample."
-        )
-
-
-def _check_numeric(name: str, what: str, dtype: np.dtype) -> None:
-    if dtype.kind not in "biuf":
-        raise TestprioError(f"{what} in {name} have dtype {dtype}; save them as a numeric array.")
-
-
-def _read_npy(path: str, name: str) -> PoolSource:
-    # Read through the file in chunks rather than memory-mapping it: mapped pages stay
-    # resident (and count against a pod's memory limit) until the whole map is released.
-    with open(path, "rb") as handle:
-        try:
-            shape, dtype = _npy_header(handle, name, "array")
-        except ValueError as exc:
-            raise TestprioError(
-                f"{name} is not a readable .npy array ({exc}); re-save it with numpy.save."
-            ) from None
-    _check_array_pair(name, shape, None)
-    _check_numeric(name, "inputs", dtype)
-
-    def read_chunks(rows: int):
-        with open(path, "rb") as handle:
-            _npy_header(handle, name, "array")
-            for x in _stream_rows(handle, shape, dtype, rows, name, "array"):
-                yield x, None
-
-    return PoolSource(name, int(shape[0]), tuple(shape[1:]), False, read_chunks)
-
-
-def _npy_header(handle: BinaryIO, name: str, member: str) -> tuple[tuple[int, ...], np.dtype]:
-    version = np.lib.format.read_magic(handle)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-    if fortran and len(shape) > 1:
-        raise TestprioError(
-            f"array '{member}' in {name} is stored in Fortran order; save it with "
-            "numpy.savez(np.ascontiguousarray(...))."
-        )
-    return tuple(shape), dtype
-
-
-def _stream_rows(
-    handle: BinaryIO, shape: tuple[int, ...], dtype: np.dtype, rows: int, name: str, member: str
-) -> Iterator[np.ndarray]:
-    """Chunks of ``rows`` samples from a file positioned just after a .npy header."""
-    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-    remaining = shape[0]
-    while remaining:
-        take = min(rows, remaining)
-        buffer = handle.read(take * row_bytes)
-        if len(buffer) != take * row_bytes:
-            raise TestprioError(f"array '{member}' in {name} is truncated; re-save the file.")
-        yield np.frombuffer(buffer, dtype=dtype).reshape((take, *shape[1:]))
-        remaining -= take
-
-
-def _stream_npz_member(
-    archive: zipfile.ZipFile, member: str, name: str, rows: int
-) -> Iterator[np.ndarray]:
-    with archive.open(member) as handle:
-        shape, dtype = _npy_header(handle, name, member)
-        yield from _stream_rows(handle, shape, dtype, rows, name, member)
-
-
-def _read_npz(path: str, name: str) -> PoolSource:
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise TestprioError(
-            f"{name} is not a readable .npz file; re-save it with numpy.savez(x=..., y=...)."
-        ) from None
-    members = set(archive.namelist())
-    if "x.npy" not in members:
-        keys = ", ".join(sorted(m.removesuffix(".npy") for m in members)) or "none"
-        raise TestprioError(
-            f"{name} has no array 'x' (it has: {keys}); save inputs as x and labels as y."
-        )
-    with archive.open("x.npy") as handle:
-        x_shape, x_dtype = _npy_header(handle, name, "x.npy")
-    y_shape = None
-    if "y.npy" in members:
-        with archive.open("y.npy") as handle:
-            y_shape, y_dtype = _npy_header(handle, name, "y.npy")
-        _check_numeric(name, "labels", y_dtype)
-    _check_array_pair(name, x_shape, y_shape)
-    _check_numeric(name, "inputs", x_dtype)
-
-    def read_chunks(rows: int):
-        xs = _stream_npz_member(archive, "x.npy", name, rows)
-        if y_shape is None:
-            for x in xs:
-                yield x, None
-        else:
-            yield from zip(xs, _stream_npz_member(archive, "y.npy", name, rows), strict=True)
-
-    return PoolSource(name, x_shape[0], tuple(x_shape[1:]), y_shape is not None, read_chunks)
-
-
-def _read_parquet(path: str, name: str) -> PoolSource:
-    try:
-        parquet = pq.ParquetFile(path)
-    except pa.ArrowInvalid as exc:
-        raise TestprioError(f"{name} is not a readable Parquet file ({exc}).") from None
-    schema = parquet.schema_arrow
-    if "x" not in schema.names:
-        raise TestprioError(
-            f"{name} has no column 'x' (it has: {', '.join(schema.names)}); put each sample's "
-            "values in a list<float> column named x."
-        )
-    if not (
-        pa.types.is_list(schema.field("x").type)
-        or pa.types.is_fixed_size_list(schema.field("x").type)
-        or pa.types.is_large_list(schema.field("x").type)
-    ):
-        raise TestprioError(
-            f"column 'x' in {name} has type {schema.field('x').type}; it must be a list of numbers."
-        )
-    label_column = next((c for c in LABEL_COLUMNS if c in schema.names), None)
-    metadata = schema.metadata or {}
-    shape = None
-    for key in (b"shape", SHAPE_METADATA_KEY):  # testprio's own key wins
-        if key in metadata:
-            shape = tuple(json.loads(metadata[key]))
-    if shape is None:
-        first = (
-            parquet.read_row_group(0, columns=["x"]).column("x") if parquet.num_row_groups else None
-        )
-        shape = (len(first[0]),) if first is not None and len(first) else (0,)
-    width = int(np.prod(shape))
-    columns = ["x"] + ([label_column] if label_column else [])
-
-    def read_chunks(rows: int):
-        for batch in parquet.iter_batches(batch_size=rows, columns=columns):
-            values = batch.column("x")
-            lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
-            if (lengths != width).any():
-                raise TestprioError(
-                    f"column 'x' in {name} holds rows of {sorted(set(lengths.tolist()))[:5]} "
-                    f"values but each sample should have {width} (shape {shape})."
-                )
-            x = values.flatten().to_numpy(zero_copy_only=False).reshape((len(batch), *shape))
-            y = None
-            if label_column:
-                labels = batch.column(label_column)
-                if labels.null_count:  # nulls -> NaN, which _to_labels reads as "unknown"
-                    labels = labels.cast(pa.float64())
-                y = labels.to_numpy(zero_copy_only=False)
-            yield x, y
-
-    return PoolSource(name, parquet.metadata.num_rows, shape, label_column is not None, read_chunks)
-
-
-READERS: dict[str, Callable[[str, str], PoolSource]] = {
-    "npy": _read_npy,
-    "npz": _read_npz,
-    "parquet": _read_parquet,
+# Quarantine kinds, in the order a sample is checked; the reason column says more.
+QUARANTINE_KINDS = {
+    "unreadable": "the file or value could not be read",
+    "shape": "the sample's shape differs from the pool's",
+    "non_finite": "NaN or Inf values",
+    "out_of_range": "values outside the declared range",
+    "constant": "every value of the image is the same",
+    "preprocessing": "a preprocessing op failed on this sample alone",
 }
 
-EXTENSIONS = {".npy": "npy", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
 
+@dataclass(frozen=True)
+class IngestOptions:
+    """How to read and preprocess the pool (each field is a ``testprio run`` option)."""
 
-def detect_format(uri: str) -> str:
-    extension = os.path.splitext(uri.rstrip("/"))[1].lower()
-    if extension not in EXTENSIONS:
-        raise TestprioError(f"cannot tell the format of {uri}; give a .npy, .npz or .parquet file.")
-    return EXTENSIONS[extension]
-
-
-def open_source(path: str, fmt: str, name: str) -> PoolSource:
-    return READERS[fmt](path, name)
-
-
-# --- shard writing ---------------------------------------------------------------------
+    shard_size: int = 10_000
+    input_shape: tuple[int, ...] | None = None
+    preset: str = ""
+    ops: str = ""
+    custom_ops: str = ""
+    on_bad_sample: str = "quarantine"
+    value_range: tuple[float, float] | None = None
+    tensor_column: str = "x"
+    label_column: str = ""
+    max_data_gb: float = 20.0  # largest download, and largest archive once expanded
+    custom_op_cpu_seconds: float = 120.0  # per batch
+    custom_op_memory_mb: int = 2048
+    custom_op_batch_timeout_s: float = 300.0  # wall clock per batch
+    workers: int = 0  # image decoding threads; 0: one per CPU core
+    chunk_rows: int = CHUNK_ROWS
 
 
 def parse_shape(text: str) -> tuple[int, ...] | None:
@@ -249,6 +96,110 @@ def parse_shape(text: str) -> tuple[int, ...] | None:
             f"--input-shape '{text}' is not a list of positive integers; write it like 1,28,28."
         )
     return shape
+
+
+def parse_value_range(text: str) -> tuple[float, float] | None:
+    """``"0,255"`` -> ``(0.0, 255.0)``; empty -> None (no range check)."""
+    if not text or not text.strip():
+        return None
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        low, high = 1.0, 0.0
+    if not low <= high:
+        raise TestprioError(
+            f"--value-range '{text}' is not two numbers MIN,MAX with MIN <= MAX; "
+            "write it like 0,255."
+        )
+    return low, high
+
+
+def check_options(options: IngestOptions) -> None:
+    """Check the options that need no data (the run's start task calls this too)."""
+    if options.shard_size <= 0:
+        raise TestprioError(
+            f"--shard-size {options.shard_size} must be a positive number of samples."
+        )
+    if options.on_bad_sample not in ON_BAD_SAMPLE:
+        raise TestprioError(
+            f"--on-bad-sample '{options.on_bad_sample}' is not one of {', '.join(ON_BAD_SAMPLE)}."
+        )
+    if not options.max_data_gb > 0:
+        raise TestprioError(f"--max-data-gb {options.max_data_gb} must be a positive number.")
+    if not options.tensor_column:
+        raise TestprioError("--tensor-column is empty; give the name of the column of samples.")
+    custom = None
+    if options.custom_ops:
+        source, name = _read_custom_ops(options.custom_ops)
+        sandbox.check_source(source, name)
+        sandbox.check_limits(
+            options.custom_op_cpu_seconds,
+            options.custom_op_memory_mb,
+            options.custom_op_batch_timeout_s,
+        )
+        custom = _CheckedCustomOp()
+    specs = preprocess.op_specs(preset=options.preset, ops=options.ops)
+    preprocess.build(specs, custom_op=custom, source=_ops_source(options)).close()
+
+
+class _CheckedCustomOp:
+    """Stands for a checked custom op while validating a chain (starts no process)."""
+
+    name = "custom"
+    per_sample_safe = False
+    needs_fit = False
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def fit(self, batches) -> None:
+        pass
+
+    def record(self) -> dict:
+        return {"op": "custom"}
+
+    def close(self) -> None:
+        pass
+
+
+def _read_custom_ops(uri: str) -> tuple[str, str]:
+    name = os.path.basename(uri.rstrip("/"))
+    try:
+        data = storage.read_bytes(uri)
+    except (OSError, TestprioError) as exc:
+        raise TestprioError(
+            f"cannot read the custom op file {uri} ({exc}); give a readable .py file."
+        ) from None
+    try:
+        return data.decode("utf-8"), name
+    except UnicodeDecodeError:
+        raise TestprioError(
+            f"custom op file {uri} is not UTF-8 text; save it as a UTF-8 Python file."
+        ) from None
+
+
+def build_preprocessor(options: IngestOptions) -> preprocess.Preprocessor:
+    """The run's op chain, its custom op (if any) started in its sandbox."""
+    specs = preprocess.op_specs(preset=options.preset, ops=options.ops)
+    custom = None
+    if options.custom_ops:
+        source, name = _read_custom_ops(options.custom_ops)
+        custom = sandbox.CustomOp(
+            source,
+            name,
+            cpu_seconds=options.custom_op_cpu_seconds,
+            memory_mb=options.custom_op_memory_mb,
+            batch_timeout_s=options.custom_op_batch_timeout_s,
+        )
+    return preprocess.build(specs, custom_op=custom, source=_ops_source(options))
+
+
+def _ops_source(options: IngestOptions) -> str:
+    """How errors name the op list: the preset, or --ops."""
+    return f"--preset '{options.preset}'" if options.preset else "--ops"
+
+
+# --- shard schema ----------------------------------------------------------------------
 
 
 def shard_schema(sample_shape: tuple[int, ...]) -> pa.Schema:
@@ -268,9 +219,249 @@ QUARANTINE_SCHEMA = pa.schema(
     [
         pa.field("sample_id", pa.int64(), nullable=False),
         pa.field("source", pa.string()),
+        pa.field("kind", pa.string()),
         pa.field("reason", pa.string()),
     ]
 )
+
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("duplicate_of", pa.int64(), nullable=False),
+    ]
+)
+
+
+# --- checking raw samples --------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """One chunk of the pool, checked and preprocessed.
+
+    ``ids`` ``(n,)``; ``keep`` ``(n,)`` bool; ``x`` ``(kept, *shape)`` float32 (preprocessed
+    good samples); ``y`` ``(n,)`` or None; ``sources`` n texts; ``bad`` position ->
+    ``(kind, reason)``; ``hashes`` ``(kept,)`` uint64 of the raw good samples (or None).
+    """
+
+    ids: np.ndarray
+    keep: np.ndarray
+    x: np.ndarray
+    y: np.ndarray | None
+    sources: list[str]
+    bad: dict[int, tuple[str, str]]
+    hashes: np.ndarray | None
+
+
+def _raw_problems(
+    x: np.ndarray, options: IngestOptions, image_like: bool
+) -> dict[int, tuple[str, str]]:
+    """Position -> (kind, reason) for raw samples ``x`` ``(n, ...)`` that fail a check."""
+    n = len(x)
+    flat = x.reshape(n, int(np.prod(x.shape[1:])))
+    problems: dict[int, tuple[str, str]] = {}
+    if x.dtype.kind == "f":
+        for i in np.flatnonzero(~np.isfinite(flat).all(axis=1)).tolist():
+            problems[i] = ("non_finite", "non-finite values (NaN or Inf)")
+    if flat.shape[1] == 0:
+        return problems
+    if options.value_range is not None:
+        low, high = options.value_range
+        with np.errstate(invalid="ignore"):
+            lowest, highest = flat.min(axis=1), flat.max(axis=1)
+        outside = (lowest < low) | (highest > high)
+        for i in np.flatnonzero(outside).tolist():
+            problems.setdefault(
+                i,
+                (
+                    "out_of_range",
+                    f"values from {lowest[i]:g} to {highest[i]:g} outside the declared range "
+                    f"[{low:g}, {high:g}]",
+                ),
+            )
+    if image_like and flat.shape[1] > 1:
+        constant = (flat == flat[:, :1]).all(axis=1)
+        for i in np.flatnonzero(constant).tolist():
+            problems.setdefault(i, ("constant", f"constant image (every value is {flat[i, 0]:g})"))
+    return problems
+
+
+def _hash(sample: np.ndarray) -> int:
+    """64-bit content hash of one raw sample (its shape, dtype and bytes)."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{sample.dtype.str}{sample.shape}".encode())
+    digest.update(np.ascontiguousarray(sample).data)
+    return int.from_bytes(digest.digest(), "little")
+
+
+def _rows_per_chunk(options: IngestOptions, *sample_shapes: tuple[int, ...]) -> int:
+    largest = max(int(np.prod(shape, dtype=np.int64)) * 4 for shape in sample_shapes)
+    return max(1, min(options.chunk_rows, options.shard_size, CHUNK_BYTES // max(largest, 1)))
+
+
+# --- reading, checking and preprocessing chunks ----------------------------------------
+
+
+def _drop_non_finite_outputs(
+    out: np.ndarray, positions: np.ndarray, bad: dict[int, tuple[str, str]]
+) -> np.ndarray:
+    """Rows of ``out`` that preprocessing made NaN or Inf; marks them bad, returns a mask."""
+    finite = np.isfinite(out.reshape(len(out), int(np.prod(out.shape[1:])))).all(axis=1)
+    for position in positions[~finite].tolist():
+        bad[position] = ("non_finite", "non-finite values after preprocessing")
+    return finite
+
+
+def _finish(ids, keep, out, hashes, y, sources, bad, out_shape, what: str) -> Prepared:
+    if out.shape[1:] != tuple(out_shape):
+        raise TestprioError(
+            f"preprocessing gave samples of shape {out.shape[1:]} in one batch and "
+            f"{tuple(out_shape)} in another ({what}); make every op return the same shape."
+        )
+    finite = _drop_non_finite_outputs(out, np.flatnonzero(keep), bad)
+    if not finite.all():
+        keep = keep.copy()
+        keep[np.flatnonzero(keep)[~finite]] = False
+        out = out[finite]
+        hashes = None if hashes is None else hashes[finite]
+    return Prepared(ids, keep, out, y, sources, bad, hashes)
+
+
+def _prepare_arrays(
+    pool: ArrayPool,
+    chain: preprocess.Preprocessor,
+    options: IngestOptions,
+    raw_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    rows: int,
+    *,
+    hashing: bool,
+) -> Iterator[Prepared]:
+    offset = 0
+    image_like = len(raw_shape) >= 2
+    for chunk in pool.read_chunks(rows):
+        check_numeric(pool.name, "inputs", chunk.x.dtype)
+        n = len(chunk.x)
+        x = chunk.x.reshape((n, *raw_shape))
+        ids = np.arange(offset, offset + n, dtype=np.int64)
+        offset += n
+        sources = chunk.sources or [f"{pool.name}[{i}]" for i in ids.tolist()]
+        bad = {i: ("unreadable", reason) for i, reason in (chunk.bad or {}).items()}
+        for i, problem in _raw_problems(x, options, image_like).items():
+            bad.setdefault(i, problem)
+        keep = np.ones(n, dtype=bool)
+        keep[list(bad)] = False
+        good = x[keep] if bad else x
+        hashes = (
+            np.fromiter((_hash(sample) for sample in good), np.uint64, len(good))
+            if hashing
+            else None
+        )
+        out = chain.apply(good) if len(good) else np.empty((0, *out_shape), np.float32)
+        yield _finish(ids, keep, out, hashes, chunk.y, sources, bad, out_shape, pool.name)
+
+
+@dataclass
+class _Loaded:
+    sample: np.ndarray | None = None
+    problem: tuple[str, str] | None = None
+    digest: int | None = None
+    raw_shape: tuple[int, ...] = ()
+
+
+def _load_one(
+    pool: FilePool,
+    path: str,
+    head: preprocess.Preprocessor,
+    options: IngestOptions,
+    hashing: bool,
+) -> _Loaded:
+    """Decode, check and preprocess one file (runs in a decoding thread)."""
+    try:
+        raw = pool.load(path)
+    except BadSample as exc:
+        return _Loaded(problem=("unreadable", str(exc)))
+    problems = _raw_problems(raw[None], options, image_like=True)
+    if problems:
+        return _Loaded(problem=problems[0], raw_shape=raw.shape)
+    digest = _hash(raw) if hashing else None
+    try:
+        sample = head.apply(raw[None])[0]
+    except TestprioError as exc:
+        return _Loaded(problem=("preprocessing", str(exc)), raw_shape=raw.shape)
+    return _Loaded(sample, None, digest, raw.shape)
+
+
+def _probe_files(pool: FilePool, head: preprocess.Preprocessor) -> tuple[int, ...]:
+    """Shape of the first readable image after the per-file ops: the pool's shape."""
+    first_problem = None
+    for path in pool.files:
+        try:
+            raw = pool.load(path)
+        except BadSample as exc:
+            first_problem = first_problem or f"{path}: {exc}"
+            continue
+        return tuple(head.apply(raw[None]).shape[1:])
+    raise TestprioError(
+        f"none of the {pool.count:,} image files in {pool.name} could be read (first: "
+        f"{first_problem}); check that the folder holds PNG, JPEG, BMP, PPM or GIF images."
+    )
+
+
+def _prepare_files(
+    pool: FilePool,
+    chain: preprocess.Preprocessor,
+    options: IngestOptions,
+    head_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    rows: int,
+    executor: ThreadPoolExecutor,
+    *,
+    hashing: bool,
+) -> Iterator[Prepared]:
+    head, tail = chain.split()
+    labels = None if pool.labels is None else np.asarray(pool.labels, dtype=np.int64)
+
+    def submit(start: int):
+        paths = pool.files[start : start + rows]
+        return [executor.submit(_load_one, pool, p, head, options, hashing) for p in paths]
+
+    pending = submit(0) if pool.count else []
+    for start in range(0, pool.count, rows):
+        current = pending
+        pending = submit(start + rows) if start + rows < pool.count else []  # decode ahead
+        loaded = [future.result() for future in current]
+        n = len(loaded)
+        ids = np.arange(start, start + n, dtype=np.int64)
+        bad: dict[int, tuple[str, str]] = {}
+        for i, item in enumerate(loaded):
+            if item.problem is not None:
+                bad[i] = item.problem
+            elif item.sample.shape != head_shape:
+                shown = f"{item.raw_shape}" + (
+                    f" (after per-image ops {item.sample.shape})" if head.ops else ""
+                )
+                bad[i] = (
+                    "shape",
+                    f"image of shape {shown} where the pool's images are {head_shape}; "
+                    "add a resize op",
+                )
+        keep = np.ones(n, dtype=bool)
+        keep[list(bad)] = False
+        good = [item for item, kept in zip(loaded, keep, strict=True) if kept]
+        stacked = (
+            np.stack([item.sample for item in good])
+            if good
+            else np.empty((0, *head_shape), np.float32)
+        )
+        out = tail.apply(stacked) if len(good) else np.empty((0, *out_shape), np.float32)
+        hashes = np.array([item.digest for item in good], dtype=np.uint64) if hashing else None
+        y = None if labels is None else labels[start : start + n].astype(np.float64)
+        sources = pool.files[start : start + n]
+        yield _finish(ids, keep, out, hashes, y, list(sources), bad, out_shape, pool.name)
+
+
+# --- the stage -------------------------------------------------------------------------
 
 
 @dataclass
@@ -279,7 +470,6 @@ class _ShardSink:
 
     layout: RunLayout
     schema: pa.Schema
-    shard_size: int
     uris: list[str] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     _index: int = -1
@@ -319,7 +509,7 @@ def _to_labels(y: np.ndarray | None, n: int, name: str) -> pa.Array:
     """Integer labels as int32; NaN (a null in a Parquet label column) means unknown."""
     if y is None:
         return pa.nulls(n, pa.int32())
-    _check_numeric(name, "labels", y.dtype)
+    check_numeric(name, "labels", y.dtype)
     unknown = np.isnan(y) if y.dtype.kind == "f" else np.zeros(len(y), dtype=bool)
     known = y[~unknown]
     if y.dtype.kind == "f" and not np.all(np.isfinite(known) & (known == np.round(known))):
@@ -329,120 +519,297 @@ def _to_labels(y: np.ndarray | None, n: int, name: str) -> pa.Array:
     return pa.array(np.where(unknown, 0, y).astype(np.int32), mask=unknown)
 
 
-def _batch(
-    x: np.ndarray, ids: np.ndarray, y: np.ndarray | None, name: str, schema: pa.Schema
+def _shard_batch(
+    x: np.ndarray,
+    ids: np.ndarray,
+    y: np.ndarray | None,
+    sources: list[str],
+    name: str,
+    schema: pa.Schema,
 ) -> pa.RecordBatch:
     width = schema.field("x").type.list_size
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(len(ids), width)
-    values = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
-    sources = pa.array([f"{name}[{i}]" for i in ids.tolist()], pa.string())
+    values = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width)
     return pa.RecordBatch.from_arrays(
-        [pa.array(ids, pa.int64()), values, _to_labels(y, len(ids), name), sources],
+        [
+            pa.array(ids, pa.int64()),
+            values,
+            _to_labels(y, len(ids), name),
+            pa.array(sources, pa.string()),
+        ],
         schema=schema,
     )
 
 
-def ingest(
-    layout: RunLayout,
-    data_uri: str,
-    *,
-    shard_size: int = 10_000,
-    input_shape: tuple[int, ...] | None = None,
-    chunk_rows: int = CHUNK_ROWS,
-) -> list[str]:
-    """Split the pool at ``data_uri`` into shards of ``shard_size`` samples; return their URIs.
+class _Progress:
+    """Logs ``what: done/total samples`` at most every PROGRESS_SECONDS, and at the end."""
 
-    ``input_shape`` reshapes each sample (same number of values) when the file stores them
-    flat. Writes ``data/manifest.json`` last.
-    """
-    if shard_size <= 0:
-        raise TestprioError(f"--shard-size {shard_size} must be a positive number of samples.")
-    fmt = detect_format(data_uri)
-    name = os.path.basename(data_uri.rstrip("/"))
-    with storage.local_copy(data_uri) as path:
-        source = open_source(path, fmt, name)
-        if source.count == 0:
-            raise TestprioError(f"{name} holds no samples; give a pool with at least one input.")
-        sample_shape = source.sample_shape
-        if input_shape is not None:
-            if int(np.prod(input_shape)) != int(np.prod(sample_shape)):
-                raise TestprioError(
-                    f"--input-shape {input_shape} has {int(np.prod(input_shape))} values but "
-                    f"samples in {name} have shape {sample_shape}; give a shape with the same "
-                    "number of values."
-                )
-            sample_shape = input_shape
-        log.info(
-            "ingesting %s: %d samples of shape %s, labels: %s",
-            name,
-            source.count,
-            sample_shape,
-            "yes" if source.has_labels else "no",
-        )
-        return _write_shards(layout, source, sample_shape, shard_size, chunk_rows)
+    def __init__(self, what: str, total: int | None):
+        self.what, self.total, self.last = what, total, time.monotonic()
+
+    def update(self, done: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if final or now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            total = f"/{self.total:,}" if self.total is not None else ""
+            log.info("ingest: %s %s%s samples", self.what, f"{done:,}", total)
 
 
-def _write_shards(layout, source: PoolSource, sample_shape, shard_size, chunk_rows) -> list[str]:
-    sink = _ShardSink(layout, shard_schema(sample_shape), shard_size)
-    bad_ids: list[np.ndarray] = []
-    offset = 0
-    rows = min(chunk_rows, shard_size)
-    try:
-        for x, y in source.read_chunks(rows):
-            _check_numeric(source.name, "inputs", x.dtype)
-            n = len(x)
-            x = x.reshape((n, *sample_shape))
-            finite = (
-                np.isfinite(x.reshape(n, -1)).all(axis=1)
-                if x.dtype.kind == "f"
-                else np.ones(n, dtype=bool)
+@dataclass
+class _Plan:
+    """What ``_prepared`` needs to read the pool through a chain."""
+
+    pool: ArrayPool | FilePool
+    options: IngestOptions
+    raw_shape: tuple[int, ...]  # array pools: per-sample shape after --input-shape
+    executor: ThreadPoolExecutor | None
+
+    def shapes(self, chain: preprocess.Preprocessor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(shape the chain's per-file head gives, shape the whole chain gives)."""
+        if isinstance(self.pool, FilePool):
+            head, tail = chain.split()
+            head_shape = _probe_files(self.pool, head)
+            return head_shape, tail.output_shape(head_shape)
+        return self.raw_shape, chain.output_shape(self.raw_shape, self.pool_dtype)
+
+    pool_dtype: np.dtype = np.dtype(np.float32)
+
+    def prepared(self, chain: preprocess.Preprocessor, *, hashing: bool) -> Iterator[Prepared]:
+        head_shape, out_shape = self.shapes(chain)
+        rows = _rows_per_chunk(self.options, head_shape, out_shape)
+        if isinstance(self.pool, FilePool):
+            return _prepare_files(
+                self.pool,
+                chain,
+                self.options,
+                head_shape,
+                out_shape,
+                rows,
+                self.executor,
+                hashing=hashing,
             )
-            ids = np.arange(offset, offset + n, dtype=np.int64)
-            bad_ids.append(ids[~finite])
-            start = 0
-            while start < n:
-                shard_index = (offset + start) // shard_size
-                stop = min(n, (shard_index + 1) * shard_size - offset)
-                keep = finite[start:stop]
-                part_y = None if y is None else y[start:stop][keep]
-                batch = _batch(
-                    x[start:stop][keep], ids[start:stop][keep], part_y, source.name, sink.schema
+        return _prepare_arrays(
+            self.pool, chain, self.options, self.raw_shape, out_shape, rows, hashing=hashing
+        )
+
+
+def _fit(plan: _Plan, chain: preprocess.Preprocessor) -> None:
+    """Compute the statistics ops need (e.g. standardize without mean/std), one pass each."""
+    while (index := chain.first_unfitted()) is not None:
+        op = chain.ops[index]
+        prefix = preprocess.Preprocessor(chain.ops[:index])
+        progress = _Progress(f"statistics for op {index + 1} ({op.name}):", plan.pool.count)
+        op.fit(_fit_batches(plan, prefix, progress))
+
+
+def _fit_batches(plan: _Plan, prefix: preprocess.Preprocessor, progress: _Progress):
+    """The good samples of the pool through ``prefix``, batch by batch, with progress."""
+    done = 0
+    for prepared in plan.prepared(prefix, hashing=False):
+        _fail_on_bad(prepared, plan)
+        done += len(prepared.ids)
+        progress.update(done)
+        if len(prepared.x):
+            yield prepared.x
+    progress.update(done, final=True)
+
+
+def _fail_on_bad(prepared: Prepared, plan: _Plan) -> None:
+    if plan.options.on_bad_sample == "fail" and prepared.bad:
+        position = min(prepared.bad)
+        kind, reason = prepared.bad[position]
+        raise TestprioError(
+            f"sample {int(prepared.ids[position])} ({prepared.sources[position]}) of "
+            f"{plan.pool.name} cannot be used: {reason}; fix or remove it, or run with "
+            "--on-bad-sample quarantine to set such samples aside."
+        )
+
+
+def ingest(layout: RunLayout, data_uri: str, options: IngestOptions | None = None, **overrides):
+    """Split the pool at ``data_uri`` into preprocessed shards; return their URIs.
+
+    ``options`` (or keyword overrides of its fields) say how to read and preprocess it.
+    Writes ``data/quarantine.parquet``, ``data/duplicates.parquet`` and, last,
+    ``data/manifest.json``; records the op list in ``run.json``.
+    """
+    options = options or IngestOptions()
+    if overrides:
+        options = IngestOptions(**{**options.__dict__, **overrides})
+    check_options(options)
+    limit = int(options.max_data_gb * 2**30)
+    with sources.resolve(
+        data_uri,
+        max_download_bytes=limit,
+        archive_limits=sources.ArchiveLimits(max_bytes=limit),
+    ) as resolved:
+        pool = open_pool(
+            resolved.path,
+            resolved.format,
+            resolved.name,
+            Columns(tensor=options.tensor_column, label=options.label_column),
+        )
+        if pool.count == 0:
+            raise TestprioError(
+                f"{pool.name} holds no samples; give a pool with at least one input."
+            )
+        raw_shape = _raw_shape(pool, options)
+        log.info(
+            "ingesting %s (%s): %s samples%s, labels: %s",
+            pool.name,
+            resolved.format,
+            "?" if pool.count is None else f"{pool.count:,}",
+            f" of shape {raw_shape}" if raw_shape else "",
+            "yes" if pool.has_labels else "no",
+        )
+        workers = options.workers or os.cpu_count() or 1
+        with (
+            build_preprocessor(options) as chain,
+            ThreadPoolExecutor(workers, thread_name_prefix="decode") as executor,
+        ):
+            plan = _Plan(pool, options, raw_shape, executor)
+            _fit(plan, chain)
+            ops = chain.record()
+            if ops:
+                log.info("ingest: preprocessing %s", json.dumps(ops, default=str)[:500])
+            manifest = _write_shards(layout, plan, chain)
+        manifest.update(format=resolved.format, preprocessing=ops)
+        if input_shape_note := _reshape_note(pool, options):
+            manifest["input_shape"] = input_shape_note
+    record_in_run(layout, "preprocessing", ops)
+    storage.write_json(layout.data_manifest, manifest)
+    log.info(
+        "ingest: %d shards written, %d samples quarantined, %d duplicates flagged",
+        len(manifest["shards"]),
+        manifest["quarantined"],
+        manifest["duplicates"],
+    )
+    return [layout.data_shard(i) for i in range(len(manifest["shards"]))]
+
+
+def _reshape_note(pool, options: IngestOptions) -> list[int] | None:
+    return list(options.input_shape) if options.input_shape else None
+
+
+def _raw_shape(pool: ArrayPool | FilePool, options: IngestOptions) -> tuple[int, ...]:
+    """Per-sample shape the chain sees: an array pool's, reshaped by --input-shape."""
+    if isinstance(pool, FilePool):
+        if options.input_shape is not None:
+            raise TestprioError(
+                f"--input-shape reshapes array pools, but {pool.name} is an image folder; "
+                "leave it out and give ops (e.g. resize, layout) that make the shape."
+            )
+        return ()
+    shape = pool.sample_shape
+    if options.input_shape is not None:
+        if int(np.prod(options.input_shape)) != int(np.prod(shape)):
+            raise TestprioError(
+                f"--input-shape {options.input_shape} has {int(np.prod(options.input_shape))} "
+                f"values but samples in {pool.name} have shape {shape}; give a shape with the "
+                "same number of values."
+            )
+        shape = options.input_shape
+    return tuple(shape)
+
+
+def _write_shards(layout: RunLayout, plan: _Plan, chain: preprocess.Preprocessor) -> dict:
+    pool, options = plan.pool, plan.options
+    _, out_shape = plan.shapes(chain)
+    sink = _ShardSink(layout, shard_schema(out_shape))
+    quarantine_context = storage.parquet_writer(layout.quarantine, QUARANTINE_SCHEMA)
+    quarantine = quarantine_context.__enter__()
+    kinds: Counter[str] = Counter()
+    digests: list[tuple[np.ndarray, np.ndarray]] = []
+    progress = _Progress("read", pool.count)
+    samples = 0
+    try:
+        for prepared in plan.prepared(chain, hashing=True):
+            _fail_on_bad(prepared, plan)
+            _write_prepared(sink, prepared, pool.name, options.shard_size)
+            if prepared.bad:
+                positions = sorted(prepared.bad)
+                kinds.update(prepared.bad[p][0] for p in positions)
+                quarantine.write_table(
+                    pa.table(
+                        {
+                            "sample_id": prepared.ids[positions],
+                            "source": [prepared.sources[p] for p in positions],
+                            "kind": [prepared.bad[p][0] for p in positions],
+                            "reason": [prepared.bad[p][1] for p in positions],
+                        },
+                        schema=QUARANTINE_SCHEMA,
+                    )
                 )
-                sink.write(shard_index, batch)
-                start = stop
-            offset += n
-            if offset % (rows * 50) < rows or offset == source.count:
-                log.info("ingest: %s/%s samples read", f"{offset:,}", f"{source.count:,}")
+            digests.append((prepared.ids[prepared.keep], prepared.hashes))
+            samples += len(prepared.ids)
+            progress.update(samples)
+        if samples == 0:
+            raise TestprioError(
+                f"{pool.name} holds no samples; give a pool with at least one input."
+            )
+        while sink._index < (samples - 1) // options.shard_size:  # shards of only bad samples
+            sink.write(sink._index + 1, _empty_batch(sink.schema))
     except BaseException as exc:
         sink.abort(exc)
+        quarantine_context.__exit__(type(exc), exc, exc.__traceback__)
         raise
     sink.close()
-    quarantined = np.concatenate(bad_ids) if bad_ids else np.empty(0, np.int64)
-    _write_quarantine(layout, quarantined, source.name)
-    manifest = {
-        "source": source.name,
-        "samples": offset,
-        "ingested": offset - len(quarantined),
-        "quarantined": int(len(quarantined)),
-        "sample_shape": list(sample_shape),
-        "has_labels": source.has_labels,
-        "shards": [{"name": shard_name(i), "rows": rows_in} for i, rows_in in enumerate(sink.rows)],
+    quarantine_context.__exit__(None, None, None)
+    progress.update(samples, final=True)
+    duplicates = _write_duplicates(layout, digests)
+    quarantined = sum(kinds.values())
+    return {
+        "source": pool.name,
+        "samples": samples,
+        "ingested": samples - quarantined,
+        "quarantined": quarantined,
+        "quarantine_kinds": dict(sorted(kinds.items())),
+        "duplicates": duplicates,
+        "sample_shape": list(out_shape),
+        "raw_sample_shape": list(plan.raw_shape) or None,
+        "has_labels": pool.has_labels,
+        "class_names": pool.class_names,
+        "shards": [{"name": shard_name(i), "rows": rows} for i, rows in enumerate(sink.rows)],
     }
-    storage.write_json(layout.data_manifest, manifest)
-    log.info("ingest: %d shards written, %d samples quarantined", len(sink.uris), len(quarantined))
-    return sink.uris
 
 
-def _write_quarantine(layout: RunLayout, sample_ids: np.ndarray, name: str) -> None:
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=schema)
+
+
+def _write_prepared(sink: _ShardSink, prepared: Prepared, name: str, shard_size: int) -> None:
+    """Cut ``prepared`` at shard boundaries: shard i holds ids [i*size, (i+1)*size)."""
+    ids, keep = prepared.ids, prepared.keep
+    kept_before = np.concatenate([[0], np.cumsum(keep)])
+    start, n = 0, len(ids)
+    while start < n:
+        shard_index = int(ids[start]) // shard_size
+        stop = min(n, (shard_index + 1) * shard_size - int(ids[0]))
+        segment = keep[start:stop]
+        rows = slice(int(kept_before[start]), int(kept_before[stop]))
+        y = None if prepared.y is None else np.asarray(prepared.y)[start:stop][segment]
+        sources = [s for s, k in zip(prepared.sources[start:stop], segment, strict=True) if k]
+        batch = _shard_batch(
+            prepared.x[rows], ids[start:stop][segment], y, sources, name, sink.schema
+        )
+        sink.write(shard_index, batch)
+        start = stop
+
+
+def _write_duplicates(layout: RunLayout, digests: list[tuple[np.ndarray, np.ndarray]]) -> int:
+    """List every sample whose raw content equals an earlier one's; return how many."""
+    ids = np.concatenate([d[0] for d in digests]) if digests else np.empty(0, np.int64)
+    hashes = np.concatenate([d[1] for d in digests]) if digests else np.empty(0, np.uint64)
+    order = np.lexsort((ids, hashes))
+    ids, hashes = ids[order], hashes[order]
+    repeat = np.zeros(len(ids), dtype=bool)
+    repeat[1:] = hashes[1:] == hashes[:-1]
+    group_start = np.maximum.accumulate(np.where(~repeat, np.arange(len(ids)), 0))
     table = pa.table(
-        {
-            "sample_id": pa.array(sample_ids, pa.int64()),
-            "source": pa.array([f"{name}[{i}]" for i in sample_ids.tolist()], pa.string()),
-            "reason": pa.array(["non-finite values (NaN or Inf)"] * len(sample_ids), pa.string()),
-        },
-        schema=QUARANTINE_SCHEMA,
-    )
-    storage.write_table(layout.quarantine, table)
+        {"sample_id": ids[repeat], "duplicate_of": ids[group_start][repeat]},
+        schema=DUPLICATES_SCHEMA,
+    ).sort_by("sample_id")
+    storage.write_table(layout.duplicates, table)
+    return table.num_rows
 
 
 # --- reading shards back ---------------------------------------------------------------

@@ -85,6 +85,10 @@ class RunLayout:
         return storage.join(self.data_dir, "quarantine.parquet")
 
     @property
+    def duplicates(self) -> str:
+        return storage.join(self.data_dir, "duplicates.parquet")
+
+    @property
     def scores_dir(self) -> str:
         return storage.join(self.uri, "scores")
 
@@ -187,6 +191,18 @@ def start_run(layout: RunLayout, parameters: dict[str, Any]) -> None:
         "stages": [],
         "error": None,
     }
+    storage.write_json(layout.run_json, record)
+
+
+def record_in_run(layout: RunLayout, key: str, value: Any) -> None:
+    """Add ``key: value`` to ``run.json`` (a stage's record of what it did, e.g. the ops).
+
+    Stages that call this run one after another, so no other writer races it.
+    """
+    if not storage.exists(layout.run_json):
+        return  # a stage run on its own, outside a pipeline run (tests, notebooks)
+    record = storage.read_json(layout.run_json)
+    record[key] = value
     storage.write_json(layout.run_json, record)
 
 

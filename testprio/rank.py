@@ -115,5 +115,12 @@ def rank(
         quarantined=manifest["quarantined"],
         top=top,
     )
+    # What ingest set aside or flagged, and the class names of an image folder's subfolders.
+    summary["counts"].update(
+        duplicates=manifest.get("duplicates", 0),
+        quarantine_kinds=manifest.get("quarantine_kinds", {}),
+    )
+    if manifest.get("class_names"):
+        summary["class_names"] = manifest["class_names"]
     storage.write_json(layout.summary, summary)
     return summary

@@ -223,8 +223,9 @@ def load_run(layout: RunLayout) -> RunDetails:
 
 
 def class_names(details: RunDetails) -> list[str] | None:
-    """Class names stored with the run (model.json or summary.json ``class_names``), if any."""
-    for source in (details.model, details.summary):
+    """Class names stored with the run (model.json, summary.json or the data manifest's
+    ``class_names``: an image folder's class subfolders), if any."""
+    for source in (details.model, details.summary, details.manifest):
         names = (source or {}).get("class_names")
         if isinstance(names, list) and names:
             return [str(name) for name in names]
@@ -343,22 +344,51 @@ def model_summary(model: dict | None) -> dict | None:
 
 
 def quarantine_reasons(layout: RunLayout) -> list[dict]:
-    """``[{"reason", "samples"}]`` of ``data/quarantine.parquet`` (empty when none)."""
+    """``[{"kind", "reason", "samples"}]`` of ``data/quarantine.parquet``, most first.
+
+    One row per kind of problem (``testprio.ingest.QUARANTINE_KINDS``) with its first
+    sample's reason as the example; runs from before kinds were recorded group by reason.
+    """
     if not storage.exists(layout.quarantine):
         return []
-    table = storage.read_table(layout.quarantine, columns=["reason"])
+    table = storage.read_table(layout.quarantine)
     if not table.num_rows:
         return []
-    counts = table.group_by("reason").aggregate([("reason", "count")])
-    rows = [
-        {"reason": reason, "samples": count}
-        for reason, count in zip(
-            counts.column("reason").to_pylist(),
-            counts.column("reason_count").to_pylist(),
-            strict=True,
-        )
-    ]
-    return sorted(rows, key=lambda row: -row["samples"])
+    key = "kind" if "kind" in table.column_names else "reason"
+    rows: dict[str, dict] = {}
+    for kind, reason in zip(
+        table.column(key).to_pylist(), table.column("reason").to_pylist(), strict=True
+    ):
+        row = rows.setdefault(kind, {"kind": kind, "reason": reason, "samples": 0})
+        row["samples"] += 1
+    return sorted(rows.values(), key=lambda row: (-row["samples"], row["kind"]))
+
+
+def preprocessing_text(ops: list[dict] | None) -> str:
+    """``scale(divide=255) → layout(to=NCHW)``: the run's op list on one line ('' when none).
+
+    A custom op shows its file name and hash, not its source.
+    """
+    parts = []
+    for op in ops or []:
+        params = {
+            name: value
+            for name, value in op.items()
+            if name not in ("op", "source", "cpu_seconds", "memory_mb")
+        }
+        if "sha256" in params:
+            params["sha256"] = str(params["sha256"])[:12]
+        shown = ", ".join(f"{name}={_short(value)}" for name, value in params.items())
+        parts.append(f"{op.get('op')}({shown})")
+    return " → ".join(parts)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_short(item) for item in value) + "]"
+    return str(value)
 
 
 def dataset_stats(
@@ -452,6 +482,9 @@ def dataset_summary(details: RunDetails) -> dict | None:
         "stats_estimated": not figures,
         "class_balance": balance,
         "quarantine_reasons": quarantine_reasons(details.layout) if manifest["quarantined"] else [],
+        "duplicates": int(manifest.get("duplicates") or 0),
+        "preprocessing": preprocessing_text(manifest.get("preprocessing")),
+        "format": str(manifest.get("format", "")),
     }
 
 

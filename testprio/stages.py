@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from testprio import convert, ingest, rank, score
+from testprio import convert, ingest, rank, score, sources, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout, finish_run, stage
 from testprio.layout import start_run as layout_start_run
@@ -34,8 +34,8 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
             )
     if int(parameters["top_k"]) < 0:
         raise TestprioError(f"--top-k {parameters['top_k']} must be zero or positive.")
-    ingest.detect_format(parameters["data"])
-    ingest.parse_shape(parameters["input_shape"])
+    sources.check_data_uri(parameters["data"])
+    ingest.check_options(ingest_options(parameters))
     convert.check_parity_tolerance(
         parameters.get("parity_tolerance", convert.DEFAULT_PARITY_TOLERANCE)
     )
@@ -52,14 +52,60 @@ def start_run(root: str, run_id: str, parameters: dict[str, Any]) -> str:
     return layout.uri
 
 
-def ingest_pool(run_uri: str, data: str, input_shape: str, shard_size: int) -> list[str]:
+# Run parameters that say how to read and preprocess the pool, as KFP passes them.
+INGEST_PARAMETERS = (
+    "input_shape",
+    "shard_size",
+    "preset",
+    "ops",
+    "custom_ops",
+    "on_bad_sample",
+    "value_range",
+    "tensor_column",
+    "label_column",
+    "max_data_gb",
+    "custom_op_cpu_seconds",
+    "custom_op_memory_mb",
+    "custom_op_batch_timeout_s",
+)
+
+
+def ingest_options(parameters: dict[str, Any]) -> ingest.IngestOptions:
+    """``IngestOptions`` from run parameters (strings and numbers; missing ones default)."""
+    defaults = ingest.IngestOptions()
+    value = parameters.get
+    return ingest.IngestOptions(
+        shard_size=int(value("shard_size", defaults.shard_size)),
+        input_shape=ingest.parse_shape(value("input_shape", "")),
+        preset=value("preset", "") or "",
+        ops=value("ops", "") or "",
+        custom_ops=value("custom_ops", "") or "",
+        on_bad_sample=value("on_bad_sample", "") or defaults.on_bad_sample,
+        value_range=ingest.parse_value_range(value("value_range", "")),
+        tensor_column=value("tensor_column", "") or defaults.tensor_column,
+        label_column=value("label_column", "") or "",
+        max_data_gb=float(value("max_data_gb", defaults.max_data_gb)),
+        custom_op_cpu_seconds=float(value("custom_op_cpu_seconds", defaults.custom_op_cpu_seconds)),
+        custom_op_memory_mb=int(value("custom_op_memory_mb", defaults.custom_op_memory_mb)),
+        custom_op_batch_timeout_s=float(
+            value("custom_op_batch_timeout_s", defaults.custom_op_batch_timeout_s)
+        ),
+    )
+
+
+def ingest_pool(run_uri: str, data: str, **parameters: Any) -> list[str]:
+    """``parameters``: any of ``INGEST_PARAMETERS``."""
     configure()
     layout = RunLayout(run_uri)
     with stage(layout, "ingest") as figures:
-        shards = ingest.ingest(
-            layout, data, shard_size=int(shard_size), input_shape=ingest.parse_shape(input_shape)
+        shards = ingest.ingest(layout, data, ingest_options(parameters))
+        manifest = storage.read_json(layout.data_manifest)
+        figures.update(
+            shards=len(shards),
+            samples=manifest["samples"],
+            quarantined=manifest["quarantined"],
+            duplicates=manifest["duplicates"],
         )
-        figures["shards"] = len(shards)
     return shards
 
 

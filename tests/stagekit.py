@@ -25,7 +25,9 @@ def run_stages(model, data, root: str, run_id: str = "run", **overrides) -> RunL
     """start -> ingest -> convert -> score every shard -> rank -> report; returns the layout."""
     p = parameters(model, data, root, run_id, **overrides)
     run_uri = stages.start_run(p["root"], p["run_id"], p)
-    shards = stages.ingest_pool(run_uri, p["data"], p["input_shape"], p["shard_size"])
+    shards = stages.ingest_pool(
+        run_uri, p["data"], **{name: p[name] for name in stages.INGEST_PARAMETERS}
+    )
     stages.convert_model(
         run_uri,
         p["model"],

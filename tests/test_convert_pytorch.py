@@ -237,7 +237,8 @@ def test_model_without_class_scores(tmp_path, saved):
 
 
 def test_model_that_does_not_fit_the_pool(tmp_path, saved):
-    wrong = write_pool(tmp_path / "wide.npz", np.zeros((10, 1, 8, 9), np.float32))
+    wide = np.random.default_rng(0).random((10, 1, 8, 9), dtype=np.float32)
+    wrong = write_pool(tmp_path / "wide.npz", wide)
     _expect_failure(
         tmp_path,
         saved["folder"] / "dynamic.pt2",

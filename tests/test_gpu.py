@@ -118,7 +118,7 @@ def reference(tmp_path, pool):
 def _converted_run(root, model, pool) -> str:
     """A run folder after start, ingest and convert; returns its one shard's URI."""
     uri = stages.start_run(root, "run", parameters(model, pool, root, "run"))
-    (shard,) = stages.ingest_pool(uri, str(pool), "", 10_000)
+    (shard,) = stages.ingest_pool(uri, str(pool), shard_size=10_000)
     stages.convert_model(uri, str(model), "auto", "auto", "")
     return shard
 

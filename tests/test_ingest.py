@@ -168,7 +168,12 @@ def test_shard_sizes(local_root, tmp_path, digits_pool, shard_size, expected_row
     uris = ingest(layout, str(write_pool(tmp_path / "pool.npz", x, y)), shard_size=shard_size)
     names = [f"shard-{i:05d}.parquet" for i in range(len(expected_rows))]
     assert shard_rows(uris) == expected_rows
-    assert storage.list_names(layout.data_dir) == ["manifest.json", "quarantine.parquet", *names]
+    assert storage.list_names(layout.data_dir) == [
+        "duplicates.parquet",
+        "manifest.json",
+        "quarantine.parquet",
+        *names,
+    ]
     manifest = storage.read_json(layout.data_manifest)
     assert manifest["shards"] == [
         {"name": name, "rows": rows} for name, rows in zip(names, expected_rows, strict=True)
@@ -184,8 +189,14 @@ def test_manifest_and_empty_quarantine(root, tmp_path, digits_pool):
         "samples": 120,
         "ingested": 120,
         "quarantined": 0,
+        "quarantine_kinds": {},
+        "duplicates": 0,
         "sample_shape": [1, 8, 8],
+        "raw_sample_shape": [1, 8, 8],
         "has_labels": True,
+        "class_names": None,
+        "format": "npz",
+        "preprocessing": [],
         "shards": [
             {"name": "shard-00000.parquet", "rows": 50},
             {"name": "shard-00001.parquet", "rows": 50},
@@ -275,7 +286,8 @@ def test_non_finite_samples_are_quarantined(root, tmp_path, digits_pool, kind):
     assert shard_rows(uris) == [49, 49, 18]
 
     quarantine = storage.read_table(layout.quarantine)
-    assert quarantine.column_names == ["sample_id", "source", "reason"]
+    assert quarantine.column_names == ["sample_id", "source", "kind", "reason"]
+    assert set(quarantine.column("kind").to_pylist()) == {"non_finite"}
     assert quarantine.column("sample_id").to_pylist() == sorted(bad)
     assert quarantine.column("source").to_pylist() == [f"{source.name}[{i}]" for i in sorted(bad)]
     assert all("NaN or Inf" in reason for reason in quarantine.column("reason").to_pylist())
@@ -382,9 +394,13 @@ def _flat_x(rows: list[list[float]]) -> pa.Array:
 
 
 ERROR_CASES = {
-    "unknown extension": (
-        _raw("pool.csv", b"x,y\n1,2\n"),
-        r"cannot tell the format of .*pool\.csv; give a \.npy, \.npz or \.parquet file",
+    "unknown format": (
+        _raw("pool.bin", _noise(4)),
+        r"cannot tell the format of pool\.bin \(it holds binary data of an unknown format\)",
+    ),
+    "misleading extension": (
+        _raw("pool.npy", b"PAR1" + _noise(5) + b"PAR1"),
+        r"pool\.npy is named like .* but holds a Parquet file; rename it",
     ),
     "npz without x": (
         _npz(inputs=_digits(), y=_labels()),
@@ -451,10 +467,18 @@ ERROR_CASES = {
         _parquet(pa.table({"x": _flat_x([])}).replace_schema_metadata({"testprio.shape": "[4]"})),
         r"pool\.parquet holds no samples",
     ),
-    "corrupt npz": (_raw("pool.npz", _noise(1)), r"pool\.npz is not a readable \.npz file"),
-    "corrupt npy": (_raw("pool.npy", _noise(2)), r"pool\.npy is not a readable \.npy array"),
-    "corrupt parquet": (
+    "noise named npz": (_raw("pool.npz", _noise(1)), r"pool\.npz is named like .* but holds"),
+    "noise named npy": (_raw("pool.npy", _noise(2)), r"pool\.npy is named like .* but holds"),
+    "noise named parquet": (
         _raw("pool.parquet", _noise(3)),
+        r"pool\.parquet is named like a Parquet file but holds binary data of an unknown format",
+    ),
+    "corrupt npy header": (
+        _raw("pool.npy", b"\x93NUMPY\x01\x00garbage"),
+        r"pool\.npy is not a readable \.npy array",
+    ),
+    "corrupt parquet footer": (
+        _raw("pool.parquet", b"PAR1" + _noise(6) + b"PAR1"),
         r"pool\.parquet is not a readable Parquet file",
     ),
     "parquet without x": (

@@ -59,6 +59,7 @@ def test_pipeline_runs_end_to_end(root, digits_model):
     assert figures["labels"]["confusion"] and figures["labels"]["fault_curve"]
 
     assert storage.list_names(layout.data_dir) == [
+        "duplicates.parquet",
         "manifest.json",
         "quarantine.parquet",
         "shard-00000.parquet",
@@ -85,7 +86,9 @@ def test_pipeline_runs_end_to_end(root, digits_model):
 
 
 def test_failed_stage_marks_the_run_failed(local_root, tmp_path, digits_model):
-    data = write_pool(tmp_path / "wrong.npz", np.zeros((20, 3, 8, 8), np.float32))
+    data = write_pool(
+        tmp_path / "wrong.npz", np.random.default_rng(0).random((20, 3, 8, 8), np.float32)
+    )
     with pytest.raises(
         cli.TestprioError,
         match=r"expects shape \(N, 1, 8, 8\) but the data "
@@ -135,7 +138,7 @@ def test_cli_run_prints_top_k_and_the_run_folder(local_root, digits_model, capsy
 
 def test_cli_refuses_an_existing_run_id(local_root, tmp_path, capsys):
     model = linear_classifier(tmp_path / "m.onnx")
-    data = write_pool(tmp_path / "p.npy", np.ones((5, 1, 8, 8), np.float32))
+    data = write_pool(tmp_path / "p.npy", np.random.default_rng(0).random((5, 1, 8, 8), np.float32))
     args = [
         "run",
         "--model",
@@ -171,7 +174,7 @@ def test_cli_refuses_an_existing_run_id(local_root, tmp_path, capsys):
 )
 def test_cli_bad_input_is_one_sentence(tmp_path, capsys, args, message):
     model = linear_classifier(tmp_path / "m.onnx")
-    data = write_pool(tmp_path / "p.npy", np.ones((5, 1, 8, 8), np.float32))
+    data = write_pool(tmp_path / "p.npy", np.random.default_rng(0).random((5, 1, 8, 8), np.float32))
     base = ["run", "--model", str(model), "--data", str(data), "--root", str(tmp_path / "r")]
     assert cli.main(base + args) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -191,3 +194,60 @@ def test_notebook_call_with_defaults(local_root, tmp_path):
     assert record["parameters"]["shard_size"] == 10_000
     assert layout.run_id == record["run_id"] and layout.run_id[:2] == "20"
     assert storage.read_table(layout.ranking).num_rows == 40
+
+
+def _digit_image_zip(folder) -> tuple:
+    """A .zip of 8x8 digit PNGs in class folders 0..9 (40 images, one corrupt file)."""
+    import zipfile
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    archive = folder / "digits.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for i in range(40):
+            image = Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), "L")
+            png = folder / f"{i}.png"
+            image.save(png)
+            handle.write(png, f"digits/{digits.target[i]}/{i:03d}.png")
+        handle.writestr("digits/3/broken.png", b"\x89PNG\r\n\x1a\n not really")
+    return archive, digits
+
+
+def test_cli_runs_an_image_archive_with_ops(local_root, tmp_path, capsys):
+    archive, digits = _digit_image_zip(tmp_path)
+    model = linear_classifier(tmp_path / "m.onnx", sample_shape=(1, 8, 8))
+    ops = '[{"op": "scale", "divide": 255}, {"op": "layout", "to": "NCHW"}]'
+    args = ["run", "--model", str(model), "--data", str(archive), "--root", local_root]
+    assert cli.main([*args, "--run-id", "pngs", "--ops", ops]) == 0
+    layout = RunLayout(f"{local_root}/pngs")
+    summary = storage.read_json(layout.summary)
+    assert summary["counts"]["samples"] == 41
+    assert summary["counts"]["ranked"] + summary["counts"]["quarantined"] == 41
+    assert summary["counts"]["quarantine_kinds"] == {"unreadable": 1}
+    assert summary["class_names"] == [str(i) for i in range(10)]
+    assert summary["labels"]["labeled"] == 40
+    record = storage.read_json(layout.run_json)
+    assert record["parameters"]["ops"] == ops
+    assert [op["op"] for op in record["preprocessing"]] == ["scale", "layout"]
+    html = storage.read_bytes(layout.report_html).decode()
+    assert "scale(" in html and "unreadable" in html
+    # The ranked samples are the images' pixels / 255, in NCHW.
+    first = storage.read_table(layout.ranking).slice(0, 1).to_pylist()[0]
+    shard = storage.read_table(layout.data_shard(0)).to_pylist()
+    row = next(r for r in shard if r["sample_id"] == first["sample_id"])
+    index = int(row["source"].split("/")[-1].split(".")[0])
+    expected = (digits.images[index] * 255 / 16).astype(np.uint8) / 255.0
+    np.testing.assert_allclose(np.reshape(row["x"], (8, 8)), expected, atol=1e-6)
+
+
+def test_cli_refuses_a_custom_op_before_the_run_starts(local_root, tmp_path, capsys):
+    model = linear_classifier(tmp_path / "m.onnx")
+    data = write_pool(tmp_path / "p.npy", np.random.default_rng(0).random((5, 1, 8, 8), np.float32))
+    (tmp_path / "ops.py").write_text("import numpy as np\n\ndef op(x):\n    return eval('x')\n")
+    args = ["run", "--model", str(model), "--data", str(data), "--root", local_root]
+    assert cli.main([*args, "--custom-ops", str(tmp_path / "ops.py")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ops.py line 4" in err[0] and "eval" in err[0]
+    assert not storage.exists(local_root) or not storage.list_folders(local_root)

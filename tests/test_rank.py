@@ -107,7 +107,13 @@ def test_summary_figures_match_numpy(tmp_path, pool, model):
     labels = table.column("label").to_numpy()
     entropy = table.column("entropy").to_numpy()
 
-    assert summary["counts"] == {"samples": 97, "ranked": 97, "quarantined": 0}
+    assert summary["counts"] == {
+        "samples": 97,
+        "ranked": 97,
+        "quarantined": 0,
+        "duplicates": 0,
+        "quarantine_kinds": {},
+    }
     assert summary["num_classes"] == 10
     for name in METRICS:
         assert sum(summary["histograms"][name]["counts"]) == 97

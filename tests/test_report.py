@@ -128,7 +128,7 @@ def test_metrics_and_confusion_matrix_for_kfp(tmp_path):
     pool = write_pool(tmp_path / "p.npz", x, y)
     p = parameters(model, pool, str(tmp_path / "runs"), "kfp", shard_size=25)
     run_uri = stages.start_run(p["root"], p["run_id"], p)
-    shards = stages.ingest_pool(run_uri, p["data"], "", p["shard_size"])
+    shards = stages.ingest_pool(run_uri, p["data"], shard_size=p["shard_size"])
     stages.convert_model(run_uri, p["model"], "auto", "auto", "")
     scores = [stages.score_shard(shard, 64) for shard in shards]
     stages.rank_scores(run_uri, scores, "gini", 10)
@@ -220,7 +220,7 @@ def test_report_of_an_unranked_run_fails_the_run(tmp_path):
     pool = write_pool(tmp_path / "p.npz", x, y)
     p = parameters(model, pool, str(tmp_path / "runs"), "unranked")
     run_uri = stages.start_run(p["root"], p["run_id"], p)
-    stages.ingest_pool(run_uri, p["data"], "", p["shard_size"])
+    stages.ingest_pool(run_uri, p["data"], shard_size=p["shard_size"])
     with pytest.raises(TestprioError, match="has no summary.json, so there is nothing to report"):
         stages.report_run(run_uri, 10)
     record = storage.read_json(RunLayout(run_uri).run_json)

@@ -126,7 +126,7 @@ def test_dataset_summary_counts_balance_statistics_and_quarantine(root):
     assert summary["shape"] == [1, 8, 8] and summary["shards"] == 3
     assert summary["tensor_bytes"] == 118 * 64 * 4
     assert summary["quarantine_reasons"] == [
-        {"reason": "non-finite values (NaN or Inf)", "samples": 2}
+        {"kind": "non_finite", "reason": "non-finite values (NaN or Inf)", "samples": 2}
     ]
     assert [row["labeled"] for row in summary["class_balance"]] == np.bincount(
         y[keep], minlength=10

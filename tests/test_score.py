@@ -144,7 +144,7 @@ def _expect_failure(tmp_path, model, data, match, **overrides):
 
 
 def test_shape_mismatch_names_both_shapes(tmp_path):
-    x = np.zeros((10, 1, 4, 4), np.float32)
+    x = make_deterministic(0).random((10, 1, 4, 4), np.float32)
     data = write_pool(tmp_path / "small.npz", x)
     model = linear_classifier(tmp_path / "m.onnx")
     record = _expect_failure(

@@ -21,7 +21,7 @@ def test_cli_run_into_a_root_that_is_a_file(tmp_path, capsys):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     model = linear_classifier(tmp_path / "m.onnx")
-    data = write_pool(tmp_path / "p.npy", np.ones((4, 1, 8, 8), np.float32))
+    data = write_pool(tmp_path / "p.npy", np.random.default_rng(0).random((4, 1, 8, 8), np.float32))
     code = cli.main(
         [
             "run",
@@ -43,7 +43,7 @@ def test_cli_run_into_a_root_that_is_a_file(tmp_path, capsys):
 
 def test_cli_run_into_a_missing_bucket(gcs_emulator, tmp_path, capsys):
     model = linear_classifier(tmp_path / "m.onnx")
-    data = write_pool(tmp_path / "p.npy", np.ones((4, 1, 8, 8), np.float32))
+    data = write_pool(tmp_path / "p.npy", np.random.default_rng(0).random((4, 1, 8, 8), np.float32))
     code = cli.main(
         [
             "run",

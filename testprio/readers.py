@@ -1,0 +1,241 @@
+"""Readers of array pools (``.npy``, ``.npz``, Parquet, CSV) and image folders, by format.
+
+Every reader streams: ``.npy`` and ``.npz`` members are read through the file in chunks,
+Parquet by row batch, CSV by block, so memory stays flat whatever the pool size. Image
+folders are listed up front and decoded one file at a time by the ingest stage.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from testprio import sources
+from testprio.errors import TestprioError
+from testprio.pool import ArrayPool, Chunk, FilePool
+
+SHAPE_METADATA_KEY = b"testprio.shape"
+LABEL_COLUMNS = ("label", "y")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where samples and labels are in a table or an ``.npz``: ``tensor`` (default ``x``)
+    and ``label`` (default: ``label`` or ``y``, whichever exists)."""
+
+    tensor: str = "x"
+    label: str = ""
+
+
+def _check_array_pair(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...] | None):
+    if len(x_shape) < 2:
+        raise TestprioError(
+            f"inputs in {name} have shape {x_shape}; expected (N, ...) with one row per sample."
+        )
+    if y_shape is not None and (len(y_shape) != 1 or y_shape[0] != x_shape[0]):
+        raise TestprioError(
+            f"labels in {name} have shape {y_shape} but there are {x_shape[0]} samples; "
+            "give one integer label per sample."
+        )
+
+
+def check_numeric(name: str, what: str, dtype: np.dtype) -> None:
+    if dtype.kind not in "biuf":
+        raise TestprioError(f"{what} in {name} have dtype {dtype}; save them as a numeric array.")
+
+
+def _npy_header(handle: BinaryIO, name: str, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    if fortran and len(shape) > 1:
+        raise TestprioError(
+            f"array '{member}' in {name} is stored in Fortran order; save it with "
+            "numpy.savez(np.ascontiguousarray(...))."
+        )
+    return tuple(shape), dtype
+
+
+def _stream_rows(
+    handle: BinaryIO, shape: tuple[int, ...], dtype: np.dtype, rows: int, name: str, member: str
+) -> Iterator[np.ndarray]:
+    """Chunks of ``rows`` samples from a file positioned just after a .npy header."""
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    remaining = shape[0]
+    while remaining:
+        take = min(rows, remaining)
+        buffer = handle.read(take * row_bytes)
+        if len(buffer) != take * row_bytes:
+            raise TestprioError(f"array '{member}' in {name} is truncated; re-save the file.")
+        yield np.frombuffer(buffer, dtype=dtype).reshape((take, *shape[1:]))
+        remaining -= take
+
+
+def read_npy(path: str, name: str, columns: Columns) -> ArrayPool:
+    # Read through the file in chunks rather than memory-mapping it: mapped pages stay
+    # resident (and count against a pod's memory limit) until the whole map is released.
+    with open(path, "rb") as handle:
+        try:
+            shape, dtype = _npy_header(handle, name, "array")
+        except ValueError as exc:
+            raise TestprioError(
+                f"{name} is not a readable .npy array ({exc}); re-save it with numpy.save."
+            ) from None
+    _check_array_pair(name, shape, None)
+    check_numeric(name, "inputs", dtype)
+
+    def read_chunks(rows: int) -> Iterator[Chunk]:
+        with open(path, "rb") as handle:
+            _npy_header(handle, name, "array")
+            for x in _stream_rows(handle, shape, dtype, rows, name, "array"):
+                yield Chunk(x)
+
+    return ArrayPool(name, int(shape[0]), tuple(shape[1:]), False, read_chunks)
+
+
+def _stream_npz_member(
+    archive: zipfile.ZipFile, member: str, name: str, rows: int
+) -> Iterator[np.ndarray]:
+    with archive.open(member) as handle:
+        shape, dtype = _npy_header(handle, name, member)
+        yield from _stream_rows(handle, shape, dtype, rows, name, member)
+
+
+def read_npz(path: str, name: str, columns: Columns) -> ArrayPool:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise TestprioError(
+            f"{name} is not a readable .npz file; re-save it with numpy.savez(x=..., y=...)."
+        ) from None
+    members = set(archive.namelist())
+    x_member = f"{columns.tensor}.npy"
+    if x_member not in members:
+        keys = ", ".join(sorted(m.removesuffix(".npy") for m in members)) or "none"
+        raise TestprioError(
+            f"{name} has no array '{columns.tensor}' (it has: {keys}); save inputs as "
+            f"{columns.tensor} and labels as y, or name the inputs with --tensor-column."
+        )
+    label_key = columns.label or "y"
+    y_member = f"{label_key}.npy"
+    if columns.label and y_member not in members:
+        raise TestprioError(
+            f"{name} has no array '{columns.label}' for --label-column; give an existing name."
+        )
+    with archive.open(x_member) as handle:
+        x_shape, x_dtype = _npy_header(handle, name, x_member)
+    y_shape = None
+    if y_member in members:
+        with archive.open(y_member) as handle:
+            y_shape, y_dtype = _npy_header(handle, name, y_member)
+        check_numeric(name, "labels", y_dtype)
+    _check_array_pair(name, x_shape, y_shape)
+    check_numeric(name, "inputs", x_dtype)
+
+    def read_chunks(rows: int) -> Iterator[Chunk]:
+        xs = _stream_npz_member(archive, x_member, name, rows)
+        if y_shape is None:
+            for x in xs:
+                yield Chunk(x)
+        else:
+            ys = _stream_npz_member(archive, y_member, name, rows)
+            for x, y in zip(xs, ys, strict=True):
+                yield Chunk(x, y)
+
+    return ArrayPool(name, x_shape[0], tuple(x_shape[1:]), y_shape is not None, read_chunks)
+
+
+def read_parquet(path: str, name: str, columns: Columns) -> ArrayPool:
+    try:
+        parquet = pq.ParquetFile(path)
+    except pa.ArrowInvalid as exc:
+        raise TestprioError(f"{name} is not a readable Parquet file ({exc}).") from None
+    schema = parquet.schema_arrow
+    tensor = columns.tensor
+    if tensor not in schema.names:
+        raise TestprioError(
+            f"{name} has no column '{tensor}' (it has: {', '.join(schema.names)}); put each "
+            f"sample's values in a list<float> column named {tensor}, or name it with "
+            "--tensor-column."
+        )
+    tensor_type = schema.field(tensor).type
+    if not (
+        pa.types.is_list(tensor_type)
+        or pa.types.is_fixed_size_list(tensor_type)
+        or pa.types.is_large_list(tensor_type)
+    ):
+        raise TestprioError(
+            f"column '{tensor}' in {name} has type {tensor_type}; it must be a list of numbers."
+        )
+    if columns.label and columns.label not in schema.names:
+        raise TestprioError(
+            f"{name} has no column '{columns.label}' for --label-column (it has: "
+            f"{', '.join(schema.names)}); give an existing column."
+        )
+    label_column = columns.label or next((c for c in LABEL_COLUMNS if c in schema.names), None)
+    metadata = schema.metadata or {}
+    shape = None
+    for key in (b"shape", SHAPE_METADATA_KEY):  # testprio's own key wins
+        if key in metadata:
+            shape = tuple(json.loads(metadata[key]))
+    if shape is None:
+        first = (
+            parquet.read_row_group(0, columns=[tensor]).column(tensor)
+            if parquet.num_row_groups
+            else None
+        )
+        shape = (len(first[0]),) if first is not None and len(first) else (0,)
+    width = int(np.prod(shape))
+    wanted = [tensor] + ([label_column] if label_column else [])
+
+    def read_chunks(rows: int) -> Iterator[Chunk]:
+        for batch in parquet.iter_batches(batch_size=rows, columns=wanted):
+            values = batch.column(tensor)
+            lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+            if (lengths != width).any():
+                raise TestprioError(
+                    f"column '{tensor}' in {name} holds rows of "
+                    f"{sorted(set(lengths.tolist()))[:5]} values but each sample should have "
+                    f"{width} (shape {shape})."
+                )
+            x = values.flatten().to_numpy(zero_copy_only=False).reshape((len(batch), *shape))
+            y = None
+            if label_column:
+                labels = batch.column(label_column)
+                if labels.null_count:  # nulls -> NaN, which ingest reads as "unknown"
+                    labels = labels.cast(pa.float64())
+                y = labels.to_numpy(zero_copy_only=False)
+            yield Chunk(x, y)
+
+    return ArrayPool(name, parquet.metadata.num_rows, shape, label_column is not None, read_chunks)
+
+
+def read_csv(path: str, name: str, columns: Columns) -> ArrayPool:
+    return sources.read_csv(path, name, label_column=columns.label)
+
+
+def read_images(path: str, name: str, columns: Columns) -> FilePool:
+    return sources.open_image_folder(path, name)
+
+
+READERS: dict[str, Callable[[str, str, Columns], ArrayPool | FilePool]] = {
+    "npy": read_npy,
+    "npz": read_npz,
+    "parquet": read_parquet,
+    "csv": read_csv,
+    "images": read_images,
+}
+
+
+def open_pool(path: str, fmt: str, name: str, columns: Columns) -> ArrayPool | FilePool:
+    return READERS[fmt](path, name, columns)

@@ -1,0 +1,617 @@
+"""The custom op's child process, and the source check that both processes run.
+
+A user's ``--custom-ops`` file defines ``op(x)``: a batch ``(N, ...)`` in, a numeric batch
+``(N, ...)`` out. ``testprio.sandbox`` checks the file (``source_problem``) and runs it here,
+in a process of its own started as ``python -I sandbox_worker.py``. This module needs only
+the standard library and numpy, never ``testprio``: the worker does not put testprio on its
+path, and the parent imports this module for the same checker.
+
+Threat model: the op is written by someone who can run testprio but should not be able to do
+more than compute on the batches given to it: no reading or writing files, no processes, no
+network, no reaching testprio's credentials or memory, no hanging or exhausting the machine.
+The layers, each of which an escape would have to get through:
+
+1. **Source check** (``source_problem``, in the parent and again in the worker): an
+   allow-list on the syntax tree. Imports: ``numpy`` and ``math`` only, no numpy submodules,
+   ``from numpy import`` only allow-listed names. No name or attribute that starts with ``_``
+   (this closes ``().__class__.__bases__[0].__subclasses__()`` and friends). No use of the
+   builtins that reach the interpreter (``eval``, ``exec``, ``open``, ``getattr``, ``type``,
+   ``globals``...). Attribute access only by names on ``ALLOWED_ATTRIBUTES`` (pure numpy and
+   math functions, array attributes and methods): an allow-list, so frame and generator
+   attributes (``gi_frame``, ``f_globals``), ``str.format``, ``np.load``, ``x.tofile`` and
+   ``x.ctypes`` are all out. No assignment to attributes. No classes, ``global``/``nonlocal``,
+   ``async``, ``with``, ``match``, generator functions, and no ``try``: an op has nothing to
+   recover from, and an ``except`` clause hands out exception objects whose tracebacks lead
+   to frames. ``numpy.random`` is refused too: preprocessing must be deterministic, the run
+   records the op's source and hash to be repeatable.
+2. **Restricted execution**: the module body runs with a ``__builtins__`` of safe builtins
+   only (``SAFE_BUILTINS``) and an ``__import__`` that hands out numpy and math only, so a
+   source that got past the check still finds no ``open``, ``eval`` or ``os``. This layer
+   alone does not stop attribute walks such as ``().__class__.__subclasses__()``: only the
+   source check does, which is why the worker runs it again.
+3. **Resource limits**, set after numpy is imported and before the module body runs:
+   ``RLIMIT_CPU`` (per batch: the soft limit moves to the CPU time used so far plus the
+   budget before each batch; the kernel kills the worker with SIGXCPU), ``RLIMIT_AS`` (the
+   address space after importing numpy plus ``memory_mb``: allocations beyond it fail with
+   MemoryError), ``RLIMIT_FSIZE`` 0 (no bytes written to regular files), ``RLIMIT_NPROC`` 0
+   (no new processes or threads), ``RLIMIT_CORE`` 0 and ``RLIMIT_NOFILE`` (no new file
+   descriptors: no opening files or sockets; numpy modules that numpy imports lazily are
+   imported up front for this reason). The parent adds a wall-clock limit per batch and
+   kills the whole process group when it passes.
+4. **Process isolation**: a separate process with a near-empty environment (no
+   credentials), ``-I`` (no user site, no ``PYTHON*`` variables), its own session, cwd
+   ``/``. Batches travel as length-prefixed ``.npy`` frames and errors as JSON over
+   stdin/stdout; nothing is ever pickled, and the parent reads a reply with
+   ``allow_pickle``-free parsing, refusing object arrays.
+
+What this does NOT protect against (it is defense in depth, not a security boundary like a
+container, gVisor or a VM): the worker runs as the same user with the same filesystem view,
+so a sandbox escape (a bug in CPython, numpy or this checker) can read any file that user can
+read, use the network, and, as root, ignore ``RLIMIT_NPROC``. There is no seccomp filter and
+no namespace. ``RLIMIT_FSIZE`` does not stop creating empty files, deleting or renaming
+files. ``RLIMIT_AS`` caps virtual memory, not resident memory of the machine as a whole, and
+the CPU limit has one-second granularity. Timing side channels and numpy's own memory-safety
+bugs are out of scope. Run testprio in a container (the pipeline's pods are one) when the op
+files come from people you do not trust.
+
+Protocol (one worker, one op): the parent sends a JSON frame ``{"source", "name",
+"cpu_seconds", "memory_mb"}``; the worker answers ``{"status": "ready"}`` or an error. Then,
+per batch, the parent sends an array frame and the worker answers with an array frame or a
+JSON error ``{"status": "error", "kind": ..., "detail": ..., "line": ...}``. A frame is one
+tag byte (``J`` JSON, ``A`` array), an 8-byte little-endian length and the payload. The
+worker exits at end of input.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import math
+import os
+import resource
+import struct
+import sys
+import traceback
+from collections.abc import Callable
+
+import numpy as np
+
+# numpy imports these lazily (np.fft on first use, numpy.ma inside np.median): import them
+# now, because under RLIMIT_NOFILE the worker cannot open a module file later.
+import numpy.fft  # noqa: F401
+import numpy.linalg  # noqa: F401
+import numpy.ma  # noqa: F401
+
+MAX_SOURCE_BYTES = 1_000_000
+FRAME_HEADER = struct.Struct("<cQ")
+JSON_TAG, ARRAY_TAG = b"J", b"A"
+# Longest exception text the worker passes on (a user message can be arbitrarily long).
+MAX_DETAIL_CHARS = 300
+
+# numpy names an op may use: pure math, array creation and manipulation, dtypes and
+# constants. Nothing that reads or writes files (load, save, fromfile, memmap, loadtxt...),
+# no submodule but linalg and fft (no lib, ctypeslib, testing, f2py, random...), nothing
+# that prints or sets global state (info, source, show_config, set_printoptions, seterr).
+NUMPY_NAMES = frozenset(
+    """
+    array asarray ascontiguousarray zeros zeros_like ones ones_like empty empty_like full
+    full_like arange linspace logspace geomspace eye identity meshgrid indices diag diagflat
+    tri tril triu
+
+    reshape ravel transpose moveaxis swapaxes expand_dims squeeze concatenate stack hstack
+    vstack dstack column_stack split array_split hsplit vsplit dsplit tile repeat pad flip
+    fliplr flipud rot90 roll broadcast_to broadcast_arrays atleast_1d atleast_2d atleast_3d
+    take take_along_axis where select choose compress nonzero argwhere flatnonzero copy sort
+    argsort partition argpartition searchsorted unique isin delete insert append trim_zeros
+    diagonal trace
+
+    add subtract multiply divide true_divide floor_divide power float_power mod fmod
+    remainder divmod negative positive absolute abs fabs sign sqrt cbrt square reciprocal
+    exp exp2 expm1 log log2 log10 log1p logaddexp logaddexp2 sin cos tan arcsin arccos
+    arctan arctan2 sinh cosh tanh arcsinh arccosh arctanh hypot deg2rad rad2deg degrees
+    radians floor ceil trunc rint round around fix clip maximum minimum fmax fmin heaviside
+    sinc interp convolve correlate nan_to_num real imag copysign signbit gcd lcm bitwise_and
+    bitwise_or bitwise_xor invert left_shift right_shift logical_and logical_or logical_not
+    logical_xor equal not_equal less less_equal greater greater_equal isfinite isinf isnan
+    isclose allclose array_equal
+
+    sum prod cumsum cumprod mean average median std var min max amin amax argmin argmax ptp
+    percentile quantile nanmean nanstd nanvar nanmin nanmax nansum nanmedian nanpercentile
+    nanquantile nanargmin nanargmax all any count_nonzero diff gradient histogram
+    histogram_bin_edges bincount digitize cov corrcoef dot vdot inner outer matmul tensordot
+    einsum kron cross
+
+    ndarray dtype float16 float32 float64 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool_
+    intp finfo iinfo result_type promote_types pi e inf nan newaxis euler_gamma
+
+    linalg fft
+    """.split()
+)
+# Reached as np.linalg.<name> and np.fft.<name>.
+NUMPY_SUBMODULE_NAMES = frozenset(
+    """
+    norm inv pinv det slogdet solve lstsq svd eig eigh eigvals eigvalsh qr cholesky
+    matrix_rank matrix_power
+
+    fft ifft rfft irfft fft2 ifft2 rfft2 irfft2 fftn ifftn rfftn irfftn fftfreq rfftfreq
+    fftshift ifftshift
+    """.split()
+)
+# The math module holds pure functions and constants only.
+MATH_NAMES = frozenset(name for name in dir(math) if not name.startswith("_"))
+# Attributes and methods of arrays, dtypes, finfo/iinfo and Python's lists and dicts.
+ARRAY_ATTRIBUTES = frozenset(
+    """
+    shape dtype ndim size T itemsize nbytes astype reshape ravel flatten squeeze transpose
+    swapaxes copy fill clip round mean std var sum prod cumsum cumprod min max argmin argmax
+    argsort sort all any nonzero repeat take compress diagonal trace dot item tolist real
+    imag choose partition argpartition searchsorted
+
+    kind name eps tiny resolution bits
+
+    append extend insert pop items keys values get index count
+    """.split()
+)
+ALLOWED_ATTRIBUTES = NUMPY_NAMES | NUMPY_SUBMODULE_NAMES | MATH_NAMES | ARRAY_ATTRIBUTES
+# What each importable module hands out to ``from MODULE import NAME``.
+IMPORTABLE = {"numpy": NUMPY_NAMES, "math": MATH_NAMES}
+# Builtins that reach the interpreter, files or the terminal: refused by name.
+FORBIDDEN_NAMES = frozenset(
+    """
+    exec eval compile open getattr setattr delattr hasattr globals locals vars input
+    breakpoint help memoryview type object super classmethod staticmethod property dir id
+    hash exit quit format license credits copyright
+    """.split()
+)
+# Statements and expressions an op never needs, by syntax-tree node type.
+_REFUSED_NODES = {
+    ast.ClassDef: "a class definition is not allowed; write plain functions",
+    ast.Global: "a global statement is not allowed; pass values as arguments",
+    ast.Nonlocal: "a nonlocal statement is not allowed; pass values as arguments",
+    ast.AsyncFunctionDef: "an async function is not allowed; write a plain function",
+    ast.AsyncFor: "an async for loop is not allowed; write a plain loop",
+    ast.AsyncWith: "an async with statement is not allowed",
+    ast.Await: "await is not allowed; write a plain function",
+    ast.With: "a with statement is not allowed; ops open nothing",
+    ast.Try: "a try statement is not allowed; let errors reach testprio",
+    ast.Match: "a match statement is not allowed; use if/elif",
+    ast.Yield: "yield is not allowed; return the whole batch",
+    ast.YieldFrom: "yield from is not allowed; return the whole batch",
+}
+for _node_name, _problem in (
+    ("TryStar", "a try statement is not allowed; let errors reach testprio"),
+    ("TypeAlias", "a type statement is not allowed"),
+):
+    if hasattr(ast, _node_name):  # newer Pythons only
+        _REFUSED_NODES[getattr(ast, _node_name)] = _problem
+
+# --- the source check --------------------------------------------------------------------
+
+
+def source_problem(source: str, name: str) -> str | None:
+    """The one sentence that refuses ``source`` (file ``name``), or None when it passes.
+
+    The sentence names the file, the line of the first offence and the construct.
+    """
+    if len(source.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
+        return (
+            f"custom op file {name} is larger than {MAX_SOURCE_BYTES // 1000} kB; "
+            "keep the op file short."
+        )
+    try:
+        tree = ast.parse(source, filename=name)
+    except SyntaxError as exc:
+        return f"custom op file {name} line {exc.lineno}: syntax error ({exc.msg}); fix it."
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurd nesting
+        return f"custom op file {name} cannot be parsed ({type(exc).__name__}); fix it."
+    offences = _offences(tree)
+    if offences:
+        line, _column, problem = min(offences)
+        return f"custom op file {name} line {line}: {problem}."
+    return _op_problem(tree, name)
+
+
+def _offences(tree: ast.AST) -> list[tuple[int, int, str]]:
+    """Every refused construct as ``(line, column, problem)`` (iterative: no recursion)."""
+    found = []
+    stack = [(tree, 1)]
+    while stack:
+        node, line = stack.pop()
+        line = getattr(node, "lineno", line)
+        for column, problem in _node_problems(node):
+            found.append((line, column, problem))
+        stack.extend((child, line) for child in ast.iter_child_nodes(node))
+    return found
+
+
+def _node_problems(node: ast.AST) -> list[tuple[int, str]]:
+    column = getattr(node, "col_offset", 0)
+    refused = _REFUSED_NODES.get(type(node))
+    if refused:
+        return [(column, refused)]
+    check = _NODE_CHECKS.get(type(node))
+    return check(node, column) if check else []
+
+
+def _identifier_problem(identifier: str | None, what: str) -> str | None:
+    if identifier is None:
+        return None
+    if identifier.startswith("_"):
+        return f"{what} '{identifier}' is not allowed; names starting with '_' are refused"
+    if identifier in FORBIDDEN_NAMES:
+        return f"use of '{identifier}' is not allowed; ops may only compute with numpy and math"
+    return None
+
+
+def _one(column: int, problem: str | None) -> list[tuple[int, str]]:
+    return [] if problem is None else [(column, problem)]
+
+
+def _check_name(node: ast.Name, column: int) -> list[tuple[int, str]]:
+    return _one(column, _identifier_problem(node.id, "the name"))
+
+
+def _check_attribute(node: ast.Attribute, column: int) -> list[tuple[int, str]]:
+    # Point at the attribute itself, not the start of the expression it ends.
+    end = getattr(node, "end_col_offset", None)
+    if end is not None and getattr(node, "end_lineno", node.lineno) == node.lineno:
+        column = end - len(node.attr)
+    attr = node.attr
+    if attr.startswith("_"):
+        return [(column, f"attribute '{attr}' is not allowed; names starting with '_' are refused")]
+    if attr not in ALLOWED_ATTRIBUTES:
+        return [
+            (
+                column,
+                f"attribute '{attr}' is not allowed; only the numpy and math functions and "
+                "array methods on testprio's allow-list may be used",
+            )
+        ]
+    if not isinstance(node.ctx, ast.Load):
+        return [(column, f"changing attribute '{attr}' is not allowed; build a new value")]
+    return []
+
+
+def _check_function(node: ast.FunctionDef, column: int) -> list[tuple[int, str]]:
+    return _one(column, _identifier_problem(node.name, "the function name"))
+
+
+def _check_arg(node: ast.arg, column: int) -> list[tuple[int, str]]:
+    return _one(column, _identifier_problem(node.arg, "the parameter"))
+
+
+def _check_keyword(node: ast.keyword, column: int) -> list[tuple[int, str]]:
+    return _one(column, _identifier_problem(node.arg, "the keyword argument"))
+
+
+def _check_import(node: ast.Import, column: int) -> list[tuple[int, str]]:
+    for alias in node.names:
+        if alias.name not in IMPORTABLE:
+            return [
+                (
+                    column,
+                    f"import of '{alias.name}' is not allowed; only numpy and math may be imported",
+                )
+            ]
+        problem = _identifier_problem(alias.asname, "the import alias")
+        if problem:
+            return [(column, problem)]
+    return []
+
+
+def _check_import_from(node: ast.ImportFrom, column: int) -> list[tuple[int, str]]:
+    if node.level:
+        return [(column, "a relative import is not allowed; only numpy and math may be imported")]
+    if node.module not in IMPORTABLE:
+        return [
+            (
+                column,
+                f"import from '{node.module}' is not allowed; only numpy and math may be imported",
+            )
+        ]
+    for alias in node.names:
+        if alias.name == "*":
+            return [
+                (column, f"'from {node.module} import *' is not allowed; import names one by one")
+            ]
+        if alias.name not in IMPORTABLE[node.module]:
+            return [
+                (
+                    column,
+                    f"import of '{alias.name}' from {node.module} is not allowed; "
+                    "only the functions on testprio's allow-list may be imported",
+                )
+            ]
+        problem = _identifier_problem(alias.asname, "the import alias")
+        if problem:
+            return [(column, problem)]
+    return []
+
+
+_NODE_CHECKS: dict[type, Callable[..., list[tuple[int, str]]]] = {
+    ast.Name: _check_name,
+    ast.Attribute: _check_attribute,
+    ast.FunctionDef: _check_function,
+    ast.arg: _check_arg,
+    ast.keyword: _check_keyword,
+    ast.Import: _check_import,
+    ast.ImportFrom: _check_import_from,
+}
+
+
+def _op_problem(tree: ast.Module, name: str) -> str | None:
+    """``op`` must be a top-level ``def`` taking exactly one positional parameter."""
+    defs = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "op"]
+    if not defs:
+        return (
+            f"custom op file {name} has no top-level 'def op(x)'; define op(x) taking a batch "
+            "(N, ...) and returning a batch with the same N."
+        )
+    args = defs[-1].args
+    positional = len(args.posonlyargs) + len(args.args)
+    extra_keywords = len(args.kwonlyargs) - sum(d is not None for d in args.kw_defaults)
+    if positional != 1 or args.vararg or args.kwarg or extra_keywords:
+        return (
+            f"custom op file {name} line {defs[-1].lineno}: op must take exactly one "
+            "positional parameter, the batch x (no *args or **kwargs); write def op(x)."
+        )
+    return None
+
+
+# --- restricted execution ----------------------------------------------------------------
+
+
+_MODULES = {"numpy": np, "math": math}
+
+
+def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+    """``__import__`` for op code: numpy and math, and allow-listed names from them.
+
+    C code that imports while op code runs (numpy's own ``PyImport_ImportModule`` of its
+    internals) reaches this function too, with an empty ``fromlist``: a module that is
+    already loaded is let through (no file is read, no code runs) and the caller gets the
+    top-level package, as the real ``import numpy.x`` gives. Anything else is refused.
+    """
+    top = name.partition(".")[0]
+    if level == 0 and not fromlist and top in _MODULES and name in sys.modules:
+        return _MODULES[top]
+    if level == 0 and name in _MODULES and all(item in IMPORTABLE[name] for item in fromlist):
+        return _MODULES[name]
+    raise ImportError(f"import of {name!r} is not allowed here; only numpy and math")
+
+
+SAFE_BUILTIN_NAMES = (
+    "abs all any bool dict divmod enumerate filter float frozenset int isinstance iter len "
+    "list map max min next pow print range reversed round set slice sorted str sum tuple zip "
+    "ArithmeticError AssertionError Exception IndexError KeyError RuntimeError TypeError "
+    "ValueError ZeroDivisionError True False None"
+).split()
+SAFE_BUILTINS = {name: getattr(__import__("builtins"), name) for name in SAFE_BUILTIN_NAMES}
+SAFE_BUILTINS["__import__"] = _guarded_import
+
+
+def exec_restricted(source: str, name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Run the module body with safe builtins only and return its ``op``.
+
+    Does not check the source (``main`` checks it first). Tests call this directly to show
+    that the restricted builtins and import hold on their own.
+    """
+    code = compile(source, name, "exec", dont_inherit=True)
+    namespace = {"__builtins__": dict(SAFE_BUILTINS), "__name__": "custom_op"}
+    exec(code, namespace)
+    op = namespace.get("op")
+    if not callable(op):
+        raise TypeError("the module defines no callable op")
+    return op
+
+
+# --- resource limits ---------------------------------------------------------------------
+
+
+def _address_space_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _lower(limit: int, value: int) -> None:
+    """Set soft and hard of ``limit`` to ``value`` (never above the current hard limit)."""
+    _soft, hard = resource.getrlimit(limit)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(limit, (value, value))
+
+
+def set_cpu_budget(cpu_seconds: float) -> None:
+    """Allow ``cpu_seconds`` more CPU time from now (RLIMIT_CPU counts since the start).
+
+    The hard limit stays where it is so the next batch can move the soft one again; the
+    default action of SIGXCPU at the soft limit kills the worker, and op code cannot reach
+    ``signal`` to change it. The parent's wall-clock limit is the backstop.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(usage.ru_utime + usage.ru_stime + cpu_seconds)
+    _old_soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _open_fds() -> list[int]:
+    """Open file descriptors, less the one that listing /proc/self/fd used."""
+    listed = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    still_open = []
+    for fd in listed:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        still_open.append(fd)
+    return still_open
+
+
+def apply_limits(cpu_seconds: float, memory_mb: int) -> None:
+    """The worker's limits; call after importing numpy, before running any op code."""
+    set_cpu_budget(cpu_seconds)
+    _lower(resource.RLIMIT_AS, _address_space_bytes() + memory_mb * 2**20)
+    _lower(resource.RLIMIT_FSIZE, 0)
+    _lower(resource.RLIMIT_NPROC, 0)
+    _lower(resource.RLIMIT_CORE, 0)
+    _lower(resource.RLIMIT_NOFILE, max(_open_fds()) + 1)
+
+
+# --- frames ------------------------------------------------------------------------------
+
+
+def encode_array(array: np.ndarray) -> list:
+    """``.npy`` bytes of ``array`` as a list of buffers (header, data: no copy of the data)."""
+    if array.dtype.hasobject:
+        raise ValueError(f"arrays of dtype {array.dtype} cannot be sent")
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(header, np.lib.format.header_data_from_array_1_0(array))
+    return [header.getvalue(), memoryview(array.reshape(-1).view(np.uint8))]
+
+
+def decode_array(payload: bytearray) -> np.ndarray:
+    """The array in a ``.npy`` payload, sharing its memory; never unpickles anything."""
+    stream = io.BytesIO(memoryview(payload)[:65_536])
+    version = np.lib.format.read_magic(stream)
+    read_header = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }.get(version)
+    if read_header is None:
+        raise ValueError(f".npy version {version} is not accepted")
+    shape, fortran_order, dtype = read_header(stream, max_header_size=10_000)
+    if dtype.hasobject:
+        raise ValueError(f"arrays of dtype {dtype} are not accepted")
+    count = math.prod(shape)
+    offset = stream.tell()
+    if len(payload) - offset != count * dtype.itemsize:
+        raise ValueError("the .npy payload's length does not match its header")
+    flat = np.frombuffer(payload, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape, order="F" if fortran_order else "C")
+
+
+def write_frame(fd: int, tag: bytes, parts: list) -> None:
+    """One frame to a blocking file descriptor."""
+    total = sum(len(memoryview(part).cast("B")) for part in parts)
+    for part in [FRAME_HEADER.pack(tag, total), *parts]:
+        view = memoryview(part).cast("B")
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+class FrameTooLarge(Exception):
+    """A frame's payload did not fit in memory; it was read past, the stream is in step."""
+
+
+def read_frame(stream) -> tuple[bytes, bytearray] | None:
+    """The next ``(tag, payload)`` from a blocking binary stream; None at end of input."""
+    header = stream.read(FRAME_HEADER.size)
+    if len(header) < FRAME_HEADER.size:
+        return None
+    tag, length = FRAME_HEADER.unpack(header)
+    try:
+        payload = bytearray(length)
+    except MemoryError:
+        while length > 0:  # skip it, so that the next frame is read from its start
+            skipped = len(stream.read(min(length, 1 << 20)))
+            if not skipped:
+                return None
+            length -= skipped
+        raise FrameTooLarge from None
+    view = memoryview(payload)
+    filled = 0
+    while filled < length:
+        got = stream.readinto(view[filled:])
+        if not got:
+            return None
+        filled += got
+    return tag, payload
+
+
+# --- the worker's main loop --------------------------------------------------------------
+
+
+def _error(kind: str, detail: str, line: int | None = None) -> list:
+    message = {"status": "error", "kind": kind, "detail": detail}
+    if line is not None:
+        message["line"] = line
+    return [json.dumps(message).encode()]
+
+
+def _raised(exc: BaseException, name: str) -> list:
+    """An error frame for an exception from op code: its type, text and line in the file."""
+    if isinstance(exc, MemoryError):
+        return _error("memory", f"MemoryError: {str(exc)[:MAX_DETAIL_CHARS]}")
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == name]
+    text = str(exc)[:MAX_DETAIL_CHARS]
+    detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return _error("raised", detail, lines[-1] if lines else None)
+
+
+def _run_batch(op: Callable, payload: bytearray, name: str) -> tuple[bytes, list]:
+    try:
+        y = op(decode_array(payload))
+    except BaseException as exc:  # anything op code does wrong is the user's to see
+        return JSON_TAG, _raised(exc, name)
+    if not isinstance(y, np.ndarray):
+        return JSON_TAG, _error("output", f"a {type(y).__name__} instead of a numpy array")
+    try:
+        return ARRAY_TAG, encode_array(y)
+    except MemoryError as exc:
+        return JSON_TAG, _error("memory", f"MemoryError: {str(exc)[:MAX_DETAIL_CHARS]}")
+    except ValueError:
+        return JSON_TAG, _error("output", f"an array of dtype {y.dtype}")
+
+
+def _warm_up() -> None:
+    """Run the frame code once so nothing it uses is imported lazily under the limits."""
+    payload = bytearray(b"".join(bytes(part) for part in encode_array(np.zeros((2, 1)))))
+    decode_array(payload)
+    traceback.extract_tb(None)
+    json.dumps(json.loads("{}"))
+
+
+def main() -> int:
+    out_fd = os.dup(1)
+    os.dup2(2, 1)  # print() and stray C output go to stderr, never into the frames
+    sys.stdout = sys.stderr  # line-buffered: a crash loses no printed line
+    stdin = sys.stdin.buffer
+    frame = read_frame(stdin)
+    if frame is None:
+        return 0
+    config = json.loads(frame[1])
+    source, name = config["source"], config["name"]
+    cpu_seconds, memory_mb = float(config["cpu_seconds"]), int(config["memory_mb"])
+    problem = source_problem(source, name)
+    if problem:
+        write_frame(out_fd, JSON_TAG, _error("refused", problem))
+        return 0
+    _warm_up()
+    apply_limits(cpu_seconds, memory_mb)
+    try:
+        op = exec_restricted(source, name)
+    except BaseException as exc:
+        write_frame(out_fd, JSON_TAG, _raised(exc, name))
+        return 0
+    write_frame(out_fd, JSON_TAG, [b'{"status": "ready"}'])
+    while True:
+        try:
+            frame = read_frame(stdin)
+        except FrameTooLarge:
+            write_frame(out_fd, JSON_TAG, _error("memory", "the batch alone does not fit"))
+            continue
+        if frame is None:
+            return 0
+        set_cpu_budget(cpu_seconds)
+        tag, parts = _run_batch(op, frame[1], name)
+        del frame
+        write_frame(out_fd, tag, parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
