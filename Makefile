@@ -52,6 +52,7 @@ images-lock: setup  ## re-resolve images/*/requirements.txt from requirements.in
 bench: setup
 	$(PY) bench/bench.py
 	$(PY) bench/report_bench.py
+	$(PY) bench/ingest_bench.py
 
 clean:
 	rm -rf build demo-output bench/work .pytest_cache test-artifacts

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +50,9 @@ CHUNK_ROWS = 1024
 # A chunk holds at most this many bytes of raw or preprocessed samples (large images).
 CHUNK_BYTES = 64 * 2**20
 PROGRESS_SECONDS = 5.0
+# An image folder this large is decoded in worker processes (starting them takes about a
+# second); a smaller one in threads.
+PROCESS_DECODING_MIN_FILES = 2000
 ON_BAD_SAMPLE = ("quarantine", "fail")
 
 # Quarantine kinds, in the order a sample is checked; the reason column says more.
@@ -370,15 +374,15 @@ class _Loaded:
 
 
 def _load_one(
-    pool: FilePool,
+    load: Callable[[str], np.ndarray],
     path: str,
     head: preprocess.Preprocessor,
     options: IngestOptions,
     hashing: bool,
 ) -> _Loaded:
-    """Decode, check and preprocess one file (runs in a decoding thread)."""
+    """Decode, check and preprocess one file."""
     try:
-        raw = pool.load(path)
+        raw = load(path)
     except BadSample as exc:
         return _Loaded(problem=("unreadable", str(exc)))
     problems = _raw_problems(raw[None], options, image_like=True)
@@ -390,6 +394,17 @@ def _load_one(
     except TestprioError as exc:
         return _Loaded(problem=("preprocessing", str(exc)), raw_shape=raw.shape)
     return _Loaded(sample, None, digest, raw.shape)
+
+
+def _load_many(
+    load: Callable[[str], np.ndarray],
+    paths: list[str],
+    head: preprocess.Preprocessor,
+    options: IngestOptions,
+    hashing: bool,
+) -> list[_Loaded]:
+    """``_load_one`` for each of ``paths``: one task of a decoding thread or process."""
+    return [_load_one(load, path, head, options, hashing) for path in paths]
 
 
 def _probe_files(pool: FilePool, head: preprocess.Preprocessor) -> tuple[int, ...]:
@@ -415,22 +430,29 @@ def _prepare_files(
     head_shape: tuple[int, ...],
     out_shape: tuple[int, ...],
     rows: int,
-    executor: ThreadPoolExecutor,
+    executor: Executor,
     *,
     hashing: bool,
 ) -> Iterator[Prepared]:
     head, tail = chain.split()
+    # Each chunk is split into a few tasks per worker: enough to keep every worker busy,
+    # few enough that a task's overhead (pickling to a process) stays small.
+    tasks_per_chunk = max(1, 4 * getattr(executor, "_max_workers", 1))
     labels = None if pool.labels is None else np.asarray(pool.labels, dtype=np.int64)
 
     def submit(start: int):
         paths = pool.files[start : start + rows]
-        return [executor.submit(_load_one, pool, p, head, options, hashing) for p in paths]
+        step = -(-len(paths) // tasks_per_chunk)
+        return [
+            executor.submit(_load_many, pool.load, paths[i : i + step], head, options, hashing)
+            for i in range(0, len(paths), step)
+        ]
 
     pending = submit(0) if pool.count else []
     for start in range(0, pool.count, rows):
         current = pending
         pending = submit(start + rows) if start + rows < pool.count else []  # decode ahead
-        loaded = [future.result() for future in current]
+        loaded = [item for future in current for item in future.result()]
         n = len(loaded)
         ids = np.arange(start, start + n, dtype=np.int64)
         bad: dict[int, tuple[str, str]] = {}
@@ -562,7 +584,7 @@ class _Plan:
     pool: ArrayPool | FilePool
     options: IngestOptions
     raw_shape: tuple[int, ...]  # array pools: per-sample shape after --input-shape
-    executor: ThreadPoolExecutor | None
+    executor: Executor | None
 
     def shapes(self, chain: preprocess.Preprocessor) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(shape the chain's per-file head gives, shape the whole chain gives)."""
@@ -661,11 +683,7 @@ def ingest(layout: RunLayout, data_uri: str, options: IngestOptions | None = Non
             f" of shape {raw_shape}" if raw_shape else "",
             "yes" if pool.has_labels else "no",
         )
-        workers = options.workers or os.cpu_count() or 1
-        with (
-            build_preprocessor(options) as chain,
-            ThreadPoolExecutor(workers, thread_name_prefix="decode") as executor,
-        ):
+        with build_preprocessor(options) as chain, _decoders(pool, options) as executor:
             plan = _Plan(pool, options, raw_shape, executor)
             _fit(plan, chain)
             ops = chain.record()
@@ -684,6 +702,18 @@ def ingest(layout: RunLayout, data_uri: str, options: IngestOptions | None = Non
         manifest["duplicates"],
     )
     return [layout.data_shard(i) for i in range(len(manifest["shards"]))]
+
+
+def _decoders(pool: ArrayPool | FilePool, options: IngestOptions) -> Executor:
+    """Where image files are decoded: worker processes for a large folder (Python's GIL
+    would serialize threads on small images), threads otherwise."""
+    workers = options.workers or os.cpu_count() or 1
+    if isinstance(pool, FilePool) and workers > 1 and pool.count >= PROCESS_DECODING_MIN_FILES:
+        log.info("ingest: decoding images in %d processes", workers)
+        # forkserver: a fork of this process (threads of storage clients) is not safe.
+        context = multiprocessing.get_context("forkserver")
+        return ProcessPoolExecutor(workers, mp_context=context)
+    return ThreadPoolExecutor(workers, thread_name_prefix="decode")
 
 
 def _reshape_note(pool, options: IngestOptions) -> list[int] | None:

@@ -1177,7 +1177,12 @@ def _open_image(path: str) -> Iterator[Image.Image]:
     except Exception as exc:  # any decoder failure quarantines this one file, nothing more
         if "truncated" in str(exc):
             raise BadSample("truncated image file") from None
-        raise BadSample(f"not a readable image ({_short(exc, 80)})") from None
+        # Pillow names the file by its full (often temporary) path: the sample's source
+        # column already says which file it is.
+        detail = str(exc).replace(f"'{path}'", "").replace(path, "").strip(" :")
+        raise BadSample(
+            f"not a readable image ({_short(detail or type(exc).__name__, 80)})"
+        ) from None
 
 
 def _to_mode(image: Image.Image, mode: str) -> np.ndarray:
@@ -1252,8 +1257,17 @@ def open_image_folder(path: str, name: str) -> FilePool:
         )
     mode = _pool_mode(path, files, name)
 
-    def load(relative: str) -> np.ndarray:
-        with _open_image(os.path.join(path, relative)) as image:
-            return _to_mode(image, mode)
+    return FilePool(name, path, files, labels, class_names, ImageLoader(path, mode))
 
-    return FilePool(name, path, files, labels, class_names, load)
+
+@dataclass(frozen=True)
+class ImageLoader:
+    """Decodes one image of a folder into the pool's mode; picklable, so that ingest can
+    decode in worker processes. Thread-safe; raises ``BadSample``."""
+
+    root: str
+    mode: str
+
+    def __call__(self, relative: str) -> np.ndarray:
+        with _open_image(os.path.join(self.root, relative)) as image:
+            return _to_mode(image, self.mode)

@@ -322,8 +322,14 @@ def local_folder(base: str, names: list[str]) -> Iterator[str]:
         yield base
         return
     with tempfile.TemporaryDirectory(prefix="testprio-fetch-") as folder:
-        for name in names:
-            target = os.path.join(folder, os.path.dirname(name))
+        targets = [os.path.normpath(os.path.join(folder, os.path.dirname(n))) for n in names]
+        for name, target in zip(names, targets, strict=True):
+            if os.path.isabs(name) or os.path.commonpath([folder, target]) != folder:
+                raise TestprioError(
+                    f"object {join(base, name)} has a name that leads outside its folder; "
+                    "rename it without '..' parts."
+                )
+        for name, target in zip(names, targets, strict=True):
             os.makedirs(target, exist_ok=True)
             backend.local_copy(join(base, name), target)
         yield folder

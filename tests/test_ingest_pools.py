@@ -138,16 +138,21 @@ def test_on_bad_sample_fail_stops_at_the_first_bad_sample(layout, tmp_path):
     assert not storage.exists(layout.quarantine)
 
 
-def test_parallel_decoding_gives_the_same_shards(local_root, tmp_path):
+def test_parallel_decoding_gives_the_same_shards(local_root, tmp_path, monkeypatch):
     folder = make_image_folder(tmp_path / "pets", per_class=15)
+    (folder / "dog" / "bad.png").write_bytes(b"broken")
     results = []
-    for workers in (1, 3):
-        layout = RunLayout.create(local_root, f"w{workers}")
+    # One thread; three threads; two worker processes (any folder size decodes in processes).
+    for run, workers, min_files in (("t1", 1, 10**9), ("t3", 3, 10**9), ("p2", 2, 0)):
+        monkeypatch.setattr("testprio.ingest.PROCESS_DECODING_MIN_FILES", min_files)
+        layout = RunLayout.create(local_root, run)
         shards = ingest(layout, str(folder), shard_size=7, workers=workers, chunk_rows=4)
-        results.append(reassemble(shards))
-    np.testing.assert_array_equal(results[0][0], results[1][0])
-    np.testing.assert_array_equal(results[0][1], results[1][1])
-    assert results[0][3] == results[1][3]
+        results.append((*reassemble(shards), quarantine_of(layout), manifest_of(layout)))
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0][0], other[0])
+        np.testing.assert_array_equal(results[0][1], other[1])
+        assert results[0][2:5] == other[2:5]
+        assert results[0][5]["duplicates"] == other[5]["duplicates"]
 
 
 def test_image_preset_on_a_folder(layout, tmp_path):

@@ -306,3 +306,9 @@ def test_normalize_root(uri, expected):
 def test_normalize_root_makes_relative_paths_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert storage.normalize_root("runs/") == str(tmp_path / "runs")
+
+
+def test_local_folder_refuses_names_that_leave_the_folder(gcs_emulator):
+    with pytest.raises(TestprioError, match=r"leads outside its folder; rename it"):
+        with storage.local_folder(f"gs://{BUCKET}/base", ["ok.txt", "a/../../evil.txt"]):
+            pass
