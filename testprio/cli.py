@@ -135,13 +135,15 @@ def run_pipeline_locally(parameters: dict, *, verbose: bool = False) -> RunLayou
     return layout
 
 
-def _format_top(summary: dict, metric: str) -> str:
+def _format_top(summary: dict, metric: str, sources: dict[int, str]) -> str:
+    """The top-k rows as a text table; ``sources``: sample id -> where it came from."""
     rows = summary["top"]
     if not rows:
         return "  (no samples ranked)"
     has_labels = any(row.get("label") is not None for row in rows)
     header = f"  {'rank':>5} {'sample_id':>10} {'predicted':>9} {'confidence':>10} {metric:>16}"
     header += f" {'label':>5}" if has_labels else ""
+    header += "  source" if sources else ""
     lines = [header]
     for row in rows:
         line = (
@@ -151,18 +153,33 @@ def _format_top(summary: dict, metric: str) -> str:
         if has_labels:
             label = row.get("label")
             line += f" {'-' if label is None else label:>5}"
+        if sources:
+            line += f"  {sources.get(row['sample_id'], '')}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _top_sources(layout: RunLayout, summary: dict) -> dict[int, str]:
+    """Where each top-k sample came from (a file of an image folder, a CSV line, ...)."""
+    from testprio import reportdata
+
+    ids = [row["sample_id"] for row in summary["top"]]
+    samples = reportdata.read_samples(reportdata.load_run(layout), ids, columns=("source",))
+    return {sample_id: str(sample.get("source") or "") for sample_id, sample in samples.items()}
 
 
 def format_run_result(layout: RunLayout) -> str:
     summary = storage.read_json(layout.summary)
     metric = summary["metric"]
     counts = summary["counts"]
+    extra = []
+    if counts.get("duplicates"):
+        extra.append(f"{counts['duplicates']:,} exact duplicates flagged")
     lines = [
         f"Ranked {counts['ranked']:,} of {counts['samples']:,} samples by {metric} "
-        f"({counts['quarantined']:,} quarantined). Most uncertain first:",
-        _format_top(summary, metric),
+        f"({counts['quarantined']:,} quarantined{''.join(', ' + e for e in extra)}). "
+        "Most uncertain first:",
+        _format_top(summary, metric, _top_sources(layout, summary)),
     ]
     labels = summary["labels"]
     if labels:

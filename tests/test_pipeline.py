@@ -129,10 +129,14 @@ def test_cli_run_prints_top_k_and_the_run_folder(local_root, digits_model, capsy
     assert "Ranked 899 of 899 samples by margin" in out
     assert f"Run folder: {local_root}/cli" in out
     table_rows = [
-        line for line in out.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 6
+        line for line in out.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 7
     ]
     ranking = pq.read_table(f"{local_root}/cli/ranking.parquet").slice(0, 5).to_pylist()
     assert [int(line.split()[1]) for line in table_rows] == [r["sample_id"] for r in ranking]
+    # The last column says where each sample came from: pool.npz[sample_id].
+    assert [line.split()[-1] for line in table_rows] == [
+        f"pool.npz[{r['sample_id']}]" for r in ranking
+    ]
     assert "APFD" in out
 
 
