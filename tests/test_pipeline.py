@@ -255,3 +255,20 @@ def test_cli_refuses_a_custom_op_before_the_run_starts(local_root, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ops.py line 4" in err[0] and "eval" in err[0]
     assert not storage.exists(local_root) or not storage.list_folders(local_root)
+
+
+def test_cli_runs_a_custom_op_in_its_sandbox(local_root, tmp_path):
+    model = linear_classifier(tmp_path / "m.onnx")
+    x = np.random.default_rng(4).random((30, 1, 8, 8), np.float32)
+    data = write_pool(tmp_path / "p.npy", x)
+    (tmp_path / "ops.py").write_text(
+        "import numpy as np\n\n\ndef op(x):\n    return np.sqrt(x) * 2.0 - 1.0\n"
+    )
+    args = ["run", "--model", str(model), "--data", str(data), "--root", local_root]
+    assert cli.main([*args, "--run-id", "custom", "--custom-ops", str(tmp_path / "ops.py")]) == 0
+    layout = RunLayout(f"{local_root}/custom")
+    (op,) = storage.read_json(layout.run_json)["preprocessing"]
+    assert op["op"] == "custom" and op["file"] == "ops.py" and len(op["sha256"]) == 64
+    shard = storage.read_table(layout.data_shard(0)).sort_by("sample_id")
+    stored = np.stack(shard.column("x").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(stored, (np.sqrt(x) * 2.0 - 1.0).reshape(30, -1), rtol=1e-6)
