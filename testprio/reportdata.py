@@ -237,9 +237,9 @@ def class_label(index: int | None, names: list[str] | None) -> str:
     if index is None:
         return ""
     index = int(index)
-    if names and 0 <= index < len(names):
+    if names and 0 <= index < len(names) and names[index] not in ("", str(index)):
         return f"{index} {names[index]}"
-    return str(index)
+    return str(index)  # also for class folders named by their number
 
 
 def md_escape(text: Any) -> str:

@@ -519,3 +519,17 @@ def test_everything_reads_from_a_gcs_root(gcs_runs):
     assert reportdata.dataset_summary(run)["quarantine_reasons"][0]["samples"] == 2
     with pytest.raises(TestprioError, match="is not a run id"):
         reportdata.resolve_run(gcs_runs, "../other")
+
+
+@pytest.mark.parametrize(
+    ("index", "names", "expected"),
+    [
+        (3, ["bird", "cat", "dog", "eel"], "3 eel"),
+        (3, [str(i) for i in range(10)], "3"),  # class folders named by their number
+        (3, None, "3"),
+        (12, ["a", "b"], "12"),
+        (None, ["a"], ""),
+    ],
+)
+def test_class_label(index, names, expected):
+    assert reportdata.class_label(index, names) == expected
