@@ -199,8 +199,8 @@ def build_preprocessor(options: IngestOptions) -> preprocess.Preprocessor:
 
 
 def _ops_source(options: IngestOptions) -> str:
-    """How errors name the op list: the preset, or --ops."""
-    return f"--preset '{options.preset}'" if options.preset else "--ops"
+    """How errors name the op list: the preset, --ops, or both."""
+    return preprocess.chain_source(options.preset.strip(), options.ops.strip())
 
 
 # --- shard schema ----------------------------------------------------------------------

@@ -980,26 +980,34 @@ class _CustomPlace(Op):
 
 
 def op_specs(*, preset: str = "", ops: str = "") -> list[dict]:
-    """The op list of a run: a preset's list, or the JSON list given with --ops ('' -> []).
+    """The op list of a run: the JSON list given with --ops ('' -> []), then a preset's list.
 
-    An --ops list is checked here (unknown ops and parameters, layout order), so that its
-    errors name --ops. Both given -> TestprioError.
+    With both, the --ops list runs first: e.g. ``[{"op": "layout", "to": "NHWC"}]`` before a
+    preset, for an array pool stored channels-first. An --ops list is checked here (unknown
+    ops and parameters, layout order), so that its errors name --ops.
     """
     preset, ops = preset.strip(), ops.strip()
-    if preset and ops:
-        raise TestprioError(
-            "both --preset and --ops are given; give one of them (a preset is a ready-made op "
-            "list, see README)."
-        )
+    specs = _parse_ops(ops) if ops else []
     if preset:
         if preset not in PRESETS:
             raise TestprioError(
                 f"--preset '{preset}' is not a preset{_did_you_mean(preset, PRESETS)}; known "
                 f"presets: {_known(PRESETS)}."
             )
-        return copy.deepcopy(PRESETS[preset])
-    if not ops:
-        return []
+        specs += copy.deepcopy(PRESETS[preset])
+        if ops:
+            build(specs, custom_op=_CustomPlace(), source=chain_source(preset, ops)).close()
+    return specs
+
+
+def chain_source(preset: str, ops: str) -> str:
+    """How errors name a run's op list: ``--ops``, ``--preset 'x'``, or both."""
+    if preset and ops:
+        return f"--ops followed by --preset '{preset}'"
+    return f"--preset '{preset}'" if preset else "--ops"
+
+
+def _parse_ops(ops: str) -> list[dict]:
     try:
         specs = json.loads(ops)
     except json.JSONDecodeError as exc:

@@ -409,13 +409,30 @@ def test_output_shape_works_before_fit_and_an_empty_op_list_casts_to_float32():
     assert empty.apply(np.arange(3, dtype=np.int64)[:, None]).dtype == np.float32
 
 
+def test_ops_given_with_a_preset_run_first():
+    """An array pool stored channels-first: a layout op to NHWC, then the preset."""
+    rng = np.random.default_rng(5)
+    nchw = rng.integers(0, 256, (4, 1, 30, 30), dtype=np.uint8)
+    specs = preprocess.op_specs(preset="mnist", ops='[{"op": "layout", "to": "NHWC"}]')
+    assert [spec["op"] for spec in specs] == [
+        "layout",
+        *[spec["op"] for spec in preprocess.PRESETS["mnist"]],
+    ]
+    out = preprocess.build(specs).apply(nchw)
+    expected = preprocess.build(preprocess.op_specs(preset="mnist")).apply(nchw[:, 0])
+    np.testing.assert_array_equal(out, expected)
+
+
 # --- errors --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"preset": "mnist", "ops": "[]"}, r"both --preset and --ops are given; give one"),
+        (
+            {"preset": "mnist", "ops": '[{"op": "layout", "to": "NCHW"}]'},
+            r"--ops followed by --preset 'mnist'",
+        ),
         (
             {"preset": "mnst"},
             r"--preset 'mnst' is not a preset \(did you mean 'mnist'\?\); "
