@@ -704,10 +704,39 @@ def ingest(layout: RunLayout, data_uri: str, options: IngestOptions | None = Non
     return [layout.data_shard(i) for i in range(len(manifest["shards"]))]
 
 
+CGROUP_CPU_LIMITS = (
+    ("/sys/fs/cgroup/cpu.max", None),  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),  # v1
+)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its CPU affinity, capped by a container's CPU limit.
+
+    ``os.cpu_count()`` is the node's count: in a pod limited to 2 CPUs on a 64-core node,
+    64 decoding workers would only contend (and each holds its own buffers).
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for quota_file, period_file in CGROUP_CPU_LIMITS:
+        try:
+            with open(quota_file) as handle:
+                fields = handle.read().split()
+            if period_file:
+                with open(period_file) as handle:
+                    fields.append(handle.read().strip())
+            quota, period = fields[0], fields[1]
+        except (OSError, IndexError):
+            continue
+        if quota not in ("max", "-1") and float(period) > 0:
+            count = min(count or 1, max(1, int(-(-float(quota) // float(period)))))
+        break
+    return max(1, count or 1)
+
+
 def _decoders(pool: ArrayPool | FilePool, options: IngestOptions) -> Executor:
     """Where image files are decoded: worker processes for a large folder (Python's GIL
     would serialize threads on small images), threads otherwise."""
-    workers = options.workers or os.cpu_count() or 1
+    workers = options.workers or available_cpus()
     if isinstance(pool, FilePool) and workers > 1 and pool.count >= PROCESS_DECODING_MIN_FILES:
         log.info("ingest: decoding images in %d processes", workers)
         # forkserver: a fork of this process (threads of storage clients) is not safe.

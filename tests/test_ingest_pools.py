@@ -359,3 +359,33 @@ def test_shards_have_one_row_group_schema(layout, tmp_path):
     (shard, *_) = ingest(layout, str(folder), preset="imagenet", shard_size=100)
     schema = pq.read_schema(shard)
     assert json.loads(schema.metadata[b"testprio.shape"]) == [3, 224, 224]
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "expected"),
+    [
+        ("150000 100000\n", None, 2),  # 1.5 CPUs -> 2 workers
+        ("50000 100000\n", None, 1),
+        ("max 100000\n", None, None),  # no limit: the affinity count
+        (None, ("100000", "100000"), 1),  # cgroup v1: 1 CPU
+        (None, ("-1", "100000"), None),
+    ],
+)
+def test_available_cpus_honours_a_container_cpu_limit(tmp_path, monkeypatch, v2, v1, expected):
+    import os
+
+    from testprio import ingest as ingest_module
+
+    files = []
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2)
+        files.append((str(tmp_path / "cpu.max"), None))
+    if v1 is not None:
+        (tmp_path / "quota").write_text(v1[0])
+        (tmp_path / "period").write_text(v1[1])
+        files.append((str(tmp_path / "quota"), str(tmp_path / "period")))
+    monkeypatch.setattr(ingest_module, "CGROUP_CPU_LIMITS", tuple(files))
+    affinity = len(os.sched_getaffinity(0))
+    assert ingest_module.available_cpus() == (
+        affinity if expected is None else min(expected, affinity)
+    )
