@@ -115,37 +115,44 @@ def _gcs_client():
         ) from None
 
 
+def _gcs_error(uri: str, exc: BaseException) -> TestprioError | None:
+    """The one-sentence error for an exception of the GCS client about ``uri`` (or None)."""
+    from google.api_core import exceptions as gexc
+    from requests import exceptions as rexc
+
+    if isinstance(exc, gexc.NotFound):
+        bucket = split_gcs_uri(uri)[0]
+        return TestprioError(
+            f"{uri} cannot be reached: bucket '{bucket}' or the object does not exist "
+            f"({exc.message}); create the bucket or correct the URI."
+        )
+    if isinstance(exc, gexc.Forbidden | gexc.Unauthorized):
+        return TestprioError(
+            f"access to {uri} was refused ({exc.message}); give the pipeline's service "
+            "account read/write access to the bucket."
+        )
+    if isinstance(
+        exc, rexc.ConnectionError | rexc.Timeout | gexc.ServiceUnavailable | gexc.RetryError
+    ):
+        return TestprioError(
+            f"Google Cloud Storage could not be reached for {uri} ({type(exc).__name__}); "
+            "check the network (or STORAGE_EMULATOR_HOST) and retry."
+        )
+    return None
+
+
 def _gcs_errors(method):
     """Turn the GCS client's exceptions into one sentence naming the URI and what to do."""
 
     @functools.wraps(method)
     def wrapper(self, uri: str, *args, **kwargs):
-        from google.api_core import exceptions as gexc
-        from requests import exceptions as rexc
-
         try:
             return method(self, uri, *args, **kwargs)
-        except gexc.NotFound as exc:
-            bucket = split_gcs_uri(uri)[0]
-            raise TestprioError(
-                f"{uri} cannot be reached: bucket '{bucket}' or the object does not exist "
-                f"({exc.message}); create the bucket or correct the URI."
-            ) from None
-        except (gexc.Forbidden, gexc.Unauthorized) as exc:
-            raise TestprioError(
-                f"access to {uri} was refused ({exc.message}); give the pipeline's service "
-                "account read/write access to the bucket."
-            ) from None
-        except (
-            rexc.ConnectionError,
-            rexc.Timeout,
-            gexc.ServiceUnavailable,
-            gexc.RetryError,
-        ) as exc:
-            raise TestprioError(
-                f"Google Cloud Storage could not be reached for {uri} ({type(exc).__name__}); "
-                "check the network (or STORAGE_EMULATOR_HOST) and retry."
-            ) from None
+        except Exception as exc:
+            sentence = _gcs_error(uri, exc)
+            if sentence is None:
+                raise
+            raise sentence from None
 
     return wrapper
 
@@ -284,9 +291,15 @@ def delete(uri: str) -> None:
 
 @contextlib.contextmanager
 def open_read(uri: str) -> Iterator[BinaryIO]:
+    """The object's bytes as a stream; a GCS error while reading is one sentence too."""
     handle = backend_for(uri).open_read(uri)
     try:
         yield handle
+    except Exception as exc:
+        sentence = _gcs_error(uri, exc) if uri.startswith("gs://") else None
+        if sentence is None:
+            raise
+        raise sentence from None
     finally:
         handle.close()
 

@@ -312,3 +312,19 @@ def test_local_folder_refuses_names_that_leave_the_folder(gcs_emulator):
     with pytest.raises(TestprioError, match=r"leads outside its folder; rename it"):
         with storage.local_folder(f"gs://{BUCKET}/base", ["ok.txt", "a/../../evil.txt"]):
             pass
+
+
+def test_gcs_errors_while_reading_a_stream_are_one_sentence(gcs_emulator):
+    from google.api_core import exceptions as gexc
+
+    uri = f"gs://{BUCKET}/stream-{uuid.uuid4().hex[:8]}.bin"
+    storage.write_bytes(uri, b"abc")
+    with pytest.raises(
+        TestprioError, match=r"could not be reached for gs://.*\(ServiceUnavailable\)"
+    ):
+        with storage.open_read(uri) as handle:
+            handle.read(1)
+            raise gexc.ServiceUnavailable("connection reset in the middle of the object")
+    with pytest.raises(ValueError, match="not a storage error"):  # others pass through
+        with storage.open_read(uri):
+            raise ValueError("not a storage error")
