@@ -12,8 +12,8 @@ it to ``bench/RESULTS-ingest.md``.
 (e) peak RSS of ingesting a 1M-sample ``.npy`` (1x28x28 float32, 3.1 GB) against a
     100k-sample one, each in a fresh child process (peak = the child's ``VmHWM``).
 
-Scratch files go to ``bench/work/ingest`` (git-ignored) and are deleted at the end unless
-``--keep`` is given.
+Scratch files go to the ``ingest`` folder under ``bench/work`` (git-ignored) and are deleted
+at the end unless ``--keep`` is given.
 """
 
 from __future__ import annotations
@@ -134,7 +134,9 @@ def run_child(data: Path, run_id: str, *, preset: str = "", workers: int = 0, sh
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
-    parser.add_argument("--keep", action="store_true", help="keep bench/work/ingest files")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the scratch files (bench/work, folder ingest)"
+    )
     parser.add_argument("--out", default=str(RESULTS), help="Markdown report path")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)

@@ -592,9 +592,7 @@ class _Plan:
             head, tail = chain.split()
             head_shape = _probe_files(self.pool, head)
             return head_shape, tail.output_shape(head_shape)
-        return self.raw_shape, chain.output_shape(self.raw_shape, self.pool_dtype)
-
-    pool_dtype: np.dtype = np.dtype(np.float32)
+        return self.raw_shape, chain.output_shape(self.raw_shape)
 
     def prepared(self, chain: preprocess.Preprocessor, *, hashing: bool) -> Iterator[Prepared]:
         head_shape, out_shape = self.shapes(chain)
@@ -691,8 +689,6 @@ def ingest(layout: RunLayout, data_uri: str, options: IngestOptions | None = Non
                 log.info("ingest: preprocessing %s", json.dumps(ops, default=str)[:500])
             manifest = _write_shards(layout, plan, chain)
         manifest.update(format=resolved.format, preprocessing=ops)
-        if input_shape_note := _reshape_note(pool, options):
-            manifest["input_shape"] = input_shape_note
     record_in_run(layout, "preprocessing", ops)
     storage.write_json(layout.data_manifest, manifest)
     log.info(
@@ -743,10 +739,6 @@ def _decoders(pool: ArrayPool | FilePool, options: IngestOptions) -> Executor:
         context = multiprocessing.get_context("forkserver")
         return ProcessPoolExecutor(workers, mp_context=context)
     return ThreadPoolExecutor(workers, thread_name_prefix="decode")
-
-
-def _reshape_note(pool, options: IngestOptions) -> list[int] | None:
-    return list(options.input_shape) if options.input_shape else None
 
 
 def _raw_shape(pool: ArrayPool | FilePool, options: IngestOptions) -> tuple[int, ...]:
