@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 from testprio import storage
 from testprio.errors import TestprioError
+from testprio.ingest import IngestOptions
 from testprio.layout import RunLayout, check_run_id, new_run_id
 from testprio.metrics import METRICS
 from testprio.preprocess import PRESETS
@@ -62,22 +63,28 @@ RUN_DEFAULTS = {
     "output_kind": "auto",
     "output_name": "",
     "input_shape": "",
-    "shard_size": 10_000,
     "batch_size": 256,
     "top_k": 10,
     "parity_tolerance": 1e-3,
     "strict_model_checks": False,
-    "preset": "",
-    "ops": "",
-    "custom_ops": "",
-    "on_bad_sample": "quarantine",
     "value_range": "",
-    "tensor_column": "x",
-    "label_column": "",
-    "max_data_gb": 20.0,
-    "custom_op_cpu_seconds": 120.0,
-    "custom_op_memory_mb": 2048,
-    "custom_op_batch_timeout_s": 300.0,
+    # How to read and preprocess the pool: the ingest stage's own defaults.
+    **{
+        name: getattr(IngestOptions(), name)
+        for name in (
+            "shard_size",
+            "preset",
+            "ops",
+            "custom_ops",
+            "on_bad_sample",
+            "tensor_column",
+            "label_column",
+            "max_data_gb",
+            "custom_op_cpu_seconds",
+            "custom_op_memory_mb",
+            "custom_op_batch_timeout_s",
+        )
+    },
 }
 
 

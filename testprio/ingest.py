@@ -118,8 +118,7 @@ def parse_value_range(text: str) -> tuple[float, float] | None:
     return low, high
 
 
-def check_options(options: IngestOptions) -> None:
-    """Check the options that need no data (the run's start task calls this too)."""
+def _check_values(options: IngestOptions) -> None:
     if options.shard_size <= 0:
         raise TestprioError(
             f"--shard-size {options.shard_size} must be a positive number of samples."
@@ -132,6 +131,12 @@ def check_options(options: IngestOptions) -> None:
         raise TestprioError(f"--max-data-gb {options.max_data_gb} must be a positive number.")
     if not options.tensor_column:
         raise TestprioError("--tensor-column is empty; give the name of the column of samples.")
+
+
+def check_options(options: IngestOptions) -> None:
+    """Check the options that need no data, the op chain and custom op file included (the
+    run's start task calls this; ``ingest`` checks the same while it builds the chain)."""
+    _check_values(options)
     custom = None
     if options.custom_ops:
         source, name = _read_custom_ops(options.custom_ops)
@@ -141,29 +146,9 @@ def check_options(options: IngestOptions) -> None:
             options.custom_op_memory_mb,
             options.custom_op_batch_timeout_s,
         )
-        custom = _CheckedCustomOp()
+        custom = preprocess.CustomPlace()
     specs = preprocess.op_specs(preset=options.preset, ops=options.ops)
     preprocess.build(specs, custom_op=custom, source=_ops_source(options)).close()
-
-
-class _CheckedCustomOp:
-    """Stands for a checked custom op while validating a chain (starts no process)."""
-
-    name = "custom"
-    per_sample_safe = False
-    needs_fit = False
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        return x
-
-    def fit(self, batches) -> None:
-        pass
-
-    def record(self) -> dict:
-        return {"op": "custom"}
-
-    def close(self) -> None:
-        pass
 
 
 def _read_custom_ops(uri: str) -> tuple[str, str]:
@@ -594,8 +579,11 @@ class _Plan:
             return head_shape, tail.output_shape(head_shape)
         return self.raw_shape, chain.output_shape(self.raw_shape)
 
-    def prepared(self, chain: preprocess.Preprocessor, *, hashing: bool) -> Iterator[Prepared]:
-        head_shape, out_shape = self.shapes(chain)
+    def prepared(
+        self, chain: preprocess.Preprocessor, *, hashing: bool, shapes=None
+    ) -> Iterator[Prepared]:
+        """``shapes``: ``self.shapes(chain)`` when the caller has it already."""
+        head_shape, out_shape = shapes or self.shapes(chain)
         rows = _rows_per_chunk(self.options, head_shape, out_shape)
         if isinstance(self.pool, FilePool):
             return _prepare_files(
@@ -655,13 +643,16 @@ def ingest(layout: RunLayout, data_uri: str, options: IngestOptions | None = Non
     options = options or IngestOptions()
     if overrides:
         options = IngestOptions(**{**options.__dict__, **overrides})
-    check_options(options)
+    _check_values(options)
     limit = int(options.max_data_gb * 2**30)
-    with sources.resolve(
-        data_uri,
-        max_download_bytes=limit,
-        archive_limits=sources.ArchiveLimits(max_bytes=limit),
-    ) as resolved:
+    with (
+        build_preprocessor(options) as chain,  # checks the ops before any download
+        sources.resolve(
+            data_uri,
+            max_download_bytes=limit,
+            archive_limits=sources.ArchiveLimits(max_bytes=limit),
+        ) as resolved,
+    ):
         pool = open_pool(
             resolved.path,
             resolved.format,
@@ -681,7 +672,7 @@ def ingest(layout: RunLayout, data_uri: str, options: IngestOptions | None = Non
             f" of shape {raw_shape}" if raw_shape else "",
             "yes" if pool.has_labels else "no",
         )
-        with build_preprocessor(options) as chain, _decoders(pool, options) as executor:
+        with _decoders(pool, options) as executor:
             plan = _Plan(pool, options, raw_shape, executor)
             _fit(plan, chain)
             ops = chain.record()
@@ -764,7 +755,8 @@ def _raw_shape(pool: ArrayPool | FilePool, options: IngestOptions) -> tuple[int,
 
 def _write_shards(layout: RunLayout, plan: _Plan, chain: preprocess.Preprocessor) -> dict:
     pool, options = plan.pool, plan.options
-    _, out_shape = plan.shapes(chain)
+    shapes = plan.shapes(chain)
+    out_shape = shapes[1]
     sink = _ShardSink(layout, shard_schema(out_shape))
     quarantine_context = storage.parquet_writer(layout.quarantine, QUARANTINE_SCHEMA)
     quarantine = quarantine_context.__enter__()
@@ -773,7 +765,7 @@ def _write_shards(layout: RunLayout, plan: _Plan, chain: preprocess.Preprocessor
     progress = _Progress("read", pool.count)
     samples = 0
     try:
-        for prepared in plan.prepared(chain, hashing=True):
+        for prepared in plan.prepared(chain, hashing=True, shapes=shapes):
             _fail_on_bad(prepared, plan)
             _write_prepared(sink, prepared, pool.name, options.shard_size)
             if prepared.bad:

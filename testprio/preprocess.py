@@ -969,8 +969,8 @@ def build(
     return Preprocessor(ops, source=source)
 
 
-class _CustomPlace(Op):
-    """Stands for the custom op while ``op_specs`` checks an op list."""
+class CustomPlace(Op):
+    """Stands for the custom op while an op list is checked (starts no process)."""
 
     name = CUSTOM
     per_sample_safe = False
@@ -996,7 +996,7 @@ def op_specs(*, preset: str = "", ops: str = "") -> list[dict]:
             )
         specs += copy.deepcopy(PRESETS[preset])
         if ops:
-            build(specs, custom_op=_CustomPlace(), source=chain_source(preset, ops)).close()
+            build(specs, custom_op=CustomPlace(), source=chain_source(preset, ops)).close()
     return specs
 
 
@@ -1019,7 +1019,7 @@ def _parse_ops(ops: str) -> list[dict]:
         raise TestprioError(
             "--ops is one JSON object, not a list; wrap it in [ ] (an op list may hold one op)."
         )
-    build(specs, custom_op=_CustomPlace(), source="--ops").close()
+    build(specs, custom_op=CustomPlace(), source="--ops").close()
     return specs
 
 
