@@ -20,6 +20,26 @@ from components.score import score
 from components.start import start
 
 PIPELINE_NAME = "prioritize"
+# Labels on every task pod: manifests/base/pipeline-networkpolicy.yaml selects the pods by
+# them (default-deny ingress and egress but DNS and Google APIs).
+TASK_POD_LABELS = {
+    "app.kubernetes.io/part-of": "testprio",
+    "app.kubernetes.io/component": "pipeline-task",
+}
+# The numeric non-root user and group of every image (USER 10001:10001 in images/*).
+TASK_USER = 10001
+# Each task pod's deadline (Kubernetes activeDeadlineSeconds, per attempt: a retry is a new
+# pod with a new deadline). Wide enough for the largest pools the defaults allow (ingest
+# downloads and decodes up to max_data_gb=20 GB; convert exports big torch/TF models);
+# a hung download or a GPU stuck in a driver call is killed instead of holding the node.
+DEFAULT_TIMEOUTS = {
+    "start": 600,
+    "ingest": 6 * 3600,
+    "convert": 2 * 3600,
+    "score": 2 * 3600,
+    "rank": 3600,
+    "report": 3600,
+}
 # One convert component (and image) per framework, chosen when the pipeline is built:
 # KFP's dsl.OneOf, which could choose at run time, does not run in the local runner.
 CONVERT_COMPONENTS = {
@@ -57,6 +77,8 @@ class ClusterSettings:
     # ONNX Runtime device of the score tasks (auto, cuda, cpu); empty: cuda when they get a
     # GPU (a fallback to the CPU is then logged as a warning), else cpu.
     score_device: str = ""
+    # Per-task deadlines in seconds replacing DEFAULT_TIMEOUTS, e.g. (("ingest", 43200),).
+    timeouts: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.parallelism < 1:
@@ -65,6 +87,16 @@ class ClusterSettings:
             raise ValueError(f"--gpu-count {self.gpu_count} must be at least 1.")
         if self.retries < 0:
             raise ValueError(f"--retries {self.retries} must be zero or more.")
+        for task, seconds in self.timeouts:
+            if task not in DEFAULT_TIMEOUTS:
+                raise ValueError(
+                    f"--timeout {task}={seconds} names no task; use one of "
+                    f"{', '.join(DEFAULT_TIMEOUTS)}."
+                )
+            if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+                raise ValueError(
+                    f"--timeout {task}={seconds} must be a whole number of seconds, at least 1."
+                )
 
     @property
     def device(self) -> str:
@@ -78,13 +110,14 @@ LOCAL_SETTINGS = ClusterSettings(gpu=False, retries=0, score_device="auto")
 
 @dataclass(frozen=True)
 class TaskPolicy:
-    """Requests, limits, caching and retries of one kind of task."""
+    """Requests, limits, caching, retries and deadline of one kind of task."""
 
     cpu: str
     cpu_limit: str
     memory: str  # request and limit: memory cannot be throttled, only OOM-killed
     cache: bool
     retry: bool
+    timeout_s: int  # the pod's activeDeadlineSeconds
 
 
 def task_policies(settings: ClusterSettings) -> dict[str, TaskPolicy]:
@@ -101,21 +134,32 @@ def task_policies(settings: ClusterSettings) -> dict[str, TaskPolicy]:
     Retries: every task but start, whose failures are bad parameters (and which refuses a
     run folder already marked failed); the other tasks can run again safely because every
     file is published atomically.
+
+    Deadlines: ``DEFAULT_TIMEOUTS``, replaced task by task by ``settings.timeouts``.
     """
     cpu_task = {"cpu": settings.cpu, "cpu_limit": settings.cpu_limit, "memory": settings.memory}
+    timeouts = {**DEFAULT_TIMEOUTS, **dict(settings.timeouts)}
     return {
-        "start": TaskPolicy(cpu="500m", cpu_limit="1", memory="1G", cache=False, retry=False),
-        "ingest": TaskPolicy(**cpu_task, cache=True, retry=True),
-        "convert": TaskPolicy(**cpu_task, cache=True, retry=True),
+        "start": TaskPolicy(
+            cpu="500m",
+            cpu_limit="1",
+            memory="1G",
+            cache=False,
+            retry=False,
+            timeout_s=timeouts["start"],
+        ),
+        "ingest": TaskPolicy(**cpu_task, cache=True, retry=True, timeout_s=timeouts["ingest"]),
+        "convert": TaskPolicy(**cpu_task, cache=True, retry=True, timeout_s=timeouts["convert"]),
         "score": TaskPolicy(
             cpu=settings.score_cpu,
             cpu_limit=settings.score_cpu_limit,
             memory=settings.score_memory,
             cache=False,
             retry=True,
+            timeout_s=timeouts["score"],
         ),
-        "rank": TaskPolicy(**cpu_task, cache=False, retry=True),
-        "report": TaskPolicy(**cpu_task, cache=False, retry=True),
+        "rank": TaskPolicy(**cpu_task, cache=False, retry=True, timeout_s=timeouts["rank"]),
+        "report": TaskPolicy(**cpu_task, cache=False, retry=True, timeout_s=timeouts["report"]),
     }
 
 
@@ -131,6 +175,24 @@ def _configure(task: dsl.PipelineTask, name: str, settings: ClusterSettings) -> 
             backoff_factor=settings.retry_backoff_factor,
             backoff_max_duration=settings.retry_backoff_max,
         )
+    _harden(task, policy)
+
+
+def _harden(task: dsl.PipelineTask, policy: TaskPolicy) -> None:
+    """What kfp-kubernetes can set on a task pod for the cluster security model (see
+    manifests/): a deadline, the labels the NetworkPolicies select, a non-root identity,
+    and a writable /tmp that does not depend on the root filesystem being writable (KFP's
+    lightweight-component command writes its program into ``mktemp -d``; downloads and
+    conversions use tempfile). kfp-kubernetes 2.17 cannot set readOnlyRootFilesystem,
+    allowPrivilegeEscalation or seccomp: recent KFP backends set the last two (and drop
+    every capability) themselves; the namespace's Pod Security Admission enforces them."""
+    kubernetes.set_timeout(task, policy.timeout_s)
+    for key, value in TASK_POD_LABELS.items():
+        kubernetes.add_pod_label(task, label_key=key, label_value=value)
+    kubernetes.set_security_context(
+        task, run_as_user=TASK_USER, run_as_group=TASK_USER, run_as_non_root=True
+    )
+    kubernetes.empty_dir_mount(task, volume_name="tmp", mount_path="/tmp")
 
 
 def _place_on_gpu(task: dsl.PipelineTask, settings: ClusterSettings) -> None:

@@ -1,5 +1,7 @@
 """The compiled KFP YAML: GPU placement on the score task only, resources, fan-out width."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -38,7 +40,8 @@ def test_default_compile_puts_only_scoring_on_gpu_nodes(tmp_path):
         assert "accelerator" not in executors[name]["resources"], name
         assert executors[name]["image"].endswith("/runtime:0.1.0")
     k8s = _k8s(platform)
-    assert set(k8s) == {"exec-score"}
+    placed = {name for name, spec in k8s.items() if "nodeSelector" in spec or "tolerations" in spec}
+    assert placed == {"exec-score"}
     assert k8s["exec-score"]["nodeSelector"]["labels"] == {
         "cloud.google.com/gke-accelerator": "nvidia-tesla-t4"
     }
@@ -121,3 +124,28 @@ def test_registry_override_reaches_the_images(tmp_path):
 def test_bad_compile_options(tmp_path, capsys, args, message):
     assert cli.main(["compile", "--out", str(tmp_path), *args]) == 1
     assert capsys.readouterr().err.strip() == f"testprio: error: {message}"
+
+
+def test_every_task_pod_is_hardened_in_the_platform_spec(tmp_path):
+    # What kfp-kubernetes 2.17 emits and a KFP backend applies to each task pod: the
+    # deadline, the labels the NetworkPolicies of manifests/ select, a non-root identity
+    # (the images' USER), and /tmp on an emptyDir (writable even on a read-only root).
+    from pipelines.prioritize import TASK_POD_LABELS
+
+    pipeline, platform = _compile(tmp_path, "--no-gpu")
+    k8s = _k8s(platform)
+    assert set(k8s) == {f"exec-{name}" for name in _executors(pipeline)}
+    policy = yaml.safe_load(
+        (Path(__file__).parent.parent / "manifests/base/pipeline-networkpolicy.yaml").read_text()
+    )
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    for name, spec in k8s.items():
+        assert int(spec["activeDeadlineSeconds"]) > 0, name
+        assert spec["podMetadata"]["labels"] == TASK_POD_LABELS, name
+        assert selected.items() <= spec["podMetadata"]["labels"].items(), name
+        assert spec["securityContext"] == {
+            "runAsUser": "10001",
+            "runAsGroup": "10001",
+            "runAsNonRoot": True,
+        }, name
+        assert spec["emptyDirMounts"] == [{"mountPath": "/tmp", "volumeName": "tmp"}], name

@@ -23,6 +23,7 @@ from testprio import client
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 BASE = MANIFESTS / "base"
 GKE = MANIFESTS / "overlays" / "gke"
+KFP_RUNTIME = MANIFESTS / "components" / "kfp-runtime"
 KUBERNETES_VERSIONS = ("1.30.0", "1.32.0", "1.34.0")
 GCP_SERVICE_ACCOUNT = re.compile(
     r"^[a-z][-a-z0-9]{4,28}[a-z0-9]@PROJECT_ID\.iam\.gserviceaccount\.com$"
@@ -35,8 +36,10 @@ def _documents(path: Path) -> list[dict]:
 
 def _kustomization(folder: Path) -> dict:
     (doc,) = _documents(folder / "kustomization.yaml")
-    assert doc["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
-    assert doc["kind"] == "Kustomization"
+    assert (doc["apiVersion"], doc["kind"]) in {
+        ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+        ("kustomize.config.k8s.io/v1alpha1", "Component"),
+    }
     return doc
 
 
@@ -45,13 +48,18 @@ def _key(obj: dict) -> tuple[str, str, str, str]:
     return (obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"])
 
 
-def _build(folder: Path) -> list[dict]:
-    """The objects ``kubectl apply -k folder`` would apply (for the features used here)."""
+def _build(folder: Path, objects: list[dict] | None = None) -> list[dict]:
+    """The objects ``kubectl apply -k folder`` would apply (for the features used here).
+
+    A Component adds its resources to ``objects`` (what was built so far) and patches them.
+    """
     kustomization = _kustomization(folder)
-    objects: list[dict] = []
+    objects = [] if objects is None else objects
     for resource in kustomization.get("resources", []):
         path = folder / resource
         objects += _build(path) if path.is_dir() else _documents(path)
+    for component in kustomization.get("components", []):
+        objects = _build(folder / component, objects)
     by_key = {_key(obj): obj for obj in objects}
     for patch in kustomization.get("patches", []):
         for doc in _documents(folder / patch["path"]):
@@ -73,9 +81,12 @@ def _merge(target: dict, patch: dict) -> None:
             target[key] = copy.deepcopy(value)
 
 
+def _pods(objects: list[dict]) -> list[dict]:
+    return [obj["spec"]["template"]["spec"] for obj in objects if obj["kind"] == "Deployment"]
+
+
 def _containers(objects: list[dict]) -> list[dict]:
-    pods = [obj["spec"]["template"]["spec"] for obj in objects if obj["kind"] == "Deployment"]
-    return [c for pod in pods for c in pod.get("initContainers", []) + pod["containers"]]
+    return [c for pod in _pods(objects) for c in pod.get("initContainers", []) + pod["containers"]]
 
 
 def _yaml_files() -> list[Path]:
@@ -189,12 +200,162 @@ def test_service_accounts_use_workload_identity_and_no_keys():
         assert GCP_SERVICE_ACCOUNT.match(annotation), annotation
     runner = accounts[client.PIPELINE_SERVICE_ACCOUNT]
     assert runner["metadata"]["namespace"] == "kubeflow"  # where KFP standalone runs pipelines
-    binding = _one(objects, "RoleBinding", client.PIPELINE_SERVICE_ACCOUNT)
+
+
+def _bindings_of(objects: list[dict], account: dict) -> list[dict]:
+    name, namespace = account["metadata"]["name"], account["metadata"]["namespace"]
+    subject = {"kind": "ServiceAccount", "name": name, "namespace": namespace}
+    return [
+        obj
+        for obj in objects
+        if obj["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        and subject in obj.get("subjects", [])
+    ]
+
+
+@pytest.mark.parametrize("folder", [BASE, GKE], ids=["base", "gke"])
+def test_no_binding_grants_our_service_accounts_anything(folder):
+    objects = _build(folder)
+    assert not [obj for obj in objects if obj["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    accounts = [obj for obj in objects if obj["kind"] == "ServiceAccount"]
+    assert {a["metadata"]["name"] for a in accounts} == {
+        "report-app",
+        client.PIPELINE_SERVICE_ACCOUNT,
+    }
+    for account in accounts:
+        assert _bindings_of(objects, account) == [], account["metadata"]["name"]
+        # Neither the pipeline's task code nor the report app calls the Kubernetes API.
+        assert account["automountServiceAccountToken"] is False, account["metadata"]["name"]
+    for pod in _pods(objects):
+        assert pod["automountServiceAccountToken"] is False
+
+
+def test_cli_submits_with_the_manifests_pipeline_account():
+    from testprio import cli
+
+    args = cli.build_parser().parse_args(
+        ["submit", "--model", "m.onnx", "--data", "d.npz", "--root", "gs://b/runs"]
+    )
+    assert args.service_account == client.PIPELINE_SERVICE_ACCOUNT
+    names = {o["metadata"]["name"] for o in _build(BASE) if o["kind"] == "ServiceAccount"}
+    assert client.PIPELINE_SERVICE_ACCOUNT in names
+
+
+def test_kfp_runtime_component_grants_only_what_kfp_needs():
+    kustomization = _kustomization(KFP_RUNTIME)
+    assert kustomization["kind"] == "Component"
+    listed = kustomization["resources"] + [patch["path"] for patch in kustomization["patches"]]
+    assert set(listed) == {p.name for p in KFP_RUNTIME.glob("*.yaml")} - {"kustomization.yaml"}
+    objects = _build(KFP_RUNTIME, _build(GKE))
+    runner = _one(objects, "ServiceAccount", client.PIPELINE_SERVICE_ACCOUNT)
+    assert runner["automountServiceAccountToken"] is True  # KFP's launcher reads the token
+    (binding,) = _bindings_of(objects, runner)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": "pipeline-runner",
+        "kind": "Role",  # namespaced: never a ClusterRole
+        "name": "testprio-kfp-runtime",
     }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": client.PIPELINE_SERVICE_ACCOUNT, "namespace": "kubeflow"}
+    role = _one(objects, "Role", "testprio-kfp-runtime")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "kubeflow"
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["kfp-launcher"],
+            "verbs": ["get"],
+        },
+        {
+            "apiGroups": ["argoproj.io"],
+            "resources": ["workflowtaskresults"],
+            "verbs": ["create", "patch"],
+        },
     ]
+    # The report app keeps no token and no binding.
+    app = _one(objects, "ServiceAccount", "report-app")
+    assert app["automountServiceAccountToken"] is False and not _bindings_of(objects, app)
+    for version in KUBERNETES_VERSIONS:
+        for obj in objects:
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize("folder", [BASE, GKE], ids=["base", "gke"])
+def test_every_container_runs_restricted(folder):
+    objects = _build(folder)
+    assert _containers(objects)
+    for pod in _pods(objects):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            security = container["securityContext"]
+            assert security["runAsNonRoot"] is True, container["name"]
+            assert security["runAsUser"] == security["runAsGroup"] == 10001, container["name"]
+            assert security["readOnlyRootFilesystem"] is True, container["name"]
+            assert security["allowPrivilegeEscalation"] is False, container["name"]
+            assert security["capabilities"] == {"drop": ["ALL"]}, container["name"]
+            assert security["seccompProfile"] == {"type": "RuntimeDefault"}, container["name"]
+
+
+def test_report_app_shows_no_error_details():
+    objects = _build(BASE)
+    pod = _one(objects, "Deployment", "report-app")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:3] == ["streamlit", "run", "report_app/app.py"]
+    assert "--client.showErrorDetails=false" in container["command"]
+    settings = _one(objects, "ConfigMap", "report-app-settings")
+    assert settings["data"]["STREAMLIT_CLIENT_SHOW_ERROR_DETAILS"] == "false"
+    dockerfile = (MANIFESTS.parent / "images" / "report-app" / "Dockerfile").read_text()
+    assert '"--client.showErrorDetails=false"]' in dockerfile
+    assert "STREAMLIT_CLIENT_SHOW_ERROR_DETAILS=false" in dockerfile
+
+
+def _policies(objects: list[dict], namespace: str, labels: dict) -> list[dict]:
+    """The NetworkPolicies of ``namespace`` that select pods labelled ``labels``."""
+    return [
+        obj
+        for obj in objects
+        if obj["kind"] == "NetworkPolicy"
+        and obj["metadata"]["namespace"] == namespace
+        and obj["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+
+
+def _cidrs(egress: list[dict]) -> set[str]:
+    return {peer["ipBlock"]["cidr"] for rule in egress for peer in rule["to"] if "ipBlock" in peer}
+
+
+GOOGLE_APIS_AND_METADATA = {"199.36.153.8/30", "169.254.169.254/32", "169.254.169.252/32"}
+
+
+def test_pipeline_pods_are_denied_by_default_but_dns_google_apis_and_kfp():
+    from pipelines.prioritize import TASK_POD_LABELS
+
+    policies = _policies(_build(GKE), "kubeflow", TASK_POD_LABELS)
+    deny = _one(policies, "NetworkPolicy", "testprio-pipeline-default-deny")
+    assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
+    assert not [p for p in policies if p["spec"].get("ingress")]  # nothing lets anything in
+    egress = [rule for p in policies for rule in p["spec"].get("egress", [])]
+    for rule in egress:
+        assert rule["to"] and rule["ports"], rule  # never an allow-all rule
+    ports = {(port["port"], port["protocol"]) for rule in egress for port in rule["ports"]}
+    assert ports == {
+        (53, "UDP"),
+        (53, "TCP"),
+        (443, "TCP"),
+        (80, "TCP"),
+        (988, "TCP"),
+        (8887, "TCP"),
+        (8080, "TCP"),
+    }
+    assert _cidrs(egress) == GOOGLE_APIS_AND_METADATA
+    in_cluster = [peer for rule in egress for peer in rule["to"] if "ipBlock" not in peer]
+    assert {"k8s-app": "kube-dns"} in [peer["podSelector"]["matchLabels"] for peer in in_cluster]
+
+
+def test_report_app_egress_is_denied_but_dns_and_google_apis():
+    objects = _build(GKE)
+    labels = _one(objects, "Deployment", "report-app")["spec"]["template"]["metadata"]["labels"]
+    policies = _policies(objects, "testprio", labels)
+    (egress_policy,) = [p for p in policies if "Egress" in p["spec"]["policyTypes"]]
+    egress = egress_policy["spec"]["egress"]
+    assert _cidrs(egress) == GOOGLE_APIS_AND_METADATA
+    assert {port["port"] for rule in egress for port in rule["ports"]} == {53, 443, 80, 988}

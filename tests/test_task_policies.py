@@ -3,7 +3,13 @@
 import pytest
 import yaml
 
-from pipelines.prioritize import LOCAL_SETTINGS, ClusterSettings, compile_pipeline, task_policies
+from pipelines.prioritize import (
+    DEFAULT_TIMEOUTS,
+    LOCAL_SETTINGS,
+    ClusterSettings,
+    compile_pipeline,
+    task_policies,
+)
 
 CACHED = {"ingest", "convert"}
 NOT_RETRIED = {"start"}
@@ -27,6 +33,16 @@ def _resources(pipeline) -> dict:
     return {
         name.removeprefix("exec-"): spec["container"]["resources"]
         for name, spec in pipeline["deploymentSpec"]["executors"].items()
+    }
+
+
+def _deadlines(tmp_path, settings=None) -> dict:
+    path = compile_pipeline(str(tmp_path / "prioritize.yaml"), settings)
+    _, platform = yaml.safe_load_all(open(path).read())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return {
+        name.removeprefix("exec-"): int(spec["activeDeadlineSeconds"])
+        for name, spec in executors.items()
     }
 
 
@@ -118,3 +134,40 @@ def test_tasks_use_the_kfp_in_their_image(tmp_path):
 def test_negative_retries_are_refused():
     with pytest.raises(ValueError, match=r"^--retries -1 must be zero or more\.$"):
         ClusterSettings(retries=-1)
+
+
+def test_every_task_has_its_stage_deadline(tmp_path):
+    deadlines = _deadlines(tmp_path)
+    assert set(deadlines) == {"start", "ingest", "convert-onnx", "score", "rank", "report"}
+    policies = task_policies(ClusterSettings())
+    for name, seconds in deadlines.items():
+        assert seconds == policies[_policy_name(name, policies)].timeout_s, name
+    assert deadlines == {
+        "start": 600,
+        "ingest": 21600,
+        "convert-onnx": 7200,
+        "score": 7200,
+        "rank": 3600,
+        "report": 3600,
+    }
+
+
+def test_timeout_settings_replace_the_defaults_of_their_tasks_only(tmp_path):
+    settings = ClusterSettings(timeouts=(("ingest", 43200), ("score", 900)))
+    deadlines = _deadlines(tmp_path, settings)
+    assert (deadlines["ingest"], deadlines["score"]) == (43200, 900)
+    assert deadlines["start"] == DEFAULT_TIMEOUTS["start"]
+    assert deadlines["report"] == DEFAULT_TIMEOUTS["report"]
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "message"),
+    [
+        ((("scoring", 60),), r"^--timeout scoring=60 names no task; use one of start, ingest, "),
+        ((("rank", 0),), r"^--timeout rank=0 must be a whole number of seconds, at least 1\.$"),
+        ((("rank", 1.5),), r"^--timeout rank=1\.5 must be a whole number of seconds, at least"),
+    ],
+)
+def test_bad_timeouts_are_refused(timeouts, message):
+    with pytest.raises(ValueError, match=message):
+        ClusterSettings(timeouts=timeouts)
