@@ -1,11 +1,16 @@
 """TensorFlow -> ONNX with tf2onnx: Keras files (``.keras``, ``.h5``) and SavedModel folders.
 
-Keras models convert with ``tf2onnx.convert.from_keras`` (the ONNX outputs keep the Keras
-output names); a SavedModel converts through its ``serving_default`` signature (or its only
-one), whose output keys name the ONNX outputs. Either way the input signature is given with
-a batch axis of ``None``, so the ONNX batch axis is dynamic whatever batch size the model
-was built with. tf2onnx leaves an operation it cannot translate in the graph under its
-TensorFlow name; testprio's ONNX check then names it and the opset.
+Both convert through a ``tf.function`` with tf2onnx's ``from_function``: a Keras model is
+called inside one (``tf2onnx.convert.from_keras`` fails on Keras 3 models: it looks up
+Keras 3's symbolic tensors by name, ``KeyError: 'keras_tensor_5'``); a SavedModel's
+``serving_default`` signature (or its only one) is called inside one. The function returns
+a dict, whose keys name the ONNX outputs: the output layers' names for a Keras model (the
+dict's own keys when the model returns a dict), the signature's output keys for a
+SavedModel. Either way the input signature has a batch axis of ``None``, so the ONNX batch
+axis is dynamic whatever batch size the model was built with. The parity check runs the
+Keras model itself, eagerly, not the traced function. tf2onnx leaves an operation it cannot
+translate in the graph under its TensorFlow name; testprio's ONNX check then names it and
+the opset.
 """
 
 from __future__ import annotations
@@ -64,12 +69,41 @@ def _dynamic_batch(shape: Any, dtype: Any, name: str) -> tf.TensorSpec:
     return tf.TensorSpec([None, *list(shape)[1:]], dtype, name=name)
 
 
-def _convert_keras(model: Any, target: str) -> None:
-    specs = [
-        _dynamic_batch(tensor.shape, tensor.dtype, getattr(tensor, "name", f"input_{i}"))
+def _output_names(model: Any, count: int) -> list[str]:
+    """Names of a Keras model's ``count`` outputs: its output layers' names, else output_i."""
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != count and count == 1 and getattr(model, "layers", None):
+        names = [model.layers[-1].name]  # a Sequential model names no outputs; its last layer
+    if len(set(names)) != count:
+        names = [f"output_{i}" for i in range(count)]
+    return names
+
+
+def _keras_outputs(model: Any, args: tuple) -> dict:
+    """The Keras model's outputs for ``args`` (one tensor per input) as a dict by name."""
+    outputs = model(args[0] if len(args) == 1 else list(args), training=False)
+    if isinstance(outputs, dict):
+        return dict(outputs)
+    if not isinstance(outputs, list | tuple):
+        outputs = [outputs]
+    return dict(zip(_output_names(model, len(outputs)), outputs, strict=True))
+
+
+def _keras_input_specs(model: Any) -> list[tf.TensorSpec]:
+    return [
+        _dynamic_batch(tensor.shape, tensor.dtype, getattr(tensor, "name", "") or f"input_{i}")
         for i, tensor in enumerate(model.inputs)
     ]
-    tf2onnx.convert.from_keras(model, input_signature=specs, opset=OPSET, output_path=target)
+
+
+def _convert_keras(model: Any, target: str) -> None:
+    specs = _keras_input_specs(model)
+
+    @tf.function(input_signature=specs, autograph=False)
+    def serve(*args):
+        return _keras_outputs(model, args)
+
+    tf2onnx.convert.from_function(serve, input_signature=specs, opset=OPSET, output_path=target)
 
 
 def _serving_function(signature: Any) -> tuple[Any, list[tf.TensorSpec]]:
@@ -143,4 +177,4 @@ def run_source(source: str, x: np.ndarray, *, fmt: str, source_name: str = "") -
             signature = _signature(loaded, source_name)
             (name,) = list(signature.structured_input_signature[1])
             return _numpy_outputs(signature(**{name: tf.constant(x)}))
-        return _numpy_outputs(loaded(tf.constant(x), training=False))
+        return _numpy_outputs(_keras_outputs(loaded, (tf.constant(x),)))

@@ -3,7 +3,7 @@
 TensorFlow and Paddle crash when imported into one process, and the test process imports
 neither: each builder runs in a child process of its own::
 
-    python -m tests.framework_models keras OUT_DIR POOL.npy
+    python -m tests.framework_models keras OUT_DIR POOL.npy  # also a trained Sequential
     python -m tests.framework_models paddle OUT_DIR POOL.npy [--fixed-batch]
 
 Each writes its model files into OUT_DIR and ``reference.npy``: the framework's own class
@@ -52,6 +52,30 @@ def keras_models(out: Path, x: np.ndarray) -> None:
     model.save(out / "model.h5")
     model.export(out / "saved_model", verbose=False)
     np.save(out / "reference.npy", model(x, training=False).numpy())
+    sequential_model(out, x)
+
+
+def sequential_model(out: Path, x: np.ndarray) -> None:
+    """A Keras 3 Sequential CNN trained for one epoch on seeded random data, as users save
+    one: ``sequential.keras``, ``sequential.h5`` and ``sequential_reference.npy``."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(CLASSES, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    train_x = rng.uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
+    model.fit(train_x, rng.integers(0, CLASSES, 64), epochs=1, batch_size=16, verbose=0)
+    model.save(out / "sequential.keras")
+    model.save(out / "sequential.h5")
+    np.save(out / "sequential_reference.npy", model(x, training=False).numpy())
 
 
 def paddle_model(out: Path, x: np.ndarray, *, fixed_batch: bool = False) -> None:

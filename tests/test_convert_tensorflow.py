@@ -1,5 +1,6 @@
 """TensorFlow/Keras models through the convert stage: a small seeded Keras CNN saved as
-``.keras``, ``.h5`` and a SavedModel (in a child process: this process never imports
+``.keras``, ``.h5`` and a SavedModel, and a Keras 3 Sequential CNN trained for an epoch and
+saved as ``.keras`` and ``.h5`` (all in a child process: this process never imports
 TensorFlow), converted by tf2onnx and checked against TensorFlow's own outputs."""
 
 from __future__ import annotations
@@ -63,6 +64,30 @@ def test_keras_model_converts_with_parity(tmp_path, keras_models, name, fmt, out
     ):
         (probs,) = session.run([output], {"image": x})
         np.testing.assert_allclose(probs, reference, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"), [("sequential.keras", "keras"), ("sequential.h5", "keras_h5")]
+)
+def test_trained_keras3_sequential_model_converts(tmp_path, keras_models, name, fmt):
+    """A Sequential model trained with fit and saved with model.save in another process:
+    tf2onnx's from_keras failed on it (KeyError: 'keras_tensor_5')."""
+    layout = run_stages(keras_models["models"] / name, keras_models["pool"], str(tmp_path / "r"))
+    record = storage.read_json(layout.model_json)
+    assert (record["source"]["framework"], record["source"]["format"]) == ("tensorflow", fmt)
+    assert record["input"]["name"] == "input_layer"
+    assert not isinstance(record["input"]["shape"][0], int)
+    assert record["class_output"]["name"] == "dense"  # a Sequential model's last layer
+    assert record["output_kind"] == "probabilities"
+    assert record["parity"]["passed"] and record["parity"]["max_abs_diff"] < 1e-5
+    assert record["checks_passed"]
+    reference = np.load(keras_models["models"] / "sequential_reference.npy")
+    session = ort.InferenceSession(layout.model_onnx, providers=["CPUExecutionProvider"])
+    (probs,) = session.run(["dense"], {"input_layer": keras_models["x"]})
+    np.testing.assert_allclose(probs, reference, rtol=1e-4, atol=1e-6)
+    gini = 1 - (reference.astype(np.float64) ** 2).sum(axis=1)
+    ranking = storage.read_table(layout.ranking).sort_by("sample_id")
+    np.testing.assert_allclose(ranking.column("gini").to_numpy(), gini, atol=1e-5)
 
 
 def _expect_failure(tmp_path, model, data, match, stage):
