@@ -7,19 +7,16 @@ import argparse
 import builtins
 import contextlib
 import io
-import math
 import re
-import signal
 import sys
 import tempfile
-import threading
 import warnings
 from collections.abc import Iterator
 
 from testprio import storage
 from testprio.errors import TestprioError
 from testprio.ingest import IngestOptions
-from testprio.layout import RunLayout, RunLock, check_resumable, check_run_id, fail_run, new_run_id
+from testprio.layout import RunLayout, check_run_id, new_run_id
 from testprio.metrics import METRICS
 from testprio.preprocess import PRESETS
 
@@ -27,113 +24,36 @@ from testprio.preprocess import PRESETS
 # (progress, stage timings) and the runner's task start/finish lines.
 _PROGRESS_LINE = re.compile(r"testprio (INFO|WARNING|ERROR)|Executing task|finished with status")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# A stage's start and end (testprio.layout.stage), and a task's own one-sentence error.
-_STAGE_STARTED = re.compile(r"testprio INFO stage (\S+) started")
-_STAGE_FINISHED = re.compile(r"testprio INFO stage (\S+) finished")
-_TASK_ERROR = re.compile(r"testprio\.errors\.TestprioError: (.+)$")
 
 
 class _ProgressFilter(io.TextIOBase):
-    """A stdout stand-in that passes through only progress lines, stripped of indentation
-    (every line with ``verbose``), and notes the stage in progress and the last task error."""
+    """A stdout stand-in that passes through only progress lines, stripped of indentation."""
 
-    def __init__(self, target, *, verbose: bool = False) -> None:
+    def __init__(self, target) -> None:
         self._target = target
-        self._verbose = verbose
         self._pending = ""
-        self.stage: str | None = None
-        self.error: str | None = None
 
     def write(self, text: str) -> int:
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
-            self._note(_ANSI.sub("", line).strip())
-            if self._verbose:
-                self._target.write(line + "\n")
-                self._target.flush()
-            elif _PROGRESS_LINE.search(line):
+            if _PROGRESS_LINE.search(line):
                 self._target.write(_ANSI.sub("", line).strip() + "\n")
                 self._target.flush()
         return len(text)
-
-    def _note(self, line: str) -> None:
-        if started := _STAGE_STARTED.search(line):
-            self.stage = started.group(1)
-        elif (finished := _STAGE_FINISHED.search(line)) and finished.group(1) == self.stage:
-            self.stage = None
-        elif error := _TASK_ERROR.search(line):
-            self.error = error.group(1)
 
     def flush(self) -> None:
         self._target.flush()
 
 
 @contextlib.contextmanager
-def _watched_runner(progress: _ProgressFilter) -> Iterator[None]:
+def _quiet_runner(verbose: bool) -> Iterator[None]:
+    if verbose:
+        yield
+        return
+    progress = _ProgressFilter(sys.stderr)
     with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
         yield
-
-
-class RunInterrupted(TestprioError):
-    """``testprio run`` stopped by SIGINT or SIGTERM; exits with 128 + the signal number."""
-
-    def __init__(self, message: str, *, signum: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-def _stop_processes(processes) -> None:
-    """Terminate the given processes (the runner's tasks and their workers), then kill."""
-    import psutil
-
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=5)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)
-
-
-@contextlib.contextmanager
-def _stopped_on_signals(state: dict) -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into KeyboardInterrupt after stopping the processes started
-    inside (the local runner's task and what it started), noting the signal in ``state``.
-
-    The task processes are stopped first: KFP's runner, unwinding, would otherwise wait for
-    the task it was reading. Processes that were children before (a test's emulator) stay.
-    """
-    import psutil
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only (a notebook cell's thread, say)
-        return
-    me = psutil.Process()
-    before = {child.pid for child in me.children(recursive=True)}
-
-    def stop_children() -> None:
-        children = me.children(recursive=True)
-        _stop_processes([child for child in children if child.pid not in before])
-
-    def on_signal(signum, frame) -> None:
-        if "signum" in state:
-            return  # a second Ctrl-C while stopping
-        state["signum"] = signum
-        stop_children()
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    except KeyboardInterrupt:
-        state.setdefault("signum", signal.SIGINT)
-        stop_children()
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 RUN_DEFAULTS = {
@@ -175,6 +95,8 @@ def run_pipeline_locally(parameters: dict, *, verbose: bool = False) -> RunLayou
     command line (``run_id`` to a new timestamped id). Raises TestprioError with the run's
     own error sentence when a stage fails.
     """
+    from kfp import local
+
     from pipelines.prioritize import LOCAL_SETTINGS, build_pipeline
     from testprio.convert import resolve_framework
 
@@ -192,87 +114,39 @@ def run_pipeline_locally(parameters: dict, *, verbose: bool = False) -> RunLayou
 
     layout = RunLayout.create(parameters["root"], parameters["run_id"])
     storage.ensure_root(parameters["root"])
-    with RunLock(layout):  # refuses a run that another live process runs
-        record = storage.read_json(layout.run_json) if storage.exists(layout.run_json) else {}
-        if record.get("parameters"):
-            check_resumable(layout, record, {**parameters, "job_name": ""})
-            print(f"resuming run {layout.run_id} ({record.get('status')})", file=sys.stderr)
-        _run_in_kfp(layout, prioritize, parameters, verbose=verbose)
-    return layout
-
-
-def _run_in_kfp(layout: RunLayout, prioritize, parameters: dict, *, verbose: bool) -> None:
-    """Run the pipeline; record in ``run.json`` what stops it before or outside its tasks."""
-    from kfp import local
-
-    progress = _ProgressFilter(sys.stderr, verbose=verbose)
-    state: dict = {}
+    if storage.exists(layout.run_json):
+        raise TestprioError(f"run folder {layout.uri} already exists; choose another --run-id.")
     with tempfile.TemporaryDirectory(prefix="testprio-kfp-") as pipeline_root:
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=pipeline_root,
+            raise_on_error=True,
+        )
         original_print = builtins.print
         try:
-            with _stopped_on_signals(state), _watched_runner(progress):
-                local.init(
-                    runner=local.SubprocessRunner(use_venv=False),
-                    pipeline_root=pipeline_root,
-                    raise_on_error=True,
-                )
-                with warnings.catch_warnings():
-                    # Resource, GPU and image settings are for the cluster; locally no-ops.
-                    warnings.filterwarnings(
-                        "ignore", message=".*have no effect in the current local"
-                    )
-                    warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
-                    prioritize(**parameters)
-        except KeyboardInterrupt:
-            name = signal.Signals(state["signum"]).name
-            where = f" during {progress.stage}" if progress.stage else ""
-            _fail_unless_done(
-                layout,
-                progress.stage,
-                f"the run was interrupted by {name}{where}; run the same command again to "
-                "resume it.",
-                reason="interrupted",
-            )
-            raise RunInterrupted(
-                f"interrupted by {name}{where}: run {layout.uri} is marked failed "
-                "(interrupted); run the same command again to resume it.",
-                signum=state["signum"],
-            ) from None
+            with _quiet_runner(verbose), warnings.catch_warnings():
+                # Resource, GPU and image settings are for the cluster; locally they are no-ops.
+                warnings.filterwarnings("ignore", message=".*have no effect in the current local")
+                warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
+                prioritize(**parameters)
         except RuntimeError:
             record = storage.read_json(layout.run_json) if storage.exists(layout.run_json) else {}
-            error = (
-                progress.error
-                or (record.get("status") == "failed" and record.get("error"))
+            raise TestprioError(
+                record.get("error")
                 or "the pipeline failed before it started the run; rerun with --verbose to "
                 "see the task logs."
-            )
-            _fail_unless_done(layout, progress.stage or "start", error)
-            raise TestprioError(error) from None
-        except TestprioError as exc:
-            _fail_unless_done(layout, progress.stage or "start", str(exc))
-            raise
-        except Exception as exc:
-            _fail_unless_done(
-                layout, progress.stage or "start", f"the run stopped unexpectedly: {exc!r}."
-            )
-            raise
+            ) from None
         finally:
             # KFP's local runner swaps in an indenting print and can leave it behind.
             builtins.print = original_print
-
-
-def _fail_unless_done(layout: RunLayout, stage_name: str | None, error: str, **how) -> None:
-    """Mark the run failed unless its own tasks already ended it (succeeded or failed)."""
-    record = storage.read_json(layout.run_json) if storage.exists(layout.run_json) else {}
-    if record.get("status") in (None, "running"):
-        fail_run(layout, stage_name, error, **how)
+    return layout
 
 
 def _format_top(summary: dict, metric: str, sources: dict[int, str]) -> str:
     """The top-k rows as a text table; ``sources``: sample id -> where it came from."""
     rows = summary["top"]
     if not rows:
-        return "  (no samples ranked)" if not summary["counts"]["ranked"] else ""
+        return "  (no samples ranked)"
     has_labels = any(row.get("label") is not None for row in rows)
     header = f"  {'rank':>5} {'sample_id':>10} {'predicted':>9} {'confidence':>10} {metric:>16}"
     header += f" {'label':>5}" if has_labels else ""
@@ -310,8 +184,8 @@ def format_run_result(layout: RunLayout) -> str:
         extra.append(f"{counts['duplicates']:,} exact duplicates flagged")
     lines = [
         f"Ranked {counts['ranked']:,} of {counts['samples']:,} samples by {metric} "
-        f"({counts['quarantined']:,} quarantined{''.join(', ' + e for e in extra)})."
-        + (" Most uncertain first:" if summary["top"] or not counts["ranked"] else ""),
+        f"({counts['quarantined']:,} quarantined{''.join(', ' + e for e in extra)}). "
+        "Most uncertain first:",
         _format_top(summary, metric, _top_sources(layout, summary)),
     ]
     labels = summary["labels"]
@@ -364,17 +238,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def finite_float(text: str) -> float:
-    """The argparse type of every float option: a number, neither inf nor nan."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number; give one like 2.5")
-    return value
-
-
 def _parse_node_selector(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -400,17 +263,12 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise TestprioError(str(exc)) from None
+    os.makedirs(args.out, exist_ok=True)
     try:
-        os.makedirs(args.out, exist_ok=True)
         name = pipeline_name(args.framework)
         path = compile_pipeline(os.path.join(args.out, f"{name}.yaml"), settings, args.framework)
     except ValueError as exc:
         raise TestprioError(str(exc)) from None
-    except OSError as exc:
-        raise TestprioError(
-            f"--out {args.out} cannot hold the compiled pipeline ({exc.strerror}); give a "
-            "folder you can write to."
-        ) from None
     print(path)
     return 0
 
@@ -453,23 +311,6 @@ def report_server_command(root: str, port: int, host: str) -> list[str]:
     ]
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Fail with one sentence when ``host:port`` cannot be listened on (before Streamlit
-    prints a URL that would then not be its own)."""
-    import socket
-
-    with socket.socket() as probe:
-        # As Streamlit's server does: a port that only lingers in TIME_WAIT is free.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise TestprioError(
-                f"cannot serve the report on {host}:{port} ({exc.strerror}); the port is in "
-                "use or not allowed: choose another with --port."
-            ) from None
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
     import importlib.util
     import os
@@ -484,7 +325,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
         )
     if importlib.util.find_spec("streamlit") is None:
         raise TestprioError("the report app needs streamlit; pip install streamlit, then retry.")
-    check_port_free(args.host, args.port)
     command = report_server_command(root, args.port, args.host)
     print(f"testprio report on {root}: http://{args.host}:{args.port}/ (Ctrl-C stops it)")
     sys.stdout.flush()
@@ -498,29 +338,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if server.poll() is None:
             server.terminate()
             server.wait(timeout=10)
-
-
-def _cmd_labels(args: argparse.Namespace) -> int:
-    from testprio import labels
-
-    layout = labels.open_run(args.run)
-    if args.labels_command == "import":
-        print(labels.import_labels(layout, args.file).sentence())
-        return 0
-    export = labels.export_labels(
-        layout,
-        args.out,
-        top_k=args.top_k,
-        ranks=args.ranks,
-        url_prefix=args.url_prefix,
-        data_uri=args.data or None,
-    )
-    print(
-        f"Exported ranks {export.ranks} of run {layout.run_id} ({len(export.rows):,} samples, "
-        f"{export.image_mode} images) to {export.uri}: {labels.CSV_NAME}, {labels.TASKS_NAME}, "
-        f"{labels.CONFIG_NAME}, {labels.IMAGES_FOLDER}/, {labels.README_NAME}."
-    )
-    return 0
 
 
 def _parse_param(text: str) -> tuple[str, str]:
@@ -638,17 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-data-gb",
-        type=finite_float,
+        type=float,
         help="largest download, and largest archive once extracted, in GiB (default 20)",
     )
     run.add_argument(
-        "--custom-op-cpu-seconds", type=finite_float, help="CPU seconds per batch (default 120)"
+        "--custom-op-cpu-seconds", type=float, help="CPU seconds per batch (default 120)"
     )
     run.add_argument("--custom-op-memory-mb", type=int, help="memory of its worker (default 2048)")
     run.add_argument(
-        "--custom-op-batch-timeout-s",
-        type=finite_float,
-        help="wall-clock seconds per batch (default 300)",
+        "--custom-op-batch-timeout-s", type=float, help="wall-clock seconds per batch (default 300)"
     )
     run.add_argument(
         "--on-bad-sample",
@@ -673,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, help="rows shown and kept in the summary")
     run.add_argument(
         "--parity-tolerance",
-        type=finite_float,
+        type=float,
         help="largest difference of any class probability allowed between the converted "
         "ONNX model and its source framework (default 1e-3)",
     )
@@ -714,23 +529,6 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     rep.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     rep.set_defaults(handler=_cmd_report)
-
-    lab = commands.add_parser("labels", help="export ranks for labelling; import the labels")
-    lab_commands = lab.add_subparsers(dest="labels_command", required=True)
-    lab_export = lab_commands.add_parser("export", help="top-k or ranks A-B, for Label Studio")
-    lab_import = lab_commands.add_parser("import", help="Label Studio JSON export or CSV")
-    for command in (lab_export, lab_import):
-        command.add_argument("--run", required=True, help="run folder ROOT/RUN_ID (or gs://)")
-    lab_export.add_argument("--out", required=True, help="new folder (local or gs://)")
-    which = lab_export.add_mutually_exclusive_group()
-    which.add_argument("--top-k", type=int, help="ranks 1..K (default: the run's --top-k)")
-    which.add_argument("--ranks", help="ranks A-B, inclusive, e.g. 101-200")
-    lab_export.add_argument(
-        "--url-prefix", default="", help="put before images/... in the Label Studio tasks"
-    )
-    lab_export.add_argument("--data", default="", help="the pool, if it moved since the run")
-    lab_import.add_argument("file", help="Label Studio JSON export, or CSV with sample_id,label")
-    lab.set_defaults(handler=_cmd_labels)
 
     sub = commands.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster")
     _add_cluster_options(sub)
@@ -779,9 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("run", metavar="KFP_RUN_ID", help="as testprio submit printed it")
         if name == "logs":
             command.add_argument("--follow", action="store_true", help="until the run ends")
-            command.add_argument(
-                "--interval", type=finite_float, default=10.0, help="seconds per poll"
-            )
+            command.add_argument("--interval", type=float, default=10.0, help="seconds per poll")
     runs.set_defaults(handler=_cmd_runs)
     return parser
 
@@ -790,9 +586,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except RunInterrupted as exc:
-        print(f"testprio: {exc}", file=sys.stderr)
-        return exc.exit_code
     except TestprioError as exc:
         print(f"testprio: error: {exc}", file=sys.stderr)
         return 1
