@@ -304,13 +304,67 @@ def _with_weights(detected: DetectedModel) -> DetectedModel:
     )
 
 
-def detect_model(model_uri: str) -> DetectedModel | None:
-    """What ``model_uri`` (a file or a folder) holds; None when no format matches.
+# What --model takes, for the sentences that refuse a model nobody can tell.
+ACCEPTED_FOLDERS = (
+    "a TensorFlow SavedModel folder (saved_model.pb with variables/, as model.export or "
+    "tf.saved_model.save writes it) or a Paddle inference model folder (NAME.json or "
+    "NAME.pdmodel with NAME.pdiparams, as paddle.jit.save writes it)"
+)
+ACCEPTED_FILES = (
+    "an ONNX (.onnx), PyTorch TorchScript (.pt), PyTorch exported program (.pt2) or Keras "
+    "(.keras, .h5) file"
+)
+MODEL_FILE_EXTENSIONS = {*EXTENSION_FORMATS, *EXPECTED_BY_EXTENSION}
+# Subfolders looked into for a SavedModel when a folder holds no model itself.
+HINT_SUBFOLDERS = 20
 
-    Raises for a damaged file, a refused format, and a graph without its weights.
+
+def _is_empty_local_folder(uri: str) -> bool:
+    # storage.is_folder sees files; a local folder without any is still a folder, not a file.
+    return "://" not in uri and os.path.isdir(uri)
+
+
+def _models_inside(uri: str, names: list[str], folders: list[str]) -> list[str]:
+    """Model files directly in the folder and SavedModel subfolders: what --model may mean."""
+    files = [n for n in names if os.path.splitext(n)[1].lower() in MODEL_FILE_EXTENSIONS]
+    saved_models = [
+        f
+        for f in folders[:HINT_SUBFOLDERS]
+        if "saved_model.pb" in storage.list_names(storage.join(uri, f))
+    ]
+    return [storage.join(uri, name) for name in [*files, *saved_models]]
+
+
+def _unrecognised_folder(uri: str) -> TestprioError:
+    names, folders = storage.list_names(uri), storage.list_folders(uri)
+    if not names and not folders:
+        found = "is empty"
+    else:
+        entries = [*names, *(f"{folder}/" for folder in folders)]
+        shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+        found = f"is not a model folder (it holds {shown})"
+    inside = _models_inside(uri, names, folders)
+    todo = (
+        f"pass {' or '.join(inside[:3])} as --model instead"
+        if inside
+        else "point --model at the folder or file your framework's save call wrote"
+    )
+    return TestprioError(
+        f"folder {uri} given as --model {found}; --model takes {ACCEPTED_FOLDERS}, or "
+        f"{ACCEPTED_FILES}, so {todo}."
+    )
+
+
+def detect_model(model_uri: str) -> DetectedModel | None:
+    """What ``model_uri`` (a file or a folder) holds; None when no format matches a file.
+
+    Raises for a folder without a model, a damaged file, a refused format, and a graph
+    without its weights.
     """
-    if storage.is_folder(model_uri):
+    if storage.is_folder(model_uri) or _is_empty_local_folder(model_uri):
         detected = _detect_folder(model_uri)
+        if detected is None:
+            raise _unrecognised_folder(model_uri)
     else:
         base, name = _split(model_uri)
         fmt = _file_format(model_uri, name)
@@ -345,10 +399,9 @@ def detect(model_uri: str, framework: str = "auto") -> DetectedModel:
             base, graph = _split(model_uri)
             return DetectedModel(model_uri, MODEL_FORMATS["onnx"], base, graph, (graph,))
         raise TestprioError(
-            f"cannot tell which framework saved {model_uri}; give an ONNX file (.onnx), a "
-            "PyTorch TorchScript or exported program (.pt, .pt2), a Keras file (.keras, .h5) "
-            "or SavedModel folder, or a Paddle inference model (.json or .pdmodel with its "
-            ".pdiparams)."
+            f"cannot tell which framework saved {model_uri}; give {ACCEPTED_FILES}, or "
+            f"{ACCEPTED_FOLDERS}; for an ONNX file under another extension, pass --framework "
+            "onnx."
         )
     if framework not in ("auto", detected.format.framework):
         found = detected.format.framework

@@ -5,6 +5,7 @@ converter process, and the pipeline built per framework."""
 from __future__ import annotations
 
 import pickle
+import re
 import uuid
 import zipfile
 from pathlib import Path
@@ -192,7 +193,13 @@ def test_pickled_module_is_told_from_a_state_dict(tmp_path):
             r"holds several Paddle inference models \(a.pdmodel, b.json\)",
         ),
         ({"model.bin": b"\x00" * 10}, "model.bin", r"cannot tell which framework saved"),
-        ({"empty/readme.txt": b"hi"}, "empty", r"cannot tell which framework saved"),
+        (
+            {"docs/readme.txt": b"hi"},
+            "docs",
+            r"folder .*docs given as --model is not a model folder \(it holds readme.txt\); "
+            r"--model takes a TensorFlow SavedModel folder .* or a Paddle inference model folder "
+            r".*, so point --model at the folder or file your framework's save call wrote\.",
+        ),
         (
             {"model.h5": b"not hdf5 at all"},
             "model.h5",
@@ -210,6 +217,38 @@ def test_detection_errors(tmp_path, files, model, match):
     _write(tmp_path, files)
     with pytest.raises(TestprioError, match=match):
         convert.detect(str(tmp_path / model))
+
+
+def test_empty_model_folder_is_one_sentence(tmp_path, pool):
+    """An empty folder used to fail with IsADirectoryError and a traceback."""
+    (tmp_path / "model").mkdir()
+    _expect_failure(
+        tmp_path,
+        tmp_path / "model",
+        pool[0],
+        r"^folder .*model given as --model is empty; --model takes a TensorFlow SavedModel "
+        r"folder \(saved_model.pb with variables/, as model.export or tf.saved_model.save "
+        r"writes it\) or a Paddle inference model folder \(NAME.json or NAME.pdmodel with "
+        r"NAME.pdiparams, as paddle.jit.save writes it\), or an ONNX \(.onnx\), PyTorch "
+        r"TorchScript \(.pt\), PyTorch exported program \(.pt2\) or Keras \(.keras, .h5\) "
+        r"file, so point --model at the folder or file your framework's save call wrote\.$",
+        "start",
+    )
+
+
+def test_folder_without_a_model_names_the_models_inside(root):
+    """A folder that holds a model file or a SavedModel one level down: the sentence names
+    them as what to pass (on local disk and on gs://, where folders are prefixes)."""
+    outer = storage.join(root, "outer")
+    for name in ("notes.txt", "model.onnx", "export/saved_model.pb", "logs/events.txt"):
+        storage.write_bytes(storage.join(outer, name), b"x")
+    with pytest.raises(
+        TestprioError,
+        match=rf"^folder {re.escape(outer)} given as --model is not a model folder \(it holds "
+        r"model.onnx, notes.txt, export/, logs/\); --model takes .*, so pass "
+        rf"{re.escape(outer)}/model.onnx or {re.escape(outer)}/export as --model instead\.$",
+    ):
+        convert.detect(outer)
 
 
 def test_framework_mismatch_and_unknown_framework(tmp_path):
