@@ -523,7 +523,17 @@ def _to_labels(y: np.ndarray | None, n: int, name: str) -> pa.Array:
         raise TestprioError(f"labels in {name} are not whole numbers; give integer labels.")
     if (known < 0).any():
         raise TestprioError(f"labels in {name} include negative values; use class indices 0..K-1.")
+    too_large = known[known > LABEL_MAX]  # astype(int32) would wrap them around silently
+    if too_large.size:
+        raise TestprioError(
+            f"labels in {name} include values from {int(too_large.min())} to "
+            f"{int(too_large.max())}, above the largest label a shard holds ({LABEL_MAX}, "
+            "int32); use class indices 0..K-1."
+        )
     return pa.array(np.where(unknown, 0, y).astype(np.int32), mask=unknown)
+
+
+LABEL_MAX = int(np.iinfo(np.int32).max)
 
 
 def _shard_batch(

@@ -23,13 +23,13 @@ from testprio.errors import TestprioError
 from testprio.pool import ArrayPool, Chunk, FilePool
 
 SHAPE_METADATA_KEY = b"testprio.shape"
-LABEL_COLUMNS = ("label", "y")
+LABEL_COLUMNS = sources.LABEL_COLUMNS
 
 
 @dataclass(frozen=True)
 class Columns:
     """Where samples and labels are in a table or an ``.npz``: ``tensor`` (default ``x``)
-    and ``label`` (default: ``label`` or ``y``, whichever exists)."""
+    and ``label`` (default: whichever of ``LABEL_COLUMNS`` exists; two of them is an error)."""
 
     tensor: str = "x"
     label: str = ""
@@ -87,9 +87,11 @@ def read_npy(path: str, name: str, columns: Columns) -> ArrayPool:
     with open(path, "rb") as handle:
         try:
             shape, dtype = _npy_header(handle, name, "array")
-        except ValueError as exc:
+        except ValueError:
+            # numpy's message quotes the header bytes: file content stays out of errors.
             raise TestprioError(
-                f"{name} is not a readable .npy array ({exc}); re-save it with numpy.save."
+                f"{name} is not a readable .npy array (its header is damaged); re-save it "
+                "with numpy.save."
             ) from None
     _check_array_pair(name, shape, None)
     check_numeric(name, "inputs", dtype)
@@ -116,22 +118,24 @@ def read_npz(path: str, name: str, columns: Columns) -> ArrayPool:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
         raise TestprioError(
-            f"{name} is not a readable .npz file; re-save it with numpy.savez(x=..., y=...)."
+            f"{name} is a truncated or corrupt .npz file (its zip directory cannot be read); "
+            "copy it again or re-save it with numpy.savez(x=..., y=...)."
         ) from None
     members = set(archive.namelist())
+    arrays = sorted(m.removesuffix(".npy") for m in members if m.endswith(".npy"))
     x_member = f"{columns.tensor}.npy"
     if x_member not in members:
-        keys = ", ".join(sorted(m.removesuffix(".npy") for m in members)) or "none"
+        keys = ", ".join(arrays) or "none"  # array names, never their values
         raise TestprioError(
             f"{name} has no array '{columns.tensor}' (it has: {keys}); save inputs as "
             f"{columns.tensor} and labels as y, or name the inputs with --tensor-column."
         )
-    label_key = columns.label or "y"
-    y_member = f"{label_key}.npy"
-    if columns.label and y_member not in members:
+    if columns.label and f"{columns.label}.npy" not in members:
         raise TestprioError(
             f"{name} has no array '{columns.label}' for --label-column; give an existing name."
         )
+    label_key = columns.label or sources.default_label_column(arrays, name, "arrays")
+    y_member = f"{label_key}.npy" if label_key else ""
     with archive.open(x_member) as handle:
         x_shape, x_dtype = _npy_header(handle, name, x_member)
     y_shape = None
@@ -158,8 +162,11 @@ def read_npz(path: str, name: str, columns: Columns) -> ArrayPool:
 def read_parquet(path: str, name: str, columns: Columns) -> ArrayPool:
     try:
         parquet = pq.ParquetFile(path)
-    except pa.ArrowInvalid as exc:
-        raise TestprioError(f"{name} is not a readable Parquet file ({exc}).") from None
+    except pa.ArrowInvalid:
+        raise TestprioError(
+            f"{name} is not a readable Parquet file (its footer or metadata is damaged); "
+            "copy it again or re-save it."
+        ) from None
     schema = parquet.schema_arrow
     tensor = columns.tensor
     if tensor not in schema.names:
@@ -182,7 +189,7 @@ def read_parquet(path: str, name: str, columns: Columns) -> ArrayPool:
             f"{name} has no column '{columns.label}' for --label-column (it has: "
             f"{', '.join(schema.names)}); give an existing column."
         )
-    label_column = columns.label or next((c for c in LABEL_COLUMNS if c in schema.names), None)
+    label_column = columns.label or sources.default_label_column(schema.names, name, "columns")
     metadata = schema.metadata or {}
     shape = None
     for key in (b"shape", SHAPE_METADATA_KEY):  # testprio's own key wins

@@ -44,7 +44,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -96,7 +96,7 @@ IMAGE_EXTENSIONS = (
 # not handed to a plugin that runs an external program.
 PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "PPM", "GIF", "WEBP", "TIFF")
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-LABEL_COLUMNS = ("label", "y")
+LABEL_COLUMNS = ("label", "labels", "y")  # the names --label-column defaults to
 
 DEFAULT_MAX_DOWNLOAD_BYTES = 20 * 2**30
 HTTP_TIMEOUT_S = 60
@@ -115,6 +115,18 @@ class Resolved:
     path: str
     format: str
     name: str
+
+
+def default_label_column(names: Iterable[str], name: str, what: str) -> str | None:
+    """The one of ``LABEL_COLUMNS`` among ``names`` (columns or arrays of ``name``), if any;
+    two of them is an error rather than a silent pick."""
+    found = [label for label in LABEL_COLUMNS if label in set(names)]
+    if len(found) > 1:
+        raise TestprioError(
+            f"{name} has {what} named both '{found[0]}' and '{found[1]}', so the labels are "
+            "ambiguous; keep one of them or choose it with --label-column."
+        )
+    return found[0] if found else None
 
 
 @dataclass(frozen=True)
@@ -150,6 +162,7 @@ _DESCRIPTIONS = {
     "image": "an image",
     "compressed": "compressed data that is not a tar archive",
     "empty": "nothing (it is empty)",
+    "not-utf8": "text that is not UTF-8",
     "unknown": "binary data of an unknown format",
 }
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
@@ -184,6 +197,23 @@ def _is_text(head: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+_NPZ_PROBLEMS = {
+    "damaged": "{name} is a truncated or corrupt .npz file (its zip directory cannot be "
+    "read); copy it again or re-save it with numpy.savez(x=..., y=...).",
+    "empty": "{name} is an .npz file with no arrays; save the inputs in it as x "
+    "(numpy.savez(path, x=..., y=...)).",
+}
+
+
+def _zip_state(path: str) -> str:
+    """``damaged`` (no readable zip directory) or ``empty`` (a zip holding no files)."""
+    try:
+        with zipfile.ZipFile(path):
+            return "empty"
+    except (zipfile.BadZipFile, OSError):
+        return "damaged"
 
 
 def _zip_names(path: str) -> list[str]:
@@ -228,7 +258,15 @@ def _sniff(path: str) -> str:
         return "csv"
     if tarfile.is_tarfile(path):  # old (v7) tars carry no magic string
         return "tar"
+    if _is_legacy_text(head):
+        return "not-utf8"
     return "unknown"
+
+
+def _is_legacy_text(head: bytes) -> bool:
+    """Text in a one-byte encoding (Latin-1, Windows-1252): no NUL, hardly any controls."""
+    controls = sum(1 for byte in head if byte < 0x20 and byte not in b"\t\n\r\f")
+    return b"\x00" not in head and controls <= len(head) // 100
 
 
 def _detect_kind(path: str, name: str) -> str:
@@ -239,10 +277,17 @@ def _detect_kind(path: str, name: str) -> str:
     found = _sniff(path)
     if found == "empty":
         raise TestprioError(f"{name} is empty; give a pool with at least one sample.")
+    if found == "not-utf8" and claimed in (None, "csv"):
+        raise TestprioError(
+            f"{name} is text but not UTF-8 (likely Latin-1 or Windows-1252); re-save it as "
+            "UTF-8 (in Excel: Save As 'CSV UTF-8'; in pandas: to_csv(..., encoding='utf-8'))."
+        )
     if claimed == "npz" and found in ("zip", "npz"):
         names = _zip_names(path)
         if names and all(n.endswith(".npy") for n in names):
             return "npz"  # the .npz reader names a missing x.npy itself
+        if not names:
+            raise TestprioError(_NPZ_PROBLEMS[_zip_state(path)].format(name=name))
     elif claimed in ARCHIVES and found in ARCHIVES:
         return found  # a .tar.gz named .zip is still an archive
     elif claimed == "zip" and found == "npz":
@@ -888,11 +933,13 @@ def _csv_header(path: str, name: str) -> list[str]:
             f"column {columns.index('') + 1} of {name} has no name (often a saved DataFrame "
             "index); remove it (DataFrame.to_csv(index=False)) or name it."
         )
-    duplicates = sorted({c for c in columns if columns.count(c) > 1})
-    if duplicates:
+    # Header cells are file content (a token file's first line is its "header"): errors
+    # name columns by position, never by their text.
+    repeated = next((i for i, c in enumerate(columns) if c in columns[:i]), None)
+    if repeated is not None:
         raise TestprioError(
-            f"{name} has the column '{duplicates[0]}' more than once; give every column its "
-            "own name."
+            f"column {repeated + 1} of {name} has the same name as column "
+            f"{columns.index(columns[repeated]) + 1}; give every column its own name."
         )
     # pandas names unnamed columns 0..n-1; any other all-numeric first row is data.
     if all(map(_looks_numeric, columns)) and columns != [str(i) for i in range(len(columns))]:
@@ -914,8 +961,30 @@ def _parse_column(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return values.to_numpy(zero_copy_only=False), empty_np, ~(empty_np | numeric_np)
 
 
-def _quote_cell(value: str) -> str:
-    return repr(value if len(value) <= 40 else value[:37] + "...")
+# Arrow's CSV messages can quote the offending row, so a message is chosen by what Arrow
+# says went wrong and never passed on.
+_CSV_PROBLEMS = (
+    (
+        "UTF8",
+        "{name} is not UTF-8 text past its first lines; re-save it as UTF-8 (in Excel: Save "
+        "As 'CSV UTF-8'; in pandas: to_csv(..., encoding='utf-8')).",
+    ),
+    (
+        "block size",
+        "{name} has a line longer than 4 MiB or no line after its header; put one sample "
+        "per line, with a header row first.",
+    ),
+)
+
+
+def _csv_problem(name: str, message: str) -> str:
+    for needle, sentence in _CSV_PROBLEMS:
+        if needle in message:
+            return sentence.format(name=name)
+    return (
+        f"{name} is not a readable CSV file (a row cannot be parsed, often an unclosed "
+        "quote); save it as comma-separated UTF-8 text with a header row."
+    )
 
 
 class _CsvRows:
@@ -928,10 +997,11 @@ class _CsvRows:
     line) is no sample.
     """
 
-    def __init__(self, name: str, features: list[str], label: str | None):
+    def __init__(self, name: str, columns: list[str], features: list[str], label: str | None):
         self.name = name
         self.features = features
         self.label = label
+        self.positions = {c: i + 1 for i, c in enumerate(columns)}  # 1-based, as in a sheet
         self.line = 1  # the header
         self.invalid: dict[int, str] = {}  # line -> reason, for lines the parser dropped
 
@@ -948,16 +1018,15 @@ class _CsvRows:
         blank = np.ones(n, dtype=bool)
         reasons: dict[int, str] = {}
         for j, column_name in enumerate([*self.features, *([self.label] if self.label else [])]):
+            position = self.positions[column_name]
             values, empty, bad = _parse_column(batch.column(column_name))
             if j < len(self.features):
                 x[:, j] = values
             else:
                 y = values
             blank &= empty
-            for i in np.flatnonzero(bad).tolist():
-                if i not in reasons:
-                    cell = batch.column(column_name)[i].as_py().strip()
-                    reasons[i] = f"non-numeric value {_quote_cell(cell)} in column '{column_name}'"
+            for i in np.flatnonzero(bad).tolist():  # the cell's text stays out of the reason
+                reasons.setdefault(i, f"a value that is not a number in column {position}")
         rows: list[int | str] = []  # a row of the batch, or the reason for a dropped line
         lines: list[int] = []
         for i in range(n):
@@ -1056,14 +1125,13 @@ def read_csv(path: str, name: str, *, label_column: str = "") -> ArrayPool:
     columns = _csv_header(path, name)
     if label_column:
         if label_column not in columns:
-            shown = ", ".join(columns[:10]) + (", ..." if len(columns) > 10 else "")
             raise TestprioError(
-                f"{name} has no column '{label_column}' (it has: {shown}); give one of its "
-                "columns as the label column."
+                f"none of the {len(columns)} columns in the header row of {name} is named "
+                f"'{label_column}'; give one of its columns as the label column."
             )
         label = label_column
     else:
-        label = next((c for c in LABEL_COLUMNS if c in columns), None)
+        label = default_label_column(columns, name, "columns")
     features = [c for c in columns if c != label]
     if not features:
         raise TestprioError(
@@ -1071,7 +1139,7 @@ def read_csv(path: str, name: str, *, label_column: str = "") -> ArrayPool:
         )
 
     def pieces() -> Iterator[Chunk]:
-        walk = _CsvRows(name, features, label)
+        walk = _CsvRows(name, columns, features, label)
         try:
             reader = pacsv.open_csv(
                 path,
@@ -1096,10 +1164,7 @@ def read_csv(path: str, name: str, *, label_column: str = "") -> ArrayPool:
                     break
                 yield walk.chunk(batch)
         except pa.ArrowInvalid as exc:
-            raise TestprioError(
-                f"{name} is not a readable CSV file ({_short(exc)}); save it as comma-separated "
-                "UTF-8 text with a header row."
-            ) from None
+            raise TestprioError(_csv_problem(name, str(exc))) from None
         rest = walk.rest()
         if rest is not None:
             yield rest

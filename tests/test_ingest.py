@@ -374,6 +374,12 @@ def _raw(name: str, data: bytes):
     return build
 
 
+def _npz_bytes(folder: Path) -> bytes:
+    """A valid .npz (x and y) as bytes, to cut short."""
+    np.savez(folder / "whole.npz", x=_digits(), y=_labels())
+    return (folder / "whole.npz").read_bytes()
+
+
 def _fortran_npz(folder: Path) -> Path:
     np.savez(folder / "pool.npz", x=np.asfortranarray(_digits()[:, 0]))
     return folder / "pool.npz"
@@ -499,6 +505,42 @@ ERROR_CASES = {
     "fortran-ordered npz": (
         _fortran_npz,
         r"array 'x\.npy' in pool\.npz is stored in Fortran order",
+    ),
+    "labels beyond int32": (
+        _npz(x=_digits(), y=np.where(_labels() > 7, 2**31 + _labels(), _labels())),
+        r"labels in pool\.npz include values from 2147483656 to 2147483657, above the largest "
+        r"label a shard holds \(2147483647, int32\); use class indices 0\.\.K-1\.$",
+    ),
+    "float labels beyond int32": (
+        _npz(x=_digits(), y=np.where(_labels() == 3, 2.0**40, _labels())),
+        r"labels in pool\.npz include values from 1099511627776 to 1099511627776, above",
+    ),
+    "two label arrays in npz": (
+        _npz(x=_digits(), label=_labels(), y=_labels()),
+        r"pool\.npz has arrays named both 'label' and 'y', so the labels are ambiguous; keep "
+        r"one of them or choose it with --label-column\.$",
+    ),
+    "two label columns in parquet": (
+        _parquet(pa.table({"x": _flat_x([[0.0] * 4] * 2), "labels": [0, 1], "y": [1, 0]})),
+        r"pool\.parquet has columns named both 'labels' and 'y'",
+    ),
+    "truncated npz": (
+        lambda folder: _raw("pool.npz", _npz_bytes(folder)[:100])(folder),
+        r"pool\.npz is a truncated or corrupt \.npz file \(its zip directory cannot be read\); "
+        r"copy it again or re-save it",
+    ),
+    "npz without arrays": (
+        _npz(),
+        r"pool\.npz is an \.npz file with no arrays; save the inputs in it as x",
+    ),
+    "latin-1 csv": (
+        _raw("pool.csv", "f0,café,label\n1,2,0\n".encode("latin-1")),
+        r"pool\.csv is text but not UTF-8 \(likely Latin-1 or Windows-1252\); re-save it as "
+        r"UTF-8",
+    ),
+    "latin-1 csv past the first block": (
+        _raw("pool.csv", b"f0,label\n" + b"1,0\n" * 5000 + "é,1\n".encode("latin-1")),
+        r"pool\.csv is not UTF-8 text past its first lines; re-save it as UTF-8",
     ),
 }
 
@@ -651,3 +693,53 @@ def test_nan_and_null_labels_mean_unknown(local_root, tmp_path):
         labels = storage.read_table(shards[0], columns=["label"]).column("label")
         assert labels.null_count == int(np.isnan(y).sum()) > 0
         assert labels.to_pylist() == [None if np.isnan(v) else int(v) for v in y]
+
+
+# --- label names, and file content kept out of messages --------------------------------
+
+
+@pytest.mark.parametrize("key", ["label", "labels", "y"])
+def test_every_documented_label_name_is_read_from_an_npz(local_root, tmp_path, key):
+    source = tmp_path / "pool.npz"
+    np.savez(source, x=_digits(), **{key: _labels()})
+    _, _, labels = reassemble(ingest(RunLayout.create(local_root, "run"), str(source)))
+    assert labels == _labels().tolist()
+
+
+def test_label_column_picks_one_of_two_label_arrays(local_root, tmp_path):
+    source = tmp_path / "pool.npz"
+    np.savez(source, x=_digits(), label=_labels(), y=9 - _labels())
+    uris = ingest(RunLayout.create(local_root, "run"), str(source), label_column="y")
+    assert reassemble(uris)[2] == (9 - _labels()).tolist()
+
+
+SECRET = "ghp_Zq8Secret0Token1Value"
+
+# A file that is not a pool, whose content must not reach an error or a quarantine reason
+# (run.json and the report show both): kind -> (file name, bytes, ingest options).
+SECRET_FILES = {
+    "token with a second line": ("token", f"{SECRET}\nanother-{SECRET}\n", {}),
+    "token as the only header": ("token", f"{SECRET},{SECRET}\n1,2\n", {}),
+    "token and --label-column": ("token.csv", f"{SECRET}\n1\n", {"label_column": "label"}),
+    "token in an unclosed quote": ("token.csv", f'f0,f1\n"{SECRET},1\n2,3\n', {}),
+    "token cell and fail": ("pool.csv", f"f0,label\n{SECRET},1\n", {"on_bad_sample": "fail"}),
+    "token header and fail": ("env", f"{SECRET}\n{SECRET}\n", {"on_bad_sample": "fail"}),
+    "token in an npy header": ("pool.npy", f"\x93NUMPY\x01\x00{SECRET}", {}),
+}
+
+
+@pytest.mark.parametrize("case", list(SECRET_FILES))
+def test_file_content_never_appears_in_errors_or_quarantine(local_root, tmp_path, case):
+    file_name, text, options = SECRET_FILES[case]
+    source = tmp_path / file_name
+    source.write_text(text, encoding="latin-1")
+    layout = RunLayout.create(local_root, "run")
+    try:
+        ingest(layout, str(source), **options)
+    except TestprioError as exc:
+        assert "Secret" not in str(exc), str(exc)
+        assert str(exc).endswith(".") and str(exc).count("; ") <= 2
+    if storage.exists(layout.quarantine):
+        reasons = storage.read_table(layout.quarantine).to_pylist()
+        assert reasons, "the test needs a quarantined sample"
+        assert "Secret" not in json.dumps(reasons)
