@@ -340,6 +340,29 @@ def _cmd_report(args: argparse.Namespace) -> int:
             server.wait(timeout=10)
 
 
+def _cmd_labels(args: argparse.Namespace) -> int:
+    from testprio import labels
+
+    layout = labels.open_run(args.run)
+    if args.labels_command == "import":
+        print(labels.import_labels(layout, args.file).sentence())
+        return 0
+    export = labels.export_labels(
+        layout,
+        args.out,
+        top_k=args.top_k,
+        ranks=args.ranks,
+        url_prefix=args.url_prefix,
+        data_uri=args.data or None,
+    )
+    print(
+        f"Exported ranks {export.ranks} of run {layout.run_id} ({len(export.rows):,} samples, "
+        f"{export.image_mode} images) to {export.uri}: {labels.CSV_NAME}, {labels.TASKS_NAME}, "
+        f"{labels.CONFIG_NAME}, {labels.IMAGES_FOLDER}/, {labels.README_NAME}."
+    )
+    return 0
+
+
 def _parse_param(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -529,6 +552,23 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     rep.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     rep.set_defaults(handler=_cmd_report)
+
+    lab = commands.add_parser("labels", help="export ranks for labelling; import the labels")
+    lab_commands = lab.add_subparsers(dest="labels_command", required=True)
+    lab_export = lab_commands.add_parser("export", help="top-k or ranks A-B, for Label Studio")
+    lab_import = lab_commands.add_parser("import", help="Label Studio JSON export or CSV")
+    for command in (lab_export, lab_import):
+        command.add_argument("--run", required=True, help="run folder ROOT/RUN_ID (or gs://)")
+    lab_export.add_argument("--out", required=True, help="new folder (local or gs://)")
+    which = lab_export.add_mutually_exclusive_group()
+    which.add_argument("--top-k", type=int, help="ranks 1..K (default: the run's --top-k)")
+    which.add_argument("--ranks", help="ranks A-B, inclusive, e.g. 101-200")
+    lab_export.add_argument(
+        "--url-prefix", default="", help="put before images/... in the Label Studio tasks"
+    )
+    lab_export.add_argument("--data", default="", help="the pool, if it moved since the run")
+    lab_import.add_argument("file", help="Label Studio JSON export, or CSV with sample_id,label")
+    lab.set_defaults(handler=_cmd_labels)
 
     sub = commands.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster")
     _add_cluster_options(sub)

@@ -9,7 +9,10 @@ Writes, into the run folder:
   iframe as the HTML output;
 - ``report/report.md``: key figures and the top-10 table (the Markdown output);
 - ``report/export.zip``: the ranking as Parquet and CSV, every shard's per-sample scores
-  and probabilities, ``report.html``, ``run.json``, ``model.json`` and ``summary.json``.
+  and probabilities, ``report.html``, ``run.json``, ``model.json``, ``summary.json`` and
+  ``labelling/``: the top-k labelling export of ``testprio.labels`` (labels.csv, Label
+  Studio tasks and config, images). ``report.html`` carries the same CSV and Label Studio
+  JSON inline, as text and as ``data:`` download links.
 
 Every text that comes from the run (run id, file names, sources, class names) is escaped:
 Jinja2 autoescaping in HTML, ``reportdata.md_escape`` in Markdown.
@@ -29,6 +32,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from testprio import charts, reportdata, storage
+from testprio import labels as label_export
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout, finished_record
 from testprio.log import get_logger
@@ -46,7 +50,10 @@ summary.json                    histograms, per-class figures, accuracy and APFD
 report.html                     the report, one self-contained page
 run.json                        parameters, status and stage timings
 model.json                      the model's facts (producer, opsets, inputs, outputs, ...)
+labelling/                      the top-k for labelling: labels.csv, Label Studio tasks and
+                                config, images/ (see labelling/README.txt)
 """
+LABELLING_FOLDER = "labelling/"
 
 
 @dataclass
@@ -217,8 +224,38 @@ def _gallery_rows(items: list[dict]) -> list[dict]:
     ]
 
 
+def _data_href(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _labelling_context(export: label_export.LabelExport | None) -> dict | None:
+    """The labelling export as text and ``data:`` links: a sandboxed iframe (the Kubeflow
+    UI's) blocks downloads, so the page shows the text too."""
+    if export is None or not export.rows:
+        return None
+    files = [
+        (label_export.CSV_NAME, "text/csv", export.csv_bytes()),
+        (label_export.TASKS_NAME, "application/json", export.tasks_bytes()),
+        (label_export.CONFIG_NAME, "application/xml", export.config_xml().encode()),
+    ]
+    return {
+        "count": len(export.rows),
+        "image_note": export.image_note,
+        "folder": LABELLING_FOLDER,
+        "files": [
+            {"name": name, "href": _data_href(mime, data), "text": data.decode()}
+            for name, mime, data in files
+        ],
+    }
+
+
 def render_html(
-    details: reportdata.RunDetails, figures: dict, record: dict, *, top_k: int = 10
+    details: reportdata.RunDetails,
+    figures: dict,
+    record: dict,
+    *,
+    top_k: int = 10,
+    labelling: label_export.LabelExport | None = None,
 ) -> str:
     """The self-contained ``report.html`` of a ranked run."""
     summary, metric = details.summary, details.metric
@@ -260,6 +297,7 @@ def render_html(
         "bottom": _gallery_rows(reportdata.gallery(details, "bottom", top_k)),
         "top_k": top_k,
         "labels": labels,
+        "labelling": _labelling_context(labelling),
         "fmt": _fmt,
         "generated": figures["created"],
     }
@@ -330,8 +368,11 @@ def _add_file(archive: zipfile.ZipFile, uri: str, name: str, *, compress: bool) 
         shutil.copyfileobj(source, target, length=1 << 20)
 
 
-def write_export(layout: RunLayout, record: dict) -> None:
-    """``report/export.zip``: ranking (Parquet, CSV), scores, report.html, run/model JSON."""
+def write_export(
+    layout: RunLayout, record: dict, *, labelling: label_export.LabelExport | None = None
+) -> None:
+    """``report/export.zip``: ranking (Parquet, CSV), scores, report.html, run/model JSON,
+    and the labelling export under ``labelling/``."""
     with storage.atomic_path(layout.export_zip) as path:
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
             archive.writestr("README.txt", EXPORT_README.format(run_id=layout.run_id))
@@ -347,6 +388,10 @@ def write_export(layout: RunLayout, record: dict) -> None:
             archive.writestr("run.json", json.dumps(record, indent=2) + "\n")
             if storage.exists(layout.model_json):
                 _add_file(archive, layout.model_json, "model.json", compress=True)
+            if labelling is not None and labelling.rows:
+                label_export.write_export(
+                    labelling, layout, label_export.ZipSink(archive, prefix=LABELLING_FOLDER)
+                )
 
 
 # --- the stage --------------------------------------------------------------------------
@@ -367,11 +412,18 @@ def build_report(layout: RunLayout, *, top_k: int = 10) -> ReportResult:
     storage.write_json(layout.report_json, figures)
     # The record as the run will end (status succeeded, every stage before this one).
     record = finished_record(layout)
-    html = render_html(details, figures, record, top_k=top_k)
+    # The report stage does not fetch an archived or downloaded pool again: images of
+    # such pools are rendered from the tensors (``testprio labels export`` copies them).
+    labelling = (
+        label_export.plan_export(layout, ranks=label_export.RankRange(1, top_k), download=False)
+        if top_k
+        else None
+    )
+    html = render_html(details, figures, record, top_k=top_k, labelling=labelling)
     storage.write_bytes(layout.report_html, html.encode())
     markdown = render_markdown(details, figures["metrics"], top_k=top_k)
     storage.write_bytes(layout.report_markdown, markdown.encode())
-    write_export(layout, record)
+    write_export(layout, record, labelling=labelling)
     log.info("report: %s (%s bytes), export.zip written", layout.report_html, f"{len(html):,}")
     names = reportdata.class_names(details)
     return ReportResult(

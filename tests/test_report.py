@@ -3,6 +3,9 @@ matrix, report.json and export.zip, and run.json rewritten last."""
 
 from __future__ import annotations
 
+import base64
+import csv
+import html as html_lib
 import io
 import json
 import os
@@ -69,7 +72,10 @@ def test_report_html_references_nothing_external(runs):
     assert not {"script", "link", "iframe", "object", "embed", "base", "meta http-equiv"} & set(
         parsed.tags
     )
+    downloads = ("data:text/csv;base64,", "data:application/json;base64,", "data:application/xml")
     for tag, name, value in parsed.references:
+        if tag == "a" and name == "href" and value.startswith(downloads):
+            continue  # the labelling files, as download links inside the page
         assert value.startswith(("data:image/png;base64,", "#")), (tag, name, value[:80])
     for style in parsed.styles:
         assert "url(" not in style and "@import" not in style
@@ -176,18 +182,27 @@ def test_unlabeled_runs_have_no_confusion_matrix_or_label_figures(runs):
 def test_export_zip_holds_ranking_scores_report_and_records(runs):
     layout = runs["labeled"]
     archive = zipfile.ZipFile(io.BytesIO(storage.read_bytes(layout.export_zip)))
-    assert sorted(archive.namelist()) == [
-        "README.txt",
-        "model.json",
-        "ranking.csv",
-        "ranking.parquet",
-        "report.html",
-        "run.json",
-        "scores/shard-00000.parquet",
-        "scores/shard-00001.parquet",
-        "scores/shard-00002.parquet",
-        "summary.json",
-    ]
+    top = storage.read_table(layout.ranking).slice(0, 5).to_pylist()
+    images = [f"labelling/images/rank-{r['rank']:07d}_sample-{r['sample_id']}.png" for r in top]
+    assert sorted(archive.namelist()) == sorted(
+        [
+            "README.txt",
+            "labelling/README.txt",
+            "labelling/label_studio_config.xml",
+            "labelling/label_studio_tasks.json",
+            "labelling/labels.csv",
+            *images,
+            "model.json",
+            "ranking.csv",
+            "ranking.parquet",
+            "report.html",
+            "run.json",
+            "scores/shard-00000.parquet",
+            "scores/shard-00001.parquet",
+            "scores/shard-00002.parquet",
+            "summary.json",
+        ]
+    )
     ranking = storage.read_table(layout.ranking)
     csv = pacsv.read_csv(archive.open("ranking.csv"))
     assert csv.column("sample_id").to_pylist() == ranking.column("sample_id").to_pylist()
@@ -255,3 +270,66 @@ def test_report_on_a_gcs_root(gcs_emulator, tmp_path):
     ]
     assert storage.read_json(layout.run_json)["stages"][-1]["stage"] == "report"
     assert reportdata.load_run(layout).report["metrics"]["samples"] == 30
+
+
+def _download_links(html: str) -> dict[str, bytes]:
+    links = re.findall(r'<a download="([^"]+)" href="data:[a-z/]+;base64,([^"]+)"', html)
+    return {name: base64.b64decode(data) for name, data in links}
+
+
+def test_report_offers_the_top_k_labelling_export(runs):
+    """report.html carries labels.csv and the Label Studio files (links and text); export.zip
+    holds the same files under labelling/ with the images."""
+    layout = runs["labeled"]
+    html = html_of(layout)
+    archive = zipfile.ZipFile(io.BytesIO(storage.read_bytes(layout.export_zip)))
+    links = _download_links(html)
+    assert sorted(links) == ["label_studio_config.xml", "label_studio_tasks.json", "labels.csv"]
+    for name, data in links.items():
+        assert archive.read(f"labelling/{name}") == data
+        # The same text is in the page to copy, where a sandboxed iframe blocks downloads.
+        (text,) = re.findall(
+            rf'<textarea[^>]*aria-label="{re.escape(name)}">(.*?)</textarea>', html, re.S
+        )
+        assert html_lib.unescape(text) == data.decode()
+    rows = list(csv.DictReader(io.StringIO(links["labels.csv"].decode())))
+    top = storage.read_table(layout.ranking).slice(0, 5).to_pylist()
+    assert [int(row["sample_id"]) for row in rows] == [row["sample_id"] for row in top]
+    tasks = json.loads(links["label_studio_tasks.json"])
+    assert [task["data"]["image"] for task in tasks] == [row["image"] for row in rows]
+    for row in rows:  # an array pool: rendered PNGs, and README.txt says so
+        assert archive.read(f"labelling/{row['image']}").startswith(b"\x89PNG")
+    assert "array pool (npz) without image files" in archive.read("labelling/README.txt").decode()
+    assert 'id="labelling"' in html and "Label the top 5" in html
+
+
+def test_report_of_an_image_folder_exports_the_original_files(tmp_path):
+    from tests.test_labels import OPS, make_digit_folder
+
+    folder = make_digit_folder(tmp_path / "pool", count=30)
+    model = linear_classifier(tmp_path / "m.onnx", seed=1)
+    from tests.stagekit import run_stages
+
+    layout = run_stages(model, folder, str(tmp_path / "runs"), "img", ops=OPS, top_k=3)
+    archive = zipfile.ZipFile(io.BytesIO(storage.read_bytes(layout.export_zip)))
+    rows = list(csv.DictReader(io.StringIO(archive.read("labelling/labels.csv").decode())))
+    assert len(rows) == 3
+    for row in rows:
+        assert archive.read(f"labelling/{row['image']}") == (folder / row["source"]).read_bytes()
+    assert "the original files, copied from" in html_of(layout)
+
+
+def test_a_report_with_top_k_zero_has_no_labelling_export(tmp_path):
+    x, y = digits(20)
+    from tests.stagekit import run_stages
+
+    layout = run_stages(
+        linear_classifier(tmp_path / "m.onnx"),
+        write_pool(tmp_path / "p.npz", x, y),
+        str(tmp_path / "runs"),
+        "zero",
+        top_k=0,
+    )
+    archive = zipfile.ZipFile(io.BytesIO(storage.read_bytes(layout.export_zip)))
+    assert not [name for name in archive.namelist() if name.startswith("labelling/")]
+    assert 'id="labelling"' not in html_of(layout) and not _download_links(html_of(layout))
