@@ -32,8 +32,8 @@ import pyarrow.csv as pacsv
 
 from testprio import storage
 from testprio.errors import TestprioError
-from testprio.ingest import shard_sample_shape
-from testprio.layout import RUN_ID_PATTERN, RunLayout, collect_stage_timings
+from testprio.ingest import shard_sample_shape, shard_tensors
+from testprio.layout import RUN_ID_PATTERN, RunLayout, collect_stage_timings, run_status
 
 RUN_COLUMNS = ("run_id", "model", "dataset", "metric", "status", "started", "duration")
 RANKING_VIEW_COLUMNS = ("rank", "sample_id", "predicted", "confidence", "label")
@@ -137,6 +137,10 @@ def _read_json_or_none(uri: str) -> Any:
         return None
 
 
+def _layout(root: str, name: str) -> RunLayout:
+    return RunLayout(storage.join(root, name))
+
+
 def list_runs(root: str) -> list[dict]:
     """Every run under ``root`` (folders holding a ``run.json``), newest first."""
     root = storage.normalize_root(root)
@@ -145,7 +149,8 @@ def list_runs(root: str) -> list[dict]:
     with ThreadPoolExecutor(max_workers=8) as pool:  # one request per run on GCS
         records = list(pool.map(_read_json_or_none, uris))
     rows = [
-        {**run_row(record), "run_id": name}
+        # A "running" run whose local owner process is gone shows as "unfinished".
+        {**run_row(record), "run_id": name, "status": run_status(_layout(root, name), record)}
         for name, record in zip(names, records, strict=True)
         if isinstance(record, dict)
     ]
@@ -409,7 +414,7 @@ def dataset_stats(
                 if max_rows is not None and rows >= max_rows:
                     break
                 column = parquet.read_row_group(group, columns=["x"]).column("x")
-                values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                values = shard_tensors(column.combine_chunks(), parquet.schema_arrow).ravel()
                 values = values.astype(np.float64, copy=False)
                 rows += len(column)
                 total += values.size
@@ -807,7 +812,7 @@ def _rows_of(table: pa.Table, shape: tuple[int, ...] | None) -> list[dict]:
     for name in table.column_names:
         column = table.column(name).combine_chunks()
         if name == "x":
-            flat = column.flatten().to_numpy(zero_copy_only=False)
+            flat = shard_tensors(column, table.schema)  # any shard format
             arrays[name] = flat.reshape((table.num_rows, *(shape or (-1,))))
         elif name == "probs":
             arrays[name] = [np.asarray(value, dtype=np.float32) for value in column.to_pylist()]

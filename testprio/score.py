@@ -167,7 +167,7 @@ def score_shard(
         # Parquet decoding, metrics and row groups stays small next to inference.
         sample_bytes = 4 * int(np.prod(shard_sample_shape(parquet.schema_arrow)))
         chunk_rows = max(batch_size, CHUNK_BYTES // sample_bytes)
-        for chunk, x in _prefetched(shard_batches(parquet, chunk_rows)):
+        for chunk, x in _prefetched(shard_batches(parquet, chunk_rows, name=shard_uri)):
             if rows == 0:
                 check_sample_shape(input_spec, tuple(x.shape[1:]), source_name)
             outputs = np.concatenate(

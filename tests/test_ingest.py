@@ -91,7 +91,7 @@ def expected_shard_schema(width: int) -> pa.Schema:
     return pa.schema(
         [
             pa.field("sample_id", pa.int64(), nullable=False),
-            pa.field("x", pa.list_(pa.float32(), width), nullable=False),
+            pa.field("x", pa.binary(4 * width), nullable=False),  # shard format 2
             pa.field("label", pa.int32(), nullable=True),
             pa.field("source", pa.string(), nullable=True),
         ]
@@ -103,6 +103,7 @@ def assert_shard_schema(uri: str, shape: tuple[int, ...]) -> None:
         schema = parquet.schema_arrow
     assert schema.equals(expected_shard_schema(int(np.prod(shape))), check_metadata=False)
     assert json.loads(schema.metadata[b"testprio.shape"]) == list(shape)
+    assert schema.metadata[b"testprio.shard_format"] == b"2"
 
 
 def shard_rows(uris: list[str]) -> list[int]:
@@ -192,6 +193,7 @@ def test_manifest_and_empty_quarantine(root, tmp_path, digits_pool):
         "quarantine_kinds": {},
         "duplicates": 0,
         "sample_shape": [1, 8, 8],
+        "shard_format": 2,
         "raw_sample_shape": [1, 8, 8],
         "has_labels": True,
         "class_names": None,

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from testprio import cli, storage
+from testprio.ingest import shard_tensors
 from testprio.layout import RunLayout
 from tests.conftest import linear_classifier, write_pool
 
@@ -270,5 +271,5 @@ def test_cli_runs_a_custom_op_in_its_sandbox(local_root, tmp_path):
     (op,) = storage.read_json(layout.run_json)["preprocessing"]
     assert op["op"] == "custom" and op["file"] == "ops.py" and len(op["sha256"]) == 64
     shard = storage.read_table(layout.data_shard(0)).sort_by("sample_id")
-    stored = np.stack(shard.column("x").to_numpy(zero_copy_only=False))
+    stored = shard_tensors(shard.column("x"), shard.schema).reshape(30, -1)
     np.testing.assert_allclose(stored, (np.sqrt(x) * 2.0 - 1.0).reshape(30, -1), rtol=1e-6)

@@ -4,12 +4,16 @@ import logging
 
 import numpy as np
 import onnx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from testprio import storage
 from testprio.errors import TestprioError
+from testprio.ingest import SHARD_FORMAT, SHARD_FORMAT_KEY, shard_format, shard_tensors
 from testprio.metrics import softmax
+from testprio.score import score_shard, scores_uri_for
 from tests.conftest import linear_classifier, make_deterministic, reference_logits, write_pool
 from tests.stagekit import run_stages
 
@@ -26,8 +30,6 @@ def _scores(layout):
         storage.read_table(storage.join(layout.scores_dir, name))
         for name in storage.list_names(layout.scores_dir)
     ]
-    import pyarrow as pa
-
     return pa.concat_tables(tables).sort_by("sample_id")
 
 
@@ -317,3 +319,66 @@ def test_prefetch_keeps_order_raises_errors_and_stops_early():
     for item in _prefetched(iter(range(10**6))):  # the consumer leaves early: no hang
         if item == 3:
             break
+
+
+# --- shard formats -----------------------------------------------------------------------
+
+
+def _rewrite_in_format_1(uri: str) -> None:
+    """Rewrite a sample shard as ingest wrote it before shard format 2: ``x`` as fixed-size
+    lists of float32 and no format key in the schema metadata; same row groups."""
+    with storage.open_parquet(uri) as parquet:
+        schema = parquet.schema_arrow
+        groups = [parquet.read_row_group(i) for i in range(parquet.num_row_groups)]
+    width = schema.field("x").type.byte_width // 4
+    metadata = {k: v for k, v in schema.metadata.items() if k != SHARD_FORMAT_KEY}
+    column = schema.get_field_index("x")
+    old = schema.set(column, pa.field("x", pa.list_(pa.float32(), width), False))
+    old = old.with_metadata(metadata)
+    with storage.parquet_writer(uri, old) as writer:
+        for group in groups:
+            flat = pa.array(shard_tensors(group.column("x"), schema).reshape(-1))
+            arrays = group.columns
+            arrays[column] = pa.FixedSizeListArray.from_arrays(flat, width)
+            writer.write_table(pa.Table.from_arrays(arrays, schema=old))
+
+
+def _data_shards(layout):
+    return [
+        storage.join(layout.data_dir, name)
+        for name in storage.list_names(layout.data_dir)
+        if name.startswith("shard-")
+    ]
+
+
+def test_format_1_shard_is_scored_like_format_2(tmp_path, pool):
+    layout = run_stages(
+        linear_classifier(tmp_path / "m.onnx"), pool[0], str(tmp_path / "r"), shard_size=40
+    )
+    assert storage.read_json(layout.data_manifest)["shard_format"] == SHARD_FORMAT == 2
+    written_in_format_2 = _scores(layout)
+    for shard in _data_shards(layout):
+        _rewrite_in_format_1(shard)
+        storage.delete(scores_uri_for(layout, shard))
+    with storage.open_parquet(layout.data_shard(0)) as parquet:
+        assert shard_format(parquet.schema_arrow) == 1
+        assert parquet.schema_arrow.field("x").type == pa.list_(pa.float32(), 64)
+    for shard in _data_shards(layout):
+        score_shard(layout, shard, batch_size=16)
+    assert _scores(layout).equals(written_in_format_2)
+
+
+def test_shard_in_an_unknown_format_is_refused(tmp_path, pool):
+    layout = run_stages(linear_classifier(tmp_path / "m.onnx"), pool[0], str(tmp_path / "r"))
+    shard = layout.data_shard(0)
+    table = pq.read_table(shard)
+    pq.write_table(
+        table.replace_schema_metadata({**table.schema.metadata, SHARD_FORMAT_KEY: "9"}), shard
+    )
+    storage.delete(scores_uri_for(layout, shard))
+    with pytest.raises(
+        TestprioError,
+        match=r"data shard .*shard-00000.parquet is in shard format 9, which this testprio "
+        r"cannot read \(it reads formats 1, 2\); score it with the testprio version",
+    ):
+        score_shard(layout, shard)
