@@ -7,16 +7,27 @@ import argparse
 import builtins
 import contextlib
 import io
+import math
 import re
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 
 from testprio import storage
 from testprio.errors import TestprioError
 from testprio.ingest import IngestOptions
-from testprio.layout import RunLayout, check_run_id, new_run_id
+from testprio.layout import (
+    RunLayout,
+    RunLock,
+    check_resumable,
+    check_run_id,
+    fail_run,
+    new_run_id,
+    read_record,
+)
 from testprio.metrics import METRICS
 from testprio.preprocess import PRESETS
 
@@ -24,36 +35,124 @@ from testprio.preprocess import PRESETS
 # (progress, stage timings) and the runner's task start/finish lines.
 _PROGRESS_LINE = re.compile(r"testprio (INFO|WARNING|ERROR)|Executing task|finished with status")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# A stage's start and end (testprio.layout.stage), and a task's own one-sentence error.
+_STAGE_STARTED = re.compile(r"testprio INFO stage (\S+) started")
+_STAGE_FINISHED = re.compile(r"testprio INFO stage (\S+) finished")
+_TASK_STARTED = re.compile(r"Executing task '([^']+)'")
+_TASK_ERROR = re.compile(r"testprio\.errors\.TestprioError: (.+)$")
 
 
 class _ProgressFilter(io.TextIOBase):
-    """A stdout stand-in that passes through only progress lines, stripped of indentation."""
+    """A stdout stand-in that passes through only progress lines, stripped of indentation
+    (every line with ``verbose``), and notes the stage in progress and the last task error."""
 
-    def __init__(self, target) -> None:
+    def __init__(self, target, *, verbose: bool = False) -> None:
         self._target = target
+        self._verbose = verbose
         self._pending = ""
+        self._stage: str | None = None
+        self._task: str | None = None
+        self.error: str | None = None
+
+    @property
+    def stage(self) -> str | None:
+        """The stage in progress, else the KFP task in progress (before its stage starts)."""
+        return self._stage or self._task
 
     def write(self, text: str) -> int:
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
-            if _PROGRESS_LINE.search(line):
+            self._note(_ANSI.sub("", line).strip())
+            if self._verbose:
+                self._target.write(line + "\n")
+                self._target.flush()
+            elif _PROGRESS_LINE.search(line):
                 self._target.write(_ANSI.sub("", line).strip() + "\n")
                 self._target.flush()
         return len(text)
+
+    def _note(self, line: str) -> None:
+        if started := _STAGE_STARTED.search(line):
+            self._stage = started.group(1)
+        elif (finished := _STAGE_FINISHED.search(line)) and finished.group(1) == self._stage:
+            self._stage = None
+        elif task := _TASK_STARTED.search(line):
+            self._task = task.group(1)
+        elif "finished with status" in line:
+            self._task = None
+        elif error := _TASK_ERROR.search(line):
+            self.error = error.group(1)
 
     def flush(self) -> None:
         self._target.flush()
 
 
 @contextlib.contextmanager
-def _quiet_runner(verbose: bool) -> Iterator[None]:
-    if verbose:
-        yield
-        return
-    progress = _ProgressFilter(sys.stderr)
+def _watched_runner(progress: _ProgressFilter) -> Iterator[None]:
     with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
         yield
+
+
+class RunInterrupted(TestprioError):
+    """``testprio run`` stopped by SIGINT or SIGTERM; exits with 128 + the signal number."""
+
+    def __init__(self, message: str, *, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def _stop_processes(processes) -> None:
+    """Terminate the given processes (the runner's tasks and their workers), then kill."""
+    import psutil
+
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=5)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+@contextlib.contextmanager
+def _stopped_on_signals(state: dict) -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt after stopping the processes started
+    inside (the local runner's task and what it started), noting the signal in ``state``.
+
+    The task processes are stopped first: KFP's runner, unwinding, would otherwise wait for
+    the task it was reading. Processes that were children before (a test's emulator) stay.
+    """
+    import psutil
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only (a notebook cell's thread, say)
+        return
+    me = psutil.Process()
+    before = {child.pid for child in me.children(recursive=True)}
+
+    def stop_children() -> None:
+        children = me.children(recursive=True)
+        _stop_processes([child for child in children if child.pid not in before])
+
+    def on_signal(signum, frame) -> None:
+        if "signum" in state:
+            return  # a second Ctrl-C while stopping
+        state["signum"] = signum
+        stop_children()
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        state.setdefault("signum", signal.SIGINT)
+        stop_children()
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 RUN_DEFAULTS = {
@@ -95,11 +194,15 @@ def run_pipeline_locally(parameters: dict, *, verbose: bool = False) -> RunLayou
     command line (``run_id`` to a new timestamped id). Raises TestprioError with the run's
     own error sentence when a stage fails.
     """
-    from kfp import local
-
     from pipelines.prioritize import LOCAL_SETTINGS, build_pipeline
     from testprio.convert import resolve_framework
 
+    unknown = sorted(set(parameters) - set(RUN_DEFAULTS) - {"model", "data", "root"})
+    if unknown:
+        raise TestprioError(
+            f"unknown run parameter(s) {', '.join(unknown)}; use those of testprio run "
+            f"({', '.join(['model', 'data', 'root', *RUN_DEFAULTS])})."
+        )
     parameters = {**RUN_DEFAULTS, **parameters}
     parameters["run_id"] = parameters["run_id"] or new_run_id()
     # The convert task is chosen when the pipeline is built (dsl.OneOf does not run in the
@@ -114,39 +217,92 @@ def run_pipeline_locally(parameters: dict, *, verbose: bool = False) -> RunLayou
 
     layout = RunLayout.create(parameters["root"], parameters["run_id"])
     storage.ensure_root(parameters["root"])
-    if storage.exists(layout.run_json):
-        raise TestprioError(f"run folder {layout.uri} already exists; choose another --run-id.")
+    with RunLock(layout):  # refuses a run that another live process runs
+        record = read_record(layout)
+        if record.get("parameters"):
+            check_resumable(layout, record, {**parameters, "job_name": ""})
+            print(f"resuming run {layout.run_id} ({record.get('status')})", file=sys.stderr)
+        _run_in_kfp(layout, prioritize, parameters, verbose=verbose)
+    return layout
+
+
+def _run_in_kfp(layout: RunLayout, prioritize, parameters: dict, *, verbose: bool) -> None:
+    """Run the pipeline; record in ``run.json`` what stops it before or outside its tasks."""
+    from kfp import local
+
+    from testprio.stages import validate_parameters
+
+    progress = _ProgressFilter(sys.stderr, verbose=verbose)
+    state: dict = {}
     with tempfile.TemporaryDirectory(prefix="testprio-kfp-") as pipeline_root:
-        local.init(
-            runner=local.SubprocessRunner(use_venv=False),
-            pipeline_root=pipeline_root,
-            raise_on_error=True,
-        )
         original_print = builtins.print
         try:
-            with _quiet_runner(verbose), warnings.catch_warnings():
-                # Resource, GPU and image settings are for the cluster; locally they are no-ops.
-                warnings.filterwarnings("ignore", message=".*have no effect in the current local")
-                warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
-                prioritize(**parameters)
+            with _stopped_on_signals(state), _watched_runner(progress):
+                # A notebook's parameters are checked by no command line: a bad one (inf,
+                # say) would otherwise break KFP's serialisation before any task runs.
+                validate_parameters(parameters)
+                local.init(
+                    runner=local.SubprocessRunner(use_venv=False),
+                    pipeline_root=pipeline_root,
+                    raise_on_error=True,
+                )
+                with warnings.catch_warnings():
+                    # Resource, GPU and image settings are for the cluster; locally no-ops.
+                    warnings.filterwarnings(
+                        "ignore", message=".*have no effect in the current local"
+                    )
+                    warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
+                    prioritize(**parameters)
+        except KeyboardInterrupt:
+            name = signal.Signals(state["signum"]).name
+            where = f" during {progress.stage}" if progress.stage else ""
+            _fail_unless_done(
+                layout,
+                progress.stage,
+                f"the run was interrupted by {name}{where}; run the same command again to "
+                "resume it.",
+                reason="interrupted",
+            )
+            raise RunInterrupted(
+                f"interrupted by {name}{where}: run {layout.uri} is marked failed "
+                "(interrupted); run the same command again to resume it.",
+                signum=state["signum"],
+            ) from None
         except RuntimeError:
-            record = storage.read_json(layout.run_json) if storage.exists(layout.run_json) else {}
-            raise TestprioError(
-                record.get("error")
+            record = read_record(layout)
+            error = (
+                progress.error
+                or (record.get("status") == "failed" and record.get("error"))
                 or "the pipeline failed before it started the run; rerun with --verbose to "
                 "see the task logs."
-            ) from None
+            )
+            _fail_unless_done(layout, progress.stage or "start", error)
+            raise TestprioError(error) from None
+        except TestprioError as exc:
+            _fail_unless_done(layout, progress.stage or "start", str(exc))
+            raise
+        except Exception as exc:
+            _fail_unless_done(
+                layout, progress.stage or "start", f"the run stopped unexpectedly: {exc!r}."
+            )
+            raise
         finally:
             # KFP's local runner swaps in an indenting print and can leave it behind.
             builtins.print = original_print
-    return layout
+
+
+def _fail_unless_done(layout: RunLayout, stage_name: str | None, error: str, **how) -> None:
+    """Mark the run failed unless its own tasks already ended it (succeeded or failed)."""
+    record = read_record(layout)
+    if record.get("status") in (None, "running"):
+        fail_run(layout, stage_name, error, **how)
 
 
 def _format_top(summary: dict, metric: str, sources: dict[int, str]) -> str:
     """The top-k rows as a text table; ``sources``: sample id -> where it came from."""
     rows = summary["top"]
     if not rows:
-        return "  (no samples ranked)"
+        return "  (no samples ranked)" if not summary["counts"]["ranked"] else ""
     has_labels = any(row.get("label") is not None for row in rows)
     header = f"  {'rank':>5} {'sample_id':>10} {'predicted':>9} {'confidence':>10} {metric:>16}"
     header += f" {'label':>5}" if has_labels else ""
@@ -184,8 +340,8 @@ def format_run_result(layout: RunLayout) -> str:
         extra.append(f"{counts['duplicates']:,} exact duplicates flagged")
     lines = [
         f"Ranked {counts['ranked']:,} of {counts['samples']:,} samples by {metric} "
-        f"({counts['quarantined']:,} quarantined{''.join(', ' + e for e in extra)}). "
-        "Most uncertain first:",
+        f"({counts['quarantined']:,} quarantined{''.join(', ' + e for e in extra)})."
+        + (" Most uncertain first:" if summary["top"] or not counts["ranked"] else ""),
         _format_top(summary, metric, _top_sources(layout, summary)),
     ]
     labels = summary["labels"]
@@ -238,6 +394,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def finite_float(text: str) -> float:
+    """The argparse type of every float option: a number, neither inf nor nan."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number; give one like 2.5")
+    return value
+
+
 def _parse_node_selector(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -263,12 +430,17 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise TestprioError(str(exc)) from None
-    os.makedirs(args.out, exist_ok=True)
     try:
+        os.makedirs(args.out, exist_ok=True)
         name = pipeline_name(args.framework)
         path = compile_pipeline(os.path.join(args.out, f"{name}.yaml"), settings, args.framework)
     except ValueError as exc:
         raise TestprioError(str(exc)) from None
+    except OSError as exc:
+        raise TestprioError(
+            f"--out {args.out} cannot hold the compiled pipeline ({exc.strerror}); give a "
+            "folder you can write to."
+        ) from None
     print(path)
     return 0
 
@@ -311,6 +483,23 @@ def report_server_command(root: str, port: int, host: str) -> list[str]:
     ]
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail with one sentence when ``host:port`` cannot be listened on (before Streamlit
+    prints a URL that would then not be its own)."""
+    import socket
+
+    with socket.socket() as probe:
+        # As Streamlit's server does: a port that only lingers in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise TestprioError(
+                f"cannot serve the report on {host}:{port} ({exc.strerror}); the port is in "
+                "use or not allowed: choose another with --port."
+            ) from None
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     import importlib.util
     import os
@@ -325,6 +514,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         )
     if importlib.util.find_spec("streamlit") is None:
         raise TestprioError("the report app needs streamlit; pip install streamlit, then retry.")
+    check_port_free(args.host, args.port)
     command = report_server_command(root, args.port, args.host)
     print(f"testprio report on {root}: http://{args.host}:{args.port}/ (Ctrl-C stops it)")
     sys.stdout.flush()
@@ -478,15 +668,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-data-gb",
-        type=float,
+        type=finite_float,
         help="largest download, and largest archive once extracted, in GiB (default 20)",
     )
     run.add_argument(
-        "--custom-op-cpu-seconds", type=float, help="CPU seconds per batch (default 120)"
+        "--custom-op-cpu-seconds", type=finite_float, help="CPU seconds per batch (default 120)"
     )
     run.add_argument("--custom-op-memory-mb", type=int, help="memory of its worker (default 2048)")
     run.add_argument(
-        "--custom-op-batch-timeout-s", type=float, help="wall-clock seconds per batch (default 300)"
+        "--custom-op-batch-timeout-s",
+        type=finite_float,
+        help="wall-clock seconds per batch (default 300)",
     )
     run.add_argument(
         "--on-bad-sample",
@@ -511,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, help="rows shown and kept in the summary")
     run.add_argument(
         "--parity-tolerance",
-        type=float,
+        type=finite_float,
         help="largest difference of any class probability allowed between the converted "
         "ONNX model and its source framework (default 1e-3)",
     )
@@ -617,7 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("run", metavar="KFP_RUN_ID", help="as testprio submit printed it")
         if name == "logs":
             command.add_argument("--follow", action="store_true", help="until the run ends")
-            command.add_argument("--interval", type=float, default=10.0, help="seconds per poll")
+            command.add_argument(
+                "--interval", type=finite_float, default=10.0, help="seconds per poll"
+            )
     runs.set_defaults(handler=_cmd_runs)
     return parser
 
@@ -626,6 +820,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except RunInterrupted as exc:
+        print(f"testprio: {exc}", file=sys.stderr)
+        return exc.exit_code
     except TestprioError as exc:
         print(f"testprio: error: {exc}", file=sys.stderr)
         return 1

@@ -9,8 +9,13 @@ the error sentence). Each stage, and each scored shard, leaves its start and end
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
+import socket
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -59,6 +64,11 @@ class RunLayout:
     @property
     def run_json(self) -> str:
         return storage.join(self.uri, "run.json")
+
+    @property
+    def owner(self) -> str:
+        """The lock of the process running this run locally, with its heartbeat."""
+        return storage.join(self.uri, "owner.json")
 
     @property
     def model_dir(self) -> str:
@@ -154,33 +164,75 @@ def _now() -> str:
 RESUMABLE_PARAMETERS = frozenset({"job_name"})
 
 
+def read_record(layout: RunLayout) -> dict[str, Any]:
+    """The run's ``run.json`` record; ``{}`` when there is none yet."""
+    if not storage.exists(layout.run_json):
+        return {}
+    try:
+        record = storage.read_json(layout.run_json)
+    except ValueError as exc:
+        raise TestprioError(
+            f"{layout.run_json} is not a readable run record ({exc}); move the run folder "
+            "aside or choose another --run-id."
+        ) from None
+    if not isinstance(record, dict):
+        raise TestprioError(
+            f"{layout.run_json} is not a run record (no JSON object); move the run folder "
+            "aside or choose another --run-id."
+        )
+    return record
+
+
+def changed_parameters(record: dict[str, Any], parameters: dict[str, Any]) -> list[str]:
+    """Names of ``parameters`` that differ from those ``record`` was started with."""
+    before = record.get("parameters") or {}
+    return sorted(
+        name
+        for name in set(before) | set(parameters)
+        if name not in RESUMABLE_PARAMETERS and before.get(name) != parameters.get(name)
+    )
+
+
+def check_resumable(layout: RunLayout, record: dict[str, Any], parameters: dict[str, Any]):
+    """Raise unless the run in ``record`` may be resumed with ``parameters``.
+
+    A succeeded run is never started again; an unfinished one (running, failed, interrupted)
+    only with the same parameters: its shards and model would otherwise be mixed with
+    another run's.
+    """
+    if record.get("status") == "succeeded":
+        raise TestprioError(
+            f"run folder {layout.uri} already holds a succeeded run; choose another --run-id."
+        )
+    changed = changed_parameters(record, parameters)
+    if changed:
+        raise TestprioError(
+            f"run folder {layout.uri} holds an unfinished run started with other "
+            f"parameters ({', '.join(changed)}); resume it with the same ones or choose "
+            "another --run-id."
+        )
+
+
 def start_run(layout: RunLayout, parameters: dict[str, Any]) -> None:
     """Write ``run.json`` with status ``running``.
 
-    A folder whose run is still ``running`` (a retried task, or a cancelled run resubmitted
-    with its ``run_id``) is resumed, but only with the same parameters: its shards and model
-    would otherwise be mixed with another run's.
+    A folder whose run is unfinished (a retried task, a failed or interrupted run started
+    again with its ``run_id``) is resumed when the parameters are the same: ``run.json``
+    keeps its start time and gains the time of the resumption, and each stage skips what
+    it finds complete. A record without parameters (a run interrupted before its first
+    task) is started afresh.
     """
-    if storage.exists(layout.run_json):
-        record = storage.read_json(layout.run_json)
-        if record.get("status") != "running":
-            raise TestprioError(
-                f"run folder {layout.uri} already holds a {record.get('status')} run; "
-                "choose another --run-id."
-            )
-        before = record.get("parameters", {})
-        changed = sorted(
-            name
-            for name in set(before) | set(parameters)
-            if name not in RESUMABLE_PARAMETERS and before.get(name) != parameters.get(name)
-        )
-        if changed:
-            raise TestprioError(
-                f"run folder {layout.uri} holds an unfinished run started with other "
-                f"parameters ({', '.join(changed)}); resume it with the same ones or choose "
-                "another --run-id."
-            )
-        return
+    record = read_record(layout)
+    if record:
+        if record.get("parameters"):
+            check_resumable(layout, record, parameters)
+            if record.get("status") != "running":
+                for key in ("failed_stage", "reason"):
+                    record.pop(key, None)
+                record.update(status="running", ended=None, error=None)
+                record["resumed"] = [*record.get("resumed", []), _now()]
+                storage.write_json(layout.run_json, record)
+            return
     record = {
         "run_id": layout.run_id,
         "uri": layout.uri,
@@ -235,8 +287,12 @@ def stage(layout: RunLayout, stage_name: str) -> Iterator[dict[str, Any]]:
     log.info("stage %s finished in %.2f s", stage_name, ended - started)
 
 
-def fail_run(layout: RunLayout, stage_name: str, error: str) -> None:
+def fail_run(
+    layout: RunLayout, stage_name: str | None, error: str, *, reason: str = "error"
+) -> None:
     """Record a failure in ``run.json`` (creating it if the failure came first).
+
+    ``reason``: ``error`` (a stage raised) or ``interrupted`` (the run was stopped).
 
     Best effort: when the run folder itself cannot be written (the failure may be exactly
     that), the original error still reaches the user.
@@ -246,7 +302,9 @@ def fail_run(layout: RunLayout, stage_name: str, error: str) -> None:
             record = storage.read_json(layout.run_json)
         except TestprioError:
             record = {"run_id": layout.run_id, "uri": layout.uri, "parameters": {}, "stages": []}
-        record.update(status="failed", ended=_now(), failed_stage=stage_name, error=error)
+        record.update(
+            status="failed", ended=_now(), failed_stage=stage_name, error=error, reason=reason
+        )
         storage.write_json(layout.run_json, record)
     except Exception as exc:  # noqa: BLE001 - must not hide the stage's own error
         log.warning("could not mark %s failed: %s", layout.run_json, exc)
@@ -264,7 +322,8 @@ def finished_record(layout: RunLayout) -> dict[str, Any]:
     record.update(
         status="succeeded", ended=_now(), stages=collect_stage_timings(layout), error=None
     )
-    record.pop("failed_stage", None)  # a task that failed and then succeeded on a retry
+    for key in ("failed_stage", "reason"):  # a task that failed and then succeeded on a retry
+        record.pop(key, None)
     return record
 
 
@@ -273,3 +332,191 @@ def finish_run(layout: RunLayout) -> dict[str, Any]:
     record = finished_record(layout)
     storage.write_json(layout.run_json, record)
     return record
+
+
+# --- Who runs a run: the owner lock and its heartbeat -------------------------------------
+#
+# ``testprio run`` (the KFP local runner) takes ``owner.json`` in the run folder before it
+# starts: created only if absent (an exclusive create locally, a generation precondition on
+# GCS), so two processes never run one run at once. It holds the owner's host, pid and
+# start time, and a heartbeat that a background thread refreshes while the run is alive.
+# Readers use it to tell a run that is running from one whose process died (SIGKILL, a
+# crash, a closed laptop lid on another host's view): see ``effective_status``.
+
+HEARTBEAT_SECONDS = 10.0
+# A heartbeat this old means the owner is gone (several missed beats, not one slow write).
+STALE_AFTER_SECONDS = 60.0
+UNFINISHED = "unfinished"
+
+
+def _parse_time(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+
+
+def _process_started(pid: int) -> float | None:
+    """The start time of process ``pid`` (seconds since the epoch), where psutil can say."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def owner_alive(owner: dict[str, Any], now: datetime | None = None) -> bool:
+    """Whether the process that holds ``owner`` (an ``owner.json`` record) still runs.
+
+    On the owner's own host the process table decides (a suspended laptop keeps its runs;
+    a reused pid is told apart by its start time); elsewhere the heartbeat's age does.
+    """
+    if owner.get("host") == socket.gethostname():
+        pid = int(owner.get("pid", 0))
+        if pid <= 0 or not _pid_alive(pid):
+            return False
+        started, recorded = _process_started(pid), owner.get("pid_started")
+        return started is None or recorded is None or abs(started - float(recorded)) < 1.0
+    heartbeat = _parse_time(owner.get("heartbeat"))
+    now = now or datetime.now(timezone.utc)
+    return heartbeat is not None and (now - heartbeat).total_seconds() <= STALE_AFTER_SECONDS
+
+
+def effective_status(
+    record: dict[str, Any], now: datetime | None = None, *, owner: dict[str, Any] | None
+) -> str:
+    """The status to show for ``record`` (a ``run.json``), given its ``owner.json`` or None.
+
+    ``running`` whose owner process is gone becomes ``unfinished`` (interrupted: resume it
+    with the same command). A run with no owner record (one a cluster runs) keeps its
+    status: its tasks report their own failures.
+    """
+    status = str(record.get("status", "unknown"))
+    if status != "running" or owner is None or owner_alive(owner, now):
+        return status
+    return UNFINISHED
+
+
+def read_owner(layout: RunLayout) -> dict[str, Any] | None:
+    """The run's ``owner.json`` record, or None (none, or unreadable mid-write)."""
+    found = storage.read_versioned(layout.owner)
+    if found is None:
+        return None
+    try:
+        return json.loads(found[0])
+    except ValueError:
+        return None
+
+
+def run_status(layout: RunLayout, record: dict[str, Any], now: datetime | None = None) -> str:
+    """``effective_status`` of the run at ``layout``; reads ``owner.json`` only if needed."""
+    if record.get("status") != "running":
+        return str(record.get("status", "unknown"))
+    return effective_status(record, now, owner=read_owner(layout))
+
+
+class RunLock:
+    """The owner lock of one run; ``with RunLock(layout):`` holds it and beats the heartbeat.
+
+    Taking it refuses a run that a live process holds, and takes over the lock of a dead
+    one. Releasing it (on success, failure or interruption) deletes ``owner.json`` unless
+    another process took it over meanwhile.
+    """
+
+    def __init__(self, layout: RunLayout, *, interval: float = HEARTBEAT_SECONDS) -> None:
+        self.layout = layout
+        self.interval = interval
+        pid = os.getpid()
+        self._owner = {
+            "host": socket.gethostname(),
+            "pid": pid,
+            "pid_started": _process_started(pid),
+            "started": _now(),
+            "token": uuid.uuid4().hex,
+            "heartbeat": _now(),
+        }
+        self._version: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.took_over: dict[str, Any] | None = None
+
+    def _data(self) -> bytes:
+        return json.dumps(self._owner, indent=2).encode() + b"\n"
+
+    def acquire(self) -> None:
+        storage.ensure_root(self.layout.uri)
+        for _ in range(3):  # a lock released or replaced between two looks: look again
+            self._owner["heartbeat"] = _now()
+            self._version = storage.create_exclusive(self.layout.owner, self._data())
+            if self._version is not None:
+                break
+            found = storage.read_versioned(self.layout.owner)
+            if found is None:
+                continue
+            try:
+                holder = json.loads(found[0])
+            except ValueError:
+                holder = {}
+            if holder and owner_alive(holder):
+                raise TestprioError(
+                    f"run {self.layout.uri} is being run by process {holder.get('pid')} on "
+                    f"{holder.get('host')} (since {holder.get('started')}); wait for it to "
+                    "finish or choose another --run-id."
+                )
+            self._version = storage.replace_versioned(self.layout.owner, self._data(), found[1])
+            if self._version is not None:
+                self.took_over = holder
+                log.info("took over the lock of %s from a process that is gone", self.layout.uri)
+                break
+        else:
+            raise TestprioError(
+                f"run {self.layout.uri} is being started by another process; wait for it or "
+                "choose another --run-id."
+            )
+        self._thread = threading.Thread(target=self._beat, name="testprio-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._owner["heartbeat"] = _now()
+            try:
+                version = storage.replace_versioned(
+                    self.layout.owner, self._data(), self._version, holder=True
+                )
+            except TestprioError as exc:  # storage unreachable for a moment: beat again later
+                log.warning("heartbeat of %s not written: %s", self.layout.uri, exc)
+                continue
+            if version is None:
+                log.warning("the lock of %s was taken by another process", self.layout.uri)
+                return
+            self._version = version
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._version is not None:
+            with contextlib.suppress(TestprioError):
+                storage.delete_versioned(self.layout.owner, self._version)
+            self._version = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()

@@ -7,6 +7,7 @@ a single call, and lets the tests run every stage without KFP.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -16,6 +17,13 @@ from testprio.layout import RunLayout, finish_run, stage
 from testprio.layout import start_run as layout_start_run
 from testprio.log import configure
 from testprio.metrics import check_metric
+
+FLOAT_PARAMETERS = (
+    "parity_tolerance",
+    "max_data_gb",
+    "custom_op_cpu_seconds",
+    "custom_op_batch_timeout_s",
+)
 
 
 def validate_parameters(parameters: dict[str, Any]) -> None:
@@ -32,6 +40,14 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
             raise TestprioError(
                 f"--{name.replace('_', '-')} {parameters[name]} must be a positive number."
             )
+    # inf and nan pass every comparison check below them and then break KFP's parameter
+    # serialisation or a loop bound: refuse them for notebook and cluster callers too.
+    for name in FLOAT_PARAMETERS:
+        value = parameters.get(name)
+        if value is not None and not math.isfinite(float(value)):
+            raise TestprioError(
+                f"--{name.replace('_', '-')} {value} is not a finite number; give one like 2.5."
+            )
     if int(parameters["top_k"]) < 0:
         raise TestprioError(f"--top-k {parameters['top_k']} must be zero or positive.")
     sources.check_data_uri(parameters["data"])
@@ -46,7 +62,9 @@ def start_run(root: str, run_id: str, parameters: dict[str, Any]) -> str:
     configure()
     layout = RunLayout.create(root, run_id)
     parameters = {**parameters, "run_id": run_id}
-    layout_start_run(layout, parameters)  # refuses a folder that holds a finished run
+    # run.json is read by whoever reads the run: never the URL's password or signature.
+    recorded = {**parameters, "data": sources.redact_url(parameters["data"])}
+    layout_start_run(layout, recorded)  # refuses a folder that holds a finished run
     with stage(layout, "start"):
         validate_parameters(parameters)
     return layout.uri

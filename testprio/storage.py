@@ -42,6 +42,12 @@ class Backend(Protocol):
     def publish(self, staged: str, uri: str) -> None: ...
     def delete(self, uri: str) -> None: ...
     def local_copy(self, uri: str, folder: str) -> str: ...
+    def create_exclusive(self, uri: str, data: bytes) -> Any | None: ...
+    def read_versioned(self, uri: str) -> tuple[bytes, Any] | None: ...
+    def replace_versioned(
+        self, uri: str, data: bytes, version: Any, *, holder: bool = False
+    ) -> Any | None: ...
+    def delete_versioned(self, uri: str, version: Any) -> None: ...
 
 
 class LocalBackend:
@@ -87,6 +93,67 @@ class LocalBackend:
         if not os.path.exists(uri):
             raise TestprioError(f"{uri} does not exist; check the path.")
         return uri
+
+    # Versioned writes for the run lock. A local file's version is its content: a compare
+    # then a rename, safe against a reader but not against two writers racing within
+    # microseconds, which only the run's owner and a takeover of a dead owner's lock could be.
+    def create_exclusive(self, uri: str, data: bytes) -> bytes | None:
+        staged = self.staging_path(uri)
+        with open(staged, "wb") as handle:
+            handle.write(data)
+        try:
+            os.link(staged, uri)  # fails when uri exists; readers see all of data or nothing
+        except FileExistsError:
+            return None
+        finally:
+            os.remove(staged)
+        return data
+
+    def read_versioned(self, uri: str) -> tuple[bytes, bytes] | None:
+        try:
+            with open(uri, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return None
+        return data, data
+
+    def replace_versioned(
+        self, uri: str, data: bytes, version: bytes, *, holder: bool = False
+    ) -> bytes | None:
+        current = self.read_versioned(uri)
+        if current is None or current[1] != version:
+            return None
+        if holder:  # the lock's holder refreshing it: the file never disappears
+            self.write(uri, data)
+            return data
+        # A takeover moves the old file aside first: only one process can move one file,
+        # so of two processes taking over the same stale lock only one wins.
+        aside = f"{uri}.old-{uuid.uuid4().hex[:12]}"
+        try:
+            os.rename(uri, aside)
+        except FileNotFoundError:
+            return None
+        try:
+            with open(aside, "rb") as handle:
+                moved = handle.read()
+            if moved != version:  # another writer got there first: put its file back
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, uri)
+                return None
+            return self.create_exclusive(uri, data)
+        finally:
+            os.remove(aside)
+
+    def write(self, uri: str, data: bytes) -> None:
+        staged = self.staging_path(uri)
+        with open(staged, "wb") as handle:
+            handle.write(data)
+        self.publish(staged, uri)
+
+    def delete_versioned(self, uri: str, version: bytes) -> None:
+        current = self.read_versioned(uri)
+        if current is not None and current[1] == version:
+            self.delete(uri)
 
 
 def split_gcs_uri(uri: str) -> tuple[str, str]:
@@ -225,6 +292,57 @@ class GcsBackend:
         path = os.path.join(folder, os.path.basename(uri) or "object")
         blob.download_to_filename(path)
         return path
+
+    # Versioned writes for the run lock: the object's generation, with GCS preconditions
+    # (``if_generation_match``) so that of two writers exactly one succeeds.
+    @_gcs_errors
+    def create_exclusive(self, uri: str, data: bytes) -> int | None:
+        from google.api_core import exceptions as gexc
+
+        blob = self._blob(uri)
+        # Checked first as well: a backend that ignores preconditions (the emulator) still
+        # refuses an existing object.
+        if blob.exists():
+            return None
+        try:
+            blob.upload_from_string(data, if_generation_match=0)
+        except gexc.PreconditionFailed:
+            return None
+        return blob.generation
+
+    @_gcs_errors
+    def read_versioned(self, uri: str) -> tuple[bytes, int] | None:
+        bucket, name = split_gcs_uri(uri)
+        blob = _gcs_client().bucket(bucket).get_blob(name)
+        if blob is None:
+            return None
+        from google.api_core import exceptions as gexc
+
+        generation = blob.generation  # before the download, which may reset it
+        try:
+            return blob.download_as_bytes(if_generation_match=generation), generation
+        except (gexc.NotFound, gexc.PreconditionFailed):
+            return None
+
+    @_gcs_errors
+    def replace_versioned(
+        self, uri: str, data: bytes, version: int, *, holder: bool = False
+    ) -> int | None:
+        from google.api_core import exceptions as gexc
+
+        blob = self._blob(uri)
+        try:
+            blob.upload_from_string(data, if_generation_match=version)
+        except (gexc.PreconditionFailed, gexc.NotFound):
+            return None
+        return blob.generation
+
+    @_gcs_errors
+    def delete_versioned(self, uri: str, version: int) -> None:
+        from google.api_core import exceptions as gexc
+
+        with contextlib.suppress(gexc.PreconditionFailed, gexc.NotFound):
+            self._blob(uri).delete(if_generation_match=version)
 
 
 _BACKENDS: dict[str, Backend] = {"local": LocalBackend(), "gs": GcsBackend()}
@@ -431,3 +549,27 @@ def parquet_writer(uri: str, schema: pa.Schema, **options: Any) -> Iterator[pq.P
 def write_table(uri: str, table: pa.Table, **options: Any) -> None:
     with atomic_path(uri) as path:
         pq.write_table(table, path, **options)
+
+
+def create_exclusive(uri: str, data: bytes) -> Any | None:
+    """Write ``data`` at ``uri`` unless something is there; its version, or None if it was."""
+    return backend_for(uri).create_exclusive(uri, data)
+
+
+def read_versioned(uri: str) -> tuple[bytes, Any] | None:
+    """``(data, version)`` of ``uri``, or None when it does not exist."""
+    return backend_for(uri).read_versioned(uri)
+
+
+def replace_versioned(uri: str, data: bytes, version: Any, *, holder: bool = False) -> Any | None:
+    """Replace ``uri`` only if it is still at ``version``; the new version, or None if not.
+
+    ``holder``: the caller holds the lock ``uri`` and refreshes it (no one else writes it),
+    so a local file is replaced in place rather than moved aside and created again.
+    """
+    return backend_for(uri).replace_versioned(uri, data, version, holder=holder)
+
+
+def delete_versioned(uri: str, version: Any) -> None:
+    """Delete ``uri`` only if it is still at ``version`` (a lock taken over stays)."""
+    backend_for(uri).delete_versioned(uri, version)
