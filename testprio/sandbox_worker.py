@@ -73,6 +73,8 @@ import resource
 import struct
 import sys
 import traceback
+import types
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -219,13 +221,14 @@ def _offences(tree: ast.AST) -> list[tuple[int, int, str]]:
     while stack:
         node, line = stack.pop()
         line = getattr(node, "lineno", line)
-        for column, problem in _node_problems(node):
-            found.append((line, column, problem))
+        for offence in _node_problems(node):
+            # (column, problem) on the node's line, or (line, column, problem) elsewhere
+            found.append(offence if len(offence) == 3 else (line, *offence))
         stack.extend((child, line) for child in ast.iter_child_nodes(node))
     return found
 
 
-def _node_problems(node: ast.AST) -> list[tuple[int, str]]:
+def _node_problems(node: ast.AST) -> list[tuple]:
     column = getattr(node, "col_offset", 0)
     refused = _REFUSED_NODES.get(type(node))
     if refused:
@@ -273,8 +276,115 @@ def _check_attribute(node: ast.Attribute, column: int) -> list[tuple[int, str]]:
     return []
 
 
-def _check_function(node: ast.FunctionDef, column: int) -> list[tuple[int, str]]:
-    return _one(column, _identifier_problem(node.name, "the function name"))
+def _check_function(node: ast.FunctionDef, column: int) -> list[tuple]:
+    # A decorator calls a function without a call in the source (``@np.array`` turns the
+    # function into an object array): refused at the decorator's own line.
+    decorated = [
+        (decorator.lineno, decorator.col_offset - 1, "a decorator is not allowed; call it")
+        for decorator in node.decorator_list
+    ]
+    return _one(column, _identifier_problem(node.name, "the function name")) + decorated
+
+
+# Keywords through which numpy builds an array over memory it was handed.
+RAW_MEMORY_KEYWORDS = frozenset({"buffer", "strides"})
+# Builtin types that numpy turns into the object dtype (np.dtype(list) is dtype('O')).
+_DTYPE_BUILTINS = frozenset({"list", "dict", "tuple", "set", "frozenset", "slice", "range"})
+
+
+def literal_dtype_problem(node: ast.AST) -> str | None:
+    """The problem with a literal that names an object or void dtype, else None.
+
+    Looks into string constants and into tuple, list and dict literals (structured dtypes
+    such as ``[('p', 'O')]``), a few levels deep. The runtime guard refuses computed ones.
+    """
+    stack = [(node, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            kind = _dtype_kind(node.value)
+            if kind:
+                return (
+                    f"the dtype {node.value!r} ({kind}) is not allowed; ops compute with "
+                    "numeric dtypes only"
+                )
+        elif isinstance(node, (ast.Tuple, ast.List)) and depth < 4:
+            stack.extend((element, depth + 1) for element in node.elts)
+        elif isinstance(node, ast.Dict) and depth < 4:
+            stack.extend((value, depth + 1) for value in node.values if value is not None)
+    return None
+
+
+def _dtype_kind(spec) -> str | None:
+    """'object dtype' or 'void dtype' when numpy reads ``spec`` as one, else None."""
+    if isinstance(spec, str) and len(spec) > 64:
+        return None  # data or a message, not a dtype name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dtype = np.dtype(spec)
+    except Exception:  # not a dtype at all: numpy raises TypeError, ValueError, KeyError...
+        return None
+    return _refused_dtype_kind(dtype)
+
+
+def _refused_dtype_kind(dtype: np.dtype) -> str | None:
+    if dtype.hasobject or dtype.kind == "O":
+        return "object dtype"
+    if dtype.kind == "V":
+        return "void dtype"
+    return None
+
+
+def _callee_name(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def _check_call(node: ast.Call, column: int) -> list[tuple]:
+    problems = []
+    callee = _callee_name(node.func)
+    if callee == "ndarray":
+        problems.append(
+            (
+                column,
+                "calling np.ndarray(...) is not allowed; it builds arrays over raw memory, "
+                "use np.array, np.zeros or np.empty",
+            )
+        )
+    for keyword in node.keywords:
+        if keyword.arg in RAW_MEMORY_KEYWORDS:
+            problems.append(
+                (
+                    keyword.value.lineno,
+                    keyword.value.col_offset,
+                    f"the keyword argument '{keyword.arg}=' is not allowed; ops may not build "
+                    "arrays over raw memory",
+                )
+            )
+    # Where numpy reads a dtype: astype(X), dtype(X) and any dtype=X. A builtin type there
+    # (list, dict...) is the object dtype.
+    dtype_slots = [kw.value for kw in node.keywords if kw.arg == "dtype"]
+    if callee in ("astype", "dtype") and node.args:
+        dtype_slots.append(node.args[0])
+    for slot in dtype_slots:
+        if isinstance(slot, ast.Name) and slot.id in _DTYPE_BUILTINS:
+            problems.append(
+                (
+                    slot.lineno,
+                    slot.col_offset,
+                    f"the dtype {slot.id} (object dtype) is not allowed; ops compute with "
+                    "numeric dtypes only",
+                )
+            )
+    for argument in [*node.args, *(kw.value for kw in node.keywords)]:
+        problem = literal_dtype_problem(argument)
+        if problem:
+            problems.append((argument.lineno, argument.col_offset, problem))
+    return problems
 
 
 def _check_arg(node: ast.arg, column: int) -> list[tuple[int, str]]:
@@ -329,10 +439,11 @@ def _check_import_from(node: ast.ImportFrom, column: int) -> list[tuple[int, str
     return []
 
 
-_NODE_CHECKS: dict[type, Callable[..., list[tuple[int, str]]]] = {
+_NODE_CHECKS: dict[type, Callable[..., list[tuple]]] = {
     ast.Name: _check_name,
     ast.Attribute: _check_attribute,
     ast.FunctionDef: _check_function,
+    ast.Call: _check_call,
     ast.arg: _check_arg,
     ast.keyword: _check_keyword,
     ast.Import: _check_import,
@@ -362,16 +473,198 @@ def _op_problem(tree: ast.Module, name: str) -> str | None:
 # --- restricted execution ----------------------------------------------------------------
 
 
-_MODULES = {"numpy": np, "math": math}
+class SandboxRefusal(Exception):
+    """Op code tried something the runtime guard refuses; the text is one clause."""
+
+
+# What the runtime guard refused during the current batch, kept even if op code or numpy
+# swallowed the exception: the worker refuses the batch whenever this is not empty.
+refusals: list[str] = []
+
+
+def _refuse(problem: str):
+    refusals.append(problem)
+    raise SandboxRefusal(problem)
+
+
+_NUMERIC_ONLY = "ops compute with numeric dtypes only"
+
+
+def _check_value(value, where: str) -> None:
+    """Refuse an array, numpy scalar or dtype of object or void kind."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        dtype = value.dtype
+    elif isinstance(value, np.dtype):
+        dtype = value
+    else:
+        return
+    kind = _refused_dtype_kind(dtype)
+    if kind:
+        _refuse(f"an array or dtype of {kind} ({dtype}) reached {where}; {_NUMERIC_ONLY}")
+
+
+def _check_argument(value, where: str) -> None:
+    """Refuse an argument that is, holds (one level down) or names an object or void dtype,
+    and any function: numpy may not call back into op code or anything it was handed."""
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_plain_argument(item, where)
+    _check_plain_argument(value, where)
+
+
+def _check_plain_argument(value, where: str) -> None:
+    if isinstance(value, (np.ndarray, np.generic, np.dtype)):
+        _check_value(value, where)
+    elif isinstance(value, (str, type, dict, list, tuple)):
+        kind = _dtype_kind(value)
+        if kind:
+            shown = repr(value)[:40].replace(". ", ".")
+            _refuse(f"the {kind} ({shown}) was given to {where}; {_NUMERIC_ONLY}")
+    elif callable(value):
+        _refuse(
+            f"a function was given to {where}; numpy may not call back into the op, "
+            "loop in the op instead"
+        )
+
+
+class _GuardedCallable:
+    """A numpy function, method or math function as op code sees it: arguments and result
+    pass the runtime guard."""
+
+    __slots__ = ("_function", "_where")
+
+    def __init__(self, function: Callable, where: str):
+        self._function = function
+        self._where = where
+
+    def __call__(self, *args, **kwargs):
+        for value in args:
+            _check_argument(value, self._where)
+        for value in kwargs.values():
+            _check_argument(value, self._where)
+        return _checked_result(self._function(*args, **kwargs), self._where)
+
+    def __repr__(self) -> str:
+        return f"<function {self._where}>"
+
+
+class _GuardType(type):
+    """A stand-in for a numpy class: ``isinstance`` works, calling goes through the guard."""
+
+    def __instancecheck__(cls, instance) -> bool:
+        return isinstance(instance, cls._testprio_real)
+
+    def __subclasscheck__(cls, subclass) -> bool:
+        return issubclass(subclass, cls._testprio_real)
+
+    def __call__(cls, *args, **kwargs):
+        return cls._testprio_construct(*args, **kwargs)
+
+
+def _no_ndarray_constructor(*args, **kwargs):
+    _refuse(
+        "np.ndarray(...) cannot be called in a custom op because it builds arrays over raw "
+        "memory; use np.array, np.zeros or np.empty"
+    )
+
+
+def _stand_in(real: type, construct: Callable) -> type:
+    return _GuardType(real.__name__, (), {"_testprio_real": real, "_testprio_construct": construct})
+
+
+def _numpy_member(name: str, value, where: str):
+    """What op code gets for ``np.<name>``."""
+    if name == "ndarray":
+        return _stand_in(np.ndarray, _no_ndarray_constructor)
+    if name == "dtype":
+        return _stand_in(np.dtype, _GuardedCallable(np.dtype, where))
+    if isinstance(value, type) and issubclass(value, np.generic):
+        return value  # a numeric scalar type: numpy reads it as a dtype, calling it converts
+    if callable(value):  # functions, ufuncs, finfo and iinfo
+        return _GuardedCallable(value, where)
+    return value  # constants: pi, e, inf, nan, newaxis, euler_gamma
+
+
+def _proxy_module(name: str, module, names) -> types.ModuleType:
+    proxy = types.ModuleType(name)
+    for member in sorted(names):
+        if hasattr(module, member):
+            setattr(
+                proxy, member, _numpy_member(member, getattr(module, member), f"{name}.{member}")
+            )
+    return proxy
+
+
+def _numpy_proxy() -> types.ModuleType:
+    """The numpy op code imports: allow-listed names only, each behind the runtime guard."""
+    proxy = _proxy_module("np", np, NUMPY_NAMES - {"linalg", "fft"})
+    proxy.__name__ = "numpy"
+    proxy.linalg = _proxy_module("np.linalg", np.linalg, NUMPY_SUBMODULE_NAMES)
+    proxy.fft = _proxy_module("np.fft", np.fft, NUMPY_SUBMODULE_NAMES)
+    return proxy
+
+
+NUMPY_PROXY = _numpy_proxy()
+_PROXY_MODULES = (NUMPY_PROXY, NUMPY_PROXY.linalg, NUMPY_PROXY.fft, math)
+# Classes op code may hold: numpy's numeric scalar types and the stand-ins for np.ndarray
+# and np.dtype. Any other class reached through an attribute or a result is refused.
+_ALLOWED_CLASSES = frozenset(
+    value for value in vars(NUMPY_PROXY).values() if isinstance(value, type)
+) | {int, float, bool, complex, str}
+
+
+def _checked_result(value, where: str):
+    """A value op code receives from an attribute or a call, after the runtime guard."""
+    if isinstance(value, (np.ndarray, np.generic, np.dtype)):
+        _check_value(value, where)
+    elif isinstance(value, (list, tuple)):  # np.split, np.linalg.svd, tolist()
+        for item in value:
+            _check_value(item, where)
+    elif isinstance(value, types.ModuleType):
+        if value not in _PROXY_MODULES:
+            _refuse(f"the module {value.__name__} reached {where}; only numpy and math")
+    elif isinstance(value, type):
+        if value not in _ALLOWED_CLASSES:
+            _refuse(f"the class {value.__name__} reached {where}; ops may not use classes")
+    elif callable(value) and not isinstance(value, _GuardedCallable):
+        return _GuardedCallable(value, where)
+    return value
+
+
+def guarded_attribute(value, attribute: str):
+    """``value.attribute`` in op code: allow-listed names only, never on an object array."""
+    if attribute.startswith("_") or attribute not in ALLOWED_ATTRIBUTES:
+        _refuse(f"attribute '{attribute}' is not allowed in a custom op")
+    _check_value(value, f"'.{attribute}'")
+    return _checked_result(getattr(value, attribute), f".{attribute}")
+
+
+_ATTRIBUTE_GUARD = "__testprio_attribute__"
+
+
+class _GuardAttributes(ast.NodeTransformer):
+    """Every ``a.b`` that op code reads becomes ``guarded_attribute(a, 'b')``."""
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        self.generic_visit(node)
+        if not isinstance(node.ctx, ast.Load):
+            raise SandboxRefusal(f"changing attribute '{node.attr}' is not allowed")
+        guard = ast.Name(id=_ATTRIBUTE_GUARD, ctx=ast.Load())
+        call = ast.Call(func=guard, args=[node.value, ast.Constant(node.attr)], keywords=[])
+        return ast.copy_location(call, node)
+
+
+_MODULES = {"numpy": NUMPY_PROXY, "math": math}
 
 
 def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
-    """``__import__`` for op code: numpy and math, and allow-listed names from them.
+    """``__import__`` for op code: numpy (the guarded proxy) and math, and allow-listed
+    names from them.
 
     C code that imports while op code runs (numpy's own ``PyImport_ImportModule`` of its
     internals) reaches this function too, with an empty ``fromlist``: a module that is
-    already loaded is let through (no file is read, no code runs) and the caller gets the
-    top-level package, as the real ``import numpy.x`` gives. Anything else is refused.
+    already loaded is let through (no file is read, no code runs; the C caller takes the
+    module from ``sys.modules`` and never sees what this returns). Anything else is refused.
     """
     top = name.partition(".")[0]
     if level == 0 and not fromlist and top in _MODULES and name in sys.modules:
@@ -389,15 +682,17 @@ SAFE_BUILTIN_NAMES = (
 ).split()
 SAFE_BUILTINS = {name: getattr(__import__("builtins"), name) for name in SAFE_BUILTIN_NAMES}
 SAFE_BUILTINS["__import__"] = _guarded_import
+SAFE_BUILTINS[_ATTRIBUTE_GUARD] = guarded_attribute
 
 
 def exec_restricted(source: str, name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """Run the module body with safe builtins only and return its ``op``.
+    """Run the module body with safe builtins and the runtime guard; return its ``op``.
 
     Does not check the source (``main`` checks it first). Tests call this directly to show
-    that the restricted builtins and import hold on their own.
+    that the restricted builtins, the guarded import and the runtime guard hold on their own.
     """
-    code = compile(source, name, "exec", dont_inherit=True)
+    tree = _GuardAttributes().visit(ast.parse(source, filename=name))
+    code = compile(ast.fix_missing_locations(tree), name, "exec", dont_inherit=True)
     namespace = {"__builtins__": dict(SAFE_BUILTINS), "__name__": "custom_op"}
     exec(code, namespace)
     op = namespace.get("op")
@@ -548,16 +843,29 @@ def _raised(exc: BaseException, name: str) -> list:
     if isinstance(exc, MemoryError):
         return _error("memory", f"MemoryError: {str(exc)[:MAX_DETAIL_CHARS]}")
     lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == name]
+    if isinstance(exc, SandboxRefusal) or refusals:
+        return _refused(name, lines[-1] if lines else None, str(exc))
     text = str(exc)[:MAX_DETAIL_CHARS]
     detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return _error("raised", detail, lines[-1] if lines else None)
 
 
+def _refused(name: str, line: int | None, fallback: str = "an operation was refused") -> list:
+    """The refusal sentence for the first thing the runtime guard refused."""
+    problem = (refusals or [fallback])[0][:MAX_DETAIL_CHARS]
+    refusals.clear()
+    at = f" line {line}" if line is not None else ""
+    return _error("refused", f"custom op file {name}{at}: {problem}.")
+
+
 def _run_batch(op: Callable, payload: bytearray, name: str) -> tuple[bytes, list]:
+    refusals.clear()
     try:
         y = op(decode_array(payload))
     except BaseException as exc:  # anything op code does wrong is the user's to see
         return JSON_TAG, _raised(exc, name)
+    if refusals:  # refused, and op code or numpy swallowed the exception
+        return JSON_TAG, _refused(name, None)
     if not isinstance(y, np.ndarray):
         return JSON_TAG, _error("output", f"a {type(y).__name__} instead of a numpy array")
     try:
@@ -597,6 +905,9 @@ def main() -> int:
         op = exec_restricted(source, name)
     except BaseException as exc:
         write_frame(out_fd, JSON_TAG, _raised(exc, name))
+        return 0
+    if refusals:
+        write_frame(out_fd, JSON_TAG, _refused(name, None))
         return 0
     write_frame(out_fd, JSON_TAG, [b'{"status": "ready"}'])
     while True:

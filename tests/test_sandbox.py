@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pathlib
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -149,7 +152,7 @@ ESCAPES = [
     (
         "decorator",
         "import numpy as np\n\n@getattr(np, 'load')  # <-\ndef op(x):\n    return x",
-        "use of 'getattr'",
+        "a decorator",
     ),
     ("sys-modules", "def op(x):\n    sys.modules['os']  # <-", "attribute 'modules'"),
     (
@@ -164,7 +167,7 @@ ESCAPES = [
     ),
     (
         "dtype-type",
-        "import numpy as np\n\ndef op(x):\n    np.dtype('O').type  # <-",
+        "import numpy as np\n\ndef op(x):\n    np.dtype('f4').type  # <-",
         "attribute 'type'",
     ),
     (
@@ -224,6 +227,98 @@ ESCAPES = [
     ("shadow-alias", "import numpy as eval  # <-\n\ndef op(x):\n    return x", "'eval'"),
 ]
 
+# The reported escape and its family: arrays over raw memory, object and void dtypes, and
+# numpy entry points that reinterpret memory or call back into Python.
+_NP = "import numpy as np\n\n\ndef op(x):\n"
+RAW_MEMORY_ESCAPES = [
+    (
+        "reported-ndarray-object-buffer",
+        _NP + "    cell = np.zeros((1,), np.int64)\n"
+        "    view = np.ndarray((1,), np.dtype('O'), buffer=cell)  # <-\n    return x",
+        "calling np.ndarray(...)",
+    ),
+    (
+        "ndarray-numeric-buffer",
+        _NP + "    return np.ndarray((4,), np.uint8, buffer=x)  # <-",
+        "calling np.ndarray(...)",
+    ),
+    (
+        "ndarray-strides",
+        _NP + "    return np.ndarray((2,), np.int64, x, 0, (1 << 40,))  # <-",
+        "calling np.ndarray(...)",
+    ),
+    (
+        "ndarray-imported-by-name",
+        "from numpy import ndarray\n\n\ndef op(x):\n    return ndarray((1,), 'f8', x)  # <-",
+        "calling np.ndarray(...)",
+    ),
+    (
+        "buffer-keyword",
+        _NP + "    return np.asarray(x).reshape(1, buffer=x)  # <-",
+        "the keyword argument 'buffer='",
+    ),
+    (
+        "strides-keyword",
+        _NP + "    return np.asarray(x, strides=(0,))  # <-",
+        "the keyword argument 'strides='",
+    ),
+    ("dtype-O", _NP + "    np.dtype('O')  # <-\n    return x", "the dtype 'O'"),
+    ("dtype-object", _NP + "    return np.zeros(3, dtype='object')  # <-", "the dtype 'object'"),
+    ("dtype-pipe-O", _NP + "    return np.array([1], '|O')  # <-", "the dtype '|O'"),
+    ("astype-O", _NP + "    return x.astype('O')  # <-", "the dtype 'O'"),
+    ("astype-list", _NP + "    return x.astype(list)  # <-", "the dtype list"),
+    ("dtype-keyword-dict", _NP + "    return np.zeros(3, dtype=dict)  # <-", "the dtype dict"),
+    ("dtype-call-tuple", _NP + "    np.dtype(tuple)  # <-\n    return x", "the dtype tuple"),
+    ("void", _NP + "    return np.zeros(3, 'V8')  # <-", "the dtype 'V8'"),
+    (
+        "structured-object",
+        _NP + "    return np.zeros(3, dtype=[('p', 'O')])  # <-",
+        "the dtype 'O'",
+    ),
+    (
+        "structured-dict-object",
+        _NP + "    return np.zeros(3, {'names': ['p'], 'formats': ['O']})  # <-",
+        "the dtype 'O'",
+    ),
+    ("object-scalar-type", _NP + "    return x.astype(np.object_)  # <-", "attribute 'object_'"),
+    ("void-type", _NP + "    return x.astype(np.void)  # <-", "attribute 'void'"),
+    (
+        "as-strided",
+        _NP + "    return np.lib.stride_tricks.as_strided(x, strides=(0,))  # <-",
+        "attribute 'lib'",
+    ),
+    (
+        "import-stride-tricks",
+        "from numpy.lib.stride_tricks import as_strided  # <-\n\ndef op(x):\n    return x",
+        "import from 'numpy.lib.stride_tricks'",
+    ),
+    ("recarray", _NP + "    return np.recarray((1,), [('a', 'f8')])  # <-", "'recarray'"),
+    ("np-rec", _NP + "    return np.rec.fromarrays([x])  # <-", "attribute 'rec'"),
+    ("np-char", _NP + "    return np.char.add(x, x)  # <-", "attribute 'char'"),
+    ("frompyfunc", _NP + "    np.frompyfunc(print, 1, 1)(x)  # <-", "attribute 'frompyfunc'"),
+    ("vectorize", _NP + "    np.vectorize(print)(x)  # <-", "attribute 'vectorize'"),
+    ("fromiter", _NP + "    return np.fromiter(x, 'O')  # <-", "attribute 'fromiter'"),
+    ("fromfunction", _NP + "    return np.fromfunction(print, (2,))  # <-", "'fromfunction'"),
+    (
+        "apply-along-axis",
+        _NP + "    return np.apply_along_axis(print, 0, x)  # <-",
+        "'apply_along_axis'",
+    ),
+    ("piecewise", _NP + "    return np.piecewise(x, [x > 0], [print])  # <-", "'piecewise'"),
+    ("np-load-allow-pickle", _NP + "    np.load('a', allow_pickle=True)  # <-", "'load'"),
+    ("ctypeslib", _NP + "    return np.ctypeslib.as_array(x)  # <-", "'ctypeslib'"),
+    ("array-ctypes", _NP + "    return x.ctypes  # <-", "attribute 'ctypes'"),
+    ("array-interface-dunder", _NP + "    x.__array_interface__  # <-", "'__array_interface__'"),
+    ("view-as-object", _NP + "    return x.view('O')  # <-", "attribute 'view'"),
+    ("tobytes", _NP + "    return x.tobytes()  # <-", "attribute 'tobytes'"),
+    (
+        "decorator-array",
+        "import numpy as np\n\n\n@np.array  # <-\ndef op(x):\n    return x",
+        "a decorator",
+    ),
+]
+ESCAPES += RAW_MEMORY_ESCAPES
+
 
 def _line_of_marker(source: str) -> int:
     return next(i for i, line in enumerate(source.splitlines(), 1) if line.endswith("# <-"))
@@ -281,6 +376,191 @@ def test_restricted_execution_holds_without_the_check(payload, error):
     source = f"import numpy as np\n{payload}\n\ndef op(x):\n    return x\n"
     with pytest.raises(error):
         sandbox_worker.exec_restricted(source, "evil.py")
+
+
+# Op bodies that get past a source check by computing what it looks for ('%c' % 79 is 'O',
+# list resolves to the object dtype): the worker's runtime guard alone refuses each one.
+# (id, op body, what the refusal names)
+RUNTIME_ESCAPES = [
+    (
+        "reported-ndarray-object-buffer",
+        "cell = np.zeros((1,), np.int64)\n    np.ndarray((1,), np.dtype('%c' % 79), buffer=cell)",
+        "the object dtype ('O') was given to np.dtype",
+    ),
+    (
+        "ndarray-numeric-buffer",
+        "cell = np.zeros((1,), np.int64)\n    np.ndarray((8,), np.uint8, buffer=cell)",
+        "np.ndarray(...) cannot be called",
+    ),
+    ("dtype-computed-O", "np.dtype('%c' % 79)", "object dtype"),
+    ("astype-computed-O", "x.astype('%c' % 79)", "object dtype"),
+    ("astype-list", "x.astype([list][0])", "object dtype"),
+    ("zeros-dict", "np.zeros(2, dtype=[dict][0])", "object dtype"),
+    ("structured", "np.zeros(2, {'names': ['p'], 'formats': ['%c' % 79]})", "object dtype"),
+    ("structured-numeric", "np.dtype([('a', np.float32)])", "void dtype"),
+    ("void", "np.zeros(2, 'V' + '8')", "void dtype"),
+    ("array-of-functions", "np.array([np.sum])", "a function was given to np.array"),
+    ("nested-array-of-functions", "np.array([[np.sum]])", "object dtype (object) reached"),
+    ("full-of-print", "np.full(2, [print][0])", "a function"),
+    ("pad-with-callable", "np.pad(x, 1, mode=lambda *a: None)", "a function"),
+    ("map-bound-method", "list(map(x.astype, [list]))", "object dtype"),
+    ("result-type", "np.result_type('%c' % 79)", "object dtype"),
+    ("operator-object-array", "o = np.arange(2) + [2 ** 70, 1]\n    o.tolist()", "object dtype"),
+    ("object-array-argument", "o = np.arange(2) + [2 ** 70, 1]\n    np.copy(o)", "object dtype"),
+    ("object-array-in-list", "o = np.arange(2) + [2 ** 70, 1]\n    np.stack([o])", "object dtype"),
+    (
+        "ndarray-by-name",
+        "f = [np.ndarray][0]\n    f((1,), 'f8', x)",
+        "np.ndarray(...) cannot be called",
+    ),
+    ("frombuffer-by-attribute", "np.frombuffer", "attribute 'frombuffer'"),
+    ("dunder-attribute", "x.__array_interface__", "attribute '__array_interface__'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "names"), [e[1:] for e in RUNTIME_ESCAPES], ids=[e[0] for e in RUNTIME_ESCAPES]
+)
+def test_runtime_guard_holds_without_the_check(body, names):
+    op = sandbox_worker.exec_restricted(f"import numpy as np\n\n\ndef op(x):\n    {body}\n", "e.py")
+    with pytest.raises(sandbox_worker.SandboxRefusal, match=re.escape(names)):
+        op(np.ones((2, 2), np.float32))
+
+
+def test_runtime_guard_keeps_isinstance_and_numeric_dtypes():
+    op = sandbox_worker.exec_restricted(
+        textwrap.dedent(
+            """
+            import numpy as np
+            from numpy import dtype, ndarray
+
+
+            def op(x):
+                assert isinstance(x, np.ndarray) and isinstance(x, ndarray)
+                assert isinstance(x.dtype, dtype) and not isinstance(1, np.ndarray)
+                y = x.astype(dtype('float32')).astype(float) + np.zeros(1, dtype='f4')
+                return np.stack([y.astype(np.float16), np.asarray(y, 'u1')], axis=1)
+            """
+        ),
+        "ops.py",
+    )
+    y = op(np.arange(6, dtype=np.int64).reshape(3, 2))
+    assert y.dtype == np.float16 and y.shape == (3, 2, 2)
+
+
+def test_a_refusal_in_the_worker_is_one_sentence_with_the_line():
+    body = "y = x + 1\n    return y.astype('%c' % 79)"
+    with _op(body) as op:
+        with pytest.raises(TestprioError) as caught:
+            op.apply(np.ones((2, 2)))
+    message = str(caught.value)
+    assert message.startswith("custom op file ops.py line 6: "), message
+    assert "object dtype" in message and message.endswith(".") and ". " not in message
+
+
+def test_a_swallowed_refusal_still_refuses_the_batch():
+    """The refusal is recorded before it is raised: catching it does not get a batch out."""
+
+    def op(x):
+        try:
+            sandbox_worker.guarded_attribute(x, "view")
+        except sandbox_worker.SandboxRefusal:
+            pass
+        return x
+
+    payload = bytearray(b"".join(bytes(p) for p in sandbox_worker.encode_array(np.ones((2,)))))
+    tag, parts = sandbox_worker._run_batch(op, payload, "ops.py")
+    reply = json.loads(b"".join(parts))
+    assert tag == sandbox_worker.JSON_TAG and reply["kind"] == "refused"
+    assert (
+        reply["detail"] == "custom op file ops.py: attribute 'view' is not allowed in a custom op."
+    )
+    assert not sandbox_worker.refusals
+
+
+def test_attribute_changes_are_refused_without_the_check():
+    with pytest.raises(sandbox_worker.SandboxRefusal, match="changing attribute 'shape'"):
+        sandbox_worker.exec_restricted("def op(x):\n    x.shape = (1,)\n    return x\n", "e.py")
+
+
+@pytest.mark.parametrize("attribute", sorted(sandbox_worker.ALLOWED_ATTRIBUTES))
+def test_the_numpy_stand_ins_hand_out_nothing_real(attribute):
+    """No allow-listed attribute of np.ndarray or np.dtype as op code sees them leads back to
+    the real classes (np.ndarray.real on a plain class attribute would)."""
+    proxy = sandbox_worker.NUMPY_PROXY
+    for stand_in in (proxy.ndarray, proxy.dtype):
+        try:
+            value = sandbox_worker.guarded_attribute(stand_in, attribute)
+        except (AttributeError, sandbox_worker.SandboxRefusal):
+            continue
+        assert value is not np.ndarray and value is not np.dtype
+        assert isinstance(value, sandbox_worker._GuardedCallable), (attribute, value)
+
+
+def test_the_numpy_proxy_holds_only_allow_listed_names():
+    proxy = sandbox_worker.NUMPY_PROXY
+    public = {name for name in vars(proxy) if not name.startswith("_")}
+    assert public == set(sandbox_worker.NUMPY_NAMES)
+    for name in public - {"linalg", "fft"}:
+        value = getattr(proxy, name)
+        assert not isinstance(value, types.ModuleType)
+        if callable(value) and not isinstance(value, type):
+            assert isinstance(value, sandbox_worker._GuardedCallable), name
+
+
+ESCAPE_FILE = pathlib.Path(__file__).parent / "sandbox_escapes" / "forged_pointer_exec.py"
+# Runs the escape with the source check skipped: the restricted builtins, the runtime guard
+# and the resource limits are all that stand in its way.
+UNCHECKED_RUNNER = """
+import importlib.util, sys
+import numpy as np
+spec = importlib.util.spec_from_file_location("sandbox_worker", sys.argv[1])
+worker = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(worker)
+with open(sys.argv[2]) as handle:
+    source = handle.read()
+worker.apply_limits(10, 512)
+try:
+    worker.exec_restricted(source, "evil.py")(np.ones((2, 2)))
+    print("ran")
+except BaseException as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def _run_checked(path, tmp_path):
+    with pytest.raises(TestprioError, match=r"custom op file evil\.py line \d+: calling np\.nd"):
+        with CustomOp(path.read_text(), "evil.py", cpu_seconds=10, memory_mb=512) as op:
+            op.apply(np.ones((2, 2)))
+
+
+def _run_unchecked(path, tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-I", "-c", UNCHECKED_RUNNER, sandbox.WORKER_PATH, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.stdout.startswith("SandboxRefusal np.ndarray(...) cannot be called"), (
+        completed.stdout + completed.stderr[-2000:]
+    )
+
+
+@pytest.mark.parametrize("run", [_run_checked, _run_unchecked], ids=["custom-op", "unchecked"])
+def test_the_reported_escape_leaves_no_trace(run, tmp_path):
+    """It cannot read the parent's environment, create a file or open a socket."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    source = ESCAPE_FILE.read_text().replace("@TARGET@", str(tmp_path))
+    source = source.replace("PORT = 0  # @PORT@", f"PORT = {port}")
+    evil = tmp_path / "evil.py"
+    evil.write_text(source)
+    with listener:
+        run(evil, tmp_path)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.py"]
 
 
 @pytest.mark.parametrize(
