@@ -24,24 +24,27 @@ size and ratio limits are enforced again on the bytes actually written.
 
 from __future__ import annotations
 
+import base64
 import codecs
 import concurrent.futures
 import contextlib
 import csv
 import http.client
+import ipaddress
 import itertools
 import lzma
 import os
 import posixpath
 import re
 import shutil
+import socket
+import ssl
 import stat
 import tarfile
 import tempfile
 import threading
-import urllib.error
+import time
 import urllib.parse
-import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -99,7 +102,6 @@ GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;
 LABEL_COLUMNS = ("label", "labels", "y")  # the names --label-column defaults to
 
 DEFAULT_MAX_DOWNLOAD_BYTES = 20 * 2**30
-HTTP_TIMEOUT_S = 60
 GCS_DOWNLOAD_THREADS = 8
 COPY_BLOCK_BYTES = 1 << 20
 CSV_BLOCK_BYTES = 4 << 20
@@ -139,15 +141,53 @@ class ArchiveLimits:
     cannot exceed about 1032:1, so real data is stopped only when it is nearly one repeated
     byte. Tar members are not compressed one by one, so for a tar the archive's expanded
     total is measured against the archive file's size instead.
+
+    ``max_total_ratio``: the whole archive, once past ``ratio_min_bytes``, may expand to at
+    most this many times its own size (zip and tar alike), since many entries each under
+    ``ratio_min_bytes`` would otherwise pass one by one: real pools of images, arrays or
+    CSV compress a few to a few tens of times. ``max_depth``: folders nested in one entry's
+    path (deeper trees are refused before anything is written).
     """
 
     max_bytes: int = 20 * 2**30
     max_entries: int = 2_000_000
     max_ratio: int = 1000
     ratio_min_bytes: int = 64 * 2**20
+    max_total_ratio: int = 200
+    max_depth: int = 100
 
 
 DEFAULT_ARCHIVE_LIMITS = ArchiveLimits()
+MAX_FOLDER_DEPTH = DEFAULT_ARCHIVE_LIMITS.max_depth  # for gs:// prefixes too
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """Where an http(s) download may connect and how long it may take.
+
+    ``allow_private``: connect to non-public addresses too: loopback, private (RFC 1918,
+    IPv6 unique-local ``fc00::/7``), shared (carrier-grade NAT ``100.64.0.0/10``),
+    link-local (``169.254.0.0/16`` and ``fe80::/10``, where cloud metadata servers answer)
+    and reserved ones. Off by default: a pipeline in a cluster would otherwise fetch
+    internal services for whoever can pass it a URL. ``allowed_networks``: CIDR blocks
+    reachable even so (``("10.1.2.0/24",)`` for one internal data server).
+
+    ``deadline_s``: the whole download, redirects and headers included. ``min_bytes_per_s``
+    (0: none): the body must arrive at least this fast, averaged over every
+    ``rate_window_s`` seconds, so a server trickling bytes cannot hold a run for days.
+    ``idle_timeout_s``: no byte at all for this long. ``max_redirects``: redirects followed.
+    """
+
+    allow_private: bool = False
+    allowed_networks: tuple[str, ...] = ()
+    deadline_s: float = 4 * 3600.0
+    min_bytes_per_s: float = 16 * 1024
+    rate_window_s: float = 60.0
+    idle_timeout_s: float = 60.0
+    max_redirects: int = 5
+
+
+DEFAULT_DOWNLOAD_LIMITS = DownloadLimits()
 
 
 # --- formats -------------------------------------------------------------------------------
@@ -350,8 +390,8 @@ def _scheme(data_uri: str) -> str:
     if scheme in ("gs", "http", "https"):
         return scheme
     raise TestprioError(
-        f"{data_uri} uses the unsupported scheme '{scheme}://'; give a local path, gs://, "
-        "http:// or https://."
+        f"{redact_url(data_uri)} uses the unsupported scheme '{scheme}://'; give a local "
+        "path, gs://, http:// or https://."
     )
 
 
@@ -375,9 +415,13 @@ def check_data_uri(data_uri: str) -> None:
             parts = urllib.parse.urlsplit(data_uri)
             host, _port = parts.hostname, parts.port  # .port raises on a malformed port
         except ValueError as exc:
-            raise TestprioError(f"{data_uri} is not a valid URL ({exc}); correct it.") from None
+            raise TestprioError(
+                f"{redact_url(data_uri)} is not a valid URL ({exc}); correct it."
+            ) from None
         if not host:
-            raise TestprioError(f"{data_uri} names no host; write it as {scheme}://HOST/PATH.")
+            raise TestprioError(
+                f"{redact_url(data_uri)} names no host; write it as {scheme}://HOST/PATH."
+            )
         return
     path, name = _local_name(data_uri)
     if not os.path.isdir(path):
@@ -405,10 +449,12 @@ def resolve(
     *,
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     archive_limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
+    download_limits: DownloadLimits = DEFAULT_DOWNLOAD_LIMITS,
 ) -> Iterator[Resolved]:
     """The pool at ``data_uri`` as a local file or folder, valid inside the ``with`` block.
 
-    Downloads (``gs://``, ``http(s)://``, at most ``max_download_bytes`` in all) and
+    Downloads (``gs://``, ``http(s)://``, at most ``max_download_bytes`` in all; http(s)
+    within ``download_limits``, which refuse non-public addresses unless allowed) and
     archives (within ``archive_limits``) go to temporary folders removed on exit. Inside an
     archive: a single file of a known format is that file, a single top-level folder is
     descended into, anything else is an image folder. A folder holding one data file (or one
@@ -421,7 +467,8 @@ def resolve(
             cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
             return folder
 
-        path, name = _FETCHERS[_scheme(data_uri)](data_uri, scratch, max_download_bytes)
+        fetch = _FETCHERS[_scheme(data_uri)]
+        path, name = fetch(data_uri, scratch, max_download_bytes, download_limits)
         yield _resolve_path(path, name, name, scratch, archive_limits, in_archive=False)
 
 
@@ -505,11 +552,15 @@ def _too_large(what: str, limit: int) -> Callable[[], TestprioError]:
     )
 
 
-def _fetch_local(data_uri: str, scratch: Callable[[], str], limit: int) -> tuple[str, str]:
+def _fetch_local(
+    data_uri: str, scratch: Callable[[], str], limit: int, limits: DownloadLimits
+) -> tuple[str, str]:
     return _local_name(data_uri)
 
 
-def _fetch_gcs(data_uri: str, scratch: Callable[[], str], limit: int) -> tuple[str, str]:
+def _fetch_gcs(
+    data_uri: str, scratch: Callable[[], str], limit: int, limits: DownloadLimits
+) -> tuple[str, str]:
     bucket, blob = storage.split_gcs_uri(data_uri)
     root = f"gs://{bucket}/{blob}" if blob else f"gs://{bucket}"
     budget = _ByteBudget(limit, _too_large(data_uri, limit))
@@ -533,6 +584,12 @@ def _fetch_gcs(data_uri: str, scratch: Callable[[], str], limit: int) -> tuple[s
                 f"{data_uri} has an object '{object_name}' whose name leads outside the "
                 "folder; rename or remove that object."
             )
+        if len(parts) > MAX_FOLDER_DEPTH:
+            raise TestprioError(
+                f"{data_uri} has an object '{_short(object_name, 60)}' nested "
+                f"{len(parts) - 1:,} folders deep, more than the limit of "
+                f"{MAX_FOLDER_DEPTH - 1:,}; give a prefix with a flatter folder tree."
+            )
         targets[object_name] = os.path.join(folder, *parts)
 
     def download(object_name: str) -> None:
@@ -551,16 +608,30 @@ def _fetch_gcs(data_uri: str, scratch: Callable[[], str], limit: int) -> tuple[s
     return folder, name
 
 
-def _display_url(url: str) -> str:
-    """The URL without credentials or query string (signed URLs carry secrets there)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
+def redact_url(uri: str) -> str:
+    """``uri`` as it may be recorded (run.json, logs, reports, error sentences).
+
+    For http(s) URLs: without ``user:password@``, query string and fragment, because signed
+    URLs carry their secrets there (``X-Goog-Signature``, ``X-Amz-Signature``, ``sig``,
+    ``token``...); the whole query goes, as no list of secret names is complete. Local paths
+    and ``gs://`` URIs (whose object names may hold ``?`` or ``#``) are returned unchanged.
+    """
+    if not uri or "://" not in uri:
+        return uri
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        return uri
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        host = parts.hostname or ""
+    except ValueError:
+        return f"{scheme}://(an unparsable URL)"
     if ":" in host:  # IPv6
         host = f"[{host}]"
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError):  # a malformed port is left out
         if parts.port:
             host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return urllib.parse.urlunsplit((parts.scheme.lower(), host, parts.path, "", ""))
 
 
 def _url_basename(url: str) -> str:
@@ -571,57 +642,354 @@ def _url_basename(url: str) -> str:
     return name[-200:]
 
 
-def _http_opener() -> urllib.request.OpenerDirector:
-    # Only http(s): a redirect must not lead to ftp:// or file://.
-    opener = urllib.request.OpenerDirector()
-    for handler in (
-        urllib.request.ProxyHandler(),
-        urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(),
-        urllib.request.HTTPDefaultErrorHandler(),
-        urllib.request.HTTPRedirectHandler(),
-        urllib.request.HTTPErrorProcessor(),
-    ):
-        opener.add_handler(handler)
-    return opener
+_REDIRECTS = (301, 302, 303, 307, 308)
+# Names that mean "this machine" or a cloud metadata server whatever DNS says.
+_INTERNAL_NAMES = frozenset(
+    {"localhost", "localhost.localdomain", "metadata", "metadata.google.internal", "metadata.goog"}
+)
+_INTERNAL_SUFFIXES = (".localhost", ".internal")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# The first kind that applies names a refused address in the error sentence.
+_ADDRESS_KINDS: tuple[tuple[str, Callable[[ipaddress._BaseAddress], bool]], ...] = (
+    ("unspecified", lambda a: a.is_unspecified),
+    ("loopback", lambda a: a.is_loopback),
+    ("link-local (cloud metadata)", lambda a: a.is_link_local),
+    ("multicast", lambda a: a.is_multicast),
+    ("private", lambda a: a.is_private),
+    ("non-public", lambda a: not a.is_global),  # 100.64.0.0/10, reserved blocks
+)
+_PRIVATE_HINT = (
+    "testprio does not download from non-public addresses by default, as they reach "
+    "internal services; pass --allow-private-urls if this server is meant to be used"
+)
 
 
-def _fetch_http(url: str, scratch: Callable[[], str], limit: int) -> tuple[str, str]:
-    shown = _display_url(url)
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, Teredo, NAT64, the old
+    IPv4-compatible form): ``::ffff:127.0.0.1`` reaches 127.0.0.1."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _address_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``address`` is refused (``loopback``, ``private``...), or None for a public one."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(address)
+        if inner is not None and _address_kind(inner) is not None:
+            return _address_kind(inner)
+    return next((kind for kind, test in _ADDRESS_KINDS if test(address)), None)
+
+
+def _allowed_networks(
+    limits: DownloadLimits,
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks = []
+    for text in limits.allowed_networks:
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise TestprioError(
+                f"allowed network '{text}' is not a CIDR block; write it like 10.1.2.0/24."
+            ) from None
+    return networks
+
+
+def _checked_addresses(host: str, port: int, limits: DownloadLimits, shown: str) -> list[str]:
+    """Every address ``host`` resolves to, each checked; the download connects only to these
+    (never resolving again, so DNS cannot answer differently between check and use)."""
+    name = host.rstrip(".").lower()
+    if not limits.allow_private and (name in _INTERNAL_NAMES or name.endswith(_INTERNAL_SUFFIXES)):
+        raise TestprioError(f"{shown} names the internal host '{name}'; {_PRIVATE_HINT}.")
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise TestprioError(
+            f"cannot download {shown} (its host '{host}' cannot be resolved: {_short(exc)}); "
+            "check the URL and the network."
+        ) from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+    if limits.allow_private:
+        return addresses
+    allowed = _allowed_networks(limits)
+    for text in addresses:
+        address = ipaddress.ip_address(text)
+        if any(address.version == net.version and address in net for net in allowed):
+            continue
+        kind = _address_kind(address)
+        if kind is not None:
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise TestprioError(
+                f"{shown} resolves to {text}, {article} {kind} address; {_PRIVATE_HINT}."
+            )
+    return addresses
+
+
+class _Deadline:
+    """The whole download's time limit. When it passes, the open connection is shut down,
+    which ends a read however slowly the server trickles bytes (a socket timeout only
+    bounds the wait for each byte)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._end = time.monotonic() + seconds
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._timer.cancel()
+
+    def remaining(self) -> float:
+        return max(self._end - time.monotonic(), 0.001)
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                self._shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            if self._sock is not None:
+                self._shut(self._sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        # socket.socket's own shutdown: SSLSocket's would drop its TLS state under a reader
+        # in another thread. A closed socket has no descriptor left, so nothing else is hit.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to ``address``, checked beforehand, while Host names the URL's host."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float, deadline: _Deadline):
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+        self.deadline = deadline
+
+    def _connect_socket(self) -> socket.socket:
+        return socket.create_connection(
+            (self.address, self.port), min(self.timeout, self.deadline.remaining())
+        )
+
+    def connect(self) -> None:
+        self.sock = self._connect_socket()
+        self.sock.settimeout(self.timeout)
+        self.deadline.watch(self.sock)
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    default_port = http.client.HTTPS_PORT
+
+    def connect(self) -> None:
+        raw = self._connect_socket()
+        raw.settimeout(self.timeout)
+        context = ssl.create_default_context()
+        # SNI and certificate check use the URL's host name, not the address connected to.
+        self.sock = context.wrap_socket(
+            raw, server_hostname=self.host, do_handshake_on_connect=False
+        )
+        self.deadline.watch(self.sock)  # a handshake trickled byte by byte ends there too
+        self.sock.do_handshake()
+
+
+_CONNECTIONS = {"http": _PinnedHTTPConnection, "https": _PinnedHTTPSConnection}
+
+
+def _split_http_url(url: str, shown: str) -> tuple[str, str, int, str]:
+    """Scheme, host, port and the request target (path and query) of ``url``; the user
+    name and password are left out (they go in an Authorization header, if anywhere)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        scheme, host = parts.scheme.lower(), parts.hostname
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError as exc:
+        raise TestprioError(f"{shown} is not a valid URL ({_short(exc)}); correct it.") from None
+    if scheme not in _CONNECTIONS or not host:
+        raise TestprioError(f"{shown} is not an http(s) URL with a host; correct it.")
+    target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    return scheme, host, port, target
+
+
+def _basic_auth(url: str) -> str | None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return None
+    pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+def _open_http(
+    url: str, limits: DownloadLimits, deadline: _Deadline, shown: str
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """The connection and response of the first non-redirect answer to GET ``url``.
+
+    Every hop is resolved and checked anew and connected to by a checked address.
+    Credentials from the URL go only to the URL's own scheme, host and port.
+    """
+    origin = _split_http_url(url, shown)[:3]
+    authorization = _basic_auth(url)
+    current, what = url, shown
+    for _hop in range(limits.max_redirects + 1):
+        scheme, host, port, target = _split_http_url(current, what)
+        headers = {"User-Agent": "testprio", "Accept-Encoding": "identity"}
+        if authorization and (scheme, host, port) == origin:
+            headers["Authorization"] = authorization
+        connection, response = _request(scheme, host, port, target, headers, limits, deadline, what)
+        if response.status not in _REDIRECTS:
+            return connection, response
+        location = response.getheader("Location", "")
+        response.close()
+        connection.close()
+        following = urllib.parse.urljoin(current, location.strip())
+        next_scheme = following.split("://", 1)[0].lower() if "://" in following else ""
+        if not location or next_scheme not in _CONNECTIONS:
+            raise TestprioError(
+                f"{shown} redirects to {redact_url(following) or 'nowhere'}, which is not an "
+                "http(s) URL; give the final URL of the file."
+            )
+        if scheme == "https" and next_scheme == "http":
+            raise TestprioError(
+                f"{shown} redirects from https to plain http ({redact_url(following)}); give "
+                "an https URL that does not leave https."
+            )
+        current, what = following, f"{shown} (redirected to {redact_url(following)})"
+    raise TestprioError(
+        f"{shown} redirects more than {limits.max_redirects} times; give the final URL of the file."
+    )
+
+
+def _request(
+    scheme: str,
+    host: str,
+    port: int,
+    target: str,
+    headers: dict[str, str],
+    limits: DownloadLimits,
+    deadline: _Deadline,
+    shown: str,
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """GET ``target`` from the first checked address of ``host`` that accepts a connection."""
+    addresses = _checked_addresses(host, port, limits, shown)
+    reason: BaseException = OSError("no address")
+    for address in addresses:
+        connection = _CONNECTIONS[scheme](host, port, address, limits.idle_timeout_s, deadline)
+        try:
+            connection.connect()
+        except OSError as exc:
+            connection.close()
+            reason = exc
+            if deadline.expired:
+                break
+            continue
+        connection.request("GET", target, headers=headers)
+        return connection, connection.getresponse()
+    if deadline.expired:
+        raise _past_deadline(shown, limits)
+    raise TestprioError(
+        f"cannot download {shown} ({_short(reason)}); check the URL and that its server can be "
+        "reached from here."
+    )
+
+
+def _past_deadline(shown: str, limits: DownloadLimits) -> TestprioError:
+    return TestprioError(
+        f"downloading {shown} took longer than the limit of {limits.deadline_s:g} s; use a "
+        "faster server or a smaller pool, or raise --download-timeout-s."
+    )
+
+
+def _read_body(
+    response: http.client.HTTPResponse,
+    path: str,
+    budget: _ByteBudget,
+    limits: DownloadLimits,
+    shown: str,
+) -> int:
+    """Copy the body to ``path``; stop when it arrives slower than ``min_bytes_per_s``."""
+    received = 0
+    window_start, window_bytes = time.monotonic(), 0
+    with open(path, "wb") as target:
+        # read1 returns what one receive brings, so the rate is checked even when the
+        # server sends a byte at a time (read(n) would wait for all n bytes).
+        while block := response.read1(COPY_BLOCK_BYTES):
+            budget.take(len(block))
+            target.write(block)
+            received += len(block)
+            window_bytes += len(block)
+            elapsed = time.monotonic() - window_start
+            if elapsed >= limits.rate_window_s:
+                if window_bytes < limits.min_bytes_per_s * elapsed:
+                    raise TestprioError(
+                        f"downloading {shown} is too slow ({window_bytes / elapsed:,.0f} "
+                        f"bytes/s over {elapsed:.0f} s, the minimum is "
+                        f"{limits.min_bytes_per_s:,.0f}); retry later, use a faster server, "
+                        "or lower --download-min-bytes-per-s."
+                    )
+                window_start, window_bytes = time.monotonic(), 0
+    return received
+
+
+def _fetch_http(
+    url: str, scratch: Callable[[], str], limit: int, limits: DownloadLimits
+) -> tuple[str, str]:
+    shown = redact_url(url)
     name = _url_basename(url)
     path = os.path.join(scratch(), name)
-    request = urllib.request.Request(url, headers={"User-Agent": "testprio"})
-    try:
-        with _http_opener().open(request, timeout=HTTP_TIMEOUT_S) as response:
+    with _Deadline(limits.deadline_s) as deadline:
+        connection = None
+        try:
+            connection, response = _open_http(url, limits, deadline, shown)
+            if response.status != 200:
+                raise TestprioError(
+                    f"downloading {shown} failed with HTTP {response.status} {response.reason}; "
+                    "check the URL and that the file can be read without logging in."
+                )
             declared = _content_length(response)
             if declared is not None and declared > limit:
                 raise TestprioError(
                     f"{shown} is {declared:,} bytes, more than the download limit of "
                     f"{limit:,} bytes; raise it with --max-data-gb or give a smaller pool."
                 )
-            received = _copy_within(response, path, _ByteBudget(limit, _too_large(shown, limit)))
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        raise TestprioError(
-            f"downloading {shown} failed with HTTP {exc.code} {exc.reason}; check the URL and "
-            "that the file can be read without logging in."
-        ) from None
-    except urllib.error.URLError as exc:
-        raise TestprioError(
-            f"cannot download {shown} ({_short(exc.reason)}); check the URL and that its "
-            "server can be reached from here."
-        ) from None
-    except TimeoutError:
-        raise TestprioError(
-            f"downloading {shown} timed out (no data for {HTTP_TIMEOUT_S} s); retry, or check "
-            "the server and the network."
-        ) from None
-    except (http.client.HTTPException, OSError) as exc:
-        raise TestprioError(
-            f"downloading {shown} failed ({_short(exc)}); retry, or check the server and the "
-            "network."
-        ) from None
-    if declared is not None and received < declared:
+            budget = _ByteBudget(limit, _too_large(shown, limit))
+            received = _read_body(response, path, budget, limits, shown)
+        except TestprioError:
+            raise
+        except (http.client.HTTPException, OSError) as exc:
+            if deadline.expired:
+                raise _past_deadline(shown, limits) from None
+            if isinstance(exc, TimeoutError):
+                raise TestprioError(
+                    f"downloading {shown} timed out (no data for {limits.idle_timeout_s:g} s); "
+                    "retry, or check the server and the network."
+                ) from None
+            raise TestprioError(
+                f"downloading {shown} failed ({_short(exc)}); retry, or check the server and "
+                "the network."
+            ) from None
+        finally:
+            if connection is not None:
+                connection.close()
+    if deadline.expired or (declared is not None and received < declared):
+        if deadline.expired:
+            raise _past_deadline(shown, limits)
         raise TestprioError(
             f"the download of {shown} ended after {received:,} of {declared:,} bytes; retry, "
             "or check the server."
@@ -637,7 +1005,7 @@ def _content_length(response) -> int | None:
     return length if length >= 0 else None
 
 
-_FETCHERS: dict[str, Callable[[str, Callable[[], str], int], tuple[str, str]]] = {
+_FETCHERS: dict[str, Callable[[str, Callable[[], str], int, DownloadLimits], tuple[str, str]]] = {
     "local": _fetch_local,
     "gs": _fetch_gcs,
     "http": _fetch_http,
@@ -662,7 +1030,7 @@ def _safe_parts(entry: str) -> list[str] | None:
     return [] if normal == "." else normal.split("/")
 
 
-def _entry_target(folder: str, archive: str, entry: str) -> str | None:
+def _entry_target(folder: str, archive: str, entry: str, max_depth: int) -> str | None:
     """Where ``entry`` is written under ``folder`` (None: the folder itself)."""
     clean = entry.replace("\\", "/")
     if clean.startswith("/") or re.match(r"[A-Za-z]:", clean):
@@ -679,6 +1047,13 @@ def _entry_target(folder: str, archive: str, entry: str) -> str | None:
         raise outside
     if not parts:
         return None
+    if len(parts) > max_depth:
+        # Deeper trees exhaust recursion in folder walks and cleanup, and no pool needs them.
+        raise TestprioError(
+            f"data archive {archive} has an entry '{_short(entry, 60)}' nested "
+            f"{len(parts) - 1:,} folders deep, more than the limit of {max_depth - 1:,}; "
+            "re-create the archive with a flatter folder tree."
+        )
     target = os.path.join(folder, *parts)
     top = os.path.realpath(folder)
     # Belt and braces: whatever the name says, nothing is written outside the folder.
@@ -693,6 +1068,22 @@ def _reject_special(archive: str, entry: str, kind: str) -> None:
             f"data archive {archive} has a {kind} '{entry}'; testprio extracts only files and "
             "folders: put the file itself there (or remove the entry) and re-create the "
             "archive."
+        )
+
+
+def _reject_duplicate(
+    archive: str, entry: str, target: str | None, kind: str, seen: dict[str, str]
+) -> None:
+    """A file listed twice (or a file and a folder of one name) would silently overwrite:
+    which copy is the pool's is unknowable, so the archive is refused."""
+    if target is None:
+        return
+    before = seen.get(target)
+    seen[target] = kind
+    if before is not None and not before == kind == "folder":
+        raise TestprioError(
+            f"data archive {archive} has the entry '{_short(entry, 80)}' more than once; "
+            "keep one of them and re-create the archive."
         )
 
 
@@ -734,7 +1125,20 @@ class _Expansion:
             "compression bomb: re-create the archive without it."
         )
 
+    def check_total(self, entry: str, expanded: int) -> None:
+        """The whole archive's ratio: ``expanded`` bytes so far against the archive's size."""
+        limit = self.limits.max_total_ratio
+        if expanded <= self.limits.ratio_min_bytes or expanded <= limit * self.archive_bytes:
+            return
+        raise TestprioError(
+            f"data archive {self.archive} expands {expanded / self.archive_bytes:,.0f} times "
+            f"in all (to {expanded:,} bytes at entry '{entry}'), more than the limit of "
+            f"{limit:,} times for a whole archive; this looks like a compression bomb: "
+            "re-create the archive without it, or extract it yourself and pass the folder."
+        )
+
     def copy(self, source: BinaryIO, path: str, entry: str, compressed: int | None) -> None:
+        """Write ``entry`` to ``path``, counting the bytes actually written."""
         entry_written = 0
         with open(path, "wb") as target:
             while block := source.read(COPY_BLOCK_BYTES):
@@ -745,6 +1149,7 @@ class _Expansion:
                 self.check_ratio(
                     entry, entry_written if compressed is not None else self.written, compressed
                 )
+                self.check_total(entry, self.written)
                 target.write(block)
 
     def _too_large(self, entry: str) -> TestprioError:
@@ -812,11 +1217,13 @@ def _extract_zip(path: str, folder: str, name: str, limits: ArchiveLimits) -> No
     with archive:
         expansion = _Expansion(name, limits, os.path.getsize(path))
         plan = []
+        seen: dict[str, str] = {}  # target -> kind
         for info in archive.infolist():  # check every entry before writing anything
             expansion.count_entry()
-            target = _entry_target(folder, name, info.filename)
+            target = _entry_target(folder, name, info.filename, limits.max_depth)
             kind = _zip_entry_kind(info)
             _reject_special(name, info.filename, kind)
+            _reject_duplicate(name, info.filename, target, kind, seen)
             if info.flag_bits & 0x1:
                 raise TestprioError(
                     f"data archive {name} has an encrypted entry '{info.filename}'; re-create "
@@ -825,6 +1232,7 @@ def _extract_zip(path: str, folder: str, name: str, limits: ArchiveLimits) -> No
             if kind == "file":
                 expansion.declare(info.filename, info.file_size)
                 expansion.check_ratio(info.filename, info.file_size, info.compress_size)
+                expansion.check_total(info.filename, expansion.declared)
             plan.append((info, kind, target))
         for info, kind, target in plan:
             if target is None:
@@ -847,6 +1255,7 @@ def _extract_tar(path: str, folder: str, name: str, limits: ArchiveLimits) -> No
         raise _damaged(name, None, exc) from None
     with archive:
         expansion = _Expansion(name, limits, os.path.getsize(path))
+        seen: dict[str, str] = {}  # target -> kind
         entry = None
         while True:
             # A compressed tar is one stream: each member is checked as it comes, before
@@ -860,9 +1269,10 @@ def _extract_tar(path: str, folder: str, name: str, limits: ArchiveLimits) -> No
             archive.members = []  # tarfile would otherwise keep every header in memory
             entry = member.name
             expansion.count_entry()
-            target = _entry_target(folder, name, entry)
+            target = _entry_target(folder, name, entry, limits.max_depth)
             kind = _tar_entry_kind(member)
             _reject_special(name, entry, kind)
+            _reject_duplicate(name, entry, target, kind, seen)
             if target is None:
                 continue
             try:
@@ -871,6 +1281,7 @@ def _extract_tar(path: str, folder: str, name: str, limits: ArchiveLimits) -> No
                     continue
                 expansion.declare(entry, member.size)
                 expansion.check_ratio(entry, expansion.declared, None)
+                expansion.check_total(entry, expansion.declared)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 source = archive.extractfile(member)
                 expansion.copy(source, target, entry, None)
@@ -1210,16 +1621,22 @@ def _walk_images(root: str, sub: str) -> tuple[list[str], int]:
     """Image paths under ``root/sub`` relative to ``root`` (sorted), and how many visible
     files were skipped for not being images."""
     images, skipped = [], 0
-    for folder, dirnames, filenames in os.walk(os.path.join(root, sub)):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        relative = os.path.relpath(folder, root).replace(os.sep, "/")
-        for filename in filenames:
-            if not _visible(filename):
-                continue
-            if _is_image_name(filename):
-                images.append(f"{relative}/{filename}")
-            else:
-                skipped += 1
+    # A stack, not os.walk: Python 3.11's os.walk recurses once per level and fails on
+    # folders nested about a thousand deep.
+    pending = [sub]
+    while pending:
+        relative = pending.pop()
+        with os.scandir(os.path.join(root, relative)) as entries:
+            for entry in entries:
+                if not _visible(entry.name):
+                    continue
+                if entry.is_dir():
+                    if not entry.is_symlink():  # as os.walk: linked folders are not entered
+                        pending.append(f"{relative}/{entry.name}")
+                elif _is_image_name(entry.name):
+                    images.append(f"{relative}/{entry.name}")
+                else:
+                    skipped += 1
     return sorted(images), skipped
 
 

@@ -7,6 +7,7 @@ server on loopback and the GCS emulator.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import hashlib
@@ -20,8 +21,10 @@ import tarfile
 import tempfile
 import threading
 import time
+import warnings
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +36,7 @@ from PIL import Image
 from testprio import sources, storage
 from testprio.errors import TestprioError
 from testprio.pool import BadSample
-from testprio.sources import ArchiveLimits
+from testprio.sources import ArchiveLimits, DownloadLimits
 from tests.conftest import BUCKET, make_deterministic
 
 RED, BLUE, GRAY = (255, 0, 0), (0, 0, 255), 77
@@ -768,14 +771,159 @@ def test_damaged_archive_is_an_error(tmp_path):
             pass
 
 
+def test_many_small_zip_entries_over_the_whole_archive_ratio_are_rejected(tmp_path):
+    # Each entry stays under ratio_min_bytes, so only the whole archive's ratio stops it.
+    entries = [(f"z{i}.bin", bytes(400_000)) for i in range(10)]
+    archive = _zip_with(tmp_path / "bomb.zip", *entries)
+    target = tmp_path / "out"
+    target.mkdir()
+    limits = ArchiveLimits(ratio_min_bytes=1_000_000)
+    with pytest.raises(
+        TestprioError,
+        match=r"data archive bomb.zip expands [0-9,]+ times in all \(to 1,200,000 bytes at "
+        r"entry 'z2.bin'\), more than the limit of 200 times for a whole archive; this looks "
+        r"like a compression bomb",
+    ):
+        sources.extract_archive(str(archive), str(target), "bomb.zip", limits)
+    assert list(target.iterdir()) == []  # refused on the declared sizes, before writing
+
+
+def test_tar_gz_over_the_whole_archive_ratio_is_rejected(tmp_path, scratch_root):
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for i in range(5):
+            info = tarfile.TarInfo(f"z{i}.bin")
+            info.size = 400_000
+            tar.addfile(info, io.BytesIO(bytes(info.size)))
+    # max_ratio is this tar's former whole-archive limit; max_total_ratio now applies too.
+    limits = ArchiveLimits(max_ratio=5000, ratio_min_bytes=1_000_000)
+    with pytest.raises(TestprioError, match=r"bomb.tar.gz expands [0-9,]+ times in all"):
+        with sources.resolve(str(archive), archive_limits=limits):
+            pass
+    assert list(scratch_root.iterdir()) == []
+
+
+def test_whole_archive_ratio_counts_the_bytes_actually_written(tmp_path):
+    # A stream that delivers more than declared, as a reader with that bug would: the
+    # whole-archive ratio is checked on written bytes, entry after entry.
+    limits = ArchiveLimits(ratio_min_bytes=100_000, max_total_ratio=100)
+    expansion = sources._Expansion("pool.zip", limits, 1_000)
+    expansion.copy(io.BytesIO(bytes(60_000)), str(tmp_path / "a.bin"), "a.bin", 10**9)
+    with pytest.raises(TestprioError, match=r"pool.zip expands [0-9,]+ times in all .*'b.bin'"):
+        expansion.copy(io.BytesIO(bytes(60_000)), str(tmp_path / "b.bin"), "b.bin", 10**9)
+
+
+DEEP = "d/" * 990
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_archive_nested_too_deep_is_refused_in_one_sentence(tmp_path, scratch_root, kind):
+    entry = (f"{DEEP}pool.npy", _npy_bytes(np.zeros(2)))
+    if kind == "zip":
+        archive = _zip_with(tmp_path / "deep.zip", entry)
+    else:
+        archive = _tar_with(tmp_path / "deep.tar", (_tar_info(entry[0]), entry[1]))
+    with pytest.raises(
+        TestprioError,
+        match=rf"data archive deep.{kind} has an entry 'd/d/.*\.\.\.' nested 990 folders deep, "
+        r"more than the limit of 99; re-create the archive with a flatter folder tree\.",
+    ):
+        with sources.resolve(str(archive)):
+            pass
+    assert list(scratch_root.iterdir()) == []
+
+
+def test_deep_local_image_folder_is_read_without_recursion_error(tmp_path):
+    deepest = str(tmp_path)
+    for part in ["pool", "cat", *DEEP.split("/")[:-1]]:  # mkdir(parents=True) recurses too
+        deepest = f"{deepest}/{part}"
+        os.mkdir(deepest)
+    deepest = Path(deepest)
+    _image(deepest / "a.png", RED)
+    try:
+        pool = sources.open_image_folder(str(tmp_path / "pool"), "pool/")
+        assert pool.files == [f"cat/{DEEP}a.png"] and pool.labels == [0]
+    finally:  # shutil.rmtree (pytest's clean-up) recurses per level on Python 3.11
+        (deepest / "a.png").unlink()
+        folder = deepest
+        while folder != tmp_path:
+            folder.rmdir()
+            folder = folder.parent
+
+
+DUPLICATES = {
+    "zip-same-name": (
+        lambda p: _zip_with(p, ("pool.npy", b"one"), ("pool.npy", b"two")),
+        r"has the entry 'pool.npy' more than once",
+    ),
+    "zip-dot-path": (
+        lambda p: _zip_with(p, ("a/x.png", b"one"), ("a/./x.png", b"two")),
+        r"has the entry 'a/\./x.png' more than once",
+    ),
+    "zip-file-and-folder": (
+        lambda p: _zip_with(p, ("a/x", b"one"), ("a/x/", b"")),
+        r"has the entry 'a/x/' more than once",
+    ),
+    "tar-same-name": (
+        lambda p: _tar_with(p, (_tar_info("a/x.png"), b"one"), (_tar_info("a/x.png"), b"two")),
+        r"has the entry 'a/x.png' more than once",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DUPLICATES))
+def test_duplicate_archive_entries_are_refused(tmp_path, scratch_root, case):
+    build, message = DUPLICATES[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name"
+        archive = build(tmp_path / "dup")
+    with pytest.raises(TestprioError, match=rf"data archive dup {message}; keep one of them"):
+        with sources.resolve(str(archive)):
+            pass
+    assert list(scratch_root.iterdir()) == []
+
+
 # --- http(s) --------------------------------------------------------------------------------
+
+
+# The test servers listen on loopback, which downloads refuse unless allowed.
+LOOPBACK = DownloadLimits(allow_private=True)
+
+
+def _trickle(wfile, data: bytes, every_s: float) -> None:
+    for byte in data:
+        wfile.write(bytes([byte]))
+        wfile.flush()
+        time.sleep(every_s)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        self.server.requests.append((self.path, dict(self.headers.items())))
         path = self.path.split("?")[0]
+        redirect = self.server.redirects.get(path)
+        if redirect is not None:
+            self.send_response(302)
+            self.send_header("Location", redirect)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if path == "/trickle.npy":  # a valid start, then one byte every 0.1 s
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            _trickle(self.wfile, b"\x93NUMPY" + bytes(34), 0.1)
+            self.close_connection = True
+            return
+        if path == "/trickle-headers.npy":  # even the status line comes byte by byte
+            body = _npy_bytes(np.zeros(3))
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            _trickle(self.wfile, head, 0.1)
+            self.wfile.write(body)
+            self.close_connection = True
+            return
         if path == "/slow.npy":
             time.sleep(1.5)
         if path == "/short.npy":  # promises more than it sends, then hangs up
@@ -810,17 +958,39 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def http_files():
-    """A real HTTP server on loopback serving ``files`` (path -> bytes); yields (url, files)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+@contextlib.contextmanager
+def _serving(
+    address: str = "127.0.0.1", port: int = 0
+) -> Iterator[http.server.ThreadingHTTPServer]:
+    """A real HTTP server on ``address``: ``files`` (path -> bytes) to serve, ``redirects``
+    (path -> Location) to answer with 302, and the ``requests`` (path, headers) it got."""
+    server = http.server.ThreadingHTTPServer((address, port), _Handler)
     server.daemon_threads = True
-    server.files = {}
+    server.files, server.redirects, server.requests = {}, {}, []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", server.files
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _url(server: http.server.ThreadingHTTPServer) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}"
+
+
+@pytest.fixture
+def http_server():
+    with _serving() as server:
+        yield server
+
+
+@pytest.fixture
+def http_files(http_server):
+    """A real HTTP server on loopback serving ``files`` (path -> bytes); yields (url, files)."""
+    return _url(http_server), http_server.files
 
 
 def test_http_download_of_npy_and_zip(http_files, digits, tmp_path, scratch_root):
@@ -828,10 +998,10 @@ def test_http_download_of_npy_and_zip(http_files, digits, tmp_path, scratch_root
     x = make_deterministic(6).normal(size=(5, 2))
     files["/data/pool.npy"] = _npy_bytes(x)
     files["/data/digits.zip"] = _zip_folder(digits, tmp_path / "digits.zip").read_bytes()
-    with sources.resolve(f"{url}/data/pool.npy?token=abc") as found:
+    with sources.resolve(f"{url}/data/pool.npy?token=abc", download_limits=LOOPBACK) as found:
         assert (found.format, found.name) == ("npy", "pool.npy")
         np.testing.assert_array_equal(np.load(found.path), x)
-    with sources.resolve(f"{url}/chunked/data/digits.zip") as found:
+    with sources.resolve(f"{url}/chunked/data/digits.zip", download_limits=LOOPBACK) as found:
         assert (found.format, found.name) == ("images", "digits.zip")
         assert sources.open_image_folder(found.path, found.name).count == 7
     assert list(scratch_root.iterdir()) == []
@@ -843,7 +1013,7 @@ def test_http_not_found_names_the_url_without_its_query(http_files, scratch_root
         TestprioError,
         match=rf"downloading {url}/missing.npy failed with HTTP 404 Not Found; check the URL",
     ) as caught:
-        with sources.resolve(f"{url}/missing.npy?token=secret"):
+        with sources.resolve(f"{url}/missing.npy?token=secret", download_limits=LOOPBACK):
             pass
     assert "secret" not in str(caught.value)
     assert list(scratch_root.iterdir()) == []
@@ -860,7 +1030,7 @@ def test_http_download_over_the_size_limit(http_files, scratch_root, path, messa
     url, files = http_files
     files["/big.npy"] = b"\x93NUMPY" + bytes(4994)
     with pytest.raises(TestprioError, match=message):
-        with sources.resolve(url + path, max_download_bytes=1000):
+        with sources.resolve(url + path, max_download_bytes=1000, download_limits=LOOPBACK):
             pass
     assert list(scratch_root.iterdir()) == []
 
@@ -868,17 +1038,17 @@ def test_http_download_over_the_size_limit(http_files, scratch_root, path, messa
 def test_http_download_that_ends_early(http_files, scratch_root):
     url, _ = http_files
     with pytest.raises(TestprioError, match=r"the download of .*/short.npy ended after 100 of "):
-        with sources.resolve(f"{url}/short.npy"):
+        with sources.resolve(f"{url}/short.npy", download_limits=LOOPBACK):
             pass
     assert list(scratch_root.iterdir()) == []
 
 
-def test_http_download_that_stalls_times_out(http_files, monkeypatch):
+def test_http_download_that_stalls_times_out(http_files):
     url, files = http_files
     files["/slow.npy"] = _npy_bytes(np.zeros(3))
-    monkeypatch.setattr(sources, "HTTP_TIMEOUT_S", 0.3)
+    limits = DownloadLimits(allow_private=True, idle_timeout_s=0.3)
     with pytest.raises(TestprioError, match=r"downloading .*/slow.npy timed out \(no data for"):
-        with sources.resolve(f"{url}/slow.npy"):
+        with sources.resolve(f"{url}/slow.npy", download_limits=limits):
             pass
 
 
@@ -890,8 +1060,228 @@ def test_http_connection_refused(scratch_root):
         TestprioError,
         match=rf"cannot download http://127.0.0.1:{port}/pool.npy \(.*refused.*\); check the URL",
     ):
-        with sources.resolve(f"http://127.0.0.1:{port}/pool.npy"):
+        with sources.resolve(f"http://127.0.0.1:{port}/pool.npy", download_limits=LOOPBACK):
             pass
+
+
+# Non-public addresses, as a URL may spell them; each is refused before any connection.
+NON_PUBLIC = {
+    "loopback": ("http://127.0.0.1:PORT/pool.npy", r"127\.0\.0\.1, a loopback address"),
+    "loopback-short": ("http://127.1:PORT/pool.npy", r"127\.0\.0\.1, a loopback address"),
+    "loopback-decimal": ("http://2130706433:PORT/pool.npy", r"127\.0\.0\.1, a loopback"),
+    "loopback-mapped": (
+        "http://[::ffff:127.0.0.1]:PORT/pool.npy",
+        r"::ffff:127\.0\.0\.1, a loopback",
+    ),
+    "localhost": ("http://localhost:PORT/pool.npy", r"names the internal host 'localhost'"),
+    "ipv6-loopback": ("http://[::1]/pool.npy", r"::1, a loopback address"),
+    "metadata": ("http://169.254.169.254/latest/", r"169\.254\.169\.254, a link-local \(cloud"),
+    "metadata-name": (
+        "http://metadata.google.internal/computeMetadata/v1/",
+        r"names the internal host 'metadata\.google\.internal'",
+    ),
+    "metadata-ipv6": ("http://[fd00:ec2::254]/latest/", r"fd00:ec2::254, a private address"),
+    "metadata-mapped": ("http://[::ffff:a9fe:a9fe]/", r"::ffff:169\.254\.169\.254, a link-"),
+    "metadata-nat64": ("http://[64:ff9b::a9fe:a9fe]/", r"64:ff9b::a9fe:a9fe, a link-local"),
+    "6to4-loopback": ("http://[2002:7f00:1::]/", r"2002:7f00:1::, a loopback"),
+    "rfc1918-10": ("http://10.1.2.3/pool.npy", r"10\.1\.2\.3, a private address"),
+    "rfc1918-172": ("http://172.16.5.4/pool.npy", r"172\.16\.5\.4, a private address"),
+    "rfc1918-192": ("http://192.168.1.1/pool.npy", r"192\.168\.1\.1, a private address"),
+    "cgnat": ("http://100.64.0.1/pool.npy", r"100\.64\.0\.1, a non-public address"),
+    "unique-local": ("http://[fc00::1]/pool.npy", r"fc00::1, a private address"),
+    "link-local-v6": ("http://[fe80::1]/pool.npy", r"fe80::1, a link-local"),
+    "unspecified": ("http://0.0.0.0:PORT/pool.npy", r"0\.0\.0\.0, an unspecified address"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NON_PUBLIC))
+def test_http_non_public_addresses_are_refused_by_default(http_server, scratch_root, case):
+    url, message = NON_PUBLIC[case]
+    http_server.files["/pool.npy"] = _npy_bytes(np.zeros(3))
+    url = url.replace("PORT", str(http_server.server_address[1]))
+    with pytest.raises(TestprioError, match=message) as caught:
+        with sources.resolve(url):
+            pass
+    assert "pass --allow-private-urls if this server is meant to be used" in str(caught.value)
+    assert http_server.requests == []  # refused before connecting
+    assert list(scratch_root.iterdir()) == []
+
+
+def test_allowed_networks_let_one_private_server_through(http_server):
+    x = make_deterministic(8).normal(size=(3, 2))
+    http_server.files["/pool.npy"] = _npy_bytes(x)
+    limits = DownloadLimits(allowed_networks=("127.0.0.0/30",))
+    with sources.resolve(f"{_url(http_server)}/pool.npy", download_limits=limits) as found:
+        np.testing.assert_array_equal(np.load(found.path), x)
+    with pytest.raises(TestprioError, match=r"'10\.0\.0\.0/33' is not a CIDR block"):
+        with sources.resolve(
+            f"{_url(http_server)}/pool.npy",
+            download_limits=DownloadLimits(allowed_networks=("10.0.0.0/33",)),
+        ):
+            pass
+
+
+def test_redirect_to_a_non_public_address_is_refused_before_connecting(http_server):
+    with _serving("127.0.0.2") as internal:
+        internal.files["/secret.npy"] = _npy_bytes(np.zeros(3))
+        target = f"{_url(internal)}/secret.npy?sig=SECRET"
+        http_server.redirects["/pool.npy"] = target
+        limits = DownloadLimits(allowed_networks=("127.0.0.1/32",))
+        with pytest.raises(
+            TestprioError,
+            match=rf"{_url(http_server)}/pool.npy \(redirected to {_url(internal)}/secret.npy\) "
+            r"resolves to 127\.0\.0\.2, a loopback address",
+        ) as caught:
+            with sources.resolve(f"{_url(http_server)}/pool.npy", download_limits=limits):
+                pass
+        assert "SECRET" not in str(caught.value)
+        assert [path for path, _ in http_server.requests] == ["/pool.npy"]
+        assert internal.requests == []
+
+
+def test_redirect_that_passes_the_checks_is_followed(http_server):
+    x = make_deterministic(9).normal(size=(2, 2))
+    with _serving() as other:
+        other.files["/real.npy"] = _npy_bytes(x)
+        http_server.redirects["/pool.npy"] = f"{_url(other)}/real.npy"
+        with sources.resolve(f"{_url(http_server)}/pool.npy", download_limits=LOOPBACK) as found:
+            np.testing.assert_array_equal(np.load(found.path), x)
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        ("/loop.npy", r"/loop.npy redirects more than 2 times; give the final URL"),
+        ("file:///etc/passwd", r"redirects to file:///etc/passwd, which is not an http\(s\) URL"),
+        ("ftp://example.com/pool.npy", r"redirects to ftp://example.com/pool.npy, which is not"),
+    ],
+)
+def test_redirects_are_capped_and_stay_on_http(http_server, location, message):
+    http_server.redirects["/loop.npy"] = location
+    limits = DownloadLimits(allow_private=True, max_redirects=2)
+    with pytest.raises(TestprioError, match=message):
+        with sources.resolve(f"{_url(http_server)}/loop.npy", download_limits=limits):
+            pass
+    assert len(http_server.requests) <= 3
+
+
+def test_connection_goes_to_the_address_that_was_checked(monkeypatch):
+    """DNS rebinding: a name that resolves to an allowed address when checked and to an
+    internal one a moment later must not reach the internal one."""
+    x = make_deterministic(10).normal(size=(2, 3))
+    real_getaddrinfo = socket.getaddrinfo
+    answers = []
+
+    def rebinding_dns(host, port, *args, **kwargs):
+        if host != "pool.test":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        address = "127.0.0.1" if not answers else "127.0.0.2"
+        answers.append(address)
+        return real_getaddrinfo(address, port, *args, **kwargs)
+
+    with _serving("127.0.0.1") as checked:
+        port = checked.server_address[1]
+        checked.files["/pool.npy"] = _npy_bytes(x)
+        with _serving("127.0.0.2", port) as rebound:
+            rebound.files["/pool.npy"] = _npy_bytes(np.zeros(3))
+            monkeypatch.setattr(socket, "getaddrinfo", rebinding_dns)
+            limits = DownloadLimits(allowed_networks=("127.0.0.1/32",))
+            url = f"http://pool.test:{port}/pool.npy"
+            with sources.resolve(url, download_limits=limits) as found:
+                np.testing.assert_array_equal(np.load(found.path), x)
+            assert answers == ["127.0.0.1"]  # resolved once, connected to what was checked
+            assert rebound.requests == []
+        ((_, headers),) = checked.requests
+        assert headers["Host"] == f"pool.test:{port}"  # the name, not the address
+
+
+def test_download_slower_than_the_minimum_rate_is_stopped(http_server, scratch_root):
+    limits = DownloadLimits(allow_private=True, min_bytes_per_s=100, rate_window_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(
+        TestprioError,
+        match=r"downloading .*/trickle.npy is too slow \([0-9,]+ bytes/s over 1 s, the minimum "
+        r"is 100\); retry later, use a faster server, or lower --download-min-bytes-per-s\.",
+    ):
+        with sources.resolve(f"{_url(http_server)}/trickle.npy", download_limits=limits):
+            pass
+    assert time.monotonic() - started < 3  # the server would trickle for 4 s
+    assert list(scratch_root.iterdir()) == []
+
+
+def test_download_deadline_covers_headers_trickled_byte_by_byte(http_server, scratch_root):
+    # Each byte comes well within the idle timeout: only the deadline stops this.
+    limits = DownloadLimits(allow_private=True, deadline_s=1.0, idle_timeout_s=30)
+    started = time.monotonic()
+    with pytest.raises(
+        TestprioError,
+        match=r"downloading .*/trickle-headers.npy took longer than the limit of 1 s; use a "
+        r"faster server or a smaller pool, or raise --download-timeout-s\.",
+    ):
+        with sources.resolve(f"{_url(http_server)}/trickle-headers.npy", download_limits=limits):
+            pass
+    assert time.monotonic() - started < 3  # the headers alone take 4 s
+    assert list(scratch_root.iterdir()) == []
+
+
+def test_credentials_and_signatures_are_never_in_messages_or_logs(http_server, caplog):
+    port = http_server.server_address[1]
+    url = (
+        f"http://alice:s3cret@127.0.0.1:{port}/missing.npy"
+        "?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Credential=CRED&X-Goog-Signature=SIG"
+    )
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(
+        TestprioError,
+        match=rf"^downloading http://127.0.0.1:{port}/missing.npy failed with HTTP 404",
+    ) as caught:
+        with sources.resolve(url, download_limits=LOOPBACK):
+            pass
+    for secret in ("alice", "s3cret", "CRED", "SIG"):
+        assert secret not in str(caught.value)
+        assert secret not in caplog.text
+    ((path, headers),) = http_server.requests
+    assert headers["Host"] == f"127.0.0.1:{port}"
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    assert path.endswith("X-Goog-Signature=SIG")  # the server itself gets the signed URL
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        (
+            "https://storage.googleapis.com/b/pool.npz?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+            "&X-Goog-Credential=sa%40p.iam&X-Goog-Signature=abc123",
+            "https://storage.googleapis.com/b/pool.npz",
+        ),
+        ("https://b.s3.amazonaws.com/p.npy?X-Amz-Signature=x&X-Amz-Credential=y", None),
+        ("https://acct.blob.core.windows.net/c/p.npy?sv=1&sig=abc", None),
+        ("http://user:pa55@host.example:8080/p.npy?token=t#frag", "http://host.example:8080/p.npy"),
+        ("HTTPS://[2001:db8::1]:8443/p.npy?sig=1", "https://[2001:db8::1]:8443/p.npy"),
+        ("gs://bucket/pool?.npy", "gs://bucket/pool?.npy"),
+        ("/data/pool.npy", "/data/pool.npy"),
+        ("", ""),
+    ],
+)
+def test_redact_url(uri, shown):
+    expected = shown if shown is not None else uri.split("?")[0]
+    assert sources.redact_url(uri) == expected
+    for secret in ("abc123", "sa%40p", "pa55", "X-Amz", "sig=", "token", "frag"):
+        assert secret not in sources.redact_url(uri)
+
+
+def test_run_json_records_the_data_url_redacted(tmp_path):
+    from testprio import stages
+    from tests.stagekit import parameters
+
+    data = "https://u:pw@example.com/pool.npz?X-Goog-Signature=SIGNATURE&token=TOKEN"
+    recorded = parameters(str(tmp_path / "missing.onnx"), data, str(tmp_path / "runs"), "r1")
+    with pytest.raises(TestprioError):  # the model is missing: run.json is written anyway
+        stages.start_run(recorded["root"], "r1", recorded)
+    text = (tmp_path / "runs" / "r1" / "run.json").read_text()
+    assert '"data": "https://example.com/pool.npz"' in text
+    for secret in ("SIGNATURE", "TOKEN", "u:pw"):
+        assert secret not in text
 
 
 # --- gs:// ---------------------------------------------------------------------------------
