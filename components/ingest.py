@@ -22,6 +22,9 @@ def ingest(
     custom_op_cpu_seconds: float = 120.0,
     custom_op_memory_mb: int = 2048,
     custom_op_batch_timeout_s: float = 300.0,
+    allow_private_urls: bool = False,
+    download_timeout_s: float = 14400.0,
+    download_min_bytes_per_s: float = 16384.0,
 ) -> List[str]:
     """Read, check and preprocess the pool into sample shards; returns their URIs."""
     from testprio.stages import ingest_pool
@@ -42,4 +45,7 @@ def ingest(
         custom_op_cpu_seconds=custom_op_cpu_seconds,
         custom_op_memory_mb=custom_op_memory_mb,
         custom_op_batch_timeout_s=custom_op_batch_timeout_s,
+        allow_private_urls=allow_private_urls,
+        download_timeout_s=download_timeout_s,
+        download_min_bytes_per_s=download_min_bytes_per_s,
     )

@@ -31,6 +31,9 @@ def start(
     custom_op_cpu_seconds: float = 120.0,
     custom_op_memory_mb: int = 2048,
     custom_op_batch_timeout_s: float = 300.0,
+    allow_private_urls: bool = False,
+    download_timeout_s: float = 14400.0,
+    download_min_bytes_per_s: float = 16384.0,
 ) -> str:
     """Check every parameter and write run.json (status running); returns the run URI."""
     parameters = dict(locals())  # first line: every argument, nothing else

@@ -250,6 +250,9 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
         custom_op_cpu_seconds: float = 120.0,
         custom_op_memory_mb: int = 2048,
         custom_op_batch_timeout_s: float = 300.0,
+        allow_private_urls: bool = False,
+        download_timeout_s: float = 14400.0,
+        download_min_bytes_per_s: float = 16384.0,
     ) -> str:
         ingest_arguments = dict(
             preset=preset,
@@ -263,6 +266,9 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
             custom_op_cpu_seconds=custom_op_cpu_seconds,
             custom_op_memory_mb=custom_op_memory_mb,
             custom_op_batch_timeout_s=custom_op_batch_timeout_s,
+            allow_private_urls=allow_private_urls,
+            download_timeout_s=download_timeout_s,
+            download_min_bytes_per_s=download_min_bytes_per_s,
         )
         start_task = start(
             model=model,

@@ -182,6 +182,9 @@ RUN_DEFAULTS = {
             "custom_op_cpu_seconds",
             "custom_op_memory_mb",
             "custom_op_batch_timeout_s",
+            "allow_private_urls",
+            "download_timeout_s",
+            "download_min_bytes_per_s",
         )
     },
 }
@@ -670,6 +673,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-data-gb",
         type=finite_float,
         help="largest download, and largest archive once extracted, in GiB (default 20)",
+    )
+    run.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let an http(s) pool come from loopback, private or link-local addresses "
+        "(refused by default: they reach internal services)",
+    )
+    run.add_argument(
+        "--download-timeout-s",
+        type=finite_float,
+        help="time limit of a whole http(s) download, in seconds (default 14400)",
+    )
+    run.add_argument(
+        "--download-min-bytes-per-s",
+        type=finite_float,
+        help="slowest average rate of an http(s) download over a minute; 0: no minimum "
+        "(default 16384)",
     )
     run.add_argument(
         "--custom-op-cpu-seconds", type=finite_float, help="CPU seconds per batch (default 120)"

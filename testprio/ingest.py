@@ -82,6 +82,11 @@ class IngestOptions:
     tensor_column: str = "x"
     label_column: str = ""
     max_data_gb: float = 20.0  # largest download, and largest archive once expanded
+    # http(s) sources (testprio.sources.DownloadLimits): non-public addresses are refused
+    # unless allowed; the whole download's time limit and its minimum rate (0: none).
+    allow_private_urls: bool = False
+    download_timeout_s: float = sources.DEFAULT_DOWNLOAD_LIMITS.deadline_s
+    download_min_bytes_per_s: float = sources.DEFAULT_DOWNLOAD_LIMITS.min_bytes_per_s
     custom_op_cpu_seconds: float = 120.0  # per batch
     custom_op_memory_mb: int = 2048
     custom_op_batch_timeout_s: float = 300.0  # wall clock per batch
@@ -131,6 +136,15 @@ def _check_values(options: IngestOptions) -> None:
         )
     if not options.max_data_gb > 0:
         raise TestprioError(f"--max-data-gb {options.max_data_gb} must be a positive number.")
+    if not options.download_timeout_s > 0:
+        raise TestprioError(
+            f"--download-timeout-s {options.download_timeout_s} must be a positive number."
+        )
+    if not options.download_min_bytes_per_s >= 0:
+        raise TestprioError(
+            f"--download-min-bytes-per-s {options.download_min_bytes_per_s} must be zero "
+            "(no minimum) or a positive number."
+        )
     if not options.tensor_column:
         raise TestprioError("--tensor-column is empty; give the name of the column of samples.")
 
@@ -678,6 +692,11 @@ def ingest(layout: RunLayout, data_uri: str, options: IngestOptions | None = Non
             data_uri,
             max_download_bytes=limit,
             archive_limits=sources.ArchiveLimits(max_bytes=limit),
+            download_limits=sources.DownloadLimits(
+                allow_private=options.allow_private_urls,
+                deadline_s=options.download_timeout_s,
+                min_bytes_per_s=options.download_min_bytes_per_s,
+            ),
         ) as resolved,
     ):
         pool = open_pool(

@@ -85,6 +85,9 @@ INGEST_PARAMETERS = (
     "custom_op_cpu_seconds",
     "custom_op_memory_mb",
     "custom_op_batch_timeout_s",
+    "allow_private_urls",
+    "download_timeout_s",
+    "download_min_bytes_per_s",
 )
 
 
@@ -103,6 +106,11 @@ def ingest_options(parameters: dict[str, Any]) -> ingest.IngestOptions:
         tensor_column=value("tensor_column", "") or defaults.tensor_column,
         label_column=value("label_column", "") or "",
         max_data_gb=float(value("max_data_gb", defaults.max_data_gb)),
+        allow_private_urls=bool(value("allow_private_urls", defaults.allow_private_urls)),
+        download_timeout_s=float(value("download_timeout_s", defaults.download_timeout_s)),
+        download_min_bytes_per_s=float(
+            value("download_min_bytes_per_s", defaults.download_min_bytes_per_s)
+        ),
         custom_op_cpu_seconds=float(value("custom_op_cpu_seconds", defaults.custom_op_cpu_seconds)),
         custom_op_memory_mb=int(value("custom_op_memory_mb", defaults.custom_op_memory_mb)),
         custom_op_batch_timeout_s=float(

@@ -322,7 +322,9 @@ def test_http_source(layout, http_folder, digits_pool):
     folder, base = http_folder
     x, y = digits_pool
     np.savez(folder / "pool.npz", x=x, y=y)
-    shards = ingest(layout, f"{base}/pool.npz", shard_size=50)
+    with pytest.raises(TestprioError, match=r"pool.npz resolves to 127.0.0.1, a loopback"):
+        ingest(layout, f"{base}/pool.npz", shard_size=50)  # refused unless allowed
+    shards = ingest(layout, f"{base}/pool.npz", shard_size=50, allow_private_urls=True)
     manifest = assert_accounted(layout, shards)
     assert manifest["samples"] == len(x)
     _, out, labels, _ = reassemble(shards)
