@@ -1284,6 +1284,26 @@ def test_run_json_records_the_data_url_redacted(tmp_path):
         assert secret not in text
 
 
+def test_check_data_uri_errors_quote_the_url_redacted():
+    with pytest.raises(TestprioError, match=r"^https://host/x is not a valid URL") as caught:
+        sources.check_data_uri("https://user:pw@host:port/x?sig=SIGNATURE")
+    assert "pw" not in str(caught.value) and "SIGNATURE" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"download_timeout_s": 0}, r"--download-timeout-s 0 must be a positive number\."),
+        ({"download_min_bytes_per_s": -1}, r"--download-min-bytes-per-s -1 must be zero"),
+    ],
+)
+def test_download_options_are_checked(option, message):
+    from testprio import ingest
+
+    with pytest.raises(TestprioError, match=message):
+        ingest.check_options(ingest.IngestOptions(**option))
+
+
 # --- gs:// ---------------------------------------------------------------------------------
 
 
