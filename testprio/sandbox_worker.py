@@ -488,10 +488,15 @@ def _refuse(problem: str):
 
 
 _NUMERIC_ONLY = "ops compute with numeric dtypes only"
+# Arguments that can be neither a dtype nor a function: skipped without further checks (an
+# isinstance check against np.dtype alone costs a microsecond, and lists hold millions).
+_PLAIN_ARGUMENTS = frozenset({int, float, bool, complex, type(None), slice, range})
 
 
 def _check_value(value, where: str) -> None:
     """Refuse an array, numpy scalar or dtype of object or void kind."""
+    if type(value) in _PLAIN_ARGUMENTS:
+        return
     if isinstance(value, (np.ndarray, np.generic)):
         dtype = value.dtype
     elif isinstance(value, np.dtype):
@@ -512,11 +517,28 @@ def _check_argument(value, where: str) -> None:
     _check_plain_argument(value, where)
 
 
+# Whether a string or class names an object or void dtype, by the value: ops pass the same
+# few dtype names ('float32', np.uint8) on every call.
+_DTYPE_KIND_CACHE: dict = {}
+
+
+def _cached_dtype_kind(value) -> str | None:
+    key = (type(value), value)
+    if key not in _DTYPE_KIND_CACHE:
+        if len(_DTYPE_KIND_CACHE) > 4096:
+            _DTYPE_KIND_CACHE.clear()
+        _DTYPE_KIND_CACHE[key] = _dtype_kind(value)
+    return _DTYPE_KIND_CACHE[key]
+
+
 def _check_plain_argument(value, where: str) -> None:
+    if type(value) in _PLAIN_ARGUMENTS:
+        return
     if isinstance(value, (np.ndarray, np.generic, np.dtype)):
         _check_value(value, where)
     elif isinstance(value, (str, type, dict, list, tuple)):
-        kind = _dtype_kind(value)
+        hashable = isinstance(value, (str, type))
+        kind = _cached_dtype_kind(value) if hashable else _dtype_kind(value)
         if kind:
             shown = repr(value)[:40].replace(". ", ".")
             _refuse(f"the {kind} ({shown}) was given to {where}; {_NUMERIC_ONLY}")
@@ -605,7 +627,8 @@ def _numpy_proxy() -> types.ModuleType:
 
 
 NUMPY_PROXY = _numpy_proxy()
-_PROXY_MODULES = (NUMPY_PROXY, NUMPY_PROXY.linalg, NUMPY_PROXY.fft, math)
+MATH_PROXY = _proxy_module("math", math, MATH_NAMES)
+_PROXY_MODULES = (NUMPY_PROXY, NUMPY_PROXY.linalg, NUMPY_PROXY.fft, MATH_PROXY)
 # Classes op code may hold: numpy's numeric scalar types and the stand-ins for np.ndarray
 # and np.dtype. Any other class reached through an attribute or a result is refused.
 _ALLOWED_CLASSES = frozenset(
@@ -654,7 +677,7 @@ class _GuardAttributes(ast.NodeTransformer):
         return ast.copy_location(call, node)
 
 
-_MODULES = {"numpy": NUMPY_PROXY, "math": math}
+_MODULES = {"numpy": NUMPY_PROXY, "math": MATH_PROXY}
 
 
 def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
