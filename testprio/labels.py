@@ -516,6 +516,28 @@ def write_export(export: LabelExport, layout: RunLayout, sink: _Sink) -> None:
     sink.put_bytes(README_NAME, export.readme().encode())
 
 
+def export_zip_bytes(
+    layout: RunLayout,
+    *,
+    top_k: int | None = None,
+    ranks: str | RankRange | None = None,
+    url_prefix: str = "",
+    download: bool = False,
+) -> bytes:
+    """The export of ``export_labels`` as one zip, in memory (a download button's bytes).
+
+    Without ``download`` an archived or downloaded image folder's images are rendered from
+    the tensors, so that no request fetches the whole pool again.
+    """
+    export = plan_export(
+        layout, ranks=rank_range(top_k=top_k, ranks=ranks), url_prefix=url_prefix, download=download
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        write_export(export, layout, ZipSink(archive))
+    return buffer.getvalue()
+
+
 def export_labels(
     layout: RunLayout,
     out: str,
@@ -609,10 +631,11 @@ def _sample_id(value: Any, where: str, uri: str) -> int:
     return int(value)
 
 
-def _read_text(uri: str) -> str:
-    if not storage.exists(uri):
-        raise TestprioError(f"the label file {uri} does not exist; check the path.")
-    data = storage.read_bytes(uri)
+def _read_text(uri: str, data: bytes | None = None) -> str:
+    if data is None:
+        if not storage.exists(uri):
+            raise TestprioError(f"the label file {uri} does not exist; check the path.")
+        data = storage.read_bytes(uri)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -752,16 +775,21 @@ def _class_index(label: _Label, lookup: dict[str, int], count: int, run_id: str,
     )
 
 
-def read_label_file(layout: RunLayout, uri: str) -> tuple[dict[int, int], int]:
+def read_label_file(
+    layout: RunLayout, uri: str, *, data: bytes | None = None
+) -> tuple[dict[int, int], int]:
     """``{sample_id: class index}`` from a Label Studio JSON export or a CSV, and how many
-    tasks or rows had no label. Checks classes, duplicates and sample ids against the run."""
+    tasks or rows had no label. Checks classes, duplicates and sample ids against the run.
+
+    ``data``: the file's bytes when it is stored nowhere (an upload); ``uri`` then only
+    names it (its extension says JSON or CSV)."""
     details = reportdata.load_run(layout)
     if details.summary is None:
         raise TestprioError(
             f"{layout.uri} has no ranking yet, so labels cannot be checked against it; let "
             "the run finish its rank stage first."
         )
-    text = _read_text(uri)
+    text = _read_text(uri, data)
     if not text.strip():
         raise TestprioError(f"{uri} is empty; give a Label Studio JSON export or a CSV.")
     entries, skipped = LABEL_READERS[_file_kind(uri, text)](uri, text)
@@ -832,13 +860,14 @@ def labelled_figures(layout: RunLayout, labels: dict[int, int]) -> dict:
     }
 
 
-def import_labels(layout: RunLayout, uri: str) -> ImportResult:
+def import_labels(layout: RunLayout, uri: str, *, data: bytes | None = None) -> ImportResult:
     """Merge the labels of ``uri`` into ``{run}/labels.parquet``; record figures in run.json.
 
     A label for a sample that already has one replaces it. Nothing is written when the file
-    has any problem.
+    has any problem. ``data``: the file's bytes when it is stored nowhere (an upload in the
+    report app); ``uri`` is then its name, for messages and the record.
     """
-    labels, skipped = read_label_file(layout, uri)
+    labels, skipped = read_label_file(layout, uri, data=data)
     before = _imported_labels(layout)
     now = datetime.now(timezone.utc)
     previous_times: dict[int, Any] = {}

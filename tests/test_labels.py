@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import shutil
 import uuid
@@ -578,3 +579,25 @@ def test_round_trip_on_gcs(gcs_emulator, inputs, tmp_path):
     assert result.labelled["accuracy"] == 1.0 and result.labelled["apfd"] is None
     assert storage.read_table(labels.labels_uri(layout)).num_rows == 4
     assert storage.read_json(layout.run_json)["labelled"]["samples"] == 4
+
+
+# --- for the report app: bytes in, bytes out --------------------------------------------
+
+
+def test_app_functions_take_and_give_bytes(run_copy, inputs, tmp_path):
+    data = labels.export_zip_bytes(run_copy, ranks="2-3")
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    rows = list(csv.DictReader(io.StringIO(archive.read("labels.csv").decode())))
+    assert [int(row["rank"]) for row in rows] == [2, 3]
+    for row in rows:  # a plain folder is read directly, so the originals come without download
+        assert archive.read(row["image"]) == (inputs / "pool" / row["source"]).read_bytes()
+    assert {"README.txt", "label_studio_tasks.json", "label_studio_config.xml"} <= set(
+        archive.namelist()
+    )
+    upload = f"sample_id,label\n{rows[0]['sample_id']},d4\n".encode()
+    result = labels.import_labels(run_copy, "upload.csv", data=upload)
+    assert result.read == 1 and result.labelled["file"] == "upload.csv"
+    with pytest.raises(TestprioError, match=r"upload\.json is not valid JSON"):
+        labels.import_labels(run_copy, "upload.json", data=b"[{")
+    with pytest.raises(TestprioError, match=r"upload\.csv is not UTF-8 text"):
+        labels.import_labels(run_copy, "upload.csv", data=b"sample_id,label\n1,\xff\xfe\n")
