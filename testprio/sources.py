@@ -3,11 +3,12 @@
 ``resolve(data_uri)`` turns what the user passed as the pool into one local file or folder
 and its format. It accepts a local file or folder, ``gs://bucket/object``,
 ``gs://bucket/prefix`` (a "folder": every object under it is downloaded),
-``http(s)://...`` (streamed to a temporary file) and archives (``.zip``, ``.tar``,
-``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``) of any of these. Downloads and extracted
-archives live in temporary folders that are removed when the ``with`` block ends; the input
-itself is only ever read. ``check_data_uri`` is the cheap check for a run's first task: it
-downloads and extracts nothing.
+``http(s)://...`` (streamed to a temporary file; non-public addresses refused unless
+allowed, within a deadline and a minimum rate: see ``DownloadLimits``) and archives
+(``.zip``, ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``) of any of these.
+Downloads and extracted archives live in temporary folders that are removed when the
+``with`` block ends; the input itself is only ever read. ``check_data_uri`` is the cheap
+check for a run's first task: it downloads and extracts nothing.
 
 Formats (``FORMATS``) are told by extension *and* content: a file whose bytes contradict
 its extension (a PNG named ``pool.npy``) is an error, and a file with no known extension
