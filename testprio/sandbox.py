@@ -2,7 +2,8 @@
 
 The file defines ``def op(x)``: a batch ``(N, ...)`` in, a numeric batch ``(N, ...)`` out.
 ``check_source`` refuses, with one sentence naming the line, any file that uses more than
-numpy and math; ``CustomOp`` runs a checked file in a worker process
+numpy and math (or builds arrays over raw memory, or names object or void dtypes);
+``CustomOp`` runs a checked file, behind a runtime guard on every numpy call, in a worker process
 (``testprio/sandbox_worker.py``) under CPU, memory, file, process and file-descriptor limits
 and a wall-clock limit per batch, and turns everything that can go wrong there into a
 ``TestprioError`` that says what happened and what to do.

@@ -23,13 +23,29 @@ The layers, each of which an escape would have to get through:
    ``async``, ``with``, ``match``, generator functions, and no ``try``: an op has nothing to
    recover from, and an ``except`` clause hands out exception objects whose tracebacks lead
    to frames. ``numpy.random`` is refused too: preprocessing must be deterministic, the run
-   records the op's source and hash to be repeatable.
+   records the op's source and hash to be repeatable. No decorators. Raw memory and object
+   dtypes by literal: no call of ``ndarray`` (it builds arrays over a buffer), no
+   ``buffer=``/``strides=`` keyword, no string, structured spec (``[('p', 'O')]``) or
+   builtin type in a dtype slot (``x.astype(list)``) that numpy reads as an object or void
+   dtype. An object array over raw bytes forges pointers (``np.ndarray((1,),
+   np.dtype('O'), buffer=cell)`` once reached ``exec`` and the parent's environment).
 2. **Restricted execution**: the module body runs with a ``__builtins__`` of safe builtins
    only (``SAFE_BUILTINS``) and an ``__import__`` that hands out numpy and math only, so a
-   source that got past the check still finds no ``open``, ``eval`` or ``os``. This layer
-   alone does not stop attribute walks such as ``().__class__.__subclasses__()``: only the
-   source check does, which is why the worker runs it again.
-3. **Resource limits**, set after numpy is imported and before the module body runs:
+   source that got past the check still finds no ``open``, ``eval`` or ``os``.
+3. **Runtime guard** (``NUMPY_PROXY``, ``guarded_attribute``, ``_GuardedCallable``): op
+   code imports a stand-in numpy (and math) holding the allow-listed names only, and every
+   attribute it reads is rewritten into ``guarded_attribute(value, 'name')`` before the
+   code is compiled. Every numpy function, method and math function it can reach is
+   wrapped: an argument that is, holds one level down or names an object or void dtype
+   (computed strings such as ``'%c' % 79``, ``list``, structured dicts), any function
+   handed to numpy (``np.pad(mode=callable)``) and any object or void array, scalar or
+   dtype in a result is refused, as is any attribute read on an object array. ``np.ndarray``
+   is a stand-in that ``isinstance`` accepts and that cannot be called; ``np.dtype``
+   is guarded like a function. A refusal is recorded before it is raised, so a batch is
+   refused even if something swallowed the exception. Object arrays can still arise from
+   operators (``np.arange(2) + [2 ** 70]``), never from raw memory, and no function or
+   method accepts them. The guard costs roughly 10-20 microseconds per numpy call.
+4. **Resource limits**, set after numpy is imported and before the module body runs:
    ``RLIMIT_CPU`` (per batch: the soft limit moves to the CPU time used so far plus the
    budget before each batch; the kernel kills the worker with SIGXCPU), ``RLIMIT_AS`` (the
    address space after importing numpy plus ``memory_mb``: allocations beyond it fail with
@@ -38,7 +54,7 @@ The layers, each of which an escape would have to get through:
    descriptors: no opening files or sockets; numpy modules that numpy imports lazily are
    imported up front for this reason). The parent adds a wall-clock limit per batch and
    kills the whole process group when it passes.
-4. **Process isolation**: a separate process with a near-empty environment (no
+5. **Process isolation**: a separate process with a near-empty environment (no
    credentials), ``-I`` (no user site, no ``PYTHON*`` variables), its own session, cwd
    ``/``. Batches travel as length-prefixed ``.npy`` frames and errors as JSON over
    stdin/stdout; nothing is ever pickled, and the parent reads a reply with
@@ -47,7 +63,9 @@ The layers, each of which an escape would have to get through:
 What this does NOT protect against (it is defense in depth, not a security boundary like a
 container, gVisor or a VM): the worker runs as the same user with the same filesystem view,
 so a sandbox escape (a bug in CPython, numpy or this checker) can read any file that user can
-read, use the network, and, as root, ignore ``RLIMIT_NPROC``. There is no seccomp filter and
+read, use the network, and, as root, ignore ``RLIMIT_NPROC`` and raise every limit again.
+The descriptor limit stops opening files and sockets only while all descriptors are in use:
+code that escaped can close one (stdin) and open what it likes. There is no seccomp filter and
 no namespace. ``RLIMIT_FSIZE`` does not stop creating empty files, deleting or renaming
 files. ``RLIMIT_AS`` caps virtual memory, not resident memory of the machine as a whole, and
 the CPU limit has one-second granularity. Timing side channels and numpy's own memory-safety
