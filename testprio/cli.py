@@ -39,6 +39,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STAGE_STARTED = re.compile(r"testprio INFO stage (\S+) started")
 _STAGE_FINISHED = re.compile(r"testprio INFO stage (\S+) finished")
 _TASK_STARTED = re.compile(r"Executing task '([^']+)'")
+_TASK_FINISHED = re.compile(r"Task '([^']+)' finished with status")
 _TASK_ERROR = re.compile(r"testprio\.errors\.TestprioError: (.+)$")
 
 
@@ -50,14 +51,17 @@ class _ProgressFilter(io.TextIOBase):
         self._target = target
         self._verbose = verbose
         self._pending = ""
-        self._stage: str | None = None
-        self._task: str | None = None
+        # In start order; score tasks run side by side, so several can be in progress.
+        self._stages: list[str] = []
+        self._tasks: list[str] = []
+        self._last: str | None = None
         self.error: str | None = None
 
     @property
     def stage(self) -> str | None:
-        """The stage in progress, else the KFP task in progress (before its stage starts)."""
-        return self._stage or self._task
+        """The latest stage in progress, else the KFP task in progress (before its stage
+        starts), else the last stage that ran (stopped between two tasks)."""
+        return (self._stages or self._tasks or [self._last])[-1]
 
     def write(self, text: str) -> int:
         self._pending += text
@@ -74,13 +78,15 @@ class _ProgressFilter(io.TextIOBase):
 
     def _note(self, line: str) -> None:
         if started := _STAGE_STARTED.search(line):
-            self._stage = started.group(1)
-        elif (finished := _STAGE_FINISHED.search(line)) and finished.group(1) == self._stage:
-            self._stage = None
+            self._stages.append(started.group(1))
+            self._last = started.group(1)
+        elif (finished := _STAGE_FINISHED.search(line)) and finished.group(1) in self._stages:
+            self._stages.remove(finished.group(1))
         elif task := _TASK_STARTED.search(line):
-            self._task = task.group(1)
-        elif "finished with status" in line:
-            self._task = None
+            self._tasks.append(task.group(1))
+            self._last = self._last or task.group(1)
+        elif (done := _TASK_FINISHED.search(line)) and done.group(1) in self._tasks:
+            self._tasks.remove(done.group(1))
         elif error := _TASK_ERROR.search(line):
             self.error = error.group(1)
 
@@ -208,6 +214,11 @@ def run_pipeline_locally(parameters: dict, *, verbose: bool = False) -> RunLayou
         )
     parameters = {**RUN_DEFAULTS, **parameters}
     parameters["run_id"] = parameters["run_id"] or new_run_id()
+    from testprio.stages import FLOAT_PARAMETERS
+
+    for name in FLOAT_PARAMETERS:  # KFP refuses an int (max_data_gb=5) for a float input
+        if isinstance(parameters.get(name), int) and not isinstance(parameters[name], bool):
+            parameters[name] = float(parameters[name])
     # The convert task is chosen when the pipeline is built (dsl.OneOf does not run in the
     # local runner): detect the framework here from the file's content, without importing
     # it. A model that cannot be detected gets the ONNX pipeline, whose start task then
@@ -480,6 +491,8 @@ def report_server_command(root: str, port: int, host: str) -> list[str]:
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--client.showErrorDetails",  # none: no message or traceback reaches the browser
+        "none",
         "--",
         "--root",
         root,
@@ -714,7 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--label-column",
-        help="Parquet/CSV column or .npz array of the labels (default: label or y if present)",
+        help="Parquet/CSV column or .npz array of the labels (default: label, labels or y if "
+        "present; two of them is an error)",
     )
     run.add_argument("--output-kind", help="auto, logits or probabilities")
     run.add_argument("--output-name", help="model output holding class scores")

@@ -23,6 +23,8 @@ FLOAT_PARAMETERS = (
     "max_data_gb",
     "custom_op_cpu_seconds",
     "custom_op_batch_timeout_s",
+    "download_timeout_s",
+    "download_min_bytes_per_s",
 )
 
 
