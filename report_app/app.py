@@ -4,8 +4,11 @@ Start it with ``testprio report --root ROOT``. Layout only: every table and figu
 ``testprio.reportdata`` and every chart from ``testprio.charts``. The root is fixed when the
 app starts (``--root`` after ``--`` or ``TESTPRIO_REPORT_ROOT``); URL parameters choose a
 page and runs by id, and ``reportdata.resolve_run`` refuses anything but a run id under the
-root. Text that comes from a run (sources, class names, file names, error sentences) goes
-through ``reportdata.md_escape`` wherever Streamlit would read it as Markdown.
+root, and every file of a run is read through ``reportdata.run_file``/``shard_file``, which
+refuse real paths outside the root. Text that comes from a run (run ids, metric and class
+names, sources, error sentences) goes through ``reportdata.md_escape`` wherever Streamlit
+reads it as Markdown (captions, alerts, titles, widget and metric labels). Uncaught
+exceptions show no message or traceback in the browser (``client.showErrorDetails``).
 """
 
 from __future__ import annotations
@@ -89,6 +92,14 @@ def comparison_of(root: str, a: str, b: str) -> dict:
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def show_errors_of(page, *args) -> None:
+    """Run a page; a refused or unreadable file stops it with its one sentence."""
+    try:
+        page(*args)
+    except TestprioError as exc:
+        show_error(str(exc))
 
 
 def show_error(text: str) -> None:
@@ -190,6 +201,8 @@ def runs_page(rows: list[dict]) -> None:
     for row in shown:
         if row["status"] == "failed":
             show_error(f"{row['run_id']} failed in {row['failed_stage']}: {row['error']}")
+        elif row["status"] == "refused":
+            show_error(row["error"])
     if shown:
         run_id = st.selectbox("Run", [row["run_id"] for row in shown], key="runs-open")
         st.button("Open run", on_click=open_run, args=(run_id,))
@@ -268,7 +281,7 @@ def ranking_section(root: str, details: reportdata.RunDetails) -> None:
     left, middle, right = st.columns([2, 2, 1])
     chosen = left.multiselect("Predicted class", labels, key="rank-classes")
     low, high = middle.slider(
-        f"{metric} range", 0.0, upper, (0.0, upper), step=upper / 100 or 0.01, key="rank-range"
+        f"{esc(metric)} range", 0.0, upper, (0.0, upper), step=upper / 100 or 0.01, key="rank-range"
     )
     page_size = right.selectbox("Rows per page", PAGE_SIZES, index=1, key="rank-size")
     classes = tuple(labels.index(label) for label in chosen) if chosen else None
@@ -336,7 +349,7 @@ def run_page(root: str, run_ids: list[str]) -> None:
         columns[0].metric("ranked", f"{summary['counts']['ranked']:,}")
         columns[1].metric("quarantined", f"{summary['counts']['quarantined']:,}")
         mean = summary["histograms"][metric]["mean"]
-        columns[2].metric(f"mean {metric}", "-" if mean is None else f"{mean:.4f}")
+        columns[2].metric(f"mean {esc(metric)}", "-" if mean is None else f"{mean:.4f}")
         if summary["labels"]:
             columns[3].metric("accuracy", f"{summary['labels']['accuracy']:.4f}")
             apfd = summary["labels"]["apfd"]
@@ -438,7 +451,7 @@ def downloads_page(root: str, run_ids: list[str]) -> None:
     )
     right.download_button(
         "Ranking as Parquet",
-        data=lambda: storage.read_bytes(layout.ranking),
+        data=lambda: reportdata.ranking_parquet(details),
         file_name=f"{run_id}-ranking.parquet",
         mime="application/octet-stream",
         on_click="ignore",
@@ -465,10 +478,11 @@ def downloads_page(root: str, run_ids: list[str]) -> None:
         on_click="ignore",
     )
     st.subheader("Everything")
-    if storage.exists(layout.export_zip):
+    export = reportdata.export_zip_file(details)  # refused here if it links out of the root
+    if export is not None:
         st.download_button(
             "export.zip (ranking, scores and probabilities, report.html, run.json, model.json)",
-            data=lambda: storage.read_bytes(layout.export_zip),
+            data=lambda: storage.read_bytes(export),
             file_name=f"{run_id}-export.zip",
             mime="application/zip",
             on_click="ignore",
@@ -480,6 +494,8 @@ def downloads_page(root: str, run_ids: list[str]) -> None:
 # --- the app ------------------------------------------------------------------------------
 
 st.set_page_config(page_title="testprio report", layout="wide")
+# "none", not the legacy false: false still sends the traceback (file paths) to the browser.
+st.set_option("client.showErrorDetails", "none")
 ROOT = report_root()
 try:
     ROOT = storage.normalize_root(ROOT)
@@ -497,10 +513,10 @@ st.sidebar.caption(esc(f"Root: {ROOT}"))
 ids = [row["run_id"] for row in all_runs]
 
 if page_key == "runs":
-    runs_page(all_runs)
+    show_errors_of(runs_page, all_runs)
 elif page_key == "run":
-    run_page(ROOT, ids)
+    show_errors_of(run_page, ROOT, ids)
 elif page_key == "compare":
-    compare_page(ROOT, all_runs)
+    show_errors_of(compare_page, ROOT, all_runs)
 else:
-    downloads_page(ROOT, ids)
+    show_errors_of(downloads_page, ROOT, ids)

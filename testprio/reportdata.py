@@ -18,6 +18,7 @@ import io
 import math
 import os
 import posixpath
+import string
 import zipfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ import pyarrow.csv as pacsv
 from testprio import storage
 from testprio.errors import TestprioError
 from testprio.ingest import shard_sample_shape, shard_tensors
-from testprio.layout import RUN_ID_PATTERN, RunLayout, collect_stage_timings, run_status
+from testprio.layout import RUN_ID_PATTERN, SHARD_NAME_PATTERN, RunLayout, run_status
 
 RUN_COLUMNS = ("run_id", "model", "dataset", "metric", "status", "started", "duration")
 RANKING_VIEW_COLUMNS = ("rank", "sample_id", "predicted", "confidence", "label")
@@ -79,6 +80,29 @@ def resolve_run(root: str, run_id: str) -> RunLayout:
     if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
         raise TestprioError(f"'{run_id}' is not a run id; pick a run from the list.")
     return RunLayout(resolve_under_root(root, run_id))
+
+
+def run_file(layout: RunLayout, uri: str) -> str:
+    """``uri``, a file of the run at ``layout``, if its real path stays under the runs root.
+
+    Every file the report reads or serves goes through here (or ``shard_file``), so that a
+    symbolic link or a crafted name inside a run folder cannot reach a file elsewhere.
+    """
+    base = layout.uri.rstrip("/")
+    root, _, run_id = base.rpartition("/")
+    if not uri.startswith(base + "/"):
+        raise TestprioError(f"'{uri}' is not a file of run {run_id}.")
+    return resolve_under_root(root, f"{run_id}/{uri[len(base) + 1 :]}")
+
+
+def shard_file(layout: RunLayout, folder: str, name: Any) -> str:
+    """Shard ``name`` (as ``data/manifest.json`` lists it) in the run's ``data/`` or ``scores/``."""
+    if not isinstance(name, str) or not SHARD_NAME_PATTERN.match(name):
+        raise TestprioError(
+            f"data/manifest.json of run {layout.run_id} lists the shard '{name}', which is not "
+            "a shard-NNNNN.parquet file name; the run folder was changed after ingest wrote it."
+        )
+    return run_file(layout, storage.join(layout.uri, folder, name))
 
 
 # --- the runs under a root --------------------------------------------------------------
@@ -130,7 +154,9 @@ def format_seconds(seconds: float | None) -> str:
     return f"{int(hours)} h {int(minutes)} min"
 
 
-def _read_json_or_none(uri: str) -> Any:
+def _read_json_or_none(uri: str | None) -> Any:
+    if uri is None:
+        return None
     try:
         return storage.read_json(uri)
     except (TestprioError, ValueError):
@@ -145,7 +171,13 @@ def list_runs(root: str) -> list[dict]:
     """Every run under ``root`` (folders holding a ``run.json``), newest first."""
     root = storage.normalize_root(root)
     names = [name for name in storage.list_folders(root) if RUN_ID_PATTERN.match(name)]
-    uris = [RunLayout(storage.join(root, name)).run_json for name in names]
+    uris, refused = [], {}
+    for name in names:
+        try:
+            uris.append(resolve_under_root(root, f"{name}/run.json"))
+        except TestprioError as exc:  # a run folder or run.json that links out of the root
+            uris.append(None)
+            refused[name] = str(exc)
     with ThreadPoolExecutor(max_workers=8) as pool:  # one request per run on GCS
         records = list(pool.map(_read_json_or_none, uris))
     rows = [
@@ -153,6 +185,9 @@ def list_runs(root: str) -> list[dict]:
         {**run_row(record), "run_id": name, "status": run_status(_layout(root, name), record)}
         for name, record in zip(names, records, strict=True)
         if isinstance(record, dict)
+    ] + [
+        {**run_row({}), "run_id": name, "status": "refused", "error": error}
+        for name, error in refused.items()
     ]
     return sorted(rows, key=lambda row: (row["started"], row["run_id"]), reverse=True)
 
@@ -206,21 +241,22 @@ class RunDetails:
     @property
     def num_rows(self) -> int:
         if self._num_rows is None:
-            with storage.open_parquet(self.layout.ranking) as parquet:
+            with storage.open_parquet(run_file(self.layout, self.layout.ranking)) as parquet:
                 self._num_rows = parquet.metadata.num_rows
         return self._num_rows
 
 
 def load_run(layout: RunLayout) -> RunDetails:
     """Read a run's records; a folder without ``run.json`` is not a run."""
-    record = _read_json_or_none(layout.run_json)
+    record = _read_json_or_none(run_file(layout, layout.run_json))
     if not isinstance(record, dict):
         raise TestprioError(f"{layout.uri} holds no readable run.json; it is not a run.")
+    uris = [layout.model_json, layout.data_manifest, layout.summary, layout.report_json]
+    uris = [run_file(layout, uri) for uri in uris]  # refused before anything is read
     with ThreadPoolExecutor(max_workers=4) as pool:
-        model, manifest, summary, report = pool.map(
-            _read_json_or_none,
-            [layout.model_json, layout.data_manifest, layout.summary, layout.report_json],
-        )
+        model, manifest, summary, report = pool.map(_read_json_or_none, uris)
+    for shard in (manifest or {}).get("shards") or []:
+        shard_file(layout, "data", shard.get("name") if isinstance(shard, dict) else shard)
     details = RunDetails(layout, record, model, manifest, summary, report)
     if summary is not None:
         details._num_rows = summary["counts"]["ranked"]
@@ -247,12 +283,18 @@ def class_label(index: int | None, names: list[str] | None) -> str:
     return str(index)  # also for class folders named by their number
 
 
+# CommonMark lets a backslash escape any ASCII punctuation character, and an escaped one is
+# always literal text. Escaping all of them (not a hand-picked few) covers links, HTML,
+# emphasis, Streamlit's :color[...] and $math$, and breaks GFM autolinks, which need an
+# unescaped ":" (http://), "." (www.) or "@" (e-mail) in the source.
+_MARKDOWN_PUNCTUATION = frozenset(string.punctuation)
+
+
 def md_escape(text: Any) -> str:
-    """``text`` safe to put inside Markdown: every Markdown and HTML character escaped."""
-    special = set("\\`*_{}[]()<>#!|~&:")  # ":" too, so that no URL becomes a link
-    return "".join("\\" + char if char in special else char for char in str(text)).replace(
-        "\n", " "
-    )
+    """``text`` shown literally by any CommonMark/GFM renderer (Streamlit's Markdown):
+    every ASCII punctuation character backslash-escaped, line breaks as spaces."""
+    flat = " ".join(str(text).splitlines())
+    return "".join("\\" + char if char in _MARKDOWN_PUNCTUATION else char for char in flat)
 
 
 def format_bytes(size: float | None) -> str:
@@ -354,9 +396,10 @@ def quarantine_reasons(layout: RunLayout) -> list[dict]:
     One row per kind of problem (``testprio.ingest.QUARANTINE_KINDS``) with its first
     sample's reason as the example; runs from before kinds were recorded group by reason.
     """
-    if not storage.exists(layout.quarantine):
+    uri = run_file(layout, layout.quarantine)
+    if not storage.exists(uri):
         return []
-    table = storage.read_table(layout.quarantine)
+    table = storage.read_table(uri)
     if not table.num_rows:
         return []
     key = "kind" if "kind" in table.column_names else "reason"
@@ -409,7 +452,7 @@ def dataset_stats(
     for shard in manifest["shards"]:
         if not shard["rows"] or (max_rows is not None and rows >= max_rows):
             continue
-        with storage.open_parquet(storage.join(layout.data_dir, shard["name"])) as parquet:
+        with storage.open_parquet(shard_file(layout, "data", shard["name"])) as parquet:
             for group in range(parquet.num_row_groups):
                 if max_rows is not None and rows >= max_rows:
                     break
@@ -436,7 +479,7 @@ def dataset_stats(
 
 
 def _label_counts(layout: RunLayout) -> list[int] | None:
-    labels = storage.read_table(layout.ranking, columns=["label"]).column("label")
+    labels = storage.read_table(run_file(layout, layout.ranking), columns=["label"]).column("label")
     known = pc.drop_null(labels).to_numpy(zero_copy_only=False)
     if not len(known):
         return None
@@ -493,13 +536,20 @@ def dataset_summary(details: RunDetails) -> dict | None:
     }
 
 
+def _stage_timings(layout: RunLayout) -> list[dict]:
+    """``layout.collect_stage_timings``, reading only files under the root."""
+    names = [name for name in storage.list_names(layout.stages_dir) if name.endswith(".json")]
+    uris = [run_file(layout, storage.join(layout.stages_dir, name)) for name in names]
+    return [storage.read_json(uri) for uri in uris]
+
+
 def stage_timeline(details: RunDetails) -> list[dict]:
     """One bar per stage and per scored shard, in start order.
 
     Each row: ``stage``, ``group`` (``score`` for every shard), ``start``/``end`` (ISO, UTC),
     ``start_s``/``end_s`` (seconds since the first stage started), ``seconds``, ``rows``.
     """
-    timings = details.record.get("stages") or collect_stage_timings(details.layout)
+    timings = details.record.get("stages") or _stage_timings(details.layout)
     timings = sorted(timings, key=lambda timing: (timing["start"], timing["stage"]))
     origin = timings[0]["start"] if timings else 0.0
     rows = []
@@ -612,7 +662,7 @@ def fault_curve_rows(curve: dict) -> list[dict]:
 
 def label_figures(layout: RunLayout, num_classes: int) -> dict | None:
     """Confusion matrix, fault-detection curve and label counts from the ranking's labels."""
-    table = storage.read_table(layout.ranking, columns=["predicted", "label"])
+    table = storage.read_table(run_file(layout, layout.ranking), columns=["predicted", "label"])
     known = table.filter(pc.is_valid(table.column("label")))
     if not known.num_rows:
         return None
@@ -671,7 +721,7 @@ def _row_group_starts(metadata) -> np.ndarray:
 def ranking_rows(layout: RunLayout, start: int, stop: int, columns: Iterable[str]) -> pa.Table:
     """Rows ``[start, stop)`` of the ranking (0-based), reading only the row groups they lie in."""
     columns = list(columns)
-    with storage.open_parquet(layout.ranking) as parquet:
+    with storage.open_parquet(run_file(layout, layout.ranking)) as parquet:
         starts = _row_group_starts(parquet.metadata)
         start, stop = max(0, start), min(int(starts[-1]), stop)
         if stop <= start:
@@ -745,7 +795,7 @@ def ranking_page(
         rows = ranking_rows(details.layout, page * page_size, (page + 1) * page_size, columns)
         return RankingPage(rows, total, page, pages, page_size)
 
-    with storage.open_parquet(details.layout.ranking) as parquet:
+    with storage.open_parquet(run_file(details.layout, details.layout.ranking)) as parquet:
         metadata = parquet.metadata
         masks: dict[int, pa.Array] = {}
         for group in range(metadata.num_row_groups):
@@ -844,7 +894,7 @@ def _shard_of(details: RunDetails, sample_ids: Iterable[int]) -> dict[str, list[
     for shard in shards:
         if not shard["rows"]:
             continue
-        with storage.open_parquet(storage.join(details.layout.data_dir, shard["name"])) as pq_:
+        with storage.open_parquet(shard_file(details.layout, "data", shard["name"])) as pq_:
             low = min(
                 _statistics(pq_.metadata, g, "sample_id")[0]
                 for g in range(pq_.metadata.num_row_groups)
@@ -868,7 +918,7 @@ def read_samples(
     """``{sample_id: {"x": (shape) float32, "label", "source"}}`` read from the data shards."""
     result: dict[int, dict] = {}
     for name, ids in _shard_of(details, sample_ids).items():
-        uri = storage.join(details.layout.data_dir, name)
+        uri = shard_file(details.layout, "data", name)
         result.update(_rows_by_id(uri, ids, ["sample_id", *columns]))
     return result
 
@@ -877,7 +927,7 @@ def read_probabilities(details: RunDetails, sample_ids: Iterable[int]) -> dict[i
     """``{sample_id: (K,) probabilities}`` read from the scores shards."""
     result: dict[int, np.ndarray] = {}
     for name, ids in _shard_of(details, sample_ids).items():
-        uri = storage.join(details.layout.scores_dir, name)
+        uri = shard_file(details.layout, "scores", name)
         rows = _rows_by_id(uri, ids, ["sample_id", "probs"])
         result.update({sample_id: row["probs"] for sample_id, row in rows.items()})
     return result
@@ -1018,7 +1068,7 @@ def random_samples(details: RunDetails, count: int = 16, *, seed: int = 0) -> li
         inside = picks[(picks >= starts[index]) & (picks < starts[index + 1])] - starts[index]
         if not len(inside):
             continue
-        uri = storage.join(details.layout.data_dir, shard["name"])
+        uri = shard_file(details.layout, "data", shard["name"])
         with storage.open_parquet(uri) as parquet:
             shape = shard_sample_shape(parquet.schema_arrow)
             group_starts = _row_group_starts(parquet.metadata)
@@ -1043,7 +1093,7 @@ def random_samples(details: RunDetails, count: int = 16, *, seed: int = 0) -> li
 def _ranked_ids(details: RunDetails) -> np.ndarray:
     """Sample ids in ranking order (the ranking is stored sorted by rank)."""
     return (
-        storage.read_table(details.layout.ranking, columns=["sample_id"])
+        storage.read_table(run_file(details.layout, details.layout.ranking), columns=["sample_id"])
         .column("sample_id")
         .to_numpy()
     )
@@ -1139,14 +1189,37 @@ def compare_runs(
 
 # --- downloads ----------------------------------------------------------------------------
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV
+# injection"); a leading ' makes it text. Only text cells: -0.5 in a number column is a number.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_PATTERN = "^[=+\\-@\t\r]"
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` safe for a CSV cell: a string that a spreadsheet would run gets a leading '."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _csv_safe_table(table: pa.Table) -> pa.Table:
+    """``csv_cell`` on every string column of ``table`` (number columns are left alone)."""
+    for index, column_field in enumerate(table.schema):
+        if pa.types.is_string(column_field.type) or pa.types.is_large_string(column_field.type):
+            column = table.column(index)
+            risky = pc.fill_null(pc.match_substring_regex(column, _FORMULA_PATTERN), False)
+            safe = pc.if_else(risky, pc.binary_join_element_wise("'", column, ""), column)
+            table = table.set_column(index, column_field, safe)
+    return table
+
 
 def write_ranking_csv(layout: RunLayout, sink) -> None:
     """Stream ``ranking.parquet`` as CSV into the binary file ``sink``, a row group at a time."""
-    with storage.open_parquet(layout.ranking) as parquet:
+    with storage.open_parquet(run_file(layout, layout.ranking)) as parquet:
         writer = None
         output = pa.PythonFile(sink, mode="w")
         for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group)
+            table = _csv_safe_table(parquet.read_row_group(group))
             if writer is None:
                 writer = pacsv.CSVWriter(output, table.schema)
             writer.write_table(table)
@@ -1159,6 +1232,18 @@ def ranking_csv(layout: RunLayout) -> bytes:
     buffer = io.BytesIO()
     write_ranking_csv(layout, buffer)
     return buffer.getvalue()
+
+
+def ranking_parquet(details: RunDetails) -> bytes:
+    """``ranking.parquet`` of the run, as stored."""
+    return storage.read_bytes(run_file(details.layout, details.layout.ranking))
+
+
+def export_zip_file(details: RunDetails) -> str | None:
+    """``report/export.zip`` of the run (checked to lie under the root), or None when its
+    report stage has not written one."""
+    uri = run_file(details.layout, details.layout.export_zip)
+    return uri if storage.exists(uri) else None
 
 
 def top_k_rows(details: RunDetails, k: int) -> list[dict]:
@@ -1184,9 +1269,10 @@ def top_k_rows(details: RunDetails, k: int) -> list[dict]:
 def rows_to_csv(rows: list[dict]) -> bytes:
     text = io.StringIO()
     if rows:
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+        # CRLF (RFC 4180): the csv module then also quotes a value holding \r or \n.
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\r\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({key: csv_cell(value) for key, value in row.items()} for row in rows)
     return text.getvalue().encode()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -491,6 +492,84 @@ def test_md_escape_neutralises_markdown_and_html():
     escaped = reportdata.md_escape(text)
     assert "<" not in escaped.replace("\\<", "") and "[" not in escaped.replace("\\[", "")
     assert "javascript\\:" in escaped and "\\|" in escaped
+
+
+HOSTILE_TEXT = [
+    "[x](http://evil.example/a)",
+    "<script>alert(1)</script>",
+    "http://evil.example and www.evil.example and mail@evil.example",
+    "*a* _b_ `c` # d | e ~f~ :red[g] $h$ <http://i> ![j](k) \\ &amp; 1. 2) - +",
+    "two\nlines\r\nthree",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXT)
+def test_md_escape_renders_as_the_literal_text(text):
+    from html import escape
+
+    from markdown_it import MarkdownIt
+
+    escaped = reportdata.md_escape(text)
+    flat = " ".join(text.splitlines())
+    html = MarkdownIt("commonmark").render(escaped)
+    assert html == f"<p>{escape(flat, quote=False)}</p>\n"  # no link, tag, emphasis or list
+    # GFM autolink literals (Streamlit renders GFM) need an unescaped ":", "." or "@".
+    assert not re.search(r"https?:|www\.|\w@\w", escaped)
+
+
+# Strings a spreadsheet runs as formulas, and what the CSV must hold instead.
+FORMULAS = {
+    '=HYPERLINK("http://evil","x")': '\'=HYPERLINK("http://evil","x")',
+    "+1+cmd|' /C calc'!A0": "'+1+cmd|' /C calc'!A0",
+    "-2+3": "'-2+3",
+    "@SUM(A1)": "'@SUM(A1)",
+    "\tx": "'\tx",
+    "\rx": "'\rx",
+    "digits.npz[3]": "digits.npz[3]",
+}
+
+
+def test_csv_downloads_defuse_formulas_in_text_but_keep_negative_numbers(tmp_path):
+    rows = [{"source": text, "margin": -0.5, "label": -1} for text in FORMULAS]
+    table = pacsv.read_csv(
+        io.BytesIO(reportdata.rows_to_csv(rows)),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),  # the "\\r" cell
+        convert_options=pacsv.ConvertOptions(column_types={"source": pa.string()}),
+    )
+    assert table.column("source").to_pylist() == list(FORMULAS.values())
+    assert set(table.column("margin").to_pylist()) == {-0.5}
+
+    layout = RunLayout(str(tmp_path / "run"))
+    os.makedirs(layout.uri)
+    ranking = pa.table({"rank": list(range(1, 8)), "margin": [-0.25] * 7, "source": list(FORMULAS)})
+    pq.write_table(ranking, layout.ranking)
+    table = pacsv.read_csv(
+        io.BytesIO(reportdata.ranking_csv(layout)),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),  # the "\\r" cell
+        convert_options=pacsv.ConvertOptions(column_types={"source": pa.string()}),
+    )
+    assert table.column("source").to_pylist() == list(FORMULAS.values())
+    assert table.column("margin").to_pylist() == [-0.25] * 7
+
+
+def test_files_of_a_run_are_confined_to_the_root_by_real_path(tmp_path):
+    root = tmp_path / "root"
+    (root / "run" / "report").mkdir(parents=True)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("secret")
+    layout = RunLayout(str(root / "run"))
+    assert reportdata.run_file(layout, layout.summary) == layout.summary
+    os.symlink(outside, layout.export_zip)
+    with pytest.raises(TestprioError, match=r"^'run/report/export\.zip' leads outside the"):
+        reportdata.run_file(layout, layout.export_zip)
+    os.symlink(tmp_path, root / "run" / "data")  # a folder link: every file below is out
+    with pytest.raises(TestprioError, match="leads outside the report's root"):
+        reportdata.shard_file(layout, "data", "shard-00000.parquet")
+    for name in ("../../secret.txt", "/etc/passwd", "shard-1.parquet", None, ""):
+        with pytest.raises(TestprioError, match=r"lists the shard .* not a shard-NNNNN"):
+            reportdata.shard_file(layout, "scores", name)
+    with pytest.raises(TestprioError, match="is not a file of run run"):
+        reportdata.run_file(layout, str(outside))
 
 
 # --- gs:// --------------------------------------------------------------------------------------
