@@ -6,16 +6,18 @@
    other framework converts in a child process of its own (``testprio.convert_worker``), which
    also runs the source model on the parity samples.
 3. **Validate** the ONNX model: the checker (full check, every operator defined by its
-   opset), ONNX Runtime loads it, one float input whose shape fits the pool's samples, a
-   dynamic batch axis, one class-score output, and whether that output holds logits or
-   probabilities (``output_kind``).
+   opset), ONNX Runtime loads it, one float input whose shape fits the pool's samples, one
+   class-score output, and whether that output holds logits or probabilities
+   (``output_kind``).
 4. **Parity**: the ONNX model and the source framework on the same samples (pool samples,
    topped up with random ones in the pool's value range); the run fails when their class
    probabilities differ by more than ``parity_tolerance``.
 5. **Model checks** (``testprio.model_checks``): deterministic, batch independent, finite,
    rows of K classes. A failed check warns, or fails the run with ``strict_model_checks``.
 
-Everything lands in ``model.json``; ``model.onnx`` is published only when all of it passed.
+A model whose input fixes the batch size (at 1, say) still converts and scores: it runs that
+many samples at a time (``testprio.model.run_class_output``), with a warning that names the
+fix. Everything lands in ``model.json``; ``model.onnx`` is published only when all of it passed.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from testprio.model import (
     choose_class_output,
     choose_input,
     create_session,
+    fixed_batch_size,
     graph_inputs,
     graph_outputs,
     load_onnx,
@@ -616,14 +619,34 @@ def _open_session(onnx_path: str, source_name: str):
         ) from None
 
 
-def _check_dynamic_batch(input_spec: TensorSpec, detected: DetectedModel) -> None:
-    batch = input_spec.shape[0] if input_spec.shape else None
-    if isinstance(batch, int):
-        raise TestprioError(
-            f"the ONNX conversion of model {detected.name} has a fixed batch size of {batch} "
-            f"in input '{input_spec.name}'; save the model with a dynamic batch axis, e.g. "
-            f"{SAVE_LINES[detected.format.name]}."
+# How to save each format with a dynamic batch axis, for the fixed-batch warning.
+DYNAMIC_BATCH_LINES = {
+    **SAVE_LINES,
+    "onnx": (
+        "torch.onnx.export(model, (example,), 'model.onnx', dynamo=True, "
+        "dynamic_shapes=({0: torch.export.Dim('batch')},)) from PyTorch, or python -m "
+        "tf2onnx.convert --saved-model DIR --output model.onnx from a TensorFlow model whose "
+        "input batch axis is None"
+    ),
+}
+
+
+def _warn_fixed_batch(input_spec: TensorSpec, detected: DetectedModel) -> int | None:
+    """The batch size the model's input fixes (None when dynamic), with a warning: scoring
+    then runs that many samples at a time (see ``run_class_output``), slower than needed."""
+    fixed = fixed_batch_size(input_spec.shape)
+    if fixed is not None:
+        log.warning(
+            "model %s fixes the batch axis of input '%s' at %d, so testprio runs it %d "
+            "sample(s) at a time (slower); for full speed save it with a dynamic batch axis, "
+            "e.g. %s.",
+            detected.name,
+            input_spec.name,
+            fixed,
+            fixed,
+            DYNAMIC_BATCH_LINES[detected.format.name],
         )
+    return fixed
 
 
 def _validate_and_check(
@@ -649,8 +672,7 @@ def _validate_and_check(
     output_spec = choose_class_output(outputs, name, output_name=output_name)
     facts = model_facts(model, os.path.getsize(onnx_path))
     check_sample_shape(input_spec, tuple(x.shape[1:]), name)
-    if converter.module is not None:
-        _check_dynamic_batch(input_spec, detected)
+    fixed_batch = _warn_fixed_batch(input_spec, detected)
     session = _open_session(onnx_path, name)
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -680,6 +702,7 @@ def _validate_and_check(
         },
         **facts,
         "input": input_spec.as_dict(),
+        "fixed_batch_size": fixed_batch,
         "class_output": output_spec.as_dict(),
         "output_kind": kind,
         "output_kind_detected": detected_kind,

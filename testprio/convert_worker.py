@@ -83,6 +83,46 @@ def _normalise_outputs(outputs: Any, onnx_path: str) -> list:
     return list(outputs.values())
 
 
+def _fixed_batch(onnx_path: str) -> int | None:
+    """The batch size the converted model's input fixes, or None when its batch is dynamic."""
+    import onnx  # not testprio.model: it imports onnxruntime beside the framework
+
+    graph = onnx.load(onnx_path, load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in weights]
+    dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []
+    fixed = bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value > 0
+    return int(dims[0].dim_value) if fixed else None
+
+
+def _run_source(module: Any, request: dict, x: Any) -> list:
+    """The source model's outputs for ``x`` in the ONNX output order; a model saved with a
+    fixed batch size runs that many samples at a time (the last padded), as ONNX Runtime
+    runs its conversion, since its framework may refuse any other batch size."""
+    import numpy as np
+
+    source, fmt, name, target = (request[k] for k in ("source", "format", "source_name", "target"))
+    batch = _fixed_batch(target)
+    if batch is None or batch == len(x):
+        outputs = module.run_source(source, x, fmt=fmt, source_name=name)
+        return [np.asarray(out) for out in _normalise_outputs(outputs, target)]
+    padded = np.concatenate([x, np.repeat(x[-1:], -len(x) % batch, axis=0)])
+    chunks = [
+        [
+            np.asarray(out)
+            for out in _normalise_outputs(
+                module.run_source(source, padded[i : i + batch], fmt=fmt, source_name=name),
+                target,
+            )
+        ]
+        for i in range(0, len(padded), batch)
+    ]
+    return [
+        np.concatenate(parts)[: len(x)] if parts[0].ndim and len(parts[0]) == batch else parts[0]
+        for parts in zip(*chunks, strict=True)
+    ]
+
+
 def _convert_and_run(request: dict) -> dict:
     import numpy as np
 
@@ -104,8 +144,7 @@ def _convert_and_run(request: dict) -> dict:
     result: dict[str, Any] = {"conversion": conversion, "source_error": None}
     x = np.load(request["samples"])
     try:
-        outputs = module.run_source(source, x, fmt=fmt, source_name=name)
-        arrays = [np.asarray(out) for out in _normalise_outputs(outputs, request["target"])]
+        arrays = _run_source(module, request, x)
         np.savez(request["outputs"], *arrays)
         result["source_outputs"] = len(arrays)
     except TestprioError as exc:

@@ -301,6 +301,12 @@ def check_sample_shape(
         )
 
 
+def fixed_batch_size(shape: list | None) -> int | None:
+    """The batch size an input shape fixes (its first axis when a number), else None."""
+    batch = shape[0] if shape else None
+    return batch if isinstance(batch, int) and batch > 0 else None
+
+
 def run_class_output(
     session,
     input_name: str,
@@ -310,10 +316,36 @@ def run_class_output(
     *,
     runner: BoundRunner | None = None,
 ) -> np.ndarray:
-    """Run one batch and return the class-score output, checked to be ``(N, K)``.
+    """Run one batch ``(N, *sample_shape)`` and return the class-score output, checked to be
+    ``(N, K)``.
 
-    ``runner`` (IO binding, for a CUDA session) replaces a plain ``session.run``.
+    A model whose input fixes the batch size at B runs B samples at a time, the last ones
+    padded with copies of the last sample and their outputs dropped: ONNX Runtime refuses
+    any other batch size for it. ``runner`` (IO binding, for a CUDA session) replaces a
+    plain ``session.run``.
     """
+    fixed = fixed_batch_size(session.get_inputs()[0].shape)
+    if fixed is None or len(x) == fixed:
+        return _run_batch(session, input_name, output_name, x, source_name, runner, fixed)
+    padded = np.concatenate([x, np.repeat(x[-1:], -len(x) % fixed, axis=0)])
+    outputs = [
+        _run_batch(
+            session, input_name, output_name, padded[i : i + fixed], source_name, runner, fixed
+        )
+        for i in range(0, len(padded), fixed)
+    ]
+    return np.concatenate(outputs)[: len(x)]
+
+
+def _run_batch(
+    session,
+    input_name: str,
+    output_name: str,
+    x: np.ndarray,
+    source_name: str,
+    runner: BoundRunner | None,
+    fixed: int | None,
+) -> np.ndarray:
     input_type = session.get_inputs()[0].type
     feed = x if input_type == "tensor(float)" else x.astype(FLOAT_INPUT_TYPES[input_type])
     try:
@@ -323,9 +355,10 @@ def run_class_output(
             (outputs,) = session.run([output_name], {input_name: feed})
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         message = str(exc).strip().splitlines()[0][:300]
+        fixed_note = f"; its input fixes the batch size at {fixed}" if fixed else ""
         raise TestprioError(
-            f"model {source_name} failed on a batch of shape {tuple(x.shape)} ({message}); "
-            "check that the data matches the model's input."
+            f"model {source_name} failed on a batch of shape {tuple(x.shape)} ({message})"
+            f"{fixed_note}; check that the data matches the model's input."
         ) from None
     outputs = np.asarray(outputs)
     if outputs.ndim != 2 or outputs.shape[0] != len(x) or outputs.shape[1] < 2:

@@ -4,6 +4,7 @@ converter process, and the pipeline built per framework."""
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 import uuid
@@ -30,6 +31,17 @@ from tests.conftest import BUCKET, linear_classifier, make_deterministic, write_
 from tests.stagekit import run_stages
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def testprio_log(caplog):
+    """caplog that also sees testprio's records: its logger stops propagating once a stage
+    has configured it (testprio.log.configure), so caplog's handler goes on it directly."""
+    logger = logging.getLogger("testprio")
+    logger.addHandler(caplog.handler)
+    with caplog.at_level("WARNING", logger="testprio"):
+        yield caplog
+    logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture
@@ -318,16 +330,86 @@ def _batch_dependent(path: Path) -> Path:
     return path
 
 
-def test_failed_model_check_warns_and_is_recorded(tmp_path, pool, caplog):
+def test_failed_model_check_warns_and_is_recorded(tmp_path, pool, testprio_log):
     model = _batch_dependent(tmp_path / "batchy.onnx")
-    with caplog.at_level("WARNING", logger="testprio"):
-        layout = run_stages(model, pool[0], str(tmp_path / "r"))
+    layout = run_stages(model, pool[0], str(tmp_path / "r"))
     record = storage.read_json(layout.model_json)
     assert record["checks_passed"] is False
     assert record["checks"]["batch_independent"]["passed"] is False
     assert record["checks"]["deterministic"]["passed"] is True
-    assert "failed model check(s): batch_independent" in caplog.text
+    assert "failed model check(s): batch_independent" in testprio_log.text
     assert storage.exists(layout.ranking)
+
+
+def _with_fixed_batch(source: Path, target: Path, batch: int) -> Path:
+    """The model of ``source`` with its input's and outputs' batch axis fixed at ``batch``."""
+    model = onnx.load(source)
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    onnx.save(model, target)
+    return target
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_onnx_model_with_a_fixed_batch_scores_that_many_at_a_time(
+    tmp_path, pool, testprio_log, batch
+):
+    """ONNX Runtime refuses any other batch size for such a model; it used to fail the run
+    ("Got invalid dimensions for input"). 80 samples in batches of 7 pad the last one."""
+    dynamic = linear_classifier(tmp_path / "dynamic.onnx")
+    fixed = _with_fixed_batch(dynamic, tmp_path / "fixed.onnx", batch)
+    expected = run_stages(dynamic, pool[0], str(tmp_path / "runs"), "dynamic")
+    layout = run_stages(fixed, pool[0], str(tmp_path / "runs"), "fixed")
+    record = storage.read_json(layout.model_json)
+    assert record["input"]["shape"] == [batch, 1, 8, 8] and record["fixed_batch_size"] == batch
+    assert record["checks_passed"]
+    assert storage.read_json(expected.model_json)["fixed_batch_size"] is None
+    assert storage.read_table(layout.ranking).equals(storage.read_table(expected.ranking))
+    assert (
+        f"model fixed.onnx fixes the batch axis of input 'input' at {batch}, so testprio runs "
+        f"it {batch} sample(s) at a time (slower); for full speed save it with a dynamic batch "
+        "axis, e.g. torch.onnx.export(model, (example,), 'model.onnx', dynamo=True, "
+        "dynamic_shapes=({0: torch.export.Dim('batch')},)) from PyTorch, or python -m "
+        "tf2onnx.convert --saved-model DIR"
+    ) in testprio_log.text
+
+
+def test_fixed_batch_model_that_fails_names_its_batch_size(tmp_path, pool):
+    """A model that fixes its batch at 2 in its input but at 3 inside: a Reshape to a shape
+    computed from the data, which no shape inference or constant folding can see."""
+    f32 = {"zero": 0.0, "three": 3.0}
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
+            helper.make_node("Mul", ["peak", "zero"], ["nothing"]),
+            helper.make_node("Add", ["nothing", "three"], ["rows_float"]),
+            helper.make_node("Cast", ["rows_float"], ["rows"], to=TensorProto.INT64),
+            helper.make_node("Unsqueeze", ["rows", "axis0"], ["rows_1d"]),
+            helper.make_node("Concat", ["rows_1d", "rest"], ["shape"], axis=0),
+            helper.make_node("Reshape", ["input", "shape"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+        ],
+        "fixed",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 4])],
+        initializer=[
+            *(numpy_helper.from_array(np.array(v, np.float32), n) for n, v in f32.items()),
+            numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+            numpy_helper.from_array(np.array([-1], np.int64), "rest"),
+            numpy_helper.from_array(np.ones((64, 4), np.float32), "W"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "odd.onnx")
+    _expect_failure(
+        tmp_path,
+        tmp_path / "odd.onnx",
+        pool[0],
+        r"model odd.onnx failed on a batch of shape \(2, 1, 8, 8\) \(.*\); its input fixes "
+        r"the batch size at 2; check that the data matches the model's input\.",
+        "convert",
+    )
 
 
 def test_strict_model_checks_fail_the_run(tmp_path, pool):

@@ -5,6 +5,7 @@ paddle2onnx and checked against Paddle's own outputs."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import numpy as np
@@ -17,6 +18,17 @@ from testprio.metrics import softmax
 from tests.conftest import BUCKET
 from tests.framework_models import build
 from tests.stagekit import run_stages
+
+
+@pytest.fixture
+def testprio_log(caplog):
+    """caplog that also sees testprio's records: its logger stops propagating once a stage
+    has configured it (testprio.log.configure), so caplog's handler goes on it directly."""
+    logger = logging.getLogger("testprio")
+    logger.addHandler(caplog.handler)
+    with caplog.at_level("WARNING", logger="testprio"):
+        yield caplog
+    logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +112,23 @@ def test_missing_weights_file(tmp_path, paddle_models):
     )
 
 
-def test_fixed_batch_is_refused_after_conversion(tmp_path, paddle_models):
+def test_fixed_batch_model_converts_and_scores_one_sample_at_a_time(
+    tmp_path, paddle_models, testprio_log
+):
+    """Saved with InputSpec([1, 1, 8, 8]): Paddle and ONNX Runtime run it one sample at a
+    time (parity too), and a warning names the fix. The run used to be refused."""
     folder = build("paddle", tmp_path / "fixed", paddle_models["folder"] / "x.npy", "--fixed-batch")
-    _expect_failure(
-        tmp_path,
-        folder / "inference.json",
-        paddle_models["pool"],
-        r"the ONNX conversion of model inference.json has a fixed batch size of 1 in input "
-        r"'image'; save the model with a dynamic batch axis, e.g. paddle.jit.save\(",
-        "convert",
-    )
+    layout = run_stages(folder / "inference.json", paddle_models["pool"], str(tmp_path / "r"))
+    record = storage.read_json(layout.model_json)
+    assert record["input"]["shape"] == [1, 1, 8, 8] and record["fixed_batch_size"] == 1
+    assert record["parity"]["passed"] and record["parity"]["samples"] == 64
+    assert record["checks_passed"]
+    assert (
+        "model inference.json fixes the batch axis of input 'image' at 1, so testprio runs it 1 "
+        "sample(s) at a time (slower); for full speed save it with a dynamic batch axis, e.g. "
+        "paddle.jit.save(layer, 'model/inference', input_spec=[paddle.static.InputSpec([None, "
+    ) in testprio_log.text
+    reference = np.load(folder / "reference.npy")
+    gini = 1 - (softmax(reference.astype(np.float64)) ** 2).sum(axis=1)
+    ranking = storage.read_table(layout.ranking).sort_by("sample_id")
+    np.testing.assert_allclose(ranking.column("gini").to_numpy(), gini, atol=1e-5)
