@@ -161,7 +161,8 @@ def test_cli_refuses_an_existing_run_id(local_root, tmp_path, capsys):
     assert cli.main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
-        f"testprio: error: run folder {local_root}/same already exists; choose another --run-id."
+        f"testprio: error: run folder {local_root}/same already holds a succeeded run; "
+        "choose another --run-id."
     )
     assert storage.read_bytes(f"{local_root}/same/run.json") == before
 
