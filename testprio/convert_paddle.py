@@ -4,7 +4,8 @@ Paddle 3 writes ``NAME.json`` (a PIR program) + ``NAME.pdiparams``; Paddle 2 wro
 ``NAME.pdmodel`` + ``NAME.pdiparams``. ``source`` is the graph file; its weights lie beside
 it under the same name. The source model runs through Paddle Inference (``paddle.inference``),
 which reads both kinds. The batch axis is whatever ``InputSpec`` the model was saved with:
-``None`` gives a dynamic one (testprio refuses a fixed one after conversion).
+``None`` gives a dynamic one; a fixed one (``[1, C, H, W]``) converts too, and testprio then
+runs it (and the source, for parity) that many samples at a time.
 """
 
 from __future__ import annotations

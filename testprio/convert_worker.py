@@ -3,13 +3,15 @@
 A converter module (``convert_pytorch``, ``convert_tensorflow``, ``convert_paddle``) offers:
 
 - ``convert(source, target, input_shape, *, fmt, pool_shape, source_name) -> dict`` writes
-  ``target``: one self-contained ONNX file whose input has a dynamic batch axis. It returns
+  ``target``: one self-contained ONNX file whose input has a dynamic batch axis where the
+  framework allows (a Paddle model saved with a fixed one keeps it). It returns
   facts about the conversion (converter, versions, the example input it used).
   ``input_shape`` is the per-sample shape the user gave (or ``None``); ``pool_shape`` is that
   of the pool's samples, the last resort of a framework that needs an example input.
 - ``run_source(source, x, *, fmt, source_name)`` runs the source model with its framework on
   a float32 batch ``(N, *sample_shape)`` and returns its outputs: a list in the ONNX model's
-  output order, or a dict by output name.
+  output order, or a dict by output name. When ``target`` fixes the batch size at B, the
+  worker calls it with batches of exactly B.
 
 The convert stage (``testprio.convert``) never imports a framework: it starts
 ``python -m testprio.convert_worker REQUEST.json`` (``worker_main``), which imports one
