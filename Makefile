@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 REGISTRY ?= $(or $(TESTPRIO_REGISTRY),ghcr.io/testprio)
 IMAGE_TAG ?= $(or $(TESTPRIO_IMAGE_TAG),0.1.0)
 
-.PHONY: setup lint test demo compile bench clean report browser images images-lock
+.PHONY: setup lint test demo compile components bench clean report browser images images-lock
 CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml
@@ -42,6 +42,9 @@ compile: setup
 	  TESTPRIO_REGISTRY=$(REGISTRY) TESTPRIO_IMAGE_TAG=$(IMAGE_TAG) \
 	    $(VENV)/bin/testprio compile --out build --framework $$framework || exit 1; \
 	done
+
+components: setup  ## components/yaml/<component>.yaml, one per component (commit them)
+	env -u TESTPRIO_REGISTRY -u TESTPRIO_IMAGE_TAG $(PY) -m components.compile_yaml
 
 images: setup  ## build every image under images/ for linux/amd64 and push it to $(REGISTRY)
 	$(PY) images/build.py build --push --registry $(REGISTRY) --tag $(IMAGE_TAG)

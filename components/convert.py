@@ -8,26 +8,35 @@ framework.
 """
 
 from kfp import dsl
+from kfp.dsl import Model, Output
 
 from components.images import CONVERT_PADDLE, CONVERT_PYTORCH, CONVERT_TENSORFLOW, RUNTIME
+from testprio.params import describe
 
 
+@describe(
+    run_uri="the run folder {root}/{run_id} (the start task's output)",
+    onnx_model="the converted model, a Model artifact pointing at {run}/model/model.onnx "
+    "(metadata: uri, run_uri, framework)",
+    converter="the framework this component's image converts (set by the pipeline)",
+)
 def convert(
     run_uri: str,
     model: str,
-    framework: str,
-    output_kind: str,
-    output_name: str,
-    input_shape: str,
-    parity_tolerance: float,
-    strict_model_checks: bool,
-    converter: str,
-) -> str:
-    """Convert (or validate) the model into the run with parity and model checks; returns
-    the URI of model/model.onnx."""
-    from testprio.stages import convert_model
+    onnx_model: Output[Model],
+    framework: str = "auto",
+    output_kind: str = "auto",
+    output_name: str = "",
+    input_shape: str = "",
+    parity_tolerance: float = 1e-3,
+    strict_model_checks: bool = False,
+    converter: str = "",
+) -> None:
+    """Convert (or validate) the model into the run's model/ folder with parity and model
+    checks."""
+    from testprio.stages import convert_model, publish_artifact
 
-    return convert_model(
+    uri = convert_model(
         run_uri,
         model,
         framework,
@@ -38,6 +47,7 @@ def convert(
         strict_model_checks,
         converter=converter,
     )
+    publish_artifact(onnx_model, run_uri, uri, framework=converter)
 
 
 def _convert_component(converter: str, image: str):

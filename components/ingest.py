@@ -1,16 +1,26 @@
 from typing import List
 
 from kfp import dsl
+from kfp.dsl import Dataset, Output
 
 from components.images import RUNTIME
+from testprio.params import describe
 
 
 @dsl.component(base_image=RUNTIME, install_kfp_package=False)
+@describe(
+    run_uri="the run folder {root}/{run_id} (the start task's output)",
+    pool=(
+        "the pool's Dataset artifact: a pointer to data/manifest.json in the run folder "
+        "(metadata: uri, run_uri, shards)"
+    ),
+)
 def ingest(
     run_uri: str,
     data: str,
-    input_shape: str,
-    shard_size: int,
+    pool: Output[Dataset],
+    input_shape: str = "",
+    shard_size: int = 10_000,
     preset: str = "",
     ops: str = "",
     custom_ops: str = "",
@@ -27,9 +37,10 @@ def ingest(
     download_min_bytes_per_s: float = 16384.0,
 ) -> List[str]:
     """Read, check and preprocess the pool into sample shards; returns their URIs."""
-    from testprio.stages import ingest_pool
+    from testprio.layout import RunLayout
+    from testprio.stages import ingest_pool, publish_artifact
 
-    return ingest_pool(
+    shards = ingest_pool(
         run_uri,
         data,
         input_shape=input_shape,
@@ -49,3 +60,5 @@ def ingest(
         download_timeout_s=download_timeout_s,
         download_min_bytes_per_s=download_min_bytes_per_s,
     )
+    publish_artifact(pool, run_uri, RunLayout(run_uri).data_manifest, shards=len(shards))
+    return shards

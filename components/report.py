@@ -1,23 +1,31 @@
 from kfp import dsl
-from kfp.dsl import HTML, ClassificationMetrics, Markdown, Metrics, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Output
 
 from components.images import RUNTIME
+from testprio.params import describe
 
 
 @dsl.component(base_image=RUNTIME, install_kfp_package=False)
+@describe(
+    run_uri="the run folder {root}/{run_id} (the start task's output)",
+    ranking="the rank task's Dataset artifact (read from the run folder)",
+    html="report.html, shown by the Kubeflow UI",
+    markdown="the report's summary in Markdown",
+    metrics="the run's figures (samples, accuracy, APFD, ...)",
+    confusion="the confusion matrix, when the pool has labels",
+)
 def report(
     run_uri: str,
-    ranking: str,
-    top_k: int,
+    ranking: Input[Dataset],
     html: Output[HTML],
     markdown: Output[Markdown],
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
+    top_k: int = 10,
 ) -> str:
     """Write the run's report/ and finish the run; the Kubeflow UI shows the four outputs.
 
-    ``ranking`` (the rank task's output) only orders this task after rank. Returns the URI
-    of report/report.html.
+    Returns the URI of report/report.html.
     """
     from testprio.stages import report_run
 

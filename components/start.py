@@ -1,25 +1,30 @@
 from kfp import dsl
 
 from components.images import RUNTIME
+from testprio.params import describe
 
 
 @dsl.component(base_image=RUNTIME, install_kfp_package=False)
+@describe(
+    job_name="the KFP job name ({{$.pipeline_job_name}} in the pipeline): the run folder's "
+    "name when run_id is empty",
+)
 def start(
     model: str,
     data: str,
     root: str,
-    run_id: str,
-    job_name: str,
-    metric: str,
-    framework: str,
-    output_kind: str,
-    output_name: str,
-    input_shape: str,
-    shard_size: int,
-    batch_size: int,
-    top_k: int,
-    parity_tolerance: float,
-    strict_model_checks: bool,
+    run_id: str = "",
+    job_name: str = "",
+    metric: str = "gini",
+    framework: str = "auto",
+    output_kind: str = "auto",
+    output_name: str = "",
+    input_shape: str = "",
+    shard_size: int = 10_000,
+    batch_size: int = 256,
+    top_k: int = 10,
+    parity_tolerance: float = 1e-3,
+    strict_model_checks: bool = False,
     preset: str = "",
     ops: str = "",
     custom_ops: str = "",

@@ -18,6 +18,7 @@ from components.rank import rank
 from components.report import report
 from components.score import score
 from components.start import start
+from testprio.params import describe
 
 PIPELINE_NAME = "prioritize"
 # Labels on every task pod: manifests/base/pipeline-networkpolicy.yaml selects the pods by
@@ -223,6 +224,7 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
         name=pipeline_name(framework),
         description="Rank a pool of unlabeled inputs by model uncertainty (DeepGini & co).",
     )
+    @describe()  # every parameter's description from testprio.params
     def prioritize(
         model: str,
         data: str,
@@ -254,6 +256,7 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
         download_timeout_s: float = 14400.0,
         download_min_bytes_per_s: float = 16384.0,
     ) -> str:
+        """Rank a pool of unlabeled inputs by model uncertainty; returns the ranking's URI."""
         ingest_arguments = dict(
             preset=preset,
             ops=ops,
@@ -301,7 +304,7 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
         _configure(ingest_task, "ingest", settings)
 
         convert_task = convert(
-            run_uri=run_uri,
+            run_uri=run_uri,  # the model's artifact: convert_task.outputs["onnx_model"]
             model=model,
             framework=framework,
             output_kind=output_kind,
@@ -314,7 +317,8 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
         convert_task.after(ingest_task)  # it checks the model against pool samples
         _configure(convert_task, "convert", settings)
 
-        with dsl.ParallelFor(ingest_task.output, parallelism=settings.parallelism) as shard:
+        shards = ingest_task.outputs["Output"]
+        with dsl.ParallelFor(shards, parallelism=settings.parallelism) as shard:
             # Only the loop item and pipeline parameters go in (see components/score.py).
             score_task = score(
                 shard=shard,
@@ -327,9 +331,12 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
             if settings.gpu:
                 _place_on_gpu(score_task, settings)
 
+        # The model and pool artifacts in: the Kubeflow UI then shows the ranking's lineage.
         rank_task = rank(
             run_uri=run_uri,
-            scores=dsl.Collected(score_task.output),
+            onnx_model=convert_task.outputs["onnx_model"],
+            pool=ingest_task.outputs["pool"],
+            scores=dsl.Collected(score_task.outputs["scores"]),
             metric=metric,
             top_k=top_k,
         ).set_display_name("rank")
@@ -338,10 +345,10 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
         # Last: writes report/, hands the Kubeflow UI its HTML, Markdown and metrics
         # outputs, and rewrites run.json as succeeded.
         report_task = report(
-            run_uri=run_uri, ranking=rank_task.output, top_k=top_k
+            run_uri=run_uri, ranking=rank_task.outputs["ranking"], top_k=top_k
         ).set_display_name("report")
         _configure(report_task, "report", settings)
-        return rank_task.output
+        return rank_task.outputs["Output"]
 
     return prioritize
 

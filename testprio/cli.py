@@ -16,9 +16,8 @@ import threading
 import warnings
 from collections.abc import Iterator
 
-from testprio import storage
+from testprio import params, storage
 from testprio.errors import TestprioError
-from testprio.ingest import IngestOptions
 from testprio.layout import (
     RunLayout,
     RunLock,
@@ -28,8 +27,6 @@ from testprio.layout import (
     new_run_id,
     read_record,
 )
-from testprio.metrics import METRICS
-from testprio.preprocess import PRESETS
 
 # Lines of the KFP local runner's output worth showing without --verbose: our own log lines
 # (progress, stage timings) and the runner's task start/finish lines.
@@ -161,39 +158,8 @@ def _stopped_on_signals(state: dict) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-RUN_DEFAULTS = {
-    "run_id": "",
-    "metric": "gini",
-    "framework": "auto",
-    "output_kind": "auto",
-    "output_name": "",
-    "input_shape": "",
-    "batch_size": 256,
-    "top_k": 10,
-    "parity_tolerance": 1e-3,
-    "strict_model_checks": False,
-    "value_range": "",
-    # How to read and preprocess the pool: the ingest stage's own defaults.
-    **{
-        name: getattr(IngestOptions(), name)
-        for name in (
-            "shard_size",
-            "preset",
-            "ops",
-            "custom_ops",
-            "on_bad_sample",
-            "tensor_column",
-            "label_column",
-            "max_data_gb",
-            "custom_op_cpu_seconds",
-            "custom_op_memory_mb",
-            "custom_op_batch_timeout_s",
-            "allow_private_urls",
-            "download_timeout_s",
-            "download_min_bytes_per_s",
-        )
-    },
-}
+# `testprio run`'s optional parameters and their defaults (testprio.params, the one table).
+RUN_DEFAULTS = params.cli_defaults()
 
 
 def run_pipeline_locally(parameters: dict, *, verbose: bool = False) -> RunLayout:
@@ -643,6 +609,35 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ui-host", default="", help="UI address for links (default: --host)")
 
 
+_ARGPARSE_TYPES = {str: str, int: int, float: finite_float}
+
+
+def _add_run_parameters(run: argparse.ArgumentParser) -> None:
+    """One option per command-line parameter of ``testprio.params``; their defaults are set
+    once, by ``set_defaults(**RUN_DEFAULTS)``."""
+    for parameter in params.PARAMETERS:
+        if not parameter.cli:
+            continue
+        text = parameter.help
+        if parameter.choices and not parameter.argparse_choices:
+            text += f"; one of {', '.join(parameter.choices)}"
+        if not parameter.required and parameter.default not in ("", False):
+            text += f" (default {parameter.default})"
+        options: dict = {"help": text}
+        if parameter.type is bool:
+            options["action"] = "store_true"
+        else:
+            options["type"] = _ARGPARSE_TYPES[parameter.type]
+            choices = "{" + ",".join(parameter.choices) + "}" if parameter.choices else None
+            options["metavar"] = parameter.metavar or choices
+        if parameter.argparse_choices:
+            options["choices"] = parameter.choices
+            options.pop("metavar")
+        if parameter.required:
+            options["required"] = True
+        run.add_argument(parameter.flag, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="testprio",
@@ -651,101 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the pipeline locally (KFP local runner)")
-    run.add_argument(
-        "--model",
-        required=True,
-        help="model file or folder (ONNX, PyTorch, TensorFlow/Keras, Paddle; local or gs://)",
-    )
-    run.add_argument(
-        "--data",
-        required=True,
-        help="pool: .npy, .npz, .parquet, .csv, an image folder, or a .zip/.tar/.tar.gz of "
-        "one; a local path, gs://... or http(s)://...",
-    )
-    run.add_argument("--root", required=True, help="runs folder: local path or gs://bucket/prefix")
-    run.add_argument("--run-id", help="name of the run folder (default: timestamp)")
-    run.add_argument("--metric", help=f"one of {', '.join(METRICS)}")
-    run.add_argument(
-        "--framework",
-        help="auto (detect from the model), onnx, pytorch, tensorflow or paddle",
-    )
-    run.add_argument("--input-shape", help="per-sample shape of an array pool, e.g. 1,28,28")
-    run.add_argument(
-        "--preset",
-        help=f"preprocessing preset: {', '.join(sorted(PRESETS))} (see README)",
-    )
-    run.add_argument(
-        "--ops",
-        help='preprocessing ops as a JSON list, e.g. \'[{"op": "scale", "divide": 255}]\'',
-    )
-    run.add_argument(
-        "--custom-ops",
-        help="Python file defining op(x) -> x, run sandboxed after the other ops",
-    )
-    run.add_argument(
-        "--max-data-gb",
-        type=finite_float,
-        help="largest download, and largest archive once extracted, in GiB (default 20)",
-    )
-    run.add_argument(
-        "--allow-private-urls",
-        action="store_true",
-        help="let an http(s) pool come from loopback, private or link-local addresses "
-        "(refused by default: they reach internal services)",
-    )
-    run.add_argument(
-        "--download-timeout-s",
-        type=finite_float,
-        help="time limit of a whole http(s) download, in seconds (default 14400)",
-    )
-    run.add_argument(
-        "--download-min-bytes-per-s",
-        type=finite_float,
-        help="slowest average rate of an http(s) download over a minute; 0: no minimum "
-        "(default 16384)",
-    )
-    run.add_argument(
-        "--custom-op-cpu-seconds", type=finite_float, help="CPU seconds per batch (default 120)"
-    )
-    run.add_argument("--custom-op-memory-mb", type=int, help="memory of its worker (default 2048)")
-    run.add_argument(
-        "--custom-op-batch-timeout-s",
-        type=finite_float,
-        help="wall-clock seconds per batch (default 300)",
-    )
-    run.add_argument(
-        "--on-bad-sample",
-        choices=("quarantine", "fail"),
-        help="set unusable samples aside in data/quarantine.parquet (default) or stop the run",
-    )
-    run.add_argument(
-        "--value-range",
-        help="declared range of raw values, e.g. 0,255: samples outside it are quarantined",
-    )
-    run.add_argument(
-        "--tensor-column", help="Parquet column or .npz array of the samples (default x)"
-    )
-    run.add_argument(
-        "--label-column",
-        help="Parquet/CSV column or .npz array of the labels (default: label, labels or y if "
-        "present; two of them is an error)",
-    )
-    run.add_argument("--output-kind", help="auto, logits or probabilities")
-    run.add_argument("--output-name", help="model output holding class scores")
-    run.add_argument("--shard-size", type=int, help="samples per shard")
-    run.add_argument("--batch-size", type=int, help="samples per inference batch")
-    run.add_argument("--top-k", type=int, help="rows shown and kept in the summary")
-    run.add_argument(
-        "--parity-tolerance",
-        type=finite_float,
-        help="largest difference of any class probability allowed between the converted "
-        "ONNX model and its source framework (default 1e-3)",
-    )
-    run.add_argument(
-        "--strict-model-checks",
-        action="store_true",
-        help="fail the run when a model check fails (default: warn)",
-    )
+    _add_run_parameters(run)
     run.add_argument("--verbose", action="store_true", help="show every KFP task log line")
     run.set_defaults(handler=_cmd_run, **RUN_DEFAULTS)  # one source of the run defaults
 

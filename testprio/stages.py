@@ -11,21 +11,18 @@ import math
 import os
 from typing import Any
 
-from testprio import convert, ingest, rank, score, sources, storage
+from testprio import convert, ingest, params, rank, score, sources, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout, finish_run, stage
 from testprio.layout import start_run as layout_start_run
 from testprio.log import configure
 from testprio.metrics import check_metric
 
-FLOAT_PARAMETERS = (
-    "parity_tolerance",
-    "max_data_gb",
-    "custom_op_cpu_seconds",
-    "custom_op_batch_timeout_s",
-    "download_timeout_s",
-    "download_min_bytes_per_s",
-)
+# KFP refuses an int (max_data_gb=5) for a float input; callers pass these as floats.
+FLOAT_PARAMETERS = params.names_of_type(float)
+
+
+_MINIMUM_SENTENCES = {0: "must be zero or positive.", 1: "must be a positive number."}
 
 
 def validate_parameters(parameters: dict[str, Any]) -> None:
@@ -37,11 +34,10 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
             f"--output-kind '{parameters['output_kind']}' is not one of "
             f"{', '.join(convert.OUTPUT_KINDS)}."
         )
-    for name in ("shard_size", "batch_size"):
-        if int(parameters[name]) <= 0:
-            raise TestprioError(
-                f"--{name.replace('_', '-')} {parameters[name]} must be a positive number."
-            )
+    for parameter in params.PARAMETERS:  # whole numbers with a floor (the table's minimum)
+        value = parameters.get(parameter.name)
+        if parameter.minimum is not None and value is not None and int(value) < parameter.minimum:
+            raise TestprioError(f"{parameter.flag} {value} {_MINIMUM_SENTENCES[parameter.minimum]}")
     # inf and nan pass every comparison check below them and then break KFP's parameter
     # serialisation or a loop bound: refuse them for notebook and cluster callers too.
     for name in FLOAT_PARAMETERS:
@@ -50,8 +46,6 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
             raise TestprioError(
                 f"--{name.replace('_', '-')} {value} is not a finite number; give one like 2.5."
             )
-    if int(parameters["top_k"]) < 0:
-        raise TestprioError(f"--top-k {parameters['top_k']} must be zero or positive.")
     sources.check_data_uri(parameters["data"])
     ingest.check_options(ingest_options(parameters))
     convert.check_parity_tolerance(
@@ -72,25 +66,9 @@ def start_run(root: str, run_id: str, parameters: dict[str, Any]) -> str:
     return layout.uri
 
 
-# Run parameters that say how to read and preprocess the pool, as KFP passes them.
-INGEST_PARAMETERS = (
-    "input_shape",
-    "shard_size",
-    "preset",
-    "ops",
-    "custom_ops",
-    "on_bad_sample",
-    "value_range",
-    "tensor_column",
-    "label_column",
-    "max_data_gb",
-    "custom_op_cpu_seconds",
-    "custom_op_memory_mb",
-    "custom_op_batch_timeout_s",
-    "allow_private_urls",
-    "download_timeout_s",
-    "download_min_bytes_per_s",
-)
+# Run parameters that say how to read and preprocess the pool, as KFP passes them (the
+# ingest task's but the data itself, its second positional argument).
+INGEST_PARAMETERS = tuple(p.name for p in params.of_stage("ingest") if p.name != "data")
 
 
 def ingest_options(parameters: dict[str, Any]) -> ingest.IngestOptions:
@@ -216,3 +194,25 @@ def report_run(run_uri: str, top_k: int):
         result = report.build_report(layout, top_k=int(top_k))
     finish_run(layout)
     return result
+
+
+def publish_artifact(artifact, run_uri: str, uri: str, **figures: Any) -> dict[str, Any]:
+    """Make a KFP output ``artifact`` point at ``uri`` in the run folder; returns its metadata.
+
+    The run layout stays the one place a run's files live: the artifact (any object with
+    ``path`` and ``metadata``, e.g. ``dsl.Dataset``) holds a small JSON pointer, not a copy,
+    and its metadata (which the Kubeflow UI shows beside the lineage) says the same:
+    ``uri``, ``run_uri`` and ``figures``.
+    """
+    import json
+
+    pointer = {"uri": uri, "run_uri": run_uri, **figures}
+    artifact.metadata.update(pointer)
+    with open(artifact.path, "w", encoding="utf-8") as handle:
+        json.dump(pointer, handle, indent=2)
+    return pointer
+
+
+def artifact_uris(artifacts) -> list[str]:
+    """The run-folder URIs that ``publish_artifact`` put in ``artifacts``' metadata."""
+    return [artifact.metadata["uri"] for artifact in artifacts]

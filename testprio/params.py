@@ -1,0 +1,419 @@
+"""Every run parameter of ``testprio run`` and of the ``prioritize`` pipeline, once.
+
+``PARAMETERS`` is the table; the command line (``testprio.cli``: its ``run`` options and
+``RUN_DEFAULTS``), the stage plumbing (``testprio.stages``: ``INGEST_PARAMETERS``,
+``FLOAT_PARAMETERS`` and the range checks of ``validate_parameters``), the ``Args:``
+descriptions of the pipeline and its components (``describe``) and the option table of
+docs/cli.md (``markdown_table``) are built from it. The signatures of the pipeline function
+and of the components cannot be generated (KFP ships a lightweight component's source code
+to its container), so tests/test_params.py asserts that they equal this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from testprio.convert import DEFAULT_PARITY_TOLERANCE, OUTPUT_KINDS
+from testprio.ingest import IngestOptions
+from testprio.metrics import METRICS
+from testprio.preprocess import PRESETS
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()  # the default of a parameter that has none
+
+# The pipeline's tasks (pipelines/prioritize.py); a parameter lists those it is passed to.
+STAGES = ("start", "ingest", "convert", "score", "rank", "report")
+FRAMEWORK_CHOICES = ("auto", "onnx", "pytorch", "tensorflow", "paddle")
+# KFP's name of each Python parameter type (what the component spec says).
+KFP_TYPES = {str: "String", int: "Integer", float: "Float", bool: "Boolean"}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One run parameter: its name (Python, KFP and ``--flag-form``), type, default and help.
+
+    ``stages``: the tasks that take it. ``choices``: its allowed values, for the help and the
+    docs (the stages check them, with their own sentences); ``argparse_choices`` also makes
+    the command line refuse others. ``minimum``: the smallest whole number allowed.
+    ``cli``: whether ``testprio run`` has the option (the others are for cluster runs).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    stages: tuple[str, ...]
+    choices: tuple[str, ...] = ()
+    argparse_choices: bool = False
+    minimum: int | None = None
+    cli: bool = True
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+_INGEST = IngestOptions()  # the ingest stage's own defaults
+_START_INGEST = ("start", "ingest")
+_START_CONVERT = ("start", "convert")
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter(
+        "model",
+        str,
+        REQUIRED,
+        "the classifier, a file or folder: ONNX, PyTorch, TensorFlow/Keras or PaddlePaddle "
+        "(local path or gs://)",
+        _START_CONVERT,
+        metavar="M",
+    ),
+    Parameter(
+        "data",
+        str,
+        REQUIRED,
+        "the pool: .npy, .npz, .parquet, .csv, an image folder, or a .zip/.tar/.tar.gz of "
+        "one; a local path, gs://... or http(s)://...",
+        _START_INGEST,
+        metavar="D",
+    ),
+    Parameter(
+        "root",
+        str,
+        REQUIRED,
+        "where runs go: a local folder or gs://bucket/prefix",
+        ("start",),
+        metavar="R",
+    ),
+    Parameter(
+        "run_id",
+        str,
+        "",
+        "name of the run folder {root}/{run_id} (default: a timestamp; in a cluster run the "
+        "KFP job name)",
+        ("start",),
+        metavar="ID",
+    ),
+    Parameter(
+        "metric",
+        str,
+        "gini",
+        "the uncertainty score the ranking is sorted by, most uncertain first",
+        ("start", "rank"),
+        choices=tuple(METRICS),
+    ),
+    Parameter(
+        "framework",
+        str,
+        "auto",
+        "the model's framework; auto detects it from the file",
+        _START_CONVERT,
+        choices=FRAMEWORK_CHOICES,
+    ),
+    Parameter(
+        "output_kind",
+        str,
+        "auto",
+        "whether the class output is logits or probabilities; auto detects it on pool "
+        "samples (probabilities are never softmaxed twice)",
+        _START_CONVERT,
+        choices=OUTPUT_KINDS,
+    ),
+    Parameter(
+        "output_name",
+        str,
+        "",
+        "the model output holding the class scores, when the model has several candidates",
+        _START_CONVERT,
+        metavar="NAME",
+    ),
+    Parameter(
+        "input_shape",
+        str,
+        "",
+        "per-sample shape of an array pool that stores samples flat, e.g. 1,28,28 (applied "
+        "before the ops)",
+        ("start", "ingest", "convert"),
+        metavar="C,H,W",
+    ),
+    Parameter(
+        "shard_size",
+        int,
+        _INGEST.shard_size,
+        "samples per shard; each shard is one score task",
+        _START_INGEST,
+        minimum=1,
+        metavar="N",
+    ),
+    Parameter(
+        "batch_size",
+        int,
+        256,
+        "samples per ONNX Runtime call",
+        ("start", "score"),
+        minimum=1,
+        metavar="N",
+    ),
+    Parameter(
+        "gpu_batch_size",
+        int,
+        1024,
+        "samples per ONNX Runtime call on a GPU (0: batch_size); cluster runs only",
+        ("score",),
+        minimum=0,
+        cli=False,
+        metavar="N",
+    ),
+    Parameter(
+        "top_k",
+        int,
+        10,
+        "rows printed and kept in summary.json and the report",
+        ("start", "rank", "report"),
+        minimum=0,
+        metavar="K",
+    ),
+    Parameter(
+        "parity_tolerance",
+        float,
+        DEFAULT_PARITY_TOLERANCE,
+        "largest difference of any class probability allowed between the converted ONNX "
+        "model and its source framework",
+        _START_CONVERT,
+        metavar="T",
+    ),
+    Parameter(
+        "strict_model_checks",
+        bool,
+        False,
+        "fail the run when a model check fails (default: warn)",
+        _START_CONVERT,
+    ),
+    Parameter(
+        "preset",
+        str,
+        _INGEST.preset,
+        "the preprocessing preset the model was trained with",
+        _START_INGEST,
+        choices=tuple(sorted(PRESETS)),
+        metavar="NAME",
+    ),
+    Parameter(
+        "ops",
+        str,
+        _INGEST.ops,
+        'preprocessing ops as a JSON list, e.g. [{"op": "scale", "divide": 255}] (run '
+        "before the preset's)",
+        _START_INGEST,
+        metavar="JSON",
+    ),
+    Parameter(
+        "custom_ops",
+        str,
+        _INGEST.custom_ops,
+        "a Python file defining op(x) -> x, checked and run in a sandboxed process after the "
+        'other ops (or where {"op": "custom"} stands in ops)',
+        _START_INGEST,
+        metavar="FILE.py",
+    ),
+    Parameter(
+        "on_bad_sample",
+        str,
+        _INGEST.on_bad_sample,
+        "quarantine: unusable samples go to data/quarantine.parquet with a reason; fail: "
+        "the first one stops the run",
+        _START_INGEST,
+        choices=("quarantine", "fail"),
+        argparse_choices=True,
+    ),
+    Parameter(
+        "value_range",
+        str,
+        "",
+        "declared range of raw values, e.g. 0,255: samples outside it are quarantined",
+        _START_INGEST,
+        metavar="MIN,MAX",
+    ),
+    Parameter(
+        "tensor_column",
+        str,
+        _INGEST.tensor_column,
+        "Parquet column or .npz array of the samples",
+        _START_INGEST,
+        metavar="NAME",
+    ),
+    Parameter(
+        "label_column",
+        str,
+        _INGEST.label_column,
+        "Parquet/CSV column or .npz array of the labels (empty: label, labels or y if "
+        "present; two of them is an error)",
+        _START_INGEST,
+        metavar="NAME",
+    ),
+    Parameter(
+        "max_data_gb",
+        float,
+        _INGEST.max_data_gb,
+        "largest download, and largest archive once extracted, in GiB",
+        _START_INGEST,
+        metavar="G",
+    ),
+    Parameter(
+        "custom_op_cpu_seconds",
+        float,
+        _INGEST.custom_op_cpu_seconds,
+        "CPU seconds the custom op's worker may use per batch",
+        _START_INGEST,
+        metavar="S",
+    ),
+    Parameter(
+        "custom_op_memory_mb",
+        int,
+        _INGEST.custom_op_memory_mb,
+        "memory of the custom op's worker, in MB",
+        _START_INGEST,
+        metavar="M",
+    ),
+    Parameter(
+        "custom_op_batch_timeout_s",
+        float,
+        _INGEST.custom_op_batch_timeout_s,
+        "wall-clock seconds the custom op may take per batch",
+        _START_INGEST,
+        metavar="S",
+    ),
+    Parameter(
+        "allow_private_urls",
+        bool,
+        _INGEST.allow_private_urls,
+        "let an http(s) pool come from loopback, private or link-local addresses (refused "
+        "by default: they reach internal services)",
+        _START_INGEST,
+    ),
+    Parameter(
+        "download_timeout_s",
+        float,
+        _INGEST.download_timeout_s,
+        "time limit of a whole http(s) download, in seconds",
+        _START_INGEST,
+        metavar="S",
+    ),
+    Parameter(
+        "download_min_bytes_per_s",
+        float,
+        _INGEST.download_min_bytes_per_s,
+        "slowest average rate of an http(s) download over a minute; 0: no minimum",
+        _START_INGEST,
+        metavar="B",
+    ),
+)
+
+BY_NAME: dict[str, Parameter] = {parameter.name: parameter for parameter in PARAMETERS}
+
+
+def of_stage(stage: str) -> tuple[Parameter, ...]:
+    """The parameters the ``stage`` task takes, in table order."""
+    return tuple(parameter for parameter in PARAMETERS if stage in parameter.stages)
+
+
+def cli_defaults() -> dict[str, Any]:
+    """``testprio run``'s optional parameters and their defaults."""
+    return {p.name: p.default for p in PARAMETERS if p.cli and not p.required}
+
+
+def names_of_type(kind: type) -> tuple[str, ...]:
+    return tuple(parameter.name for parameter in PARAMETERS if parameter.type is kind)
+
+
+def describe(**own: str) -> Callable:
+    """Decorator: end the function's docstring with a Google-style ``Args:`` section.
+
+    ``own`` describes the function's inputs that are not run parameters; run parameters get
+    their ``help`` from the table. KFP reads the section into the ``description`` of each
+    input of the compiled component or pipeline (the Kubeflow UI shows it). An input
+    described neither way fails at import, so a new input cannot go undocumented.
+    """
+
+    def decorate(function: Callable) -> Callable:
+        import inspect
+
+        lines = []
+        for name in inspect.signature(function).parameters:
+            if name in own:
+                text = own[name]
+            elif name in BY_NAME:
+                text = BY_NAME[name].help
+            else:
+                raise TypeError(f"{function.__name__}: input '{name}' has no description.")
+            lines.append(f"    {name}: {text}")
+        unused = sorted(set(own) - set(inspect.signature(function).parameters))
+        if unused:
+            raise TypeError(f"{function.__name__}: '{unused[0]}' is not one of its inputs.")
+        summary = inspect.cleandoc(function.__doc__ or "").rstrip()
+        function.__doc__ = f"{summary}\n\nArgs:\n" + "\n".join(lines) + "\n"
+        return function
+
+    return decorate
+
+
+def _default_text(parameter: Parameter) -> str:
+    if parameter.required:
+        return "required"
+    if parameter.default == "":
+        return "(empty)"
+    if parameter.type is bool:
+        return "on" if parameter.default else "off"
+    if parameter.type is float and float(parameter.default).is_integer():
+        return f"`{int(parameter.default)}`"
+    return f"`{parameter.default}`"
+
+
+def markdown_table() -> str:
+    """The Markdown table of every parameter (docs/cli.md, between the params markers)."""
+    rows = [
+        "| option | pipeline parameter | type | default | meaning | tasks |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in PARAMETERS:
+        option = f"`{p.flag}`" if p.cli else "(cluster only)"
+        meaning = p.help.replace("|", "\\|")
+        if p.choices:
+            meaning += "; one of " + ", ".join(f"`{choice}`" for choice in p.choices)
+        rows.append(
+            f"| {option} | `{p.name}` | {p.type.__name__} | {_default_text(p)} | {meaning} "
+            f"| {', '.join(p.stages)} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+DOCS_START, DOCS_END = "<!-- params:start -->", "<!-- params:end -->"
+
+
+def update_docs(path: str) -> None:
+    """Rewrite the table between ``DOCS_START`` and ``DOCS_END`` in the Markdown ``path``."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    before, start, rest = text.partition(DOCS_START + "\n")
+    _, end, after = rest.partition(DOCS_END)
+    if not start or not end:
+        raise ValueError(f"{path} lacks the {DOCS_START} / {DOCS_END} markers.")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(before + start + markdown_table() + end + after)
+
+
+if __name__ == "__main__":  # python -m testprio.params docs/cli.md
+    import sys
+
+    update_docs(sys.argv[1] if len(sys.argv) > 1 else "docs/cli.md")
