@@ -714,8 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--package",
         default="",
-        help="compiled pipeline (default: build/prioritize.yaml, or "
-        "build/prioritize-<framework>.yaml for PyTorch, TensorFlow and Paddle models)",
+        help="compiled pipeline (testprio compile); default: the pipeline of the model's "
+        "framework, compiled now with the default cluster settings",
     )
     sub.add_argument("--experiment", default="testprio", help="KFP experiment (default testprio)")
     sub.add_argument("--run-name", default="", help="name in the UI (default: prioritize RUN_ID)")

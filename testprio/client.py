@@ -12,10 +12,13 @@ A small layer over ``kfp.Client`` (``testprio submit`` and ``testprio runs`` use
     )
     print(run.url)                           # the run in the Kubeflow UI
     kfp.status(run.kfp_run_id).state         # PENDING, RUNNING, SUCCEEDED, FAILED, ...
+    kfp.wait(run.kfp_run_id, timeout=3600)   # the final RunState
+    kfp.ranking(run, top=20, pandas=True)    # ranking.parquet of the run folder
 
-``submit`` runs a compiled package (``testprio compile``, ``make compile``): by default
-``build/prioritize.yaml`` for ONNX models, ``build/prioritize-<framework>.yaml`` for the
-others. It checks the parameters against the package's own parameter list and the model
+``submit`` runs a compiled package (``testprio compile``, ``make compile``) given as
+``package``; without one it compiles the pipeline for the model's framework on the fly
+(``settings``: ``pipelines.prioritize.ClusterSettings``, the GKE defaults if not given). It
+checks the parameters against the package's own parameter list and the model
 against the package's framework, uploads ``model`` and ``data`` to
 ``{root}/{run_id}/inputs/`` when they are local paths, and always passes ``run_id`` (a new
 timestamped one unless given), so that the run folder ``{root}/{run_id}`` is known from the
@@ -28,10 +31,12 @@ that shows a task's output) and the run's own record, ``run.json``, from its fol
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -45,7 +50,6 @@ from testprio import storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout, check_run_id, new_run_id
 
-PACKAGE_FOLDER = "build"  # where `make compile` / `testprio compile` write the packages
 DEFAULT_EXPERIMENT = "testprio"
 # The Kubernetes service account of manifests/ that may write to the bucket.
 PIPELINE_SERVICE_ACCOUNT = "testprio-pipeline-runner"
@@ -296,24 +300,59 @@ class Client:
         service_account: str | None = None,
         enable_caching: bool | None = None,
         pipeline_root: str | None = None,
+        settings=None,
     ) -> SubmittedRun:
         """Start a run with ``parameters`` (``model``, ``data``, ``root``, ...).
 
-        ``package`` defaults to ``build/`` + the pipeline of the model's framework.
+        ``package``: a compiled pipeline; without it the pipeline of the model's framework
+        is compiled now, with ``settings`` (a ``pipelines.prioritize.ClusterSettings``;
+        default: its GKE defaults).
         ``enable_caching=False`` turns KFP's cache off for every task of this run; the
         default keeps the compiled settings (cache on for ingest and convert only).
         """
         from pipelines.prioritize import pipeline_name
         from testprio.convert import resolve_framework
-        from testprio.stages import validate_parameters
 
         if not parameters.get("model"):
             raise TestprioError("the pipeline needs --model; give it.")
         framework = resolve_framework(
             str(parameters["model"]), parameters.get("framework") or "auto"
         )
-        package_path = package or os.path.join(PACKAGE_FOLDER, f"{pipeline_name(framework)}.yaml")
-        compiled = load_package(package_path, framework=framework)
+        with tempfile.TemporaryDirectory(prefix="testprio-compile-") as folder:
+            if package is None:
+                from pipelines.prioritize import compile_pipeline
+
+                package = compile_pipeline(
+                    os.path.join(folder, f"{pipeline_name(framework)}.yaml"), settings, framework
+                )
+            elif settings is not None:
+                raise TestprioError(
+                    "give either package (a compiled pipeline) or settings (to compile one "
+                    "now), not both."
+                )
+            return self._submit(
+                load_package(package, framework=framework),
+                parameters,
+                run_name=run_name,
+                experiment=experiment,
+                service_account=service_account,
+                enable_caching=enable_caching,
+                pipeline_root=pipeline_root,
+            )
+
+    def _submit(
+        self,
+        compiled: PipelinePackage,
+        parameters: dict[str, Any],
+        *,
+        run_name: str | None,
+        experiment: str,
+        service_account: str | None,
+        enable_caching: bool | None,
+        pipeline_root: str | None,
+    ) -> SubmittedRun:
+        from testprio.stages import validate_parameters
+
         definitions = compiled.parameters
         parameters = check_parameters(dict(parameters), definitions)
         root = str(parameters["root"])
@@ -442,6 +481,49 @@ class Client:
                     f"in the Kubeflow UI: {run.url}"
                 )
             time.sleep(interval)
+
+    def wait(
+        self, kfp_run_id: str, *, timeout: float | None = None, interval: float = 10.0
+    ) -> RunState:
+        """Block until the run ends (SUCCEEDED, FAILED, CANCELED, ...); returns its final state.
+
+        Raises ``TestprioError`` when it is still going after ``timeout`` seconds.
+        """
+        states = self.watch(kfp_run_id, interval=interval, timeout=timeout)
+        return collections.deque(states, maxlen=1)[0]  # watch ends with the final state
+
+    def ranking(
+        self,
+        run: SubmittedRun | RunState | str,
+        *,
+        top: int | None = None,
+        columns: list[str] | None = None,
+        pandas: bool = False,
+    ):
+        """The run's ``ranking.parquet`` (rank 1 = most uncertain first), read from its folder.
+
+        ``run``: what ``submit``, ``status`` or ``wait`` returned, or a KFP run id. ``top``
+        keeps the first ``top`` rows, ``columns`` those columns; a pyarrow Table, or a pandas
+        DataFrame with ``pandas=True``.
+        """
+        if isinstance(run, str):
+            run = self.status(run)
+        if not run.run_uri:
+            raise TestprioError(
+                f"run {run.kfp_run_id} has no run folder (it was started without root and "
+                "run_id); start runs with Client.submit or testprio submit."
+            )
+        uri = RunLayout(run.run_uri).ranking
+        if not storage.exists(uri):
+            state = f" (the run is {run.state})" if isinstance(run, RunState) else ""
+            raise TestprioError(
+                f"run {run.kfp_run_id} has no ranking yet: {uri} does not exist{state}; "
+                "wait for the run to succeed (Client.wait) and ask again."
+            )
+        table = storage.read_table(uri, columns=columns)
+        if top is not None:
+            table = table.slice(0, top)
+        return table.to_pandas() if pandas else table
 
 
 def format_run(run: RunState) -> str:

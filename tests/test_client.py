@@ -478,3 +478,72 @@ def test_compiled_package_parameters_match_what_submit_checks(package):
     parameters = next(yaml.safe_load_all(open(package)))["root"]["inputDefinitions"]["parameters"]
     assert {"model", "data", "root", "run_id", "gpu_batch_size"} <= set(parameters)
     assert "defaultValue" not in parameters["model"]
+
+
+def test_submit_without_a_package_compiles_the_pipeline_now(fake_kfp, inputs, gcs_root):
+    model, pool = inputs
+    client = Client(fake_kfp.url)
+    parameters = {"model": str(model), "data": str(pool), "root": gcs_root}
+    client.submit({**parameters, "run_id": "default-settings"})
+    client.submit(
+        {**parameters, "run_id": "cpu-only"}, settings=ClusterSettings(gpu=False, parallelism=2)
+    )
+    default, cpu_only = (call["body"]["pipeline_spec"] for call in fake_kfp.calls("POST", "/runs"))
+    assert default["pipeline_spec"]["pipelineInfo"]["name"] == "prioritize"
+    executors = default["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors["exec-score"]["nodeSelector"]["labels"] == {
+        "cloud.google.com/gke-accelerator": "nvidia-tesla-t4"
+    }
+    assert "accelerator" not in json.dumps(cpu_only["pipeline_spec"])
+    loop = cpu_only["pipeline_spec"]["root"]["dag"]["tasks"]["for-loop-1"]
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 2
+    # The compiled parameter list is the one submit checks against.
+    with pytest.raises(TestprioError, match=r"^'no_such' is not a parameter of the compiled"):
+        client.submit({**parameters, "no_such": 1})
+
+
+def test_submit_refuses_a_package_and_settings_together(fake_kfp, package, inputs):
+    model, pool = inputs
+    with pytest.raises(TestprioError, match=r"^give either package .* or settings .*not both\.$"):
+        Client(fake_kfp.url).submit(
+            {"model": str(model), "data": str(pool), "root": "gs://b/runs"},
+            package=package,
+            settings=ClusterSettings(),
+        )
+
+
+def test_wait_returns_the_final_state_or_times_out(fake_kfp):
+    run_id = _add_run(fake_kfp, "wait", 0, state="PENDING")
+    fake_kfp.script[run_id] = ["PENDING", "RUNNING", "SUCCEEDED"]
+    client = Client(fake_kfp.url)
+    assert client.wait(run_id, interval=0).state == "SUCCEEDED"
+    stuck = _add_run(fake_kfp, "stuck", 1, state="RUNNING")
+    with pytest.raises(TestprioError, match=rf"^run {stuck} is still RUNNING after 0 s; follow"):
+        client.wait(stuck, timeout=0, interval=0)
+
+
+def test_ranking_reads_the_run_folder_as_table_or_dataframe(fake_kfp, gcs_root):
+    import pyarrow as pa
+
+    run_id = _add_run(
+        fake_kfp,
+        "ranked",
+        0,
+        state="SUCCEEDED",
+        runtime_config={"parameters": {"root": gcs_root, "run_id": "ranked"}},
+    )
+    client = Client(fake_kfp.url)
+    with pytest.raises(TestprioError, match=r"has no ranking yet: .*ranking.parquet does not "
+                       r"exist \(the run is SUCCEEDED\); wait for the run"):  # fmt: skip
+        client.ranking(run_id)
+    ranking = pa.table({"rank": [1, 2, 3], "sample_id": [7, 2, 5], "gini": [0.9, 0.5, 0.1]})
+    storage.write_table(f"{gcs_root}/ranked/ranking.parquet", ranking)
+
+    assert client.ranking(run_id).equals(ranking)
+    top = client.ranking(client.status(run_id), top=2, columns=["sample_id"], pandas=True)
+    assert top["sample_id"].tolist() == [7, 2]
+    assert list(top.columns) == ["sample_id"]
+
+    no_folder = _add_run(fake_kfp, "bare", 1, state="SUCCEEDED")
+    with pytest.raises(TestprioError, match=r"has no run folder"):
+        client.ranking(no_folder)
