@@ -18,6 +18,7 @@ import io
 import math
 import os
 import posixpath
+import re
 import string
 import zipfile
 from collections.abc import Iterable
@@ -285,15 +286,19 @@ def class_label(index: int | None, names: list[str] | None) -> str:
 
 # CommonMark lets a backslash escape any ASCII punctuation character, and an escaped one is
 # always literal text. Escaping all of them (not a hand-picked few) covers links, HTML,
-# emphasis, Streamlit's :color[...] and $math$, and breaks GFM autolinks, which need an
-# unescaped ":" (http://), "." (www.) or "@" (e-mail) in the source.
+# emphasis, Streamlit's :color[...] and $math$. GFM autolinks are not stopped by escapes:
+# remark-gfm finds http://, www. and e-mail addresses in the parsed text, so an invisible
+# WORD JOINER (U+2060) goes where those patterns need two characters to touch.
 _MARKDOWN_PUNCTUATION = frozenset(string.punctuation)
+_AUTOLINK_JOINTS = re.compile(r"(?i)(?<=www)(?=\.)|(?=@)|(?<=[a-z])(?=:)")
+WORD_JOINER = "\u2060"
 
 
 def md_escape(text: Any) -> str:
     """``text`` shown literally by any CommonMark/GFM renderer (Streamlit's Markdown):
-    every ASCII punctuation character backslash-escaped, line breaks as spaces."""
-    flat = " ".join(str(text).splitlines())
+    every ASCII punctuation character backslash-escaped, line breaks as spaces, and
+    invisible word joiners where a URL or e-mail address would become a link."""
+    flat = _AUTOLINK_JOINTS.sub(WORD_JOINER, " ".join(str(text).splitlines()))
     return "".join("\\" + char if char in _MARKDOWN_PUNCTUATION else char for char in flat)
 
 

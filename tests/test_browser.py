@@ -4,7 +4,9 @@ screenshot of the run page is kept in ``test-artifacts/`` (or ``$TESTPRIO_ARTIFA
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,11 +42,24 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+LINK_NAMES = ["http://evil.example/a", "www.evil.example", "mail@evil.example", "[x](http://evil)"]
+
+
+def add_link_named_run(root: Path) -> None:
+    """``www.evil.example``: the ``labeled`` run again, with class names that look like links."""
+    run = root / "www.evil.example"
+    shutil.copytree(root / "labeled", run)
+    model = json.loads((run / "model" / "model.json").read_text())
+    model["class_names"] = LINK_NAMES + [f"digit {i}" for i in range(4, 10)]
+    (run / "model" / "model.json").write_text(json.dumps(model))
+
+
 @pytest.fixture(scope="module")
 def report_server(tmp_path_factory):
     """``testprio report --root ROOT --port PORT`` as its own process; yields the URL."""
     folder = tmp_path_factory.mktemp("browser")
     make_runs(str(folder / "runs"), folder / "inputs")
+    add_link_named_run(folder / "runs")
     port = _free_port()
     log = open(folder / "server.log", "w+b")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
@@ -123,4 +138,21 @@ def test_hostile_run_names_stay_text_in_chromium(report_server, browser):
     page.get_by_text("<img src=x onerror=alert(1)>.npz[", exact=False).first.wait_for()
     page.wait_for_timeout(500)
     assert dialogs == []  # neither the class name nor the file name ran as script
+    page.close()
+
+
+def test_link_like_run_data_is_not_linked_in_chromium(report_server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 4000})
+    page.goto(f"{report_server}/?page=run&run=www.evil.example")
+    page.get_by_text("Top 10: label these first").wait_for(timeout=60_000)
+    # Shown as text, with invisible word joiners (U+2060) where an autolink would start.
+    page.get_by_role("heading", name=re.compile(r"^Run www\W?\.evil\.example$")).wait_for()
+    page.get_by_text(re.compile(r"http\W?://evil\.example/a")).first.wait_for()
+    page.wait_for_timeout(500)
+    # Only links that leave the page count: Streamlit's own heading anchors stay.
+    hrefs = page.eval_on_selector_all(
+        "a[href]",
+        "links => links.map(link => link.href).filter(h => !h.startsWith(location.origin))",
+    )
+    assert [href for href in hrefs if "evil" in href] == [], hrefs  # no link, autolink, mailto
     page.close()
