@@ -10,6 +10,7 @@ import numpy as np
 from testprio.metrics import METRIC_UPPER_BOUNDS, METRICS
 
 HISTOGRAM_BINS = 20
+COUNT_PIECE = 2**20
 
 
 def apfd(misclassified: np.ndarray) -> dict | None:
@@ -42,8 +43,10 @@ def score_bins(values: np.ndarray, upper: float, bins: int = HISTOGRAM_BINS) -> 
     """Bin index 0..bins-1 of each value on ``[0, upper]`` (values at the edge go last)."""
     if upper <= 0:
         return np.zeros(len(values), dtype=np.int16)
-    index = np.floor(values.astype(np.float32) * np.float32(bins / upper))
-    return np.clip(index, 0, bins - 1).astype(np.int16)
+    index = values.astype(np.float32, copy=False) * np.float32(bins / upper)
+    np.floor(index, out=index)  # in place: one float32 temporary, not three
+    np.clip(index, 0, bins - 1, out=index)
+    return index.astype(np.int16)
 
 
 def _edges(upper: float, bins: int = HISTOGRAM_BINS) -> list[float]:
@@ -54,11 +57,33 @@ def _nan_to_none(values: np.ndarray) -> list[float | None]:
     return [None if np.isnan(v) else round(float(v), 6) for v in values]
 
 
+def _counts(groups: np.ndarray, size: int) -> np.ndarray:
+    """``np.bincount(groups, minlength=size)`` a million at a time.
+
+    bincount copies its input to int64 first; in pieces that copy stays small, and integer
+    counts add up exactly in any order.
+    """
+    counts = np.zeros(size, np.int64)
+    for start in range(0, len(groups), COUNT_PIECE):
+        piece = np.bincount(groups[start : start + COUNT_PIECE], minlength=size)
+        if len(piece) > len(counts):
+            counts = np.concatenate([counts, np.zeros(len(piece) - len(counts), np.int64)])
+        counts[: len(piece)] += piece
+    return counts
+
+
 def _grouped_mean(values: np.ndarray, groups: np.ndarray, size: int) -> list[float | None]:
-    counts = np.bincount(groups, minlength=size)
+    counts = _counts(groups, size)
+    # In one call: float sums in another order could round differently.
     sums = np.bincount(groups, weights=values, minlength=size)
     with np.errstate(invalid="ignore", divide="ignore"):
         return _nan_to_none(sums / counts)
+
+
+def _grouped_rate(hits: np.ndarray, groups: np.ndarray, size: int) -> list[float | None]:
+    """Share of ``hits`` (booleans) per group: the mean of 0/1 values, counted exactly."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _nan_to_none(_counts(groups[hits], size) / _counts(groups, size))
 
 
 def build_summary(
@@ -73,24 +98,31 @@ def build_summary(
     """Figures for ``summary.json`` from ``ranked`` columns (each ``(n,)``, ranking order).
 
     ``ranked`` holds ``predicted``, every metric, and ``label`` (-1 where unknown).
+    Temporaries stay within a few ``(n,)`` arrays (no int64 copies are kept, only the chosen
+    metric's bins), so the rank stage's memory does not peak here.
     """
-    predicted = ranked["predicted"].astype(np.int64)
+    predicted = ranked["predicted"]
     n = len(predicted)
     k = num_classes
     histograms, per_class_mean = {}, {}
-    bins_of = {}
+    metric_bins = np.empty(0, np.int16)
     for name in METRICS:
         upper = METRIC_UPPER_BOUNDS[name](k)
-        bins_of[name] = score_bins(ranked[name], upper)
+        bins = score_bins(ranked[name], upper)
         histograms[name] = {
             "edges": _edges(upper),
-            "counts": np.bincount(bins_of[name], minlength=HISTOGRAM_BINS).tolist(),
+            "counts": _counts(bins, HISTOGRAM_BINS).tolist(),
             "mean": round(float(ranked[name].mean()), 6) if n else None,
         }
         per_class_mean[name] = _grouped_mean(ranked[name], predicted, k)
-    class_bins = np.bincount(
-        predicted * HISTOGRAM_BINS + bins_of[metric], minlength=k * HISTOGRAM_BINS
-    ).reshape(k, HISTOGRAM_BINS)
+        if name == metric:
+            metric_bins = bins
+        del bins
+    class_of_bin = predicted.astype(np.int32)  # a copy, then updated in place
+    class_of_bin *= np.int32(HISTOGRAM_BINS)
+    class_of_bin += metric_bins
+    class_bins = _counts(class_of_bin, k * HISTOGRAM_BINS).reshape(k, HISTOGRAM_BINS)
+    del class_of_bin
     summary = {
         "metric": metric,
         "num_classes": k,
@@ -101,9 +133,9 @@ def build_summary(
             "edges": histograms[metric]["edges"],
             "counts": class_bins.tolist(),
         },
-        "predicted_counts": np.bincount(predicted, minlength=k).tolist(),
+        "predicted_counts": _counts(predicted, k).tolist(),
         "per_class_mean": per_class_mean,
-        "labels": _label_figures(ranked["label"], predicted, bins_of[metric], k),
+        "labels": _label_figures(ranked["label"], predicted, metric_bins, k),
         "top": top,
     }
     return summary
@@ -116,18 +148,15 @@ def _label_figures(
     labeled = int(known.sum())
     if not labeled:
         return None
-    truth, guess = label[known].astype(np.int64), predicted[known]
-    wrong = truth != guess
-    bins = metric_bins[known]
-    bin_counts = np.bincount(bins, minlength=HISTOGRAM_BINS)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rate = np.bincount(bins, weights=wrong, minlength=HISTOGRAM_BINS) / bin_counts
+    truth = label[known]
+    wrong = truth != predicted[known]
+    rate = _grouped_rate(wrong, metric_bins[known], HISTOGRAM_BINS)
     classes = max(k, int(truth.max()) + 1)
     return {
         "labeled": labeled,
         "accuracy": round(float(1.0 - wrong.mean()), 6),
         "misclassified": int(wrong.sum()),
         "apfd": apfd(wrong),
-        "misclassification_rate_per_bin": _nan_to_none(rate),
-        "per_class_accuracy": _grouped_mean((~wrong).astype(np.float64), truth, classes),
+        "misclassification_rate_per_bin": rate,
+        "per_class_accuracy": _grouped_rate(~wrong, truth, classes),
     }

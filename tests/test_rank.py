@@ -163,3 +163,113 @@ def test_ranking_order_matches_a_lexsort_reference(shuffled):
     order = ranking_order(values, ids)
     reference = np.lexsort((ids, -values.astype(np.float64)))
     np.testing.assert_array_equal(ids[order], ids[reference])
+
+
+# --- the streamed rank stage against the in-memory reference ------------------------------
+
+
+def _scores_run(root, run_id: str, probs: np.ndarray, labels: np.ndarray, cuts: list[int]):
+    """A run holding only what rank reads: scores shards cut at ``cuts`` and a manifest."""
+    from testprio.layout import RunLayout
+    from testprio.score import _scores_batch
+
+    layout = RunLayout.create(str(root), run_id)
+    n = len(probs)
+    bounds = [0, *cuts, n]
+    for index, (start, stop) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        unknown = labels[start:stop] < 0
+        batch = pa.RecordBatch.from_arrays(
+            [
+                pa.array(np.arange(start, stop, dtype=np.int64)),
+                pa.array(np.where(unknown, 0, labels[start:stop]), pa.int32(), mask=unknown),
+            ],
+            names=["sample_id", "label"],
+        )
+        storage.write_table(
+            layout.scores_shard(index),
+            pa.Table.from_batches([_scores_batch(batch, probs[start:stop])]),
+        )
+    shards = [
+        {"name": f"shard-{i:05d}.parquet", "rows": b - a}
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))
+    ]
+    storage.write_json(
+        layout.data_manifest,
+        {"samples": n, "quarantined": 0, "shards": shards, "sample_shape": [4]},
+    )
+    return layout, [layout.scores_shard(i) for i in range(len(shards))]
+
+
+@pytest.fixture
+def tied_scores():
+    """600 samples, K=5, many exact ties (repeated rows), a third of the labels unknown."""
+    rng = make_deterministic(11)
+    distinct = softmax(rng.normal(0, 2, (40, 5)))
+    probs = distinct[rng.integers(0, 40, 600)]
+    labels = np.where(rng.random(600) < 1 / 3, -1, rng.integers(0, 5, 600))
+    return probs, labels
+
+
+@pytest.mark.parametrize("metric", sorted(METRICS))
+def test_ranking_from_many_small_shards_equals_one_shard(
+    tmp_path, tied_scores, metric, monkeypatch
+):
+    from testprio import rank as rank_module
+
+    # Row groups of 64 rows: the ranking is written in many pieces, top-k spans two.
+    monkeypatch.setattr(rank_module, "RANKING_ROW_GROUP", 64)
+    probs, labels = tied_scores
+    one, one_uris = _scores_run(tmp_path, "one", probs, labels, [])
+    cuts = sorted({*range(7, 600, 37), 300})  # 18 uneven shards, one of them empty
+    cuts.insert(5, cuts[4])
+    many, many_uris = _scores_run(tmp_path, "many", probs, labels, cuts)
+    assert any(storage.read_table(uri).num_rows == 0 for uri in many_uris)
+
+    summaries = [
+        rank_module.rank(layout, uris, metric=metric, top_k=100)
+        for layout, uris in ((one, one_uris), (many, many_uris))
+    ]
+    whole, sharded = ranking(one), ranking(many)
+    assert sharded.equals(whole, check_metadata=True)
+    assert summaries[0] == summaries[1]
+    reference = rank_table(
+        [storage.read_table(uri, columns=rank_module.RANK_COLUMNS) for uri in one_uris], metric
+    )
+    assert whole.equals(reference)
+    assert summaries[0]["top"] == reference.slice(0, 100).to_pylist()
+    with storage.open_parquet(one.ranking) as parquet:
+        assert parquet.num_row_groups == 10  # 600 rows in groups of 64
+
+
+def test_shards_whose_ids_interleave_rank_like_one_table(tmp_path, tied_scores):
+    """Ids that do not ascend across shards take the general (lexsort) path."""
+    from testprio.rank import RANK_COLUMNS, rank
+
+    probs, labels = tied_scores
+    layout, uris = _scores_run(tmp_path, "interleaved", probs, labels, [300])
+    for uri, ids in zip(uris, (np.arange(0, 600, 2), np.arange(1, 600, 2)), strict=True):
+        table = storage.read_table(uri)
+        storage.write_table(uri, table.set_column(0, table.schema.field(0), pa.array(ids)))
+    rank(layout, uris, metric="margin", top_k=3)
+    reference = rank_table(
+        [storage.read_table(uri, columns=RANK_COLUMNS) for uri in uris], "margin"
+    )
+    assert ranking(layout).equals(reference)
+    ids = ranking(layout).column("sample_id").to_numpy()
+    margins = ranking(layout).column("margin").to_numpy()
+    np.testing.assert_array_equal(np.lexsort((ids, -margins.astype(np.float64))), np.arange(600))
+
+
+def test_counts_in_pieces_equal_one_bincount(monkeypatch):
+    from testprio import summary
+
+    monkeypatch.setattr(summary, "COUNT_PIECE", 7)
+    groups = make_deterministic(12).integers(0, 9, 100)
+    groups[-1] = 12  # beyond the given size, in the last piece only
+    np.testing.assert_array_equal(summary._counts(groups, 5), np.bincount(groups, minlength=5))
+    hits = groups % 2 == 0
+    with np.errstate(invalid="ignore"):  # classes 9..11 are empty: NaN, then None
+        expected = np.bincount(groups, weights=hits, minlength=13) / np.bincount(
+            groups, minlength=13
+        )
+    assert summary._grouped_rate(hits, groups, 13) == summary._nan_to_none(expected)
