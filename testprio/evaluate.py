@@ -1,0 +1,777 @@
+"""Evaluate: does labelling the top of a prioritizer's ranking pay off, and which one to trust?
+
+For a model, a labeled pool, a held-out labeled test split and the model's (labeled)
+training reference, each prioritizer of ``PRIORITIZERS`` orders the pool once (``random``
+once per seed), and is judged by
+
+- **APFD** of its order over the pool's misclassified samples (raw and normalized,
+  ``testprio.summary.apfd``);
+- **faults found** at each budget ``b`` (percent of the pool): misclassified samples among
+  its top ``ceil(b * N / 100)``;
+- **retraining**: the model fine-tuned on its training reference plus its top-b% with their
+  labels (``testprio.retrain``), once per seed, and its accuracy on the test split: mean
+  and 95% t-interval over the seeds. For a deterministic prioritizer the seed changes only
+  the fine-tuning's randomness (batch order, dropout); for ``random`` it also draws the
+  selection.
+
+``run_evaluation`` does the I/O (ingest the three data sets, convert the model, write
+``{root}/{run_id}/evaluation.json``); ``evaluate_orders``, ``budget_size``, ``winners`` and
+``evaluation_frames`` are pure.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from testprio import convert, ingest, metrics, retrain, sources, storage
+from testprio.errors import TestprioError
+from testprio.layout import RunLayout, finish_run, stage, start_run
+from testprio.log import get_logger
+from testprio.summary import apfd
+
+log = get_logger("evaluate")
+
+EVALUATION_NAME = "evaluation.json"
+EVALUATION_VERSION = 1
+DEFAULT_BUDGETS = (1.0, 2.0, 5.0, 10.0)
+DEFAULT_SEEDS = 5
+DEFAULT_EPOCHS = 3
+# The prioritizers an evaluation runs when none are named, in this order (those whose
+# module is not installed are left out).
+DEFAULT_PRIORITIZERS = (
+    "gini",
+    "entropy",
+    "margin",
+    "least_confidence",
+    "instability",
+    "nac-cam",
+    "kmnc",
+    "dsa",
+    "random",
+)
+INFERENCE_BATCH = 512
+
+
+# --- what prioritizers see ----------------------------------------------------------------
+
+
+class Context:
+    """The pool and the training reference as the prioritizers need them, with the hidden
+    activations computed on first use and shared between prioritizers.
+
+    ``pool_probs`` ``(N, K)`` float64; ``pool_ids`` ``(N,)`` int64 (ties break by it);
+    ``pool_x`` ``(N, *shape)``; ``train_x`` and ``train_probs`` likewise for the reference.
+    ``extras`` collects what a prioritizer wants recorded beside its figures.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: onnx.ModelProto | None,
+        class_output: str,
+        pool_ids: np.ndarray,
+        pool_x: np.ndarray,
+        pool_probs: np.ndarray,
+        train_x: np.ndarray,
+        train_probs: np.ndarray,
+    ) -> None:
+        self.model = model
+        self.class_output = class_output
+        self.pool_ids = np.asarray(pool_ids, dtype=np.int64)
+        self.pool_x = pool_x
+        self.pool_probs = pool_probs
+        self.train_x = train_x
+        self.train_probs = train_probs
+        self.extras: dict[str, dict] = {}
+        self._activations: dict[str, list[np.ndarray]] = {}
+
+    @functools.cached_property
+    def layers(self) -> list[str]:
+        from testprio import activations
+
+        return activations.hidden_layer_names(self._require_model())
+
+    def _require_model(self) -> onnx.ModelProto:
+        if self.model is None:
+            raise TestprioError("this prioritizer needs the ONNX model's hidden layers.")
+        return self.model
+
+    def activations(self, part: str) -> list[np.ndarray]:
+        """Per hidden layer ``(N, units)`` activations of ``part`` (``pool`` or ``train``)."""
+        if part not in self._activations:
+            from testprio.activations import flatten_activation
+
+            x = self.pool_x if part == "pool" else self.train_x
+            outputs = retrain.onnx_outputs(self._require_model(), self.layers, x)
+            self._activations[part] = [flatten_activation(a) for a in outputs]
+        return self._activations[part]
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Pool positions of ``sample_id``s (an order of ids -> an order of positions)."""
+        where = {int(sample_id): i for i, sample_id in enumerate(self.pool_ids)}
+        return np.array([where[int(sample_id)] for sample_id in ids], dtype=np.int64)
+
+
+def order_by_score(scores: np.ndarray, sample_ids: np.ndarray) -> np.ndarray:
+    """Positions by ``scores`` descending (higher = more worth labelling), ties by id."""
+    return np.lexsort((np.asarray(sample_ids), -np.asarray(scores, dtype=np.float64)))
+
+
+@dataclass(frozen=True)
+class Prioritizer:
+    """``order(context, seed)`` -> pool positions, most worth labelling first.
+
+    ``seeded``: the order depends on the seed (a different selection per seed).
+    """
+
+    name: str
+    description: str
+    order: Callable[[Context, int], np.ndarray]
+    seeded: bool = False
+
+
+def _uncertainty(name: str) -> Prioritizer:
+    def order(context: Context, seed: int) -> np.ndarray:
+        # float32 like the score stage's columns, so the evaluation's order is the ranking's
+        scores = metrics.METRICS[name](context.pool_probs).astype(np.float32)
+        return order_by_score(scores, context.pool_ids)
+
+    return Prioritizer(name, f"{name} of the class probabilities (higher = less sure)", order)
+
+
+def _random_order(context: Context, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(len(context.pool_ids))
+
+
+PRIORITIZERS: dict[str, Prioritizer] = {
+    **{name: _uncertainty(name) for name in metrics.METRICS},
+    "random": Prioritizer(
+        "random", "a uniformly random order (a new one per seed)", _random_order, seeded=True
+    ),
+}
+
+
+def _coverage_prioritizers() -> dict[str, Prioritizer]:
+    """NAC, KMNC, NBC, SNAC, TKNC as CTM (per-sample total) and CAM (coverage-additive)
+    orders over the hidden layers, boundaries from the training reference."""
+    from testprio import coverage
+
+    def make(metric: str, how: str) -> Prioritizer:
+        def order(context: Context, seed: int) -> np.ndarray:
+            profile = coverage.NeuronProfile(context.layers)
+            profile.update(context.activations("train")).finish()
+            params = coverage.COVERAGE_DEFAULTS.get(metric, {})
+            scores, covered = coverage.COVERAGE_METRICS[metric](
+                context.activations("pool"), profile, **params
+            )
+            if how == "ctm":
+                ids = coverage.ctm_order(scores, context.pool_ids)
+            else:
+                ids = coverage.cam_order(covered, scores, context.pool_ids)
+            return context.positions(ids)
+
+        title = {"ctm": "per-sample total", "cam": "coverage-additive order"}[how]
+        return Prioritizer(f"{metric}-{how}", f"{metric.upper()} coverage, {title}", order)
+
+    found = {
+        f"{metric}-{how}": make(metric, how)
+        for metric in coverage.COVERAGE_METRICS
+        for how in ("ctm", "cam")
+    }
+    # KMNC's per-sample total hardly varies (every in-range unit covers one section), so
+    # the plain name means its coverage-additive order, as in the literature.
+    if "kmnc-cam" in found:
+        found["kmnc"] = Prioritizer("kmnc", found["kmnc-cam"].description, found["kmnc-cam"].order)
+    return found
+
+
+def _surprise_prioritizers() -> dict[str, Prioritizer]:
+    """LSA, DSA, MDSA on the last hidden layer against the training reference."""
+    from testprio import surprise
+
+    def make(metric: str) -> Prioritizer:
+        def order(context: Context, seed: int) -> np.ndarray:
+            # The last hidden layer, as surprise adequacy is usually applied (Kim et al.).
+            train = context.activations("train")[-1]
+            pool = context.activations("pool")[-1]
+            reference = surprise.fit_reference(
+                train, context.train_probs.argmax(axis=1), metrics=(metric,)
+            )
+            scores = surprise.SURPRISE_METRICS[metric](
+                reference, pool, context.pool_probs.argmax(axis=1)
+            )
+            return order_by_score(scores, context.pool_ids)
+
+        return Prioritizer(metric, f"{metric.upper()} surprise adequacy (last hidden layer)", order)
+
+    return {metric: make(metric) for metric in surprise.SURPRISE_METRICS}
+
+
+def image_layout(shape: tuple[int, ...]) -> str | None:
+    """The layout of ``(N, *shape)`` samples for image transforms: NCHW, NHWC, NHW or None."""
+    if len(shape) == 3 and shape[0] in (1, 3, 4):
+        return "NCHW"
+    if len(shape) == 3 and shape[-1] in (1, 3, 4):
+        return "NHWC"
+    if len(shape) == 2:
+        return "NHW"
+    return None
+
+
+INSTABILITY_FOLLOWUPS = 10
+
+
+def _metamorphic_prioritizers() -> dict[str, Prioritizer]:
+    """Instability under metamorphic transforms (label-free), with causal attribution."""
+    from testprio import metamorphic
+
+    def order(context: Context, seed: int) -> np.ndarray:
+        from testprio.model import create_session
+
+        model = context._require_model()
+        session = create_session(model.SerializeToString(), device="cpu")
+        input_name = session.get_inputs()[0].name
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            return session.run([context.class_output], {input_name: batch.astype(np.float32)})[0]
+
+        # Seed 0 for every evaluation seed: the order is the prioritizer's, the seeds vary
+        # the fine-tuning (as for the other deterministic prioritizers).
+        result = metamorphic.run_metamorphic(
+            predict,
+            context.pool_x,
+            followups=INSTABILITY_FOLLOWUPS,
+            seed=0,
+            layout=image_layout(tuple(context.pool_x.shape[1:])),
+            sample_ids=context.pool_ids,
+        )
+        try:
+            context.extras["instability"] = {
+                "attribution": metamorphic.attribution(result.design, seed=0, n_boot=200)
+            }
+        except TestprioError as exc:
+            context.extras["instability"] = {"attribution": None, "attribution_error": str(exc)}
+        return order_by_score(result.instability, context.pool_ids)
+
+    return {
+        "instability": Prioritizer(
+            "instability",
+            f"share of {INSTABILITY_FOLLOWUPS} metamorphic follow-ups whose class changes",
+            order,
+        )
+    }
+
+
+# The other engineers' prioritizer families, registered when their module is installed.
+OPTIONAL_FAMILIES = (_coverage_prioritizers, _surprise_prioritizers, _metamorphic_prioritizers)
+for _family in OPTIONAL_FAMILIES:
+    try:
+        PRIORITIZERS.update(_family())
+    except ImportError:
+        pass
+
+
+def default_prioritizers() -> list[str]:
+    return [name for name in DEFAULT_PRIORITIZERS if name in PRIORITIZERS]
+
+
+# --- options ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What to evaluate and how (each field is a ``testprio evaluate`` option)."""
+
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS
+    prioritizers: tuple[str, ...] = ()  # empty: default_prioritizers()
+    seeds: int = DEFAULT_SEEDS
+    split: float = 0.0  # share of the pool held out when no test data is given
+    epochs: int = DEFAULT_EPOCHS
+    framework: str = "auto"
+    output_kind: str = "auto"
+    output_name: str = ""
+    input_shape: str = ""
+    ingest: ingest.IngestOptions = field(default_factory=ingest.IngestOptions)
+
+
+def parse_budgets(text: str) -> tuple[float, ...]:
+    """``"1,2,5,10"`` -> ``(1.0, 2.0, 5.0, 10.0)``: percents of the pool, in (0, 100]."""
+    try:
+        budgets = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise TestprioError(
+            f"--budgets '{text}' is not a list of numbers; give percents of the pool like 1,2,5,10."
+        ) from None
+    return check_budgets(budgets)
+
+
+def check_budgets(budgets: Iterable[float]) -> tuple[float, ...]:
+    budgets = tuple(float(b) for b in budgets)
+    if not budgets or any(not math.isfinite(b) or not 0 < b <= 100 for b in budgets):
+        raise TestprioError(
+            f"--budgets {','.join(f'{b:g}' for b in budgets) or '(empty)'} must be percents of "
+            "the pool above 0 and at most 100, like 1,2,5,10."
+        )
+    return tuple(sorted(set(budgets)))
+
+
+def parse_prioritizers(text: str) -> tuple[str, ...]:
+    return check_prioritizers(part.strip() for part in text.split(",") if part.strip())
+
+
+def check_prioritizers(names: Iterable[str]) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(names))  # unique, in the given order
+    unknown = [name for name in names if name not in PRIORITIZERS]
+    if unknown:
+        raise TestprioError(
+            f"unknown prioritizer(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(sorted(PRIORITIZERS))}."
+        )
+    return names or tuple(default_prioritizers())
+
+
+def check_options(options: EvaluateOptions) -> EvaluateOptions:
+    """Every option checked; returns them with the defaults filled in."""
+    if int(options.seeds) < 1:
+        raise TestprioError(f"--seeds {options.seeds} must be 1 or more.")
+    if not 0 <= float(options.split) < 1:
+        raise TestprioError(
+            f"--split {options.split} must be a share of the pool from 0 up to (not "
+            "including) 1, like 0.3."
+        )
+    retrain.check_settings(retrain.RetrainSettings(epochs=int(options.epochs)))
+    ingest.check_options(options.ingest)
+    return EvaluateOptions(
+        **{
+            **options.__dict__,
+            "budgets": check_budgets(options.budgets),
+            "prioritizers": check_prioritizers(options.prioritizers),
+        }
+    )
+
+
+# --- pure figures -----------------------------------------------------------------------
+
+
+def budget_size(n: int, budget: float) -> int:
+    """Samples in the top ``budget`` percent of ``n``: ``ceil(budget * n / 100)``, at least 1."""
+    # The small slack keeps 10% of 100 at 10 despite float round-off.
+    return min(n, max(1, math.ceil(budget * n / 100 - 1e-9)))
+
+
+def evaluate_orders(
+    orders: list[np.ndarray], misclassified: np.ndarray, budgets: Iterable[float]
+) -> dict:
+    """APFD and faults found of one prioritizer's ``orders`` (one per seed, positions into
+    the pool, most interesting first) over ``misclassified`` ``(N,)`` bool.
+
+    Returns ``{"apfd": {"raw", "normalized"} (means over the orders; None without faults),
+    "faults": [{"budget", "selected", "found", "of"}]}``; with several orders each also
+    carries ``per_seed`` lists.
+    """
+    misclassified = np.asarray(misclassified, dtype=bool)
+    n, faults = len(misclassified), int(misclassified.sum())
+    per_order = [apfd(misclassified[order]) for order in orders]
+    result: dict[str, Any] = {"apfd": None, "faults": []}
+    if per_order[0] is not None:
+        raw = [float(a["raw"]) for a in per_order]
+        normalized = [a["normalized"] for a in per_order]
+        result["apfd"] = {
+            "raw": float(np.mean(raw)),
+            "normalized": None if None in normalized else float(np.mean(normalized)),
+        }
+        if len(orders) > 1:
+            result["apfd"].update(raw_per_seed=raw, normalized_per_seed=normalized)
+    for budget in budgets:
+        size = budget_size(n, budget)
+        found = [int(misclassified[order[:size]].sum()) for order in orders]
+        entry = {
+            "budget": budget,
+            "selected": size,
+            "found": float(np.mean(found)) if len(found) > 1 else found[0],
+            "of": faults,
+        }
+        if len(orders) > 1:
+            entry["found_per_seed"] = found
+        result["faults"].append(entry)
+    return result
+
+
+def retrain_summary(accuracies: dict[float, list[float]]) -> list[dict]:
+    """``[{budget, accuracy_mean, ci_low, ci_high, accuracies}]`` from per-seed accuracies."""
+    rows = []
+    for budget, values in accuracies.items():
+        mean, low, high = retrain.mean_ci(values)
+        rows.append(
+            {
+                "budget": budget,
+                "accuracy_mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "accuracies": list(values),
+            }
+        )
+    return rows
+
+
+def _best(entries: list[tuple[str, float]]) -> tuple[list[str], float | None]:
+    if not entries:
+        return [], None
+    top = max(value for _, value in entries)
+    return [name for name, value in entries if value >= top - 1e-12], top
+
+
+def winners(prioritizers: dict[str, dict], budgets: Iterable[float]) -> list[dict]:
+    """Per budget, the best prioritizer(s) by mean retrained accuracy and by faults found
+    (every one that ties for best is listed; ``random`` competes like the rest)."""
+    table = []
+    for budget in budgets:
+        by_accuracy = [
+            (name, row["accuracy_mean"])
+            for name, entry in prioritizers.items()
+            for row in entry.get("retrain", [])
+            if row["budget"] == budget
+        ]
+        by_faults = [
+            (name, row["found"])
+            for name, entry in prioritizers.items()
+            for row in entry["faults"]
+            if row["budget"] == budget
+        ]
+        best_accuracy, accuracy = _best(by_accuracy)
+        best_faults, found = _best(by_faults)
+        table.append(
+            {
+                "budget": budget,
+                "by_accuracy": best_accuracy,
+                "accuracy_mean": accuracy,
+                "by_faults": best_faults,
+                "found": found,
+            }
+        )
+    return table
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Labeled:
+    """One ingested data set: ``ids (N,)`` int64, ``x (N, *shape)`` float32, ``y (N,)`` int64."""
+
+    ids: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+
+    def subset(self, positions: np.ndarray) -> Labeled:
+        return Labeled(self.ids[positions], self.x[positions], self.y[positions])
+
+
+def read_labeled(layout: RunLayout, what: str) -> Labeled:
+    """Every sample of ``layout``'s shards; ``what`` names the data set in errors."""
+    manifest = storage.read_json(layout.data_manifest)
+    ids, xs, ys = [], [], []
+    for shard in manifest["shards"]:
+        uri = storage.join(layout.data_dir, shard["name"])
+        for batch, x in ingest.iter_shard_batches(uri, 4096):
+            labels = batch.column("label")
+            if labels.null_count:
+                raise TestprioError(
+                    f"{labels.null_count} sample(s) of {what} have no label; the evaluation "
+                    "needs every sample of the pool, test and training data labeled (.npz "
+                    "key y, a label column, or class folders)."
+                )
+            ids.append(batch.column("sample_id").to_numpy())
+            xs.append(np.array(x, dtype=np.float32))
+            ys.append(labels.to_numpy().astype(np.int64))
+    if not ids:
+        raise TestprioError(
+            f"{what} has no usable samples (all quarantined or empty); give data the model "
+            "can read."
+        )
+    return Labeled(np.concatenate(ids), np.concatenate(xs), np.concatenate(ys))
+
+
+def split_pool(pool: Labeled, share: float, *, seed: int = 0) -> tuple[Labeled, Labeled]:
+    """``(pool, test)``: a seeded random ``share`` of the pool held out as the test split."""
+    count = int(round(share * len(pool.ids)))
+    if count < 1 or count >= len(pool.ids):
+        raise TestprioError(
+            f"--split {share} leaves {len(pool.ids) - count} pool and {count} test samples of "
+            f"{len(pool.ids)}; both need at least one: choose a share like 0.3."
+        )
+    order = np.random.default_rng(seed).permutation(len(pool.ids))
+    test, kept = np.sort(order[:count]), np.sort(order[count:])
+    return pool.subset(kept), pool.subset(test)
+
+
+def class_probabilities(session, model_record: dict, x: np.ndarray, source_name: str) -> np.ndarray:
+    """``(N, K)`` class probabilities of ``x`` through the converted model's session."""
+    from testprio.model import run_class_output
+    from testprio.score import class_probabilities as to_probabilities
+
+    input_name = model_record["input"]["name"]
+    output_name = model_record["class_output"]["name"]
+    parts = [
+        run_class_output(session, input_name, output_name, x[i : i + INFERENCE_BATCH], source_name)
+        for i in range(0, len(x), INFERENCE_BATCH)
+    ]
+    if not parts:
+        return np.zeros((0, 0))
+    return to_probabilities(np.concatenate(parts), model_record["output_kind"])
+
+
+def evaluation_uri(layout: RunLayout) -> str:
+    return storage.join(layout.uri, EVALUATION_NAME)
+
+
+# --- the stage --------------------------------------------------------------------------
+
+
+def _ingest_all(
+    layout: RunLayout, data: str, test_data: str, train_data: str, options: EvaluateOptions
+) -> dict[str, RunLayout]:
+    parts = {
+        "pool": (layout, data),
+        "train": (RunLayout(storage.join(layout.uri, "train")), train_data),
+    }
+    if test_data:
+        parts["test"] = (RunLayout(storage.join(layout.uri, "test")), test_data)
+    for part, (where, uri) in parts.items():
+        log.info("evaluate: ingesting the %s data %s", part, sources.redact_url(uri))
+        ingest.ingest(where, uri, options.ingest)
+    return {part: where for part, (where, _) in parts.items()}
+
+
+def _jobs(
+    orders: dict[str, list[np.ndarray]], budgets: tuple[float, ...], seeds: list[int], n: int
+) -> list[retrain.RetrainJob]:
+    jobs = []
+    for name, per_seed in orders.items():
+        for budget in budgets:
+            size = budget_size(n, budget)
+            for index, seed in enumerate(seeds):
+                order = per_seed[index] if len(per_seed) > 1 else per_seed[0]
+                jobs.append(retrain.RetrainJob(f"{name}|{budget}|{seed}", order[:size], seed))
+    return jobs
+
+
+def run_evaluation(
+    root: str,
+    run_id: str,
+    *,
+    model: str,
+    data: str,
+    train_data: str,
+    test_data: str = "",
+    options: EvaluateOptions | None = None,
+) -> dict:
+    """Evaluate every prioritizer of ``options`` and write ``{root}/{run_id}/evaluation.json``.
+
+    Returns the evaluation (the JSON's content). ``model``, ``data``, ``train_data`` and
+    ``test_data`` (empty: ``options.split`` of the pool) are URIs as ``testprio run`` takes.
+    """
+    options = check_options(options or EvaluateOptions())
+    if not test_data and not options.split:
+        raise TestprioError(
+            "the evaluation needs a held-out test split: give --test-data, or --split with the "
+            "share of the pool to hold out (e.g. 0.3)."
+        )
+    for uri in (data, train_data, test_data):
+        if uri:
+            sources.check_data_uri(uri)
+    detected = convert.detect(model, options.framework)
+    layout = RunLayout.create(root, run_id)
+    storage.ensure_root(root)
+    parameters = {
+        "model": model,
+        "data": sources.redact_url(data),
+        "train_data": sources.redact_url(train_data),
+        "test_data": sources.redact_url(test_data),
+        "budgets": list(options.budgets),
+        "prioritizers": list(options.prioritizers),
+        "seeds": int(options.seeds),
+        "split": float(options.split),
+        "epochs": int(options.epochs),
+        "kind": "evaluation",
+    }
+    start_run(layout, parameters)
+    timings: dict[str, float] = {}
+    started = time.time()
+
+    def timed(name: str):
+        return _Timer(timings, name)
+
+    with stage(layout, "evaluate") as figures:
+        with timed("ingest"):
+            layouts = _ingest_all(layout, data, test_data, train_data, options)
+        with timed("convert"):
+            record = convert.convert(
+                layout,
+                model,
+                framework=options.framework,
+                output_kind=options.output_kind,
+                output_name=options.output_name,
+                input_shape=options.input_shape,
+            )
+        pool = read_labeled(layouts["pool"], "the pool (--data)")
+        train = read_labeled(layouts["train"], "the training data (--train-data)")
+        if test_data:
+            test = read_labeled(layouts["test"], "the test data (--test-data)")
+        else:
+            pool, test = split_pool(pool, options.split)
+        held_out = "the test data (--test-data)" if test_data else f"{options.split:g} of the pool"
+        evaluation = _evaluate(layout, detected, record, (pool, train, test), options, timed)
+        evaluation["test_split"] = held_out
+        timings["total"] = time.time() - started
+        evaluation["timings"] = {name: round(value, 3) for name, value in timings.items()}
+        storage.write_json(evaluation_uri(layout), evaluation)
+        figures.update(prioritizers=len(evaluation["prioritizers"]), pool=len(pool.ids))
+    finish_run(layout)
+    return evaluation
+
+
+class _Timer:
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self._timings, self._name = timings, name
+
+    def __enter__(self):
+        self._started = time.time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        elapsed = time.time() - self._started
+        self._timings[self._name] = self._timings.get(self._name, 0.0) + elapsed
+
+
+def _evaluate(layout, detected, record, datasets, options, timed) -> dict:
+    import tempfile
+
+    from testprio.model import create_session
+
+    pool, train, test = datasets
+    source_name = record["source"]["name"]
+    with timed("score"), storage.local_copy(layout.model_onnx) as onnx_path:
+        session = create_session(onnx_path, device="cpu")
+        pool_probs = class_probabilities(session, record, pool.x, source_name)
+        train_probs = class_probabilities(session, record, train.x, source_name)
+        test_probs = class_probabilities(session, record, test.x, source_name)
+        onnx_model = onnx.load(onnx_path)
+    classes = pool_probs.shape[1]
+    for what, labeled in (("pool", pool), ("training data", train), ("test data", test)):
+        if labeled.y.min() < 0 or labeled.y.max() >= classes:
+            raise TestprioError(
+                f"the {what} has labels outside 0..{classes - 1}, the model's {classes} "
+                "classes; give class indices as labels."
+            )
+    misclassified = pool_probs.argmax(axis=1) != pool.y
+    baseline = float((test_probs.argmax(axis=1) == test.y).mean())
+    seeds = list(range(int(options.seeds)))
+    context = Context(
+        model=onnx_model,
+        class_output=record["class_output"]["name"],
+        pool_ids=pool.ids,
+        pool_x=pool.x,
+        pool_probs=pool_probs,
+        train_x=train.x,
+        train_probs=train_probs,
+    )
+    results: dict[str, dict] = {}
+    orders: dict[str, list[np.ndarray]] = {}
+    for name in options.prioritizers:
+        prioritizer = PRIORITIZERS[name]
+        began = time.time()
+        with timed("prioritize"):
+            per_seed = [
+                prioritizer.order(context, seed)
+                for seed in (seeds if prioritizer.seeded else seeds[:1])
+            ]
+        orders[name] = per_seed
+        results[name] = {
+            "description": prioritizer.description,
+            "seeded": prioritizer.seeded,
+            **evaluate_orders(per_seed, misclassified, options.budgets),
+            "order_seconds": round(time.time() - began, 3),
+            **context.extras.pop(name, {}),
+        }
+        log.info("evaluate: %s ordered the pool in %.2f s", name, time.time() - began)
+
+    framework = detected.format.framework
+    method = framework if framework in retrain.RETRAINERS else "onnx"
+    settings = retrain.RetrainSettings(epochs=int(options.epochs))
+    jobs = _jobs(orders, options.budgets, seeds, len(pool.ids))
+    data = retrain.RetrainData(train.x, train.y, pool.x, pool.y, test.x, test.y)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            log.info("evaluate: retraining %d/%d done", done, total)
+
+    with (
+        timed("retrain"),
+        storage.local_folder(detected.base, list(detected.files)) as folder,
+        tempfile.TemporaryDirectory(prefix="testprio-evaluate-") as work,
+    ):
+        path = f"{folder}/{detected.graph}" if detected.graph else folder
+        source = retrain.SourceModel(
+            framework=method,
+            fmt=detected.format.name,
+            path=path,
+            onnx_path=_local_onnx(layout, work),
+            class_output=record["class_output"]["name"],
+            output_kind=record["output_kind"],
+            name=detected.name,
+        )
+        accuracies = retrain.retrain(source, data, jobs, settings=settings, progress=progress)
+    for name in options.prioritizers:
+        per_budget = {
+            budget: [accuracies[f"{name}|{budget}|{seed}"] for seed in seeds]
+            for budget in options.budgets
+        }
+        results[name]["retrain"] = retrain_summary(per_budget)
+    return {
+        "version": EVALUATION_VERSION,
+        "run_id": layout.run_id,
+        "model": {
+            "name": detected.name,
+            "framework": framework,
+            "format": detected.format.name,
+            "classes": classes,
+        },
+        "samples": {"pool": len(pool.ids), "train": len(train.ids), "test": len(test.ids)},
+        "pool": {
+            "misclassified": int(misclassified.sum()),
+            "accuracy": float(1 - misclassified.mean()),
+        },
+        "baseline_accuracy": baseline,
+        "budgets": list(options.budgets),
+        "seeds": seeds,
+        "retraining": {
+            "method": method,
+            "description": retrain.METHOD_DESCRIPTIONS[method],
+            "epochs": settings.epochs,
+            "batch_size": settings.batch_size,
+            "learning_rate": settings.learning_rate,
+            "interval": "95% Student t-interval of the mean over seeds: mean +- "
+            "t(0.975, n-1) * s / sqrt(n); zero width with one seed",
+        },
+        "prioritizers": results,
+        "winners": winners(results, options.budgets),
+    }
+
+
+def _local_onnx(layout: RunLayout, folder: str) -> str:
+    """A local copy of the run's model.onnx in ``folder`` (a temporary one)."""
+    import os
+
+    path = os.path.join(folder, "model.onnx")
+    with open(path, "wb") as handle:
+        handle.write(storage.read_bytes(layout.model_onnx))
+    return path
