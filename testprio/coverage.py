@@ -415,36 +415,8 @@ def cam_order(
     """
     scores = np.asarray(scores)
     ids = _ids(sample_ids, len(scores))
-    if covered.dtype == bool:
-        if covered.ndim != 2 or len(covered) != len(scores):
-            raise TestprioError(
-                f"covered cells have shape {covered.shape} for {len(scores)} scores; pass "
-                "(N, cells) booleans."
-            )
-        packed = (
-            np.concatenate(
-                [np.packbits(covered[i : i + 8192], axis=1) for i in range(0, len(covered), 8192)]
-            )
-            if len(covered)
-            else np.zeros((0, 0), dtype=np.uint8)
-        )
-    elif covered.dtype == np.uint8:
-        if n_cells is None or covered.ndim != 2 or covered.shape[1] != (n_cells + 7) // 8:
-            raise TestprioError(
-                f"packed covered cells of shape {covered.shape} need n_cells with "
-                "ceil(n_cells/8) columns; pass the n_cells they were packed from."
-            )
-        packed = covered
-        if len(packed) != len(scores):
-            raise TestprioError(
-                f"covered cells have {len(packed)} rows for {len(scores)} scores; pass one "
-                "row per sample."
-            )
-    else:
-        raise TestprioError(
-            f"covered cells must be bool or np.packbits uint8, got {covered.dtype}."
-        )
-    selected = _greedy(packed, ids)
+    packed, n_cells = _packed(covered, len(scores), n_cells)
+    selected = _greedy(packed, ids, n_cells)
     taken = np.zeros(len(ids), dtype=bool)
     taken[selected] = True
     rest = np.flatnonzero(~taken)
@@ -452,14 +424,43 @@ def cam_order(
     return ids[np.concatenate([np.asarray(selected, dtype=np.int64), rest])]
 
 
-def _greedy(packed: np.ndarray, ids: np.ndarray) -> list[int]:
+def _packed(covered: np.ndarray, n: int, n_cells: int | None) -> tuple[np.ndarray, int]:
+    """``covered`` as packbits rows (packing bool input in chunks) and its cell count."""
+    if covered.dtype == bool:
+        if covered.ndim != 2 or len(covered) != n:
+            raise TestprioError(
+                f"covered cells have shape {covered.shape} for {n} scores; pass (N, cells) "
+                "booleans."
+            )
+        chunks = [np.packbits(covered[i : i + 8192], axis=1) for i in range(0, n, 8192)]
+        width = (covered.shape[1] + 7) // 8
+        packed = np.concatenate(chunks) if chunks else np.zeros((0, width), dtype=np.uint8)
+        return packed, covered.shape[1]
+    if covered.dtype != np.uint8:
+        raise TestprioError(
+            f"covered cells must be bool or np.packbits uint8, got {covered.dtype}."
+        )
+    if n_cells is None or covered.ndim != 2 or covered.shape[1] != (n_cells + 7) // 8:
+        raise TestprioError(
+            f"packed covered cells of shape {covered.shape} need n_cells with ceil(n_cells/8) "
+            "columns; pass the n_cells they were packed from."
+        )
+    if len(covered) != n:
+        raise TestprioError(
+            f"covered cells have {len(covered)} rows for {n} scores; pass one row per sample."
+        )
+    return covered, n_cells
+
+
+def _greedy(packed: np.ndarray, ids: np.ndarray, n_cells: int) -> list[int]:
     """Positions picked greedily by new cells (ties: lowest id), until none adds a cell."""
     gains = _popcount_rows(packed)
     heap = [(-int(g), ids[i].item(), i) for i, g in enumerate(gains) if g > 0]
     heapq.heapify(heap)
     uncovered = np.full(packed.shape[1], 0xFF, dtype=np.uint8)
     selected: list[int] = []
-    while heap:
+    remaining = n_cells
+    while heap and remaining:
         neg_gain, sample_id, pos = heapq.heappop(heap)
         gain = int(np.bitwise_count(np.bitwise_and(packed[pos], uncovered)).sum())
         if gain == -neg_gain:
@@ -467,6 +468,8 @@ def _greedy(packed: np.ndarray, ids: np.ndarray) -> list[int]:
             # bounds only overestimate, so this is the exact argmax.
             selected.append(pos)
             np.bitwise_and(uncovered, np.invert(packed[pos]), out=uncovered)
+            # Everything covered: every other gain is 0, so stop without re-counting them.
+            remaining -= gain
         elif gain > 0:
             heapq.heappush(heap, (-gain, sample_id, pos))
     return selected

@@ -290,3 +290,11 @@ def test_order_inputs_are_checked():
         cam_order(covered.astype(np.int32), np.zeros(3), np.arange(3))
     with pytest.raises(TestprioError, match="have 2 rows for 3 scores|shape \\(2, 10\\) for 3"):
         cam_order(covered[:2], np.zeros(3), np.arange(3))
+
+
+def test_cam_stops_once_every_cell_is_covered():
+    covered = np.array([[1, 1, 1], [1, 0, 0], [0, 1, 1], [0, 0, 0]], dtype=bool)
+    scores = covered.sum(axis=1)
+    ids = np.arange(4)
+    assert cam_order(covered, scores, ids).tolist() == [0, 2, 1, 3]
+    np.testing.assert_array_equal(cam_order(covered, scores, ids), _oracle_cam(scores, covered))
