@@ -392,6 +392,13 @@ def _parse_node_selector(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _parse_timeout(text: str) -> tuple[str, int]:
+    task, sep, seconds = text.partition("=")
+    if not sep or not task or not seconds.isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not TASK=SECONDS, e.g. ingest=43200")
+    return task, int(seconds)
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     import os
 
@@ -407,6 +414,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             score_cpu=args.score_cpu,
             score_memory=args.score_memory,
             parallelism=args.parallelism,
+            timeouts=tuple(args.timeout or ()),
         )
     except ValueError as exc:
         raise TestprioError(str(exc)) from None
@@ -672,6 +680,14 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--score-cpu", default="4", help="CPU request of each score task")
     comp.add_argument("--score-memory", default="16G", help="memory of each score task")
     comp.add_argument("--parallelism", type=int, default=8, help="score tasks at once")
+    comp.add_argument(
+        "--timeout",
+        action="append",
+        type=_parse_timeout,
+        metavar="TASK=SECONDS",
+        help="deadline of one task's pod, replacing its default (repeatable; tasks: start, "
+        "ingest, convert, score, rank, report; defaults 600, 21600, 7200, 7200, 3600, 3600)",
+    )
     comp.set_defaults(handler=_cmd_compile)
 
     rep = commands.add_parser("report", help="open the report app (Streamlit) on a runs root")

@@ -171,3 +171,40 @@ def test_timeout_settings_replace_the_defaults_of_their_tasks_only(tmp_path):
 def test_bad_timeouts_are_refused(timeouts, message):
     with pytest.raises(ValueError, match=message):
         ClusterSettings(timeouts=timeouts)
+
+
+def test_compile_command_sets_task_deadlines(tmp_path, capsys):
+    from testprio import cli
+
+    out = tmp_path / "build"
+    code = cli.main(
+        ["compile", "--out", str(out), "--timeout", "ingest=43200", "--timeout", "score=900"]
+    )
+    assert code == 0
+    _, platform = yaml.safe_load_all((out / "prioritize.yaml").read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert int(executors["exec-ingest"]["activeDeadlineSeconds"]) == 43200
+    assert int(executors["exec-score"]["activeDeadlineSeconds"]) == 900
+    assert int(executors["exec-rank"]["activeDeadlineSeconds"]) == DEFAULT_TIMEOUTS["rank"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("scoring=60", "--timeout scoring=60 names no task"),
+        ("rank=0", "--timeout rank=0 must be a whole number of seconds"),
+    ],
+)
+def test_compile_command_refuses_bad_timeouts(tmp_path, capsys, flag, message):
+    from testprio import cli
+
+    assert cli.main(["compile", "--out", str(tmp_path), "--timeout", flag]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_compile_command_refuses_a_timeout_without_seconds(tmp_path, capsys):
+    from testprio import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["compile", "--out", str(tmp_path), "--timeout", "rank"])
+    assert "'rank' is not TASK=SECONDS" in capsys.readouterr().err
