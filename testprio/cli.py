@@ -690,6 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.set_defaults(handler=_cmd_compile)
 
+    from testprio.evaluate_cli import add_evaluate_parser  # its options live with it
+
+    add_evaluate_parser(commands)
+
     rep = commands.add_parser("report", help="open the report app (Streamlit) on a runs root")
     rep.add_argument("--root", required=True, help="runs folder: local path or gs://bucket/prefix")
     rep.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")

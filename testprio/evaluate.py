@@ -775,3 +775,61 @@ def _local_onnx(layout: RunLayout, folder: str) -> str:
     with open(path, "wb") as handle:
         handle.write(storage.read_bytes(layout.model_onnx))
     return path
+
+
+# --- presentation -----------------------------------------------------------------------
+
+
+def _percent(budget: float) -> str:
+    return f"{budget:g}%"
+
+
+def format_evaluation(evaluation: dict) -> str:
+    """The evaluation as text tables: APFD and faults found, then retrained accuracy."""
+    budgets = evaluation["budgets"]
+    names = list(evaluation["prioritizers"])
+    width = max(len("prioritizer"), *(len(name) for name in names))
+    pool = evaluation["pool"]
+    lines = [
+        f"Pool: {evaluation['samples']['pool']:,} samples, {pool['misclassified']:,} "
+        f"misclassified (accuracy {pool['accuracy']:.4f}). Test split: "
+        f"{evaluation['samples']['test']:,} samples, baseline accuracy "
+        f"{evaluation['baseline_accuracy']:.4f} (the model as given).",
+        "",
+        "Faults found in the top b% of the pool (of "
+        f"{pool['misclassified']:,}) and APFD (normalized: 1 best, ~0.5 random):",
+        f"  {'prioritizer':<{width}} {'APFD':>7} {'norm':>7}"
+        + "".join(f" {_percent(b):>7}" for b in budgets),
+    ]
+    for name in names:
+        entry = evaluation["prioritizers"][name]
+        score = entry["apfd"] or {}
+        raw = f"{score['raw']:.4f}" if score.get("raw") is not None else "-"
+        norm = f"{score['normalized']:.4f}" if score.get("normalized") is not None else "-"
+        found = "".join(f" {row['found']:>7g}" for row in entry["faults"])
+        lines.append(f"  {name:<{width}} {raw:>7} {norm:>7}{found}")
+    retraining = evaluation["retraining"]
+    seeds = len(evaluation["seeds"])
+    lines += [
+        "",
+        f"Test accuracy after retraining on the training data plus the top b% "
+        f"({retraining['method']}, {retraining['epochs']} epochs; mean [95% CI] over "
+        f"{seeds} seed{'s' if seeds != 1 else ''}):",
+        f"  {'prioritizer':<{width}}" + "".join(f" {_percent(b):>22}" for b in budgets),
+    ]
+    for name in names:
+        cells = "".join(
+            f" {row['accuracy_mean']:.4f} [{row['ci_low']:.3f},{row['ci_high']:.3f}]"
+            for row in evaluation["prioritizers"][name].get("retrain", [])
+        )
+        lines.append(f"  {name:<{width}}{cells}")
+    lines += ["", "Best per budget (by retrained accuracy; by faults found):"]
+    for row in evaluation["winners"]:
+        accuracy = (
+            f"{', '.join(row['by_accuracy'])} ({row['accuracy_mean']:.4f})"
+            if row["by_accuracy"]
+            else "-"
+        )
+        faults = f"{', '.join(row['by_faults'])} ({row['found']:g})" if row["by_faults"] else "-"
+        lines.append(f"  {_percent(row['budget']):>5}: {accuracy}; {faults}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,122 @@
+"""``testprio evaluate``: its options and handler (``testprio.cli`` adds the subcommand).
+
+It runs the evaluation in this process (``testprio.evaluate.run_evaluation``), not through
+the KFP local runner: the work is one task, and the fine-tunings run in child processes of
+their own. The ``evaluate`` pipeline (``pipelines/evaluate.py``) runs the same function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from testprio import storage
+from testprio.errors import TestprioError
+from testprio.layout import check_run_id, new_run_id
+
+# testprio run's ingest options that say how to read and preprocess data: the pool, the
+# test split and the training reference are all read with them. (flag, type, help)
+INGEST_FLAGS = (
+    ("--preset", str, "preprocessing preset, as for testprio run"),
+    ("--ops", str, "preprocessing ops (JSON list), as for testprio run"),
+    ("--custom-ops", str, "custom ops file, as for testprio run"),
+    ("--input-shape", str, "per-sample shape C,H,W of the model input, as for testprio run"),
+    ("--value-range", str, "LOW,HIGH range of valid input values, as for testprio run"),
+    ("--tensor-column", str, "column of the inputs in Parquet/CSV data (default x)"),
+    ("--label-column", str, "column of the labels in Parquet/CSV data"),
+    ("--on-bad-sample", str, "quarantine (default) or fail, as for testprio run"),
+)
+
+
+def add_evaluate_parser(commands) -> argparse.ArgumentParser:
+    """Add ``evaluate`` to the ``commands`` subparsers of ``testprio``."""
+    # testprio.evaluate imports every prioritizer family: only the evaluate command needs it.
+    parser = commands.add_parser(
+        "evaluate",
+        help="compare prioritizers: APFD, faults found and accuracy after retraining",
+        description="Evaluate prioritizers on a labeled pool: APFD, faults found in the top "
+        "b%% and the test accuracy of the model retrained on its training data plus the "
+        "top b%%; writes ROOT/RUN_ID/evaluation.json.",
+    )
+    parser.add_argument("--model", required=True, help="model: ONNX, TorchScript/.pt2, Keras")
+    parser.add_argument("--data", required=True, help="the labeled pool to prioritize")
+    parser.add_argument("--train-data", required=True, help="the model's labeled training data")
+    parser.add_argument("--test-data", default="", help="held-out labeled test data")
+    parser.add_argument("--root", required=True, help="runs folder: local path or gs://")
+    parser.add_argument("--run-id", default="", help="name of the run folder (default: timestamp)")
+    parser.add_argument(
+        "--budgets", default="1,2,5,10", help="percents of the pool to label (default 1,2,5,10)"
+    )
+    parser.add_argument(
+        "--prioritizers",
+        default="",
+        help="comma-separated names (default: gini, entropy, margin, least_confidence, "
+        "instability, nac-cam, kmnc, dsa, random; those installed)",
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="seeds, 1 or more (default 5)")
+    parser.add_argument(
+        "--split",
+        type=float,
+        default=0.0,
+        help="without --test-data: share of the pool held out as the test split (seeded)",
+    )
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (3)")
+    parser.add_argument("--framework", default="auto", help="auto, onnx, pytorch, tensorflow")
+    parser.add_argument("--output-kind", default="auto", help="auto, logits or probabilities")
+    parser.add_argument("--output-name", default="", help="class-score output of the model")
+    parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
+    for flag, kind, text in INGEST_FLAGS:
+        parser.add_argument(flag, type=kind, default="", help=text)
+    parser.set_defaults(handler=cmd_evaluate)
+    return parser
+
+
+def options_from_args(args: argparse.Namespace):
+    """The ``testprio.evaluate.EvaluateOptions`` of the parsed command line."""
+    from testprio import evaluate
+    from testprio.stages import ingest_options
+
+    ingest = ingest_options(
+        {
+            "shard_size": args.shard_size,
+            **{flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+               for flag, _, _ in INGEST_FLAGS},
+        }
+    )  # fmt: skip
+    return evaluate.EvaluateOptions(
+        budgets=evaluate.parse_budgets(args.budgets),
+        prioritizers=evaluate.parse_prioritizers(args.prioritizers),
+        seeds=args.seeds,
+        split=args.split,
+        epochs=args.epochs,
+        framework=args.framework,
+        output_kind=args.output_kind,
+        output_name=args.output_name,
+        input_shape=args.input_shape,
+        ingest=ingest,
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from testprio import evaluate
+    from testprio.log import configure
+
+    options = evaluate.check_options(options_from_args(args))
+    uris = {}
+    for flag in ("model", "data", "train_data", "test_data"):
+        value = getattr(args, flag)
+        if value and "://" not in value:
+            value = storage.normalize_root(value)
+            if not storage.exists(value):
+                raise TestprioError(
+                    f"--{flag.replace('_', '-')} {value} does not exist; check the path."
+                )
+        uris[flag] = value
+    run_id = check_run_id(args.run_id or new_run_id())
+    root = storage.normalize_root(args.root)
+    print(f"testprio evaluate {run_id} -> {storage.join(root, run_id)}", file=sys.stderr)
+    configure()
+    result = evaluate.run_evaluation(root, run_id, options=options, **uris)
+    print("\n" + evaluate.format_evaluation(result), end="")
+    print(f"\nEvaluation: {storage.join(root, run_id, evaluate.EVALUATION_NAME)}")
+    return 0
