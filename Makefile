@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 REGISTRY ?= $(or $(TESTPRIO_REGISTRY),ghcr.io/testprio)
 IMAGE_TAG ?= $(or $(TESTPRIO_IMAGE_TAG),0.1.0)
 
-.PHONY: setup lint test demo compile components bench clean report browser images images-lock
+.PHONY: setup lint test demo demo-eval compile components bench clean report browser images images-lock
 CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml
@@ -36,6 +36,10 @@ report: setup
 
 demo: setup
 	$(PY) demo/run_demo.py --out demo-output
+
+# Which prioritizer finds the digits CNN's mistakes, and does retraining on them pay off.
+demo-eval: setup
+	$(PY) demo/run_eval_demo.py --out demo-output
 
 compile: setup
 	for framework in onnx pytorch tensorflow paddle; do \
