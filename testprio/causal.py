@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -46,6 +47,7 @@ class _Basis:
     names: list[str]
     bits: Array  # (2^T, T) 0/1: which transforms a cell applies
     regressors: Array  # (2^T, p): 1, indicators, pairwise products
+    outer: Array  # (2^T, p * p): each cell's regressors' outer product, for X' diag(n) X
     pairs: list[tuple[int, int]]
     shapley_low: Array  # (T, 2^(T-1)) cells without t
     shapley_high: Array  # (T, 2^(T-1)) the same cells with t added
@@ -68,7 +70,8 @@ class _Basis:
         )
         low = np.stack([cells[(cells >> t) & 1 == 0] for t in range(count)])
         high = low | (1 << np.arange(count))[:, None]
-        return cls(names, bits, regressors, pairs, low, high, weight_by_size[size[low]])
+        outer = (regressors[:, :, None] * regressors[:, None, :]).reshape(len(cells), -1)
+        return cls(names, bits, regressors, outer, pairs, low, high, weight_by_size[size[low]])
 
     @property
     def count(self) -> int:
@@ -103,30 +106,36 @@ def _ratio(numerator: Array, denominator: Array) -> Array:
     return out
 
 
-def _statistics(basis: _Basis, cell_n: Array, cell_v: Array) -> tuple[Array, int]:
-    """Flat vector of every statistic (see ``_Basis.layout``) and the regression's rank."""
-    bits, count = basis.bits, basis.count
-    applied_n, applied_v = bits.T @ cell_n, bits.T @ cell_v
-    rest_n, rest_v = cell_n.sum() - applied_n, cell_v.sum() - applied_v
-    rate_applied, rate_not = _ratio(applied_v, applied_n), _ratio(rest_v, rest_n)
+def _statistics(basis: _Basis, cell_n: Array, cell_v: Array) -> Array:
+    """Every statistic (see ``_Basis.layout``) for B cell tables ``(B, 2^T)`` -> ``(B, K)``."""
+    bits, count, regressors = basis.bits, basis.count, basis.regressors
+    total_n, total_v = cell_n.sum(axis=1, keepdims=True), cell_v.sum(axis=1, keepdims=True)
+    applied_n, applied_v = cell_n @ bits, cell_v @ bits
+    rate_applied = _ratio(applied_v, applied_n)
+    rate_not = _ratio(total_v - applied_v, total_n - applied_n)
 
-    # Weighted least squares on the cells is the row-level OLS: rows of a cell share regressors.
-    observed = cell_n > 0
-    root = np.sqrt(cell_n[observed])
-    coef, _, rank, _ = np.linalg.lstsq(
-        basis.regressors[observed] * root[:, None], cell_v[observed] / root, rcond=None
-    )
-    main, interaction = coef[1 : count + 1], coef[count + 1 :]
-    pair_matrix = np.zeros((count, count))
-    for (i, j), value in zip(basis.pairs, interaction, strict=True):
-        pair_matrix[i, j] = pair_matrix[j, i] = value
-    share_applied = applied_n / cell_n.sum()
-    regression_ate = main + pair_matrix @ share_applied
+    # Rows of a cell share their regressors, so the row-level OLS is least squares on the
+    # cells weighted by their counts: normal equations G coef = X' v, with G = X' diag(n) X.
+    size = regressors.shape[1]
+    gram = (cell_n @ basis.outer).reshape(len(cell_n), size, size)
+    moments = (cell_v @ regressors)[:, :, None]
+    try:
+        coef = np.linalg.solve(gram, moments)[:, :, 0]
+    except np.linalg.LinAlgError:
+        # Some table misses cells: the pseudo-inverse gives lstsq's minimum-norm answer.
+        coef = (np.linalg.pinv(gram, rtol=1e-10) @ moments)[:, :, 0]
+    main, interaction = coef[:, 1 : count + 1], coef[:, count + 1 :]
+    pair_matrix = np.zeros((len(coef), count, count))
+    first, second = np.array(basis.pairs, dtype=np.int64).reshape(-1, 2).T
+    pair_matrix[:, first, second] = interaction
+    pair_matrix[:, second, first] = interaction
+    share_applied = _ratio(applied_n, total_n)
+    regression_ate = main + (pair_matrix @ share_applied[:, :, None])[:, :, 0]
 
-    value = np.where(observed, _ratio(cell_v, cell_n), basis.regressors @ coef)
-    gains = value[basis.shapley_high] - value[basis.shapley_low]
-    shapley = (basis.shapley_weight * gains).sum(axis=1)
-    vector = np.concatenate(
+    value = np.where(cell_n > 0, _ratio(cell_v, cell_n), coef @ regressors.T)
+    gains = value[:, basis.shapley_high] - value[:, basis.shapley_low]  # (B, T, 2^(T-1))
+    shapley = (basis.shapley_weight[None] * gains).sum(axis=2)
+    return np.concatenate(
         [
             rate_applied,
             rate_not,
@@ -135,16 +144,24 @@ def _statistics(basis: _Basis, cell_n: Array, cell_v: Array) -> tuple[Array, int
             regression_ate,
             shapley,
             interaction,
-            [coef[0], value[0], value[-1], cell_v.sum() / cell_n.sum()],
-        ]
+            coef[:, :1],
+            value[:, :1],
+            value[:, -1:],
+            _ratio(total_v, total_n),
+        ],
+        axis=1,
     )
-    return vector, int(rank)
 
 
-def _intervals(replicates: Array, columns: int, confidence: float) -> tuple[Array, Array]:
+def _regression_rank(basis: _Basis, cell_n: Array) -> int:
+    """Rank of the row-level regressors: full (``n_params``) when every term is identified."""
+    return int(np.linalg.matrix_rank(basis.regressors[cell_n > 0]))
+
+
+def _intervals(replicates: Array, confidence: float) -> tuple[Array, Array]:
     """Percentile interval per column; NaN where every replicate is NaN (or none were run)."""
     if len(replicates) == 0:
-        return np.full(columns, np.nan), np.full(columns, np.nan)
+        return np.full(replicates.shape[1], np.nan), np.full(replicates.shape[1], np.nan)
     tail = (1 - confidence) / 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, as meant
@@ -155,6 +172,45 @@ def _intervals(replicates: Array, columns: int, confidence: float) -> tuple[Arra
 def _json_float(value: float) -> float | None:
     value = float(value)
     return None if math.isnan(value) or math.isinf(value) else value
+
+
+def _bootstrap_tables(
+    pair_cluster: Array,
+    pair_cell: Array,
+    pair_n: Array,
+    pair_v: Array,
+    clusters: int,
+    size: int,
+    rng: np.random.Generator,
+    n_boot: int,
+) -> Iterator[tuple[Array, Array]]:
+    """Cell tables ``(B, 2^T)`` (counts, violations) of cluster-bootstrap replicates, in blocks.
+
+    A replicate draws ``clusters`` source samples with replacement; its cell table is the
+    multiplicity-weighted sum of the per-cluster tables, a matrix product. Blocks keep the
+    weights ``(B, clusters)`` and dense per-cluster tables ``(clusters', 2^T)`` near 32 MB.
+    """
+    replicate_block = max(1, 2**22 // clusters)
+    cluster_block = max(1, 2**22 // size)
+    for begin in range(0, n_boot, replicate_block):
+        count = min(replicate_block, n_boot - begin)
+        weights = np.stack(
+            [
+                np.bincount(rng.integers(0, clusters, clusters), minlength=clusters)
+                for _ in range(count)
+            ]
+        ).astype(np.float64)
+        tables_n, tables_v = np.zeros((count, size)), np.zeros((count, size))
+        for first in range(0, clusters, cluster_block):
+            last = min(first + cluster_block, clusters)
+            inside = (pair_cluster >= first) & (pair_cluster < last)
+            slot = (pair_cluster[inside] - first) * size + pair_cell[inside]
+            shape = (last - first, size)
+            dense_n = np.bincount(slot, pair_n[inside], shape[0] * size).reshape(shape)
+            dense_v = np.bincount(slot, pair_v[inside], shape[0] * size).reshape(shape)
+            tables_n += weights[:, first:last] @ dense_n
+            tables_v += weights[:, first:last] @ dense_v
+        yield tables_n, tables_v
 
 
 def _analyse(
@@ -175,21 +231,19 @@ def _analyse(
     pair_cluster, pair_cell = keys // size, keys % size
     cell_n = np.bincount(pair_cell, weights=pair_n, minlength=size)
     cell_v = np.bincount(pair_cell, weights=pair_v, minlength=size)
-    point, rank = _statistics(basis, cell_n, cell_v)
+    point = _statistics(basis, cell_n[None], cell_v[None])[0]
+    rank = _regression_rank(basis, cell_n)
 
     clusters_count = len(cluster_ids)
-    replicates = []
-    for _ in range(n_boot):
-        drawn = rng.integers(0, clusters_count, clusters_count)
-        weight = np.bincount(drawn, minlength=clusters_count)[pair_cluster]
-        replicates.append(
-            _statistics(
-                basis,
-                np.bincount(pair_cell, weights=weight * pair_n, minlength=size),
-                np.bincount(pair_cell, weights=weight * pair_v, minlength=size),
-            )[0]
+    replicates = [
+        _statistics(basis, *tables)
+        for tables in _bootstrap_tables(
+            pair_cluster, pair_cell, pair_n, pair_v, clusters_count, size, rng, n_boot
         )
-    low, high = _intervals(np.array(replicates), len(point), confidence)
+    ]
+    low, high = _intervals(
+        np.concatenate(replicates) if replicates else np.empty((0, len(point))), confidence
+    )
     at = basis.layout()
 
     def stat(key: str, index: int = 0) -> dict:
