@@ -129,28 +129,24 @@ def _contrast(x: Array, p: dict[str, Array], normal: Array | None) -> Array:
     return mean + _per_row(p["factor"], x) * (x - mean)
 
 
-def _blur_matrices(sigma: Array, size: int, dtype: np.dtype) -> Array:
-    """``(n, size, size)`` row-stochastic Gaussian smoothing matrices, edges repeated."""
-    sigma = np.maximum(sigma, 1e-6)  # sigma 0 is the identity, not a division by zero
+def _blur(x: Array, p: dict[str, Array], normal: Array | None) -> Array:
+    """Separable Gaussian blur, edges repeated; each kernel ends at its own 3 sigma."""
+    sigma = np.maximum(p["sigma"], 1e-6)  # sigma 0 is the identity, not a division by zero
     radius = int(np.ceil(3 * sigma.max()))
     offsets = np.arange(-radius, radius + 1)
     weights = np.exp(-0.5 * (offsets[None, :] / sigma[:, None]) ** 2)
-    # Each kernel ends at its own 3 sigma, so a sample's blur never depends on its batch.
+    # Taps beyond a sample's own radius weigh exactly 0, so its blur (to the last bit) never
+    # depends on the other samples of the batch.
     weights[np.abs(offsets)[None, :] > np.ceil(3 * sigma)[:, None]] = 0
     weights /= weights.sum(axis=1, keepdims=True)
-    matrices = np.zeros((len(sigma), size, size), dtype=dtype)
-    index = np.arange(size)
-    for offset, weight in zip(offsets, weights.T, strict=True):
-        # For one offset every (row, column) pair is distinct, so += does not lose updates.
-        matrices[:, index, np.clip(index + offset, 0, size - 1)] += weight[:, None]
-    return matrices
-
-
-def _blur(x: Array, p: dict[str, Array], normal: Array | None) -> Array:
-    height, width = x.shape[2:]
-    rows = _blur_matrices(p["sigma"], height, x.dtype)[:, None]
-    cols = _blur_matrices(p["sigma"], width, x.dtype).transpose(0, 2, 1)[:, None]
-    return rows @ x @ cols  # separable: smooth along H, then along W
+    for axis in (2, 3):
+        size = x.shape[axis]
+        out = np.zeros_like(x)
+        for offset, weight in zip(offsets, weights.T, strict=True):
+            taken = np.take(x, np.clip(np.arange(size) + offset, 0, size - 1), axis=axis)
+            out += _per_row(weight, x) * taken
+        x = out
+    return x
 
 
 def _noise(x: Array, p: dict[str, Array], normal: Array | None) -> Array:
