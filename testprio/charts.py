@@ -128,6 +128,7 @@ def stage_timeline(rows: list[dict]) -> alt.Chart:
                 alt.Tooltip("rows:Q", format=","),
                 alt.Tooltip("start:N", title="start (UTC)"),
                 alt.Tooltip("end:N", title="end (UTC)"),
+                alt.Tooltip("detail:N", title="shards"),  # aggregated score bar only
             ],
         )
         .properties(width=WIDTH, height=alt.Step(20))
@@ -214,6 +215,53 @@ def top_k_overlap(rows: list[dict]) -> alt.Chart:
             ],
         )
         .properties(width=HEIGHT + 80, height=HEIGHT)
+    )
+
+
+def probabilities(rows: list[dict]) -> alt.Chart:
+    """One sample's class probabilities (``reportdata.probability_rows``); the predicted
+    class in red."""
+    return (
+        alt.Chart(_data(rows), title="Class probabilities")
+        .mark_bar()
+        .encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title="probability"),
+            y=_by_class("class"),
+            color=alt.condition(
+                alt.datum.predicted, alt.value(ORDER_COLORS["ranking"]), alt.value("#4c78a8")
+            ),
+            tooltip=[alt.Tooltip("class:N"), alt.Tooltip("probability:Q", format=".4f")],
+        )
+        .properties(width=WIDTH, height=_class_height(rows))
+    )
+
+
+def fault_curves(rows: list[dict]) -> alt.Chart:
+    """Share of mistakes found vs share inspected, one line per run
+    (``reportdata.fault_curves_rows``), over the dashed diagonal of a random order."""
+    lines = (
+        alt.Chart(_data(rows))
+        .mark_line()
+        .encode(
+            x=alt.X("inspected:Q", axis=alt.Axis(format="%"), title="share of ranking inspected"),
+            y=alt.Y("found:Q", axis=alt.Axis(format="%"), title="share of mistakes found"),
+            color=alt.Color("run:N", title="run"),
+            tooltip=[
+                alt.Tooltip("run:N"),
+                alt.Tooltip("inspected:Q", format=".1%"),
+                alt.Tooltip("found:Q", format=".1%"),
+            ],
+        )
+    )
+    diagonal = (
+        alt.Chart(_data([{"inspected": 0.0, "found": 0.0}, {"inspected": 1.0, "found": 1.0}]))
+        .mark_line(color=ORDER_COLORS["random"], strokeDash=[4, 3])
+        .encode(x="inspected:Q", y="found:Q")
+    )
+    return (diagonal + lines).properties(
+        title="Mistakes found vs ranking inspected (dashed: random order)",
+        width=WIDTH,
+        height=HEIGHT,
     )
 
 

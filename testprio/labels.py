@@ -197,7 +197,9 @@ class LabelExport:
         writer = csv.DictWriter(text, fieldnames=self.columns, lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
-            writer.writerow({**row, "label": "" if row["label"] is None else row["label"]})
+            # Sources and class names are pool content: defuse spreadsheet formulas.
+            cells = {key: reportdata.csv_cell(value) for key, value in row.items()}
+            writer.writerow({**cells, "label": "" if row["label"] is None else row["label"]})
         return text.getvalue().encode()
 
     def image_url(self, image: str) -> str:
@@ -321,6 +323,39 @@ def _direct_base(data_uri: str, first_source: str) -> str | None:
     except TestprioError:
         return None
     return None
+
+
+ORIGINAL_IMAGE_MAX_BYTES = 32 << 20
+
+
+def original_image(details: reportdata.RunDetails, sample_id: int, source: str):
+    """The original file of an image-folder sample as a decoded ``(H, W[, 3])`` uint8 image,
+    or None: an array pool, a pool that is an archive, a download or gone, or a file that
+    is not an image Pillow can read. Only decoded pixels leave here, never the file's
+    bytes, because the pool lies outside the report's root.
+    """
+    if (details.manifest or {}).get("format") != "images":
+        return None
+    data_uri = str(details.parameters.get("data") or "")
+    try:
+        source = _safe_source(source, sample_id)
+    except TestprioError:
+        return None
+    base = _direct_base(data_uri, source) if data_uri else None
+    if base is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with storage.open_read(storage.join(base, source)) as handle:
+            data = handle.read(ORIGINAL_IMAGE_MAX_BYTES + 1)
+        if len(data) > ORIGINAL_IMAGE_MAX_BYTES:
+            return None
+        with Image.open(io.BytesIO(data)) as image:
+            image.thumbnail((reportdata.GALLERY_MAX_SIDE, reportdata.GALLERY_MAX_SIDE))
+            return np.asarray(image.convert("L" if image.mode in ("1", "L", "I;16") else "RGB"))
+    except (TestprioError, OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
 
 
 def plan_export(

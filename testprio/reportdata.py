@@ -13,6 +13,7 @@ plain run id under the root and nothing else (no ``..``, no absolute path, no sc
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import math
@@ -36,6 +37,7 @@ from testprio import storage
 from testprio.errors import TestprioError
 from testprio.ingest import shard_sample_shape, shard_tensors
 from testprio.layout import RUN_ID_PATTERN, SHARD_NAME_PATTERN, RunLayout, run_status
+from testprio.metrics import METRICS
 
 RUN_COLUMNS = ("run_id", "model", "dataset", "metric", "status", "started", "duration")
 RANKING_VIEW_COLUMNS = ("rank", "sample_id", "predicted", "confidence", "label")
@@ -43,6 +45,12 @@ FAULT_CURVE_POINTS = 200
 GALLERY_MIN_SIDE = 96
 GALLERY_MAX_SIDE = 384
 STATS_ROWS_WITHOUT_REPORT = 20_000
+TIMELINE_MAX_SHARDS = 50  # above this many scored shards the timeline draws one score bar
+THUMBNAIL_ROWS = 100  # ranking rows per page that get a thumbnail
+THUMBNAIL_SIDE = 48
+SCORE_METRICS = tuple(METRICS)  # every metric a sample gets a rank under
+# Keys a data manifest may carry for a digest of the pool's content, most specific first.
+POOL_HASH_KEYS = ("content_sha256", "sha256", "content_hash")
 
 
 # --- paths under the root ---------------------------------------------------------------
@@ -181,16 +189,65 @@ def list_runs(root: str) -> list[dict]:
             refused[name] = str(exc)
     with ThreadPoolExecutor(max_workers=8) as pool:  # one request per run on GCS
         records = list(pool.map(_read_json_or_none, uris))
+        found = [
+            (name, record)
+            for name, record in zip(names, records, strict=True)
+            if isinstance(record, dict)
+        ]
+        figures = list(pool.map(lambda item: _run_figures(root, *item), found))
     rows = [
         # A "running" run whose local owner process is gone shows as "unfinished".
-        {**run_row(record), "run_id": name, "status": run_status(_layout(root, name), record)}
-        for name, record in zip(names, records, strict=True)
-        if isinstance(record, dict)
+        {
+            **run_row(record),
+            **figure,
+            "run_id": name,
+            "status": run_status(_layout(root, name), record),
+        }
+        for (name, record), figure in zip(found, figures, strict=True)
     ] + [
-        {**run_row({}), "run_id": name, "status": "refused", "error": error}
+        {**run_row({}), **_NO_FIGURES, "run_id": name, "status": "refused", "error": error}
         for name, error in refused.items()
     ]
     return sorted(rows, key=lambda row: (row["started"], row["run_id"]), reverse=True)
+
+
+RUN_FIGURE_COLUMNS = ("samples", "accuracy", "apfd")
+_NO_FIGURES = dict.fromkeys(RUN_FIGURE_COLUMNS)
+# Figures of finished runs by (run folder, end time): a finished run never changes, so a
+# root with hundreds of runs reads each summary.json once per process, not once per look.
+_FIGURES_OF_FINISHED: dict[tuple[str, str], dict] = {}
+_FIGURES_CACHE_SIZE = 10_000
+
+
+def figures_of_summary(summary: dict | None) -> dict:
+    """Samples ranked, accuracy and raw APFD of a ``summary.json`` (None where unknown)."""
+    if not isinstance(summary, dict):
+        return dict(_NO_FIGURES)
+    labels = summary.get("labels") or {}
+    apfd = labels.get("apfd") or {}
+    return {
+        "samples": (summary.get("counts") or {}).get("ranked"),
+        "accuracy": None if labels.get("accuracy") is None else round(labels["accuracy"], 4),
+        "apfd": None if apfd.get("raw") is None else round(apfd["raw"], 4),
+    }
+
+
+def _run_figures(root: str, name: str, record: dict) -> dict:
+    if record.get("status") not in ("succeeded", "running", "failed"):
+        return dict(_NO_FIGURES)
+    try:
+        uri = resolve_under_root(root, f"{name}/summary.json")
+    except TestprioError:  # linked out of the root: the run's row says so elsewhere
+        return dict(_NO_FIGURES)
+    key = (uri, str(record.get("ended") or ""))
+    if record.get("status") == "succeeded" and key in _FIGURES_OF_FINISHED:
+        return _FIGURES_OF_FINISHED[key]
+    figures = figures_of_summary(_read_json_or_none(uri))
+    if record.get("status") == "succeeded":
+        if len(_FIGURES_OF_FINISHED) >= _FIGURES_CACHE_SIZE:
+            _FIGURES_OF_FINISHED.clear()
+        _FIGURES_OF_FINISHED[key] = figures
+    return figures
 
 
 def filter_runs(rows: list[dict], query: str) -> list[dict]:
@@ -548,29 +605,71 @@ def _stage_timings(layout: RunLayout) -> list[dict]:
     return [storage.read_json(uri) for uri in uris]
 
 
-def stage_timeline(details: RunDetails) -> list[dict]:
-    """One bar per stage and per scored shard, in start order.
+def _timeline_row(stage: str, group: str, start: float, end: float, origin: float, **extra):
+    return {
+        "stage": stage,
+        "group": group,
+        "start": datetime.fromtimestamp(start, timezone.utc).isoformat(),
+        "end": datetime.fromtimestamp(end, timezone.utc).isoformat(),
+        "start_s": round(start - origin, 3),
+        "end_s": round(end - origin, 3),
+        **extra,
+    }
+
+
+def stage_timeline(details: RunDetails, *, max_shards: int = TIMELINE_MAX_SHARDS) -> list[dict]:
+    """One bar per stage and per scored shard, in start order; a run with more than
+    ``max_shards`` scored shards gets ONE bar for all of them instead (first start to last
+    end), whose ``detail`` gives the shard count and the min/median/max seconds per shard,
+    so that a 1,000-shard run draws a readable chart of a dozen bars.
 
     Each row: ``stage``, ``group`` (``score`` for every shard), ``start``/``end`` (ISO, UTC),
-    ``start_s``/``end_s`` (seconds since the first stage started), ``seconds``, ``rows``.
+    ``start_s``/``end_s`` (seconds since the first stage started), ``seconds``, ``rows``,
+    ``detail`` (text; empty for a single stage or shard).
     """
     timings = details.record.get("stages") or _stage_timings(details.layout)
     timings = sorted(timings, key=lambda timing: (timing["start"], timing["stage"]))
     origin = timings[0]["start"] if timings else 0.0
+    shards = [t for t in timings if str(t["stage"]).startswith("score-")]
+    aggregate = len(shards) > max_shards
     rows = []
     for timing in timings:
         name = str(timing["stage"])
+        if aggregate and name.startswith("score-"):
+            if timing is not shards[0]:
+                continue
+            seconds = np.array([float(t["seconds"]) for t in shards])
+            known = [t.get("rows") for t in shards if t.get("rows") is not None]
+            start = min(t["start"] for t in shards)
+            end = max(t["end"] for t in shards)
+            rows.append(
+                _timeline_row(
+                    f"score ({len(shards):,} shards)",
+                    "score",
+                    start,
+                    end,
+                    origin,
+                    seconds=round(end - start, 3),
+                    rows=int(sum(known)) if known else None,
+                    detail=(
+                        f"{len(shards):,} shards; seconds per shard: min "
+                        f"{seconds.min():.3f}, median {float(np.median(seconds)):.3f}, "
+                        f"max {seconds.max():.3f}"
+                    ),
+                )
+            )
+            continue
         rows.append(
-            {
-                "stage": name,
-                "group": "score" if name.startswith("score-") else name,
-                "start": datetime.fromtimestamp(timing["start"], timezone.utc).isoformat(),
-                "end": datetime.fromtimestamp(timing["end"], timezone.utc).isoformat(),
-                "start_s": round(timing["start"] - origin, 3),
-                "end_s": round(timing["end"] - origin, 3),
-                "seconds": round(float(timing["seconds"]), 3),
-                "rows": timing.get("rows"),
-            }
+            _timeline_row(
+                name,
+                "score" if name.startswith("score-") else name,
+                timing["start"],
+                timing["end"],
+                origin,
+                seconds=round(float(timing["seconds"]), 3),
+                rows=timing.get("rows"),
+                detail="",
+            )
         )
     return rows
 
@@ -703,10 +802,22 @@ class RankingFilter:
     classes: tuple[int, ...] | None = None
     score_min: float | None = None
     score_max: float | None = None
+    labels: tuple[int, ...] | None = None  # true label in these (unlabelled rows drop out)
+    misclassified: bool = False  # only labelled rows whose prediction differs from the label
 
     @property
     def active(self) -> bool:
-        return self.classes is not None or self.score_min is not None or self.score_max is not None
+        return (
+            self.classes is not None
+            or self.score_min is not None
+            or self.score_max is not None
+            or self.labels is not None
+            or self.misclassified
+        )
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.labels is not None or self.misclassified
 
 
 @dataclass
@@ -753,6 +864,10 @@ def _group_may_match(metadata, group: int, metric: str, filters: RankingFilter) 
         bounds = _statistics(metadata, group, "predicted")
         if bounds and not any(bounds[0] <= cls <= bounds[1] for cls in filters.classes):
             return False
+    if filters.labels is not None:
+        bounds = _statistics(metadata, group, "label")
+        if bounds and not any(bounds[0] <= cls <= bounds[1] for cls in filters.labels):
+            return False
     bounds = _statistics(metadata, group, metric)
     if bounds:
         if filters.score_min is not None and bounds[1] < filters.score_min:
@@ -771,6 +886,12 @@ def _match_mask(table: pa.Table, metric: str, filters: RankingFilter) -> pa.Arra
         mask = pc.and_(mask, pc.greater_equal(score, pa.scalar(filters.score_min, pa.float32())))
     if filters.score_max is not None:
         mask = pc.and_(mask, pc.less_equal(score, pa.scalar(filters.score_max, pa.float32())))
+    if filters.labels is not None:
+        label = table.column("label")
+        mask = pc.and_(mask, pc.fill_null(pc.is_in(label, pa.array(filters.labels)), False))
+    if filters.misclassified:
+        wrong = pc.not_equal(table.column("predicted"), table.column("label"))
+        mask = pc.and_(mask, pc.fill_null(wrong, False))
     return mask
 
 
@@ -805,7 +926,8 @@ def ranking_page(
         masks: dict[int, pa.Array] = {}
         for group in range(metadata.num_row_groups):
             if _group_may_match(metadata, group, metric, filters):
-                table = parquet.read_row_group(group, columns=["predicted", metric])
+                needed = ["predicted", metric] + (["label"] if filters.needs_labels else [])
+                table = parquet.read_row_group(group, columns=needed)
                 masks[group] = _match_mask(table, metric, filters)
         counts = {group: pc.sum(mask).as_py() or 0 for group, mask in masks.items()}
         total = sum(counts.values())
@@ -1092,7 +1214,236 @@ def random_samples(details: RunDetails, count: int = 16, *, seed: int = 0) -> li
     return items
 
 
+# --- one sample: drill-down ----------------------------------------------------------------
+
+
+@dataclass
+class ScoreColumns:
+    """Every metric's scores in ranking order, read once per run, so that a sample's rank
+    under each metric is a count (``ranks_of``), not a sort of the pool per look.
+
+    ``sample_id`` ``(N,)`` int64 and each ``scores[metric]`` ``(N,)`` float32 are in the
+    run's ranking order; ``position`` maps a sample id to its row (-1: not ranked).
+    """
+
+    sample_id: np.ndarray
+    scores: dict[str, np.ndarray]
+    position: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return (
+            self.sample_id.nbytes
+            + self.position.nbytes
+            + sum(values.nbytes for values in self.scores.values())
+        )
+
+
+def score_columns(details: RunDetails) -> ScoreColumns:
+    """The ranking's ``sample_id`` and metric columns (``SCORE_METRICS`` it holds)."""
+    uri = run_file(details.layout, details.layout.ranking)
+    with storage.open_parquet(uri) as parquet:
+        names = [name for name in SCORE_METRICS if name in parquet.schema_arrow.names]
+        table = parquet.read(columns=["sample_id", *names])
+    ids = table.column("sample_id").to_numpy().astype(np.int64, copy=False)
+    position = np.full(int(ids.max(initial=-1)) + 1, -1, dtype=np.int64)
+    position[ids] = np.arange(len(ids))
+    scores = {name: table.column(name).to_numpy().astype(np.float32, copy=False) for name in names}
+    return ScoreColumns(ids, scores, position)
+
+
+def ranks_of(columns: ScoreColumns, sample_id: int) -> dict[str, int]:
+    """``{metric: rank}`` (1 = most uncertain) of one sample under every metric, as the rank
+    stage orders: score descending, ties by sample_id ascending. O(N) per metric."""
+    row = _position(columns, sample_id)
+    ids = columns.sample_id
+    ranks = {}
+    for name, values in columns.scores.items():
+        value = values[row]
+        tied = values == value
+        ahead = np.count_nonzero(values > value) + np.count_nonzero(tied & (ids < sample_id))
+        ranks[name] = int(ahead) + 1
+    return ranks
+
+
+def _position(columns: ScoreColumns, sample_id: int) -> int:
+    sample_id = int(sample_id)
+    row = columns.position[sample_id] if 0 <= sample_id < len(columns.position) else -1
+    if row < 0:
+        raise TestprioError(
+            f"sample {sample_id} is not among the {len(columns.sample_id):,} ranked samples "
+            "of this run (a quarantined sample is not ranked); give a sample id from the "
+            "ranking."
+        )
+    return int(row)
+
+
+def probability_rows(probs: np.ndarray | None, names: list[str] | None) -> list[dict]:
+    """``[{"class", "class_index", "probability", "predicted"}]`` of one sample's ``(K,)``
+    probabilities, for a bar chart (``predicted`` marks the largest)."""
+    if probs is None or not len(probs):
+        return []
+    top = int(np.argmax(probs))
+    return [
+        {
+            "class": class_label(index, names),
+            "class_index": index,
+            "probability": round(float(value), 6),
+            "predicted": index == top,
+        }
+        for index, value in enumerate(probs)
+    ]
+
+
+def sample_detail(
+    details: RunDetails,
+    columns: ScoreColumns,
+    *,
+    rank: int | None = None,
+    sample_id: int | None = None,
+) -> dict:
+    """One ranked sample by ``rank`` (1-based, in this run's ranking) or ``sample_id``.
+
+    Returns rank, sample_id, predicted, confidence, label (text with class name), source,
+    ``scores`` and ``ranks`` (``{metric: value}``, ``{metric: rank}`` under every metric),
+    ``probabilities`` (``probability_rows``), ``x`` (the preprocessed tensor) and
+    ``wrong`` (True/False with a label, None without).
+    """
+    if (rank is None) == (sample_id is None):
+        raise TestprioError("give a rank or a sample id, not both.")
+    total = len(columns.sample_id)
+    if rank is not None:
+        if not 1 <= int(rank) <= total:
+            raise TestprioError(
+                f"rank {rank} is not a rank of this run; choose one from 1 to {total:,}."
+            )
+        row = int(rank) - 1
+        sample_id = int(columns.sample_id[row])
+    else:
+        row = _position(columns, int(sample_id))
+    sample_id = int(sample_id)
+    scored = _rows_by_id(
+        shard_file(details.layout, "scores", _shard_name_of(details, sample_id)),
+        [sample_id],
+        ["sample_id", "predicted", "confidence", "label", "probs"],
+    ).get(sample_id)
+    data = read_samples(details, [sample_id], columns=("x", "source")).get(sample_id)
+    if scored is None or data is None:
+        raise TestprioError(
+            f"sample {sample_id} is ranked but missing from the shards of run "
+            f"{details.run_id}; the run folder was changed after it was ranked."
+        )
+    names = class_names(details)
+    label = scored.get("label")
+    return {
+        "rank": row + 1,
+        "sample_id": sample_id,
+        "predicted": class_label(scored["predicted"], names),
+        "predicted_index": int(scored["predicted"]),
+        "confidence": float(scored["confidence"]),
+        "label": class_label(label, names) if label is not None else "",
+        "wrong": None if label is None else int(label) != int(scored["predicted"]),
+        "source": str(data.get("source") or ""),
+        "scores": {name: float(values[row]) for name, values in columns.scores.items()},
+        "ranks": ranks_of(columns, sample_id),
+        "probabilities": probability_rows(scored.get("probs"), names),
+        "x": data["x"],
+    }
+
+
+def _shard_name_of(details: RunDetails, sample_id: int) -> str:
+    names = list(_shard_of(details, [sample_id]))
+    if not names:
+        raise TestprioError(
+            f"no shard of run {details.run_id} holds sample {sample_id}; give a sample id "
+            "from the ranking."
+        )
+    return names[0]
+
+
+def thumbnails(
+    details: RunDetails,
+    sample_ids: list[int],
+    *,
+    limit: int = THUMBNAIL_ROWS,
+    side: int = THUMBNAIL_SIDE,
+) -> list[str | None]:
+    """A small PNG ``data:`` URI of each of the first ``limit`` samples (None after them,
+    and for a sample whose tensor is gone): a page of the ranking, never the pool."""
+    wanted = [int(sample_id) for sample_id in sample_ids[: max(0, limit)]]
+    samples = read_samples(details, wanted, columns=("x",)) if wanted else {}
+    uris: list[str | None] = []
+    for sample_id in sample_ids:
+        sample = samples.get(int(sample_id)) if len(uris) < len(wanted) else None
+        if sample is None:
+            uris.append(None)
+            continue
+        png = encode_png(upscale(display_image(sample["x"]), min_side=side))
+        uris.append("data:image/png;base64," + base64.b64encode(png).decode("ascii"))
+    return uris
+
+
 # --- two runs ------------------------------------------------------------------------------
+
+
+def pool_identity(a: RunDetails, b: RunDetails) -> dict:
+    """Whether two runs ranked the same pool, and by what that was decided.
+
+    With a content digest in both data manifests (``POOL_HASH_KEYS``): the digest and the
+    sample count. Without one: the recorded data URI (``--data``), the pool's name and its
+    sample count. Returns ``same``, ``compared`` (words for the screen), ``a``, ``b`` (each
+    run's values).
+    """
+    manifest_a, manifest_b = a.manifest or {}, b.manifest or {}
+    key = next((k for k in POOL_HASH_KEYS if manifest_a.get(k) and manifest_b.get(k)), None)
+    if key is not None:
+        fields = {key: "content hash", "samples": "sample count"}
+        compared = "the content hash and sample count of the data manifests"
+    else:
+        fields = {"data": "data URI", "source": "pool name", "samples": "sample count"}
+        compared = (
+            "the data URI, pool name and sample count (the data manifests carry no content hash)"
+        )
+
+    def values(details: RunDetails, manifest: dict) -> dict:
+        return {
+            name: details.parameters.get("data") if name == "data" else manifest.get(name)
+            for name in fields
+        }
+
+    first, second = values(a, manifest_a), values(b, manifest_b)
+    return {"same": first == second, "compared": compared, "a": first, "b": second}
+
+
+def _pool_words(values: dict) -> str:
+    parts = [str(value) for name, value in values.items() if name != "samples"]
+    return f"{', '.join(parts)}, {values.get('samples')} samples"
+
+
+def run_figures(details: RunDetails) -> dict:
+    """Accuracy and APFD (raw, normalized) of one run, for side-by-side comparison."""
+    labels = (details.summary or {}).get("labels") or {}
+    apfd = labels.get("apfd") or {}
+    return {
+        "run": details.run_id,
+        "metric": details.metric,
+        "samples": (details.summary or {}).get("counts", {}).get("ranked"),
+        "accuracy": labels.get("accuracy"),
+        "misclassified": labels.get("misclassified"),
+        "apfd": apfd.get("raw"),
+        "apfd_normalized": apfd.get("normalized"),
+    }
+
+
+def fault_curves_rows(curves: dict[str, dict | None]) -> list[dict]:
+    """Long-form rows (``inspected``, ``found``, ``run``) of each run's ranking curve
+    (``fault_curve``), one line per run; runs without a curve are left out."""
+    return [
+        {"inspected": x, "found": curve["ranking"][i], "run": run_id}
+        for run_id, curve in curves.items()
+        if curve
+        for i, x in enumerate(curve["inspected"])
+    ]
 
 
 def _ranked_ids(details: RunDetails) -> np.ndarray:
@@ -1121,17 +1472,16 @@ def compare_runs(
         if not details.has_ranking:
             raise TestprioError(f"run {details.run_id} has no ranking to compare.")
     warnings = []
-    manifest_a, manifest_b = a.manifest or {}, b.manifest or {}
-    same_data = (manifest_a.get("source"), manifest_a.get("samples")) == (
-        manifest_b.get("source"),
-        manifest_b.get("samples"),
-    )
-    if not same_data:
-        warnings.append(
-            f"the runs ranked different pools ({manifest_a.get('source')}, "
-            f"{manifest_a.get('samples')} samples vs {manifest_b.get('source')}, "
-            f"{manifest_b.get('samples')} samples); only shared sample ids are compared."
+    pool = pool_identity(a, b)
+    if not pool["same"]:
+        # The same sample id in two different pools is a different input: pairing them
+        # would show agreement or disagreement that means nothing.
+        raise TestprioError(
+            f"runs {a.run_id} and {b.run_id} ranked different pools ({_pool_words(pool['a'])}"
+            f" vs {_pool_words(pool['b'])}; compared: {pool['compared']}), so their samples "
+            "cannot be paired; compare two runs of the same pool."
         )
+    same_data = True
     ids_a, ids_b = _ranked_ids(a), _ranked_ids(b)
     rank_b_of = np.full(max(ids_a.max(initial=-1), ids_b.max(initial=-1)) + 1, -1, np.int64)
     rank_b_of[ids_b] = np.arange(1, len(ids_b) + 1)
@@ -1183,6 +1533,7 @@ def compare_runs(
         "metrics": (a.metric, b.metric),
         "models": (_basename(a.parameters.get("model")), _basename(b.parameters.get("model"))),
         "same_data": same_data,
+        "pool_compared": pool["compared"],
         "shared": n,
         "spearman": None if spearman is None else round(spearman, 6),
         "overlaps": overlaps,

@@ -225,6 +225,8 @@ def _reference_page(table: pa.Table, filters: reportdata.RankingFilter, page, si
         if (filters.classes is None or row["predicted"] in filters.classes)
         and (filters.score_min is None or row[metric] >= np.float32(filters.score_min))
         and (filters.score_max is None or row[metric] <= np.float32(filters.score_max))
+        and (filters.labels is None or row["label"] in filters.labels)
+        and (not filters.misclassified or row["label"] not in (None, row["predicted"]))
     ]
     return kept[page * size : (page + 1) * size], len(kept)
 
@@ -239,13 +241,17 @@ def _reference_page(table: pa.Table, filters: reportdata.RankingFilter, page, si
         reportdata.RankingFilter(score_max=0.3),
         reportdata.RankingFilter(classes=(1, 2, 4), score_min=0.2, score_max=0.8),
         reportdata.RankingFilter(score_min=2.0),
+        reportdata.RankingFilter(labels=(3,)),
+        reportdata.RankingFilter(labels=(0, 7), classes=(0, 1, 7)),
+        reportdata.RankingFilter(misclassified=True),
+        reportdata.RankingFilter(misclassified=True, labels=(2,), score_min=0.4),
     ],
 )
 @pytest.mark.parametrize(("page", "size"), [(0, 10), (1, 10), (3, 9), (0, 1000)])
 def test_ranking_pages_equal_slices_of_the_filtered_ranking(small_groups, filters, page, size):
     assert pq.ParquetFile(small_groups.layout.ranking).num_row_groups == 15
     metric = small_groups.metric
-    columns = ["rank", "sample_id", "predicted", metric]
+    columns = ["rank", "sample_id", "predicted", metric, "label"]
     expected, total = _reference_page(
         _ranking(small_groups.layout).select(columns), filters, page, size, metric
     )
@@ -448,15 +454,233 @@ def test_compare_two_metrics_against_scipy_and_sets(root):
     assert result["metrics"] == ("gini", "entropy")
 
 
-def test_compare_warns_about_different_pools(root):
-    result = reportdata.compare_runs(details(root, "labeled"), details(root, "rgb"))
-    assert not result["same_data"]
-    assert (
-        "the runs ranked different pools (digits.npz, 120 samples vs rgb.npy, 30"
-        in (result["warnings"][0])
-    )
+def test_compare_refuses_to_pair_samples_of_different_pools(root):
+    with pytest.raises(
+        TestprioError,
+        match=r"^runs labeled and rgb ranked different pools \(.*digits\.npz, digits\.npz, "
+        r"120 samples vs .*rgb\.npy, rgb\.npy, 30 samples; compared: the data URI, pool name "
+        r"and sample count \(the data manifests carry no content hash\)\), so their samples "
+        r"cannot be paired; compare two runs of the same pool\.$",
+    ):
+        reportdata.compare_runs(details(root, "labeled"), details(root, "rgb"))
     with pytest.raises(TestprioError, match="run failed has no ranking to compare"):
         reportdata.compare_runs(details(root, "failed"), details(root, "labeled"))
+
+
+def test_pool_identity_uses_a_content_hash_when_both_manifests_have_one(root):
+    a, b = details(root, "labeled"), details(root, "entropy")
+    same = reportdata.pool_identity(a, b)
+    assert same["same"] and "no content hash" in same["compared"]
+    assert same["a"] == {"data": a.parameters["data"], "source": "digits.npz", "samples": 120}
+    a.manifest = {**a.manifest, "content_sha256": "aa"}
+    b.manifest = {**b.manifest, "content_sha256": "bb"}  # same URI and count, other content
+    different = reportdata.pool_identity(a, b)
+    assert not different["same"]
+    assert different["compared"] == "the content hash and sample count of the data manifests"
+    b.manifest["content_sha256"] = "aa"
+    assert reportdata.pool_identity(a, b)["same"]
+
+
+def test_run_figures_and_fault_curves_of_two_runs(root):
+    a, b = details(root, "labeled"), details(root, "entropy")
+    figures = reportdata.run_figures(a)
+    labels = a.summary["labels"]
+    assert figures["accuracy"] == labels["accuracy"]
+    assert figures["apfd"] == labels["apfd"]["raw"]
+    assert figures["apfd_normalized"] == labels["apfd"]["normalized"]
+    curves = {"labeled": reportdata.run_fault_curve(a), "entropy": reportdata.run_fault_curve(b)}
+    rows = reportdata.fault_curves_rows({**curves, "rgb": None})
+    assert {row["run"] for row in rows} == {"labeled", "entropy"}
+    line = [row for row in rows if row["run"] == "labeled"]
+    assert [row["found"] for row in line] == curves["labeled"]["ranking"]
+    assert line[0]["inspected"] == 0.0 and line[-1] == {
+        "inspected": 1.0,
+        "found": 1.0,
+        "run": "labeled",
+    }
+
+
+# --- one sample ------------------------------------------------------------------------------
+
+
+def _reference_ranks(table: pa.Table, metric: str) -> dict[int, int]:
+    """Ranks as the rank stage orders: score descending, ties by sample_id ascending."""
+    ids = table.column("sample_id").to_numpy()
+    order = np.lexsort((ids, -table.column(metric).to_numpy().astype(np.float64)))
+    return {int(ids[i]): position + 1 for position, i in enumerate(order)}
+
+
+def test_ranks_under_every_metric_equal_sorting_the_pool(root, small_groups):
+    for run in (details(root, "labeled"), small_groups):
+        table = _ranking(run.layout)
+        columns = reportdata.score_columns(run)
+        assert set(columns.scores) == set(reportdata.SCORE_METRICS)
+        references = {m: _reference_ranks(table, m) for m in reportdata.SCORE_METRICS}
+        ids, ranks = table.column("sample_id").to_pylist(), table.column("rank").to_pylist()
+        stored = dict(zip(ids, ranks, strict=True))
+        for sample_id in table.column("sample_id").to_pylist():
+            ranks = reportdata.ranks_of(columns, sample_id)
+            assert ranks == {m: references[m][sample_id] for m in reportdata.SCORE_METRICS}
+            assert ranks[run.metric] == stored[sample_id]
+    # The entropy run ranked the same scores: its stored ranks are ours under entropy.
+    entropy = _ranking(details(root, "entropy").layout)
+    columns = reportdata.score_columns(details(root, "labeled"))
+    for sample_id, rank in zip(
+        entropy.column("sample_id").to_pylist(), entropy.column("rank").to_pylist(), strict=True
+    ):
+        assert reportdata.ranks_of(columns, sample_id)["entropy"] == rank
+
+
+def test_ranks_break_ties_by_sample_id():
+    ids = np.array([5, 2, 9, 4], dtype=np.int64)
+    scores = np.array([0.5, 0.5, 0.5, 0.9], dtype=np.float32)
+    position = np.full(10, -1)
+    position[ids] = np.arange(4)
+    columns = reportdata.ScoreColumns(ids, {"gini": scores}, position)
+    assert [reportdata.ranks_of(columns, i)["gini"] for i in (4, 2, 5, 9)] == [1, 2, 3, 4]
+
+
+def test_sample_detail_by_rank_or_id(root):
+    run = details(root, "labeled")
+    columns = reportdata.score_columns(run)
+    row = _ranking(run.layout).slice(2, 1).to_pylist()[0]
+    by_rank = reportdata.sample_detail(run, columns, rank=3)
+    by_id = reportdata.sample_detail(run, columns, sample_id=row["sample_id"])
+    assert by_rank["sample_id"] == row["sample_id"] and by_id["rank"] == 3
+    assert np.array_equal(by_rank["x"], by_id["x"])
+    assert by_rank["predicted"] == str(row["predicted"])
+    assert by_rank["confidence"] == pytest.approx(row["confidence"])
+    assert by_rank["label"] == str(row["label"])
+    assert by_rank["wrong"] == (row["label"] != row["predicted"])
+    assert by_rank["ranks"]["gini"] == 3
+    assert by_rank["scores"]["gini"] == pytest.approx(row["gini"])
+    probs = reportdata.read_probabilities(run, [row["sample_id"]])[row["sample_id"]]
+    shown = [item["probability"] for item in by_rank["probabilities"]]
+    np.testing.assert_allclose(shown, probs, atol=1e-6)
+    assert [item["predicted"] for item in by_rank["probabilities"]].count(True) == 1
+    assert by_rank["probabilities"][row["predicted"]]["predicted"]
+    assert by_rank["source"] == f"digits.npz[{row['sample_id']}]"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"rank": 0}, r"^rank 0 is not a rank of this run; choose one from 1 to 118\.$"),
+        ({"rank": 119}, r"^rank 119 is not a rank"),
+        (
+            {"sample_id": 7},  # quarantined (NaN)
+            r"^sample 7 is not among the 118 ranked samples of this run \(a quarantined sample "
+            r"is not ranked\); give a sample id from the ranking\.$",
+        ),
+        ({"sample_id": 5000}, r"^sample 5000 is not among the 118 ranked samples"),
+        ({"sample_id": -1}, r"^sample -1 is not among"),
+        ({"rank": 1, "sample_id": 1}, r"^give a rank or a sample id, not both\.$"),
+        ({}, r"^give a rank or a sample id, not both\.$"),
+    ],
+)
+def test_sample_detail_refuses_unknown_samples_in_one_sentence(root, options, message):
+    run = details(root, "labeled")
+    with pytest.raises(TestprioError, match=message):
+        reportdata.sample_detail(run, reportdata.score_columns(run), **options)
+
+
+def test_thumbnails_are_png_data_uris_for_a_bounded_number_of_rows(root):
+    import base64
+
+    from PIL import Image
+
+    run = details(root, "labeled")
+    ids = _ranking(run.layout).column("sample_id").to_pylist()[:5]
+    uris = reportdata.thumbnails(run, ids, limit=3, side=16)
+    assert uris[3:] == [None, None]
+    sample = reportdata.read_samples(run, [ids[0]], columns=("x",))[ids[0]]["x"]
+    prefix = "data:image/png;base64,"
+    assert uris[0].startswith(prefix)
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(uris[0][len(prefix) :]))))
+    expected = reportdata.upscale(reportdata.display_image(sample), min_side=16)
+    assert np.array_equal(image, expected)
+
+
+# --- many runs, many shards ------------------------------------------------------------------
+
+
+def test_runs_list_has_samples_accuracy_and_apfd_from_the_summary(root):
+    rows = {row["run_id"]: row for row in reportdata.list_runs(root)}
+    summary = details(root, "labeled").summary
+    assert rows["labeled"]["samples"] == 118
+    assert rows["labeled"]["accuracy"] == round(summary["labels"]["accuracy"], 4)
+    assert rows["labeled"]["apfd"] == round(summary["labels"]["apfd"]["raw"], 4)
+    assert rows["rgb"]["samples"] == 30 and rows["rgb"]["accuracy"] is None
+    assert rows["failed"]["samples"] is None and rows["failed"]["apfd"] is None
+
+
+def test_runs_list_reads_a_finished_runs_summary_once(tmp_path, root):
+    import shutil
+
+    shutil.copytree(os.path.join(root, "labeled"), tmp_path / "copy")
+    assert reportdata.list_runs(str(tmp_path))[0]["samples"] == 118
+    (tmp_path / "copy" / "summary.json").write_text("{}")  # a finished run never changes
+    assert reportdata.list_runs(str(tmp_path))[0]["samples"] == 118
+
+
+def _many_shards(run: reportdata.RunDetails, shards: int) -> reportdata.RunDetails:
+    rng = make_deterministic(11)
+    stages = [{"stage": "start", "start": 0.0, "end": 1.0, "seconds": 1.0}]
+    stages.append({"stage": "ingest", "start": 1.0, "end": 5.0, "seconds": 4.0})
+    for index in range(shards):
+        start = 5.0 + index * 0.01
+        seconds = float(rng.uniform(0.5, 3.0))
+        stages.append(
+            {
+                "stage": f"score-shard-{index:05d}",
+                "start": start,
+                "end": start + seconds,
+                "seconds": seconds,
+                "rows": 100,
+            }
+        )
+    stages.append({"stage": "rank", "start": 20.0, "end": 21.0, "seconds": 1.0})
+    return reportdata.RunDetails(run.layout, {**run.record, "stages": stages})
+
+
+def test_timeline_of_1000_shards_draws_one_score_bar_with_min_median_max(root):
+    run = _many_shards(details(root, "labeled"), 1000)
+    seconds = np.array([t["seconds"] for t in run.record["stages"][2:-1]])
+    rows = reportdata.stage_timeline(run)
+    assert [row["stage"] for row in rows] == ["start", "ingest", "score (1,000 shards)", "rank"]
+    score = rows[2]
+    assert score["group"] == "score" and score["rows"] == 100_000
+    assert score["start_s"] == 5.0
+    assert score["end_s"] == round(max(5.0 + i * 0.01 + s for i, s in enumerate(seconds)), 3)
+    assert score["detail"] == (
+        f"1,000 shards; seconds per shard: min {seconds.min():.3f}, median "
+        f"{np.median(seconds):.3f}, max {seconds.max():.3f}"
+    )
+    # At the cap, every shard keeps its own bar.
+    few = reportdata.stage_timeline(_many_shards(details(root, "labeled"), 50))
+    assert len(few) == 53 and all(row["detail"] == "" for row in few)
+    from testprio import charts
+
+    assert len(charts.stage_timeline(rows).to_dict()["data"]["values"]) == 4
+
+
+def test_labelling_csv_defuses_formulas_in_class_names_and_sources(tmp_path, root):
+    import csv as csv_module
+    import json
+    import shutil
+
+    from testprio import labels
+
+    shutil.copytree(os.path.join(root, "labeled"), tmp_path / "labeled")
+    model_json = tmp_path / "labeled" / "model" / "model.json"
+    model = json.loads(model_json.read_text())
+    model["class_names"] = [f'=HYPERLINK("http://x/{i}")' for i in range(10)]
+    model_json.write_text(json.dumps(model))
+    layout = RunLayout(str(tmp_path / "labeled"))
+    export = labels.plan_export(layout, ranks=labels.RankRange(1, 5))
+    rows = list(csv_module.DictReader(io.StringIO(export.csv_bytes().decode())))
+    assert rows and all(row["predicted_name"].startswith("'=HYPERLINK(") for row in rows)
+    assert [int(row["predicted"]) for row in rows] == [r["predicted"] for r in export.rows]
 
 
 # --- downloads -----------------------------------------------------------------------------------
