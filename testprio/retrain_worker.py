@@ -35,7 +35,7 @@ def _finetune_pytorch(request: dict, arrays: Any) -> dict[str, float]:
 
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # one thread: the same sums in the same order on every machine
-    loaded = _load(request["source"], request["format"], request["source"])
+    loaded = _load(request["source"], request["format"], request["source_name"])
     module = loaded if request["format"] == "torchscript" else loaded.module()
     initial = {name: value.clone() for name, value in module.state_dict().items()}
     index, kind = request["output_index"], request["output_kind"]
