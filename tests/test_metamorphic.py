@@ -349,6 +349,11 @@ def test_channels_last_gives_the_same_follow_ups_as_channels_first():
     np.testing.assert_array_equal(first.instability, last.instability)
 
 
+def test_transforms_may_be_a_comma_separated_string():
+    result = run_metamorphic(mean_bin_model, IMAGES, transforms="noise, rotate", followups=2)
+    assert result.transforms == ["rotate", "noise"]
+
+
 def test_any_tensor_gets_noise_only():
     x = np.random.default_rng(2).normal(size=(9, 64)).astype(np.float32)
     assert default_transforms(None) == ["noise"]
