@@ -128,6 +128,7 @@ def main() -> None:
         )
     )
     WORK.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     rows = []
     try:
         for units in unit_list:
@@ -148,7 +149,8 @@ def main() -> None:
         "",
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, `python bench/surprise_bench.py"
         f"{' --quick' if args.quick else ''}`, {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"numpy {np.__version__}. Reference {reference:,} samples ({CLASSES} classes), pool "
+        f"numpy {np.__version__}, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}. "
+        f"Reference {reference:,} samples ({CLASSES} classes), pool "
         f"{pool:,} scored in shards of {SHARD:,}, float32 activations; each case in a fresh "
         "process, peak = its VmHWM.",
         "",
