@@ -270,3 +270,66 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
     import vl_convert
 
     return vl_convert.vegalite_to_svg(chart.to_dict(), allowed_base_urls=[])
+
+
+# --- evaluation (rows of ``testprio.evaluate.evaluation_frames``) -------------------------
+
+
+def retrained_accuracy(rows: list[dict], baseline: float) -> alt.LayerChart:
+    """Mean test accuracy after retraining per budget and prioritizer, with the 95% CI as
+    error bars and the un-retrained model's accuracy as a dashed rule."""
+    base = alt.Chart(_data(rows), title="Test accuracy after retraining on the top b%")
+    color = alt.Color("prioritizer:N", title="prioritizer")
+    x = alt.X("budget:O", title="budget (% of the pool labelled)")
+    lines = base.mark_line(point=True).encode(
+        x=x,
+        y=alt.Y("accuracy_mean:Q", title="test accuracy", scale=alt.Scale(zero=False)),
+        color=color,
+        tooltip=[
+            "prioritizer:N",
+            alt.Tooltip("budget:Q", title="budget %"),
+            alt.Tooltip("accuracy_mean:Q", format=".4f", title="mean"),
+            alt.Tooltip("ci_low:Q", format=".4f", title="95% CI low"),
+            alt.Tooltip("ci_high:Q", format=".4f", title="95% CI high"),
+        ],
+    )
+    bars = base.mark_errorbar().encode(x=x, y="ci_low:Q", y2="ci_high:Q", color=color)
+    rule = (
+        alt.Chart(_data([{"baseline": baseline}]))
+        .mark_rule(strokeDash=[4, 4], color="#333333")
+        .encode(y="baseline:Q", tooltip=[alt.Tooltip("baseline:Q", format=".4f")])
+    )
+    return alt.layer(lines, bars, rule).properties(width=WIDTH, height=HEIGHT)
+
+
+def faults_found(rows: list[dict]) -> alt.Chart:
+    """Share of the pool's misclassified samples in each prioritizer's top b%."""
+    return (
+        alt.Chart(_data(rows), title="Faults found in the top b% of the pool")
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("budget:O", title="budget (% of the pool)"),
+            y=alt.Y("share:Q", title="share of all faults found", axis=alt.Axis(format="%")),
+            color=alt.Color("prioritizer:N"),
+            tooltip=["prioritizer:N", "budget:Q", "found:Q", "of:Q"],
+        )
+        .properties(width=WIDTH, height=HEIGHT)
+    )
+
+
+def apfd_bars(rows: list[dict]) -> alt.Chart:
+    """Normalized APFD per prioritizer (1: every fault first; about 0.5: random)."""
+    return (
+        alt.Chart(_data(rows), title="APFD (normalized)")
+        .mark_bar(color="#4c78a8")
+        .encode(
+            x=alt.X("apfd_normalized:Q", title="normalized APFD", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("prioritizer:N", sort="-x", title=None),
+            tooltip=[
+                "prioritizer:N",
+                alt.Tooltip("apfd:Q", format=".4f", title="APFD"),
+                alt.Tooltip("apfd_normalized:Q", format=".4f", title="normalized"),
+            ],
+        )
+        .properties(width=WIDTH, height=alt.Step(18))
+    )

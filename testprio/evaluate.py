@@ -833,3 +833,62 @@ def format_evaluation(evaluation: dict) -> str:
         faults = f"{', '.join(row['by_faults'])} ({row['found']:g})" if row["by_faults"] else "-"
         lines.append(f"  {_percent(row['budget']):>5}: {accuracy}; {faults}")
     return "\n".join(lines) + "\n"
+
+
+def evaluation_frames(evaluation: dict) -> dict[str, list[dict]]:
+    """The evaluation as tables (lists of row dicts) for the report app and the charts.
+
+    - ``apfd``: prioritizer, apfd, apfd_normalized
+    - ``faults``: prioritizer, budget, found, of, share (found / of)
+    - ``retrain``: prioritizer, budget, accuracy_mean, ci_low, ci_high, gain (over baseline)
+    - ``baseline``: one row, accuracy (the model as given, on the test split)
+    - ``winners``: budget, by_accuracy, accuracy_mean, by_faults, found (names joined)
+    """
+    baseline = evaluation["baseline_accuracy"]
+    frames: dict[str, list[dict]] = {
+        "apfd": [],
+        "faults": [],
+        "retrain": [],
+        "baseline": [{"accuracy": baseline}],
+        "winners": [],
+    }
+    for name, entry in evaluation["prioritizers"].items():
+        score = entry["apfd"] or {}
+        frames["apfd"].append(
+            {
+                "prioritizer": name,
+                "apfd": score.get("raw"),
+                "apfd_normalized": score.get("normalized"),
+            }
+        )
+        for row in entry["faults"]:
+            share = row["found"] / row["of"] if row["of"] else None
+            frames["faults"].append(
+                {
+                    "prioritizer": name,
+                    "budget": row["budget"],
+                    "found": row["found"],
+                    "of": row["of"],
+                    "share": share,
+                }
+            )
+        for row in entry.get("retrain", []):
+            frames["retrain"].append(
+                {
+                    "prioritizer": name,
+                    "budget": row["budget"],
+                    "accuracy_mean": row["accuracy_mean"],
+                    "ci_low": row["ci_low"],
+                    "ci_high": row["ci_high"],
+                    "gain": row["accuracy_mean"] - baseline,
+                }
+            )
+    for row in evaluation["winners"]:
+        frames["winners"].append(
+            {
+                **row,
+                "by_accuracy": ", ".join(row["by_accuracy"]),
+                "by_faults": ", ".join(row["by_faults"]),
+            }
+        )
+    return frames

@@ -1,0 +1,300 @@
+"""The evaluation: planted orders (APFD, faults found), random near 0.5, winners, option
+errors, evaluation.json end to end on real digits with an ONNX model, and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from testprio import charts, cli, evaluate, storage
+from testprio.errors import TestprioError
+from testprio.layout import RunLayout
+from tests.evalkit import digits, mlp_weights, save_mlp, save_splits
+
+# --- planted cases ------------------------------------------------------------------------
+
+
+def _planted(n: int = 200, faults: int = 20, seed: int = 0) -> np.ndarray:
+    misclassified = np.zeros(n, dtype=bool)
+    misclassified[np.random.default_rng(seed).choice(n, faults, replace=False)] = True
+    return misclassified
+
+
+def test_all_faults_first_is_perfect():
+    misclassified = _planted()
+    perfect = np.concatenate([np.flatnonzero(misclassified), np.flatnonzero(~misclassified)])
+    result = evaluate.evaluate_orders([perfect], misclassified, (5, 10, 20))
+    assert result["apfd"]["normalized"] == pytest.approx(1.0)
+    # The budget equal to the fault share (10% of 200 = 20) holds every fault.
+    assert result["faults"] == [
+        {"budget": 5, "selected": 10, "found": 10, "of": 20},
+        {"budget": 10, "selected": 20, "found": 20, "of": 20},
+        {"budget": 20, "selected": 40, "found": 20, "of": 20},
+    ]
+
+
+def test_all_faults_last_is_worst():
+    misclassified = _planted()
+    worst = np.concatenate([np.flatnonzero(~misclassified), np.flatnonzero(misclassified)])
+    result = evaluate.evaluate_orders([worst], misclassified, (10,))
+    assert result["apfd"]["normalized"] == pytest.approx(0.0)
+    assert result["faults"][0]["found"] == 0
+
+
+def test_random_is_about_half_over_seeds():
+    misclassified = _planted(n=1000, faults=100)
+    context = evaluate.Context(
+        model=None,
+        class_output="",
+        pool_ids=np.arange(1000),
+        pool_x=np.zeros((1000, 1)),
+        pool_probs=np.full((1000, 2), 0.5),
+        train_x=np.zeros((1, 1)),
+        train_probs=np.full((1, 2), 0.5),
+    )
+    random = evaluate.PRIORITIZERS["random"]
+    orders = [random.order(context, seed) for seed in range(30)]
+    assert len({order.tobytes() for order in orders}) == 30  # a new selection per seed
+    result = evaluate.evaluate_orders(orders, misclassified, (10,))
+    assert result["apfd"]["normalized"] == pytest.approx(0.5, abs=0.03)
+    assert len(result["apfd"]["normalized_per_seed"]) == 30
+    assert result["faults"][0]["found"] == pytest.approx(10, abs=1.5)  # 10% of 100 faults
+
+
+def test_uncertainty_orders_put_the_uniform_row_first_and_break_ties_by_id():
+    probs = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]])
+    context = evaluate.Context(
+        model=None,
+        class_output="",
+        pool_ids=np.array([7, 3, 9, 1]),
+        pool_x=np.zeros((4, 1)),
+        pool_probs=probs,
+        train_x=np.zeros((1, 1)),
+        train_probs=probs[:1],
+    )
+    order = evaluate.PRIORITIZERS["gini"].order(context, 0)
+    assert context.pool_ids[order].tolist() == [9, 1, 3, 7]
+
+
+@pytest.mark.parametrize(
+    ("n", "budget", "size"), [(100, 10, 10), (539, 1, 6), (10, 1, 1), (7, 100, 7), (3, 50, 2)]
+)
+def test_budget_size(n, budget, size):
+    assert evaluate.budget_size(n, budget) == size
+
+
+def test_winners_list_every_tie():
+    entries = {
+        "a": {"faults": [{"budget": 5, "found": 4}], "retrain": [_acc(5, 0.9)]},
+        "b": {"faults": [{"budget": 5, "found": 4}], "retrain": [_acc(5, 0.8)]},
+        "random": {"faults": [{"budget": 5, "found": 1}], "retrain": [_acc(5, 0.95)]},
+    }
+    assert evaluate.winners(entries, (5,)) == [
+        {"budget": 5, "by_accuracy": ["random"], "accuracy_mean": 0.95, "by_faults": ["a", "b"],
+         "found": 4},
+    ]  # fmt: skip
+
+
+def _acc(budget, mean):
+    return {"budget": budget, "accuracy_mean": mean, "ci_low": mean, "ci_high": mean}
+
+
+# --- option errors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1,x", r"--budgets '1,x' is not a list of numbers"),
+        ("0,5", r"--budgets 0,5 must be percents of the pool above 0 and at most 100"),
+        ("150", r"--budgets 150 must be percents"),
+        ("", r"--budgets \(empty\) must be percents"),
+    ],
+)
+def test_bad_budgets(text, message):
+    with pytest.raises(TestprioError, match=message):
+        evaluate.parse_budgets(text)
+
+
+def test_unknown_prioritizer_lists_the_valid_ones():
+    with pytest.raises(TestprioError, match=r"unknown prioritizer\(s\) ginny; choose from .*gini"):
+        evaluate.parse_prioritizers("gini,ginny")
+    assert evaluate.parse_prioritizers("random, gini,random") == ("random", "gini")
+    assert evaluate.parse_prioritizers("") == tuple(evaluate.default_prioritizers())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"seeds": 0}, r"--seeds 0 must be 1 or more"),
+        ({"split": 1.0}, r"--split 1.0 must be a share of the pool from 0 up to"),
+        ({"epochs": 0}, r"--epochs 0 must be a positive number of epochs"),
+    ],
+)
+def test_bad_options(options, message):
+    with pytest.raises(TestprioError, match=message):
+        evaluate.check_options(evaluate.EvaluateOptions(**options))
+
+
+# --- end to end on digits with an ONNX model (head retraining) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval")
+    splits = digits()
+    paths = save_splits(folder, splits)
+    weights = mlp_weights(*splits["train"])
+    paths["model"] = save_mlp(folder / "mlp.onnx", weights)
+    paths["weights"] = weights
+    paths["splits"] = splits
+    return paths
+
+
+def _run(inputs, root, run_id, **options):
+    defaults = {"prioritizers": ("gini", "margin", "random"), "seeds": 3, "epochs": 1}
+    return evaluate.run_evaluation(
+        root,
+        run_id,
+        model=str(inputs["model"]),
+        data=str(inputs["pool"]),
+        train_data=str(inputs["train"]),
+        test_data=str(inputs.get("test_override", inputs["test"])),
+        options=evaluate.EvaluateOptions(**{**defaults, **options}),
+    )
+
+
+def test_evaluation_json(inputs, local_root):
+    result = _run(inputs, local_root, "e1", budgets=(1, 5, 10))
+    layout = RunLayout.create(local_root, "e1")
+    written = storage.read_json(evaluate.evaluation_uri(layout))
+    assert written == json.loads(json.dumps(result))
+    assert storage.read_json(layout.run_json)["status"] == "succeeded"
+
+    w1, b1, w2, b2 = inputs["weights"]
+    x_test, y_test = inputs["splits"]["test"]
+    x_pool, y_pool = inputs["splits"]["pool"]
+
+    def predict(x):
+        return (np.maximum(x.reshape(len(x), -1) @ w1 + b1, 0) @ w2 + b2).argmax(axis=1)
+
+    assert result["baseline_accuracy"] == pytest.approx((predict(x_test) == y_test).mean())
+    faults = int((predict(x_pool) != y_pool).sum())
+    assert result["pool"]["misclassified"] == faults
+    assert result["samples"] == {"pool": 400, "train": 600, "test": 400}
+    assert result["budgets"] == [1, 5, 10] and result["seeds"] == [0, 1, 2]
+    assert result["retraining"]["method"] == "onnx"
+    assert "classifier head" in result["retraining"]["description"]
+    assert set(result["prioritizers"]) == {"gini", "margin", "random"}
+    for name, entry in result["prioritizers"].items():
+        assert 0 <= entry["apfd"]["raw"] <= 1 and 0 <= entry["apfd"]["normalized"] <= 1
+        assert [row["budget"] for row in entry["faults"]] == [1, 5, 10]
+        assert all(row["of"] == faults for row in entry["faults"])
+        for row in entry["retrain"]:
+            assert len(row["accuracies"]) == 3
+            assert all(0 <= value <= 1 for value in row["accuracies"])
+            assert row["ci_low"] <= row["accuracy_mean"] <= row["ci_high"]
+            assert row["accuracy_mean"] == pytest.approx(np.mean(row["accuracies"]))
+        assert entry["seeded"] == (name == "random")
+    # Uncertainty finds more faults than chance on this model.
+    assert result["prioritizers"]["gini"]["apfd"]["normalized"] > 0.7
+    assert [row["budget"] for row in result["winners"]] == [1, 5, 10]
+    assert set(result["timings"]) >= {"ingest", "convert", "score", "retrain", "total"}
+
+    again = _run(inputs, local_root, "e2", budgets=(1, 5, 10))
+    for name in result["prioritizers"]:  # deterministic: the same seeds, the same figures
+        assert again["prioritizers"][name]["retrain"] == result["prioritizers"][name]["retrain"]
+
+    frames = evaluate.evaluation_frames(result)
+    assert len(frames["retrain"]) == len(frames["faults"]) == 9
+    assert frames["baseline"] == [{"accuracy": result["baseline_accuracy"]}]
+    assert "<svg" in charts.to_svg(charts.retrained_accuracy(frames["retrain"], 0.8))
+    assert "<svg" in charts.to_svg(charts.faults_found(frames["faults"]))
+    assert "<svg" in charts.to_svg(charts.apfd_bars(frames["apfd"]))
+
+
+def test_split_holds_out_part_of_the_pool(inputs, local_root):
+    result = evaluate.run_evaluation(
+        local_root,
+        "split",
+        model=str(inputs["model"]),
+        data=str(inputs["pool"]),
+        train_data=str(inputs["train"]),
+        options=evaluate.EvaluateOptions(prioritizers=("gini",), seeds=1, split=0.25, epochs=1),
+    )
+    assert result["samples"] == {"pool": 300, "train": 600, "test": 100}
+    assert result["test_split"] == "0.25 of the pool"
+
+
+def test_hidden_layer_prioritizers_order_the_whole_pool(inputs, local_root):
+    names = [n for n in ("nac-cam", "kmnc", "dsa", "instability") if n in evaluate.PRIORITIZERS]
+    if not names:
+        pytest.skip("no coverage, surprise or metamorphic module installed")
+    result = _run(inputs, local_root, "hidden", prioritizers=tuple(names), seeds=1)
+    for name in names:
+        assert result["prioritizers"][name]["apfd"]["raw"] is not None
+    if "instability" in names:
+        assert "attribution" in result["prioritizers"]["instability"]
+
+
+def test_unlabeled_test_data_is_one_sentence(inputs, local_root, tmp_path):
+    unlabeled = tmp_path / "test.npy"
+    np.save(unlabeled, inputs["splits"]["test"][0])
+    with pytest.raises(TestprioError, match=r"400 sample\(s\) of the test data .* have no label"):
+        _run({**inputs, "test_override": unlabeled}, local_root, "nolabels")
+
+
+def test_no_test_split_is_one_sentence(inputs, local_root):
+    with pytest.raises(TestprioError, match=r"needs a held-out test split: give --test-data"):
+        _run({**inputs, "test_override": ""}, local_root, "notest")
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def _cli_args(inputs, root, *extra):
+    return [
+        "evaluate", "--model", str(inputs["model"]), "--data", str(inputs["pool"]),
+        "--test-data", str(inputs["test"]), "--train-data", str(inputs["train"]),
+        "--root", root, *extra,
+    ]  # fmt: skip
+
+
+def test_cli_prints_the_tables_and_the_file(inputs, local_root, capsys):
+    code = cli.main(
+        _cli_args(inputs, local_root, "--run-id", "cli", "--prioritizers", "gini,random",
+                  "--seeds", "2", "--budgets", "5,10", "--epochs", "1")
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Faults found in the top b% of the pool" in out
+    assert "Test accuracy after retraining" in out and "Best per budget" in out
+    assert f"Evaluation: {local_root}/cli/evaluation.json" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prioritizers", "gini,nope"], "unknown prioritizer(s) nope; choose from"),
+        (["--budgets", "0"], "--budgets 0 must be percents of the pool above 0"),
+        (["--seeds", "0"], "--seeds 0 must be 1 or more."),
+        (["--split", "2"], "--split 2.0 must be a share of the pool"),
+        (["--run-id", "../x"], "run id '../x' is not allowed"),
+    ],
+)
+def test_cli_errors_are_one_sentence(inputs, local_root, capsys, extra, message):
+    assert cli.main(_cli_args(inputs, local_root, *extra)) == 1
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("testprio: error:") == 1 and "Traceback" not in err
+
+
+def test_cli_missing_file_is_one_sentence(inputs, local_root, tmp_path, capsys):
+    args = _cli_args(inputs, local_root)
+    args[args.index("--data") + 1] = str(tmp_path / "missing.npz")
+    assert cli.main(args) == 1
+    assert f"--data {tmp_path / 'missing.npz'} does not exist; check the path." in (
+        capsys.readouterr().err
+    )
