@@ -96,6 +96,45 @@ def test_equals_dnn_tip_on_real_model_activations(metric):
     )
 
 
+def test_onnx_hidden_layers_from_testprio_activations_equal_dnn_tip():
+    """End to end: a real classifier's ONNX export, hidden layers exposed as extra outputs,
+    scored as a list of layers (two ReLU layers; the second has dead units)."""
+    import onnxruntime as ort
+
+    from testprio.activations import hidden_layer_names, layer_activations, with_layer_outputs
+    from tests.coverage_models import sklearn_mlp
+
+    _, x, model = sklearn_mlp()
+    layers = hidden_layer_names(model)
+    session = ort.InferenceSession(
+        with_layer_outputs(model, layers).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
+    (probs,), acts = layer_activations(session, {"X": x}, layers, outputs=["probabilities"])
+    pred = probs.argmax(axis=1)
+    ref, pool = [a[:80] for a in acts], [a[80:] for a in acts]
+    reference = fit_reference(ref, pred[:80])
+    for metric in ("dsa", "mdsa"):
+        _assert_same(
+            SURPRISE_METRICS[metric](reference, pool, pred[80:]),
+            _oracle(metric, ref, pred[:80], pool, pred[80:]),
+        )
+    # dnn-tip's KDE cannot take the dead units; on the units LSA keeps, the values agree.
+    flat_ref, flat_pool = np.concatenate(ref, axis=1), np.concatenate(pool, axis=1)
+    mine = lsa(reference, pool, pred[80:])
+    for cls in np.unique(pred[80:]):
+        kept, rows, ref_rows = reference.kde[cls].units, pred[80:] == cls, pred[:80] == cls
+        assert np.all(flat_ref[ref_rows][:, kept].var(axis=0) > 0)
+        theirs = _oracle(
+            "lsa",
+            flat_ref[ref_rows][:, kept],
+            pred[:80][ref_rows],
+            flat_pool[rows][:, kept],
+            pred[80:][rows],
+        )
+        np.testing.assert_allclose(mine[rows], theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_float32_activations_equal_dnn_tip_on_the_same_float32_values():
     ref, ref_pred, x, pred = (a.astype(np.float32) for a in _clusters(3))
     ref_pred, pred = ref_pred.astype(int), pred.astype(int)
