@@ -892,3 +892,151 @@ def evaluation_frames(evaluation: dict) -> dict[str, list[dict]]:
             }
         )
     return frames
+
+
+# --- the pipeline's entry points (plain strings and numbers, as KFP passes them) ----------
+
+# The ingest options a pipeline run may set; each is a testprio run option of that name.
+PIPELINE_INGEST_PARAMETERS = ("preset", "ops", "input_shape", "shard_size", "label_column")
+
+
+def run_from_parameters(
+    root: str,
+    run_id: str,
+    *,
+    model: str,
+    data: str,
+    train_data: str,
+    test_data: str = "",
+    budgets: str = "1,2,5,10",
+    prioritizers: str = "",
+    seeds: int = DEFAULT_SEEDS,
+    split: float = 0.0,
+    epochs: int = DEFAULT_EPOCHS,
+    framework: str = "auto",
+    output_kind: str = "auto",
+    **ingest_parameters: Any,
+) -> str:
+    """``run_evaluation`` from the pipeline's parameters; returns the evaluation.json URI.
+
+    ``ingest_parameters``: any of ``PIPELINE_INGEST_PARAMETERS``.
+    """
+    from testprio.log import configure
+    from testprio.stages import ingest_options
+
+    configure()
+    options = EvaluateOptions(
+        budgets=parse_budgets(budgets),
+        prioritizers=parse_prioritizers(prioritizers),
+        seeds=int(seeds),
+        split=float(split),
+        epochs=int(epochs),
+        framework=framework,
+        output_kind=output_kind,
+        input_shape=ingest_parameters.get("input_shape", ""),
+        ingest=ingest_options(ingest_parameters),
+    )
+    run_evaluation(
+        root,
+        run_id,
+        model=model,
+        data=data,
+        train_data=train_data,
+        test_data=test_data,
+        options=options,
+    )
+    return evaluation_uri(RunLayout.create(root, run_id))
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """What the report task hands the Kubeflow UI: figures, Markdown and one HTML page."""
+
+    metrics: dict[str, float]
+    markdown: str
+    html: str
+
+
+def _metric_name(*parts: Any) -> str:
+    """KFP metric names: letters, digits and underscores (``gini_accuracy_5pct``)."""
+    text = "_".join(str(part) for part in parts)
+    return "".join(char if char.isalnum() else "_" for char in text)
+
+
+def evaluation_metrics(evaluation: dict) -> dict[str, float]:
+    """Per prioritizer: normalized APFD, faults found and mean retrained accuracy per budget;
+    plus the baseline accuracy."""
+    figures = {"baseline_accuracy": float(evaluation["baseline_accuracy"])}
+    for name, entry in evaluation["prioritizers"].items():
+        if entry["apfd"] and entry["apfd"]["normalized"] is not None:
+            figures[_metric_name(name, "apfd_normalized")] = float(entry["apfd"]["normalized"])
+        for row in entry["faults"]:
+            figures[_metric_name(name, "faults", f"{row['budget']:g}pct")] = float(row["found"])
+        for row in entry.get("retrain", []):
+            key = _metric_name(name, "accuracy", f"{row['budget']:g}pct")
+            figures[key] = float(row["accuracy_mean"])
+    return figures
+
+
+def evaluation_markdown(evaluation: dict) -> str:
+    """The retrained accuracy and faults-found tables, and the winners, in Markdown."""
+    budgets = evaluation["budgets"]
+    header = "| prioritizer | APFD (norm.) | " + " | ".join(
+        f"acc. {b:g}% [95% CI] | faults {b:g}%" for b in budgets
+    )
+    lines = [
+        f"# Evaluation {evaluation['run_id']}",
+        "",
+        f"Baseline test accuracy (no retraining): **{evaluation['baseline_accuracy']:.4f}**. "
+        f"Pool: {evaluation['samples']['pool']} samples, "
+        f"{evaluation['pool']['misclassified']} misclassified. Retraining: "
+        f"{evaluation['retraining']['description']}; {len(evaluation['seeds'])} seed(s).",
+        "",
+        header + " |",
+        "|" + "---|" * (2 + 2 * len(budgets)),
+    ]
+    for name, entry in evaluation["prioritizers"].items():
+        score = (entry["apfd"] or {}).get("normalized")
+        cells = [name, "-" if score is None else f"{score:.4f}"]
+        for acc, fault in zip(entry.get("retrain", []), entry["faults"], strict=False):
+            cells.append(f"{acc['accuracy_mean']:.4f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]")
+            cells.append(f"{fault['found']:g}/{fault['of']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| budget | best by accuracy | best by faults found |", "|---|---|---|"]
+    for row in evaluation["winners"]:
+        lines.append(
+            f"| {row['budget']:g}% | {', '.join(row['by_accuracy'])} | "
+            f"{', '.join(row['by_faults'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def evaluation_html(evaluation: dict) -> str:
+    """A self-contained page (no scripts, inline SVG charts) for the Kubeflow UI."""
+    import html
+
+    from testprio import charts
+
+    frames = evaluation_frames(evaluation)
+    figures = [
+        charts.retrained_accuracy(frames["retrain"], evaluation["baseline_accuracy"]),
+        charts.faults_found(frames["faults"]),
+        charts.apfd_bars(frames["apfd"]),
+    ]
+    svgs = "\n".join(f"<div>{charts.to_svg(figure)}</div>" for figure in figures)
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>Evaluation {html.escape(evaluation['run_id'])}</title></head><body>"
+        f"<h1>Evaluation {html.escape(evaluation['run_id'])}</h1>"
+        f"<pre>{html.escape(format_evaluation(evaluation))}</pre>{svgs}</body></html>"
+    )
+
+
+def report_outputs(evaluation_json_uri: str) -> EvaluationReport:
+    """The report task's outputs for the evaluation at ``evaluation_json_uri``."""
+    evaluation = storage.read_json(evaluation_json_uri)
+    return EvaluationReport(
+        metrics=evaluation_metrics(evaluation),
+        markdown=evaluation_markdown(evaluation),
+        html=evaluation_html(evaluation),
+    )

@@ -298,3 +298,68 @@ def test_cli_missing_file_is_one_sentence(inputs, local_root, tmp_path, capsys):
     assert f"--data {tmp_path / 'missing.npz'} does not exist; check the path." in (
         capsys.readouterr().err
     )
+
+
+# --- the KFP pipeline ---------------------------------------------------------------------
+
+
+def test_evaluate_pipeline_compiles(tmp_path):
+    import yaml
+
+    from pipelines.evaluate import compile_pipeline
+
+    for framework, image in (("onnx", "runtime"), ("pytorch", "convert-pytorch")):
+        spec = yaml.safe_load(
+            open(compile_pipeline(str(tmp_path / f"{framework}.yaml"), framework))
+        )
+        executors = spec["deploymentSpec"]["executors"]
+        images = {name: executor["container"]["image"] for name, executor in executors.items()}
+        assert images["exec-evaluate-pool"].rsplit("/", 1)[1].startswith(image + ":")
+        assert images["exec-evaluate-report"].rsplit("/", 1)[1].startswith("runtime:")
+        outputs = spec["components"]["comp-evaluate-report"]["outputDefinitions"]["artifacts"]
+        assert {name: out["artifactType"]["schemaTitle"] for name, out in outputs.items()} == {
+            "metrics": "system.Metrics",
+            "markdown": "system.Markdown",
+            "html": "system.HTML",
+        }
+    with pytest.raises(ValueError, match=r"--framework paddle cannot be evaluated"):
+        compile_pipeline(str(tmp_path / "p.yaml"), "paddle")
+
+
+@pytest.mark.pipeline
+def test_evaluate_pipeline_runs_locally(inputs, local_root, tmp_path):
+    import glob
+
+    from kfp import local
+
+    from pipelines.evaluate import build_pipeline
+
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(tmp_path / "kfp"),
+        raise_on_error=True,
+    )
+    build_pipeline("onnx")(
+        root=local_root,
+        run_id="kfp",
+        model=str(inputs["model"]),
+        data=str(inputs["pool"]),
+        train_data=str(inputs["train"]),
+        test_data=str(inputs["test"]),
+        budgets="5,10",
+        prioritizers="gini,random",
+        seeds=2,
+        epochs=1,
+    )
+    evaluation = storage.read_json(f"{local_root}/kfp/evaluation.json")
+    assert set(evaluation["prioritizers"]) == {"gini", "random"}
+    # The Kubeflow UI reads a Metrics artifact's figures from its metadata.
+    (report_output,) = glob.glob(
+        str(tmp_path / "kfp" / "*" / "evaluate-report" / "executor_output.json")
+    )
+    artifacts = json.load(open(report_output))["artifacts"]
+    logged = artifacts["metrics"]["artifacts"][0]["metadata"]
+    assert logged == pytest.approx(evaluate.evaluation_metrics(evaluation))
+    assert {"gini_apfd_normalized", "random_accuracy_5pct", "gini_faults_10pct"} <= set(logged)
+    (page,) = glob.glob(str(tmp_path / "kfp" / "**" / "html"), recursive=True)
+    assert "<svg" in open(page).read()
