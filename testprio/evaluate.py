@@ -813,7 +813,8 @@ def format_evaluation(evaluation: dict) -> str:
     lines += [
         "",
         f"Test accuracy after retraining on the training data plus the top b% "
-        f"({retraining['method']}, {retraining['epochs']} epochs; mean [95% CI] over "
+        f"({retraining['method']}, {retraining['epochs']} epoch"
+        f"{'s' if retraining['epochs'] != 1 else ''}; mean [95% CI] over "
         f"{seeds} seed{'s' if seeds != 1 else ''}):",
         f"  {'prioritizer':<{width}}" + "".join(f" {_percent(b):>22}" for b in budgets),
     ]

@@ -35,8 +35,8 @@ def add_evaluate_parser(commands) -> argparse.ArgumentParser:
         "evaluate",
         help="compare prioritizers: APFD, faults found and accuracy after retraining",
         description="Evaluate prioritizers on a labeled pool: APFD, faults found in the top "
-        "b%% and the test accuracy of the model retrained on its training data plus the "
-        "top b%%; writes ROOT/RUN_ID/evaluation.json.",
+        "b% and the test accuracy of the model retrained on its training data plus the "
+        "top b%; writes ROOT/RUN_ID/evaluation.json.",
     )
     parser.add_argument("--model", required=True, help="model: ONNX, TorchScript/.pt2, Keras")
     parser.add_argument("--data", required=True, help="the labeled pool to prioritize")
