@@ -16,16 +16,34 @@ from __future__ import annotations
 import os
 import sys
 
+import pyarrow as pa
 import streamlit as st
 
-from testprio import charts, reportdata, storage
+from testprio import charts, labels, reportdata, storage
 from testprio.errors import TestprioError
+from testprio.layout import run_status
 
 ROOT_ENV = "TESTPRIO_REPORT_ROOT"
 PAGES = {"runs": "Runs", "run": "Run", "compare": "Compare", "downloads": "Downloads"}
 CACHE_SECONDS = 15
 GALLERY_COLUMNS = 5
 PAGE_SIZES = (25, 50, 100, 500)
+SCORE_COLUMN_RUNS = 4  # runs whose score columns (24 bytes a sample) stay in memory
+# The toolbar without developer options: no Deploy button, no "Record a screencast".
+TOOLBAR_MODE = "viewer"
+APFD_TEXT = """
+APFD (Average Percentage of Faults Detected) says how early the ranking puts the
+misclassified inputs (the faults). With n ranked inputs, k of them misclassified at
+1-based ranks r₁ … rₖ:
+
+APFD = 1 − (r₁ + … + rₖ) / (k · n) + 1 / (2n)
+
+It is the area under the curve of mistakes found against inputs inspected. Raw APFD can
+only lie between the worst order (every fault last: k / 2n) and the best (every fault first:
+1 − k / 2n), so it depends on how many faults there are. Normalized APFD maps that range
+onto 0..1: 1 is the best possible order, 0 the worst. 0.5 is what a random order scores on
+average (raw and normalized alike): a ranking is useful when it scores clearly above 0.5.
+"""
 esc = reportdata.md_escape
 
 
@@ -70,15 +88,37 @@ def ranking_page_of(
     run_id: str,
     page: int,
     page_size: int,
-    classes: tuple[int, ...] | None,
-    score_min: float | None,
-    score_max: float | None,
+    filters: reportdata.RankingFilter,
 ) -> reportdata.RankingPage:
     details = details_of(root, run_id)
-    filters = reportdata.RankingFilter(classes, score_min, score_max)
     result = reportdata.ranking_page(details, page=page, page_size=page_size, filters=filters)
     result.rows = reportdata.with_sources(details, result.rows)
+    ids = result.rows.column("sample_id").to_pylist()
+    images = reportdata.thumbnails(details, ids)  # this page's first rows only, bounded
+    result.rows = result.rows.add_column(0, "image", pa.array(images, pa.string()))
     return result
+
+
+@st.cache_resource(ttl=CACHE_SECONDS, max_entries=SCORE_COLUMN_RUNS, show_spinner=False)
+def score_columns_of(root: str, run_id: str) -> reportdata.ScoreColumns:
+    """Every metric's scores of a run, read once: a sample's ranks are then counts.
+    A resource, not data: the arrays are shared between sessions, never copied."""
+    return reportdata.score_columns(details_of(root, run_id))
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def sample_of(root: str, run_id: str, rank: int | None, sample_id: int | None) -> dict:
+    details = details_of(root, run_id)
+    columns = score_columns_of(root, run_id)
+    detail = reportdata.sample_detail(details, columns, rank=rank, sample_id=sample_id)
+    original = labels.original_image(details, detail["sample_id"], detail["source"])
+    detail["original"] = original is not None
+    detail["image"] = (
+        reportdata.upscale(original, min_side=192)
+        if original is not None
+        else reportdata.upscale(reportdata.display_image(detail["x"]), min_side=192)
+    )
+    return detail
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
@@ -185,6 +225,7 @@ def runs_page(rows: list[dict]) -> None:
     table = [
         {
             **{name: row[name] for name in reportdata.RUN_COLUMNS},
+            **{name: row.get(name) for name in reportdata.RUN_FIGURE_COLUMNS},
             "open": f"?page=run&run={row['run_id']}",
             "error": row["error"],
         }
@@ -195,6 +236,9 @@ def runs_page(rows: list[dict]) -> None:
         hide_index=True,
         column_config={
             "run_id": st.column_config.TextColumn("name"),
+            "samples": st.column_config.NumberColumn("samples", format="localized"),
+            "accuracy": st.column_config.NumberColumn("accuracy", format="%.4f"),
+            "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
             "open": st.column_config.LinkColumn("open", display_text="open"),
         },
     )
@@ -284,22 +328,97 @@ def ranking_section(root: str, details: reportdata.RunDetails) -> None:
         f"{esc(metric)} range", 0.0, upper, (0.0, upper), step=upper / 100 or 0.01, key="rank-range"
     )
     page_size = right.selectbox("Rows per page", PAGE_SIZES, index=1, key="rank-size")
-    classes = tuple(labels.index(label) for label in chosen) if chosen else None
-    score_min = low if low > 0.0 else None
-    score_max = high if high < upper else None
-    first = ranking_page_of(root, details.run_id, 0, page_size, classes, score_min, score_max)
+    true_labels, wrong_only = None, False
+    if details.has_labels:
+        left, right = st.columns([4, 1])
+        chosen_truth = left.multiselect("True label", labels, key="rank-labels")
+        true_labels = tuple(labels.index(label) for label in chosen_truth) or None
+        wrong_only = right.checkbox("Misclassified only", key="rank-wrong")
+    filters = reportdata.RankingFilter(
+        classes=tuple(labels.index(label) for label in chosen) if chosen else None,
+        score_min=low if low > 0.0 else None,
+        score_max=high if high < upper else None,
+        labels=true_labels,
+        misclassified=wrong_only,
+    )
+    first = ranking_page_of(root, details.run_id, 0, page_size, filters)
     page = st.number_input(
         f"Page (of {first.pages:,})", min_value=1, max_value=first.pages, value=1, key="rank-page"
     )
     result = (
         first
         if page == 1
-        else ranking_page_of(
-            root, details.run_id, int(page) - 1, page_size, classes, score_min, score_max
-        )
+        else ranking_page_of(root, details.run_id, int(page) - 1, page_size, filters)
     )
-    st.caption(f"{result.total:,} matching samples, most uncertain first.")
-    st.dataframe(result.rows, hide_index=True)
+    rows = result.rows.to_pandas()
+    if details.has_labels:
+        wrong = rows["label"].notna() & (rows["predicted"] != rows["label"])
+        rows.insert(1, "wrong", wrong.map({True: "✗", False: ""}))
+    st.caption(
+        f"{result.total:,} matching samples, most uncertain first. Thumbnails for the first "
+        f"{reportdata.THUMBNAIL_ROWS} rows of a page"
+        + ("; ✗ marks a prediction that differs from the label." if details.has_labels else ".")
+    )
+    st.dataframe(
+        rows,
+        hide_index=True,
+        column_config={
+            "image": st.column_config.ImageColumn("image", width="small"),
+            "wrong": st.column_config.TextColumn("wrong", help="✗: predicted ≠ label"),
+        },
+    )
+
+
+def sample_section(root: str, details: reportdata.RunDetails) -> None:
+    """One sample: its image, probabilities, and its rank under every metric."""
+    st.header("Sample")
+    left, right = st.columns([1, 2])
+    by = left.radio("Find by", ["rank", "sample id"], horizontal=True, key="sample-by")
+    if by == "rank":
+        number = right.number_input(
+            "Rank", min_value=1, max_value=max(1, details.num_rows), value=1, key="sample-rank"
+        )
+        detail = sample_of(root, details.run_id, int(number), None)
+    else:
+        number = right.number_input("Sample id", min_value=0, value=0, key="sample-id")
+        detail = sample_of(root, details.run_id, None, int(number))
+    left, middle, right = st.columns([1, 2, 2])
+    with left:
+        st.image(detail["image"], width=192)
+        st.caption(
+            esc(
+                ("original file " if detail["original"] else "preprocessed tensor ")
+                + detail["source"]
+            )
+        )
+    with middle:
+        facts = [
+            ("rank", f"{detail['rank']:,}"),
+            ("sample id", str(detail["sample_id"])),
+            ("predicted", detail["predicted"]),
+            ("confidence", f"{detail['confidence']:.4f}"),
+            ("label", detail["label"] or "unknown"),
+        ]
+        if detail["wrong"] is not None:
+            facts.append(("misclassified", "yes" if detail["wrong"] else "no"))
+        st.dataframe(
+            [{"fact": name, "value": value} for name, value in facts],
+            hide_index=True,
+            height=table_height(len(facts)),
+        )
+        ranks = [
+            {
+                "metric": metric,
+                "score": round(detail["scores"][metric], 6),
+                "rank": rank,
+                "of": details.num_rows,
+            }
+            for metric, rank in detail["ranks"].items()
+        ]
+        st.dataframe(ranks, hide_index=True, height=table_height(len(ranks)))
+    with right:
+        if detail["probabilities"]:
+            chart(charts.probabilities(detail["probabilities"]))
 
 
 def labels_section(root: str, details: reportdata.RunDetails) -> None:
@@ -320,8 +439,9 @@ def labels_section(root: str, details: reportdata.RunDetails) -> None:
         else:
             st.write("No misclassified sample: nothing to find.")
     with right:
-        names = reportdata.class_names(details)
-        chart(charts.per_class_accuracy(reportdata.per_class_accuracy(details.summary, names)))
+        st.markdown(APFD_TEXT)
+    names = reportdata.class_names(details)
+    chart(charts.per_class_accuracy(reportdata.per_class_accuracy(details.summary, names)))
 
 
 def run_page(root: str, run_ids: list[str]) -> None:
@@ -333,7 +453,11 @@ def run_page(root: str, run_ids: list[str]) -> None:
     except TestprioError as exc:
         show_error(str(exc))
         return
-    row = reportdata.run_row(details.record)
+    # The effective status: a "running" run whose owner process is gone is "unfinished".
+    row = {
+        **reportdata.run_row(details.record),
+        "status": run_status(details.layout, details.record),
+    }
     st.title(f"Run {esc(run_id)}")
     st.caption(
         esc(
@@ -387,6 +511,7 @@ def run_page(root: str, run_ids: list[str]) -> None:
     show_gallery(gallery_of(root, run_id, "bottom", k), metric)
 
     ranking_section(root, details)
+    sample_section(root, details)
     if details.has_labels:
         labels_section(root, details)
 
@@ -406,18 +531,45 @@ def compare_page(root: str, rows: list[dict]) -> None:
     if a == b:
         st.info("Pick two different runs.")
         return
-    try:
-        result = comparison_of(root, a, b)
-    except TestprioError as exc:
-        show_error(str(exc))
+    first, second = details_of(root, a), details_of(root, b)
+    pool = reportdata.pool_identity(first, second)
+    if not pool["same"]:
+        # One sentence, and nothing that pairs the samples of the two pools.
+        show_error(
+            f"Runs {a} and {b} ranked different pools (compared: {pool['compared']}), so "
+            "their samples are not compared; pick two runs of the same pool."
+        )
         return
+    st.caption(esc(f"Same pool; compared: {pool['compared']}."))
+    st.subheader("Accuracy and APFD")
+    figures = [reportdata.run_figures(details) for details in (first, second)]
+    st.dataframe(
+        figures,
+        hide_index=True,
+        column_config={
+            "accuracy": st.column_config.NumberColumn(format="%.4f"),
+            "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
+            "apfd_normalized": st.column_config.NumberColumn("APFD normalized", format="%.4f"),
+        },
+    )
+    curves = {run_id: fault_curve_of(root, run_id) for run_id in (a, b)}
+    if any(curves.values()):
+        left, right = st.columns(2)
+        with left:
+            chart(charts.fault_curves(reportdata.fault_curves_rows(curves)))
+        with right:
+            st.markdown(APFD_TEXT)
+    else:
+        st.write("Neither run has misclassified labelled samples: no fault-detection curve.")
+    result = comparison_of(root, a, b)
+    st.subheader("Rankings")
     for warning in result["warnings"]:
         st.warning(esc(warning))
-    columns = st.columns(4)
-    columns[0].metric("Spearman rank correlation", f"{result['spearman']:.4f}")
+    columns = st.columns(3)
+    spearman = result["spearman"]
+    columns[0].metric("Spearman rank correlation", "-" if spearman is None else f"{spearman:.4f}")
     columns[1].metric("shared samples", f"{result['shared']:,}")
     columns[2].metric("metrics", " vs ".join(result["metrics"]))
-    columns[3].metric("same data", "yes" if result["same_data"] else "no")
     st.caption(esc(f"models: {result['models'][0]} vs {result['models'][1]}"))
     left, right = st.columns(2)
     with left:
@@ -428,6 +580,72 @@ def compare_page(root: str, rows: list[dict]) -> None:
         chart(charts.rank_scatter(result["scatter"], a, b))
     st.subheader("Samples that moved most")
     st.dataframe(result["moved"], hide_index=True)
+
+
+def labelling_section(root: str, details: reportdata.RunDetails) -> None:
+    """Export the top k for Label Studio; import labels and show the labelled part's figures."""
+    st.subheader("Label in Label Studio")
+    st.caption(
+        "A zip with labels.csv, label_studio_tasks.json, label_studio_config.xml, the images "
+        "and a README (see the labelling docs). Import the labelled file below."
+    )
+    top = max(1, min(details.num_rows, 10_000))
+    left, right = st.columns([1, 2])
+    k = int(
+        left.number_input(
+            "Top k to label",
+            min_value=1,
+            max_value=top,
+            value=min(top, int(details.parameters.get("top_k") or 10)),
+            key="label-k",
+        )
+    )
+    layout = details.layout
+    right.download_button(
+        f"Labelling export of the top {k} (zip)",
+        data=lambda: labels.export_zip_bytes(layout, top_k=k),
+        file_name=f"{details.run_id}-label-top-{k}.zip",
+        mime="application/zip",
+        on_click="ignore",
+    )
+    upload = st.file_uploader(
+        "Labels to import (Label Studio JSON or JSON-MIN export, or a CSV with sample_id and "
+        "label)",
+        type=["json", "csv"],
+        key="label-upload",
+    )
+    if upload is not None and st.session_state.get("label-imported") != upload.file_id:
+        try:
+            result = labels.import_labels(layout, upload.name, data=upload.getvalue())
+        except TestprioError as exc:
+            show_error(str(exc))
+        else:
+            st.session_state["label-imported"] = upload.file_id
+            st.success(esc(result.sentence()))
+    record = storage.read_json(reportdata.run_file(layout, layout.run_json))
+    show_labelled(record.get("labelled"))
+
+
+def show_labelled(figures: dict | None) -> None:
+    if not figures:
+        st.caption("No labels imported into this run yet.")
+        return
+    st.caption(
+        esc(
+            f"Imported labels ({figures.get('file', '')}): {figures['samples']:,} labelled "
+            f"samples, ranks {figures['first_rank']}-{figures['last_rank']}. APFD of the "
+            "labelled samples alone, in rank order."
+        )
+    )
+    apfd = figures.get("apfd") or {}
+    columns = st.columns(4)
+    columns[0].metric("labelled accuracy", f"{figures['accuracy']:.4f}")
+    columns[1].metric("labelled misclassified", f"{figures['misclassified']:,}")
+    columns[2].metric("labelled APFD", f"{apfd['raw']:.4f}" if apfd else "-")
+    normalized = apfd.get("normalized")
+    columns[3].metric(
+        "labelled APFD normalized", "-" if normalized is None else f"{normalized:.4f}"
+    )
 
 
 def downloads_page(root: str, run_ids: list[str]) -> None:
@@ -477,6 +695,7 @@ def downloads_page(root: str, run_ids: list[str]) -> None:
         mime="application/zip",
         on_click="ignore",
     )
+    labelling_section(root, details)
     st.subheader("Everything")
     export = reportdata.export_zip_file(details)  # refused here if it links out of the root
     if export is not None:
@@ -496,6 +715,7 @@ def downloads_page(root: str, run_ids: list[str]) -> None:
 st.set_page_config(page_title="testprio report", layout="wide")
 # "none", not the legacy false: false still sends the traceback (file paths) to the browser.
 st.set_option("client.showErrorDetails", "none")
+st.set_option("client.toolbarMode", TOOLBAR_MODE)  # `testprio report` passes it too
 ROOT = report_root()
 try:
     ROOT = storage.normalize_root(ROOT)

@@ -467,6 +467,8 @@ def report_server_command(root: str, port: int, host: str) -> list[str]:
         "false",
         "--client.showErrorDetails",  # none: no message or traceback reaches the browser
         "none",
+        "--client.toolbarMode",  # viewer: no Deploy button or other developer options
+        "viewer",
         "--",
         "--root",
         root,

@@ -9,6 +9,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
@@ -17,7 +18,15 @@ from testprio import reportdata, storage
 from tests.reportkit import RUN_IDS, make_runs
 
 APP = Path(__file__).resolve().parent.parent / "report_app" / "app.py"
-RUN_SECTIONS = ["Model", "Data", "Stages", "Scores", "Most and least uncertain", "Ranking"]
+RUN_SECTIONS = [
+    "Model",
+    "Data",
+    "Stages",
+    "Scores",
+    "Most and least uncertain",
+    "Ranking",
+    "Sample",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +63,18 @@ def open_app(monkeypatch, root: str, **query: str) -> AppTest:
     return app
 
 
+def chart_rows(chart) -> list[dict]:
+    """Every data row of a chart element: Streamlit sends a single chart's data as Arrow IPC
+    and leaves a layered chart's data inline in each layer."""
+    import pyarrow as pa
+
+    spec = json.loads(chart.proto.spec)
+    inline = [part.get("data", {}).get("values", []) for part in [spec, *spec.get("layer", [])]]
+    blobs = [chart.proto.data.data] + [dataset.data.data for dataset in chart.proto.datasets]
+    arrow = [pa.ipc.open_stream(blob).read_all().to_pylist() for blob in blobs if blob]
+    return [row for rows in inline + arrow for row in rows]
+
+
 def shown(markdown: str) -> str:
     """What a CommonMark renderer shows for ``markdown`` (backslash escapes and the
     invisible word joiners that break autolinks removed)."""
@@ -80,6 +101,93 @@ def test_runs_page_lists_every_run_and_shows_failures(monkeypatch, runs_root):
     assert list(app.dataframe[0].value["run_id"]) == ["entropy"]
 
 
+def test_runs_page_shows_samples_accuracy_and_apfd(monkeypatch, local_runs):
+    app = open_app(monkeypatch, local_runs)
+    table = app.dataframe[0].value.set_index("run_id")
+    summary = reportdata.load_run(reportdata.resolve_run(local_runs, "labeled")).summary
+    assert table.loc["labeled", "samples"] == 118
+    assert table.loc["labeled", "accuracy"] == round(summary["labels"]["accuracy"], 4)
+    assert table.loc["labeled", "apfd"] == round(summary["labels"]["apfd"]["raw"], 4)
+    assert np.isnan(table.loc["rgb", "apfd"]) and table.loc["rgb", "samples"] == 30
+
+
+def test_an_interrupted_run_shows_as_unfinished_on_both_pages(monkeypatch, own_root):
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    run = own_root / "labeled"
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "status": "running"}))
+    owner = {"host": socket.gethostname(), "pid": int(gone.stdout), "pid_started": 0.0}
+    (run / "owner.json").write_text(json.dumps(owner))
+    app = open_app(monkeypatch, str(own_root))
+    assert list(app.dataframe[0].value["status"]) == ["unfinished"]
+    app = open_app(monkeypatch, str(own_root), page="run", run="labeled")
+    assert shown(app.caption[0].value).startswith("unfinished · model digits.onnx")
+
+
+def test_the_toolbar_has_no_deploy_button(monkeypatch, local_runs):
+    import streamlit as st
+
+    st.set_option("client.toolbarMode", "auto")
+    open_app(monkeypatch, local_runs)
+    assert st.get_option("client.toolbarMode") == "viewer"  # viewer: no Deploy button
+    from testprio import cli
+
+    command = cli.report_server_command(str(local_runs), 8600, "127.0.0.1")
+    at = command.index("--client.toolbarMode")
+    assert command[at + 1] == "viewer" and at < command.index("--")
+
+
+def test_stage_timeline_of_1000_shards_is_one_bar_per_stage(monkeypatch, own_root):
+    run = own_root / "labeled"
+    record = json.loads((run / "run.json").read_text())
+    rng = np.random.default_rng(3)
+    stages = [{"stage": "ingest", "start": 0.0, "end": 2.0, "seconds": 2.0}]
+    for index in range(1000):
+        seconds = float(rng.uniform(0.1, 2.0))
+        start = 2.0 + index * 0.05
+        stages.append(
+            {"stage": f"score-shard-{index:05d}", "start": start, "end": start + seconds}
+            | {"seconds": seconds, "rows": 10}
+        )
+    stages.append({"stage": "rank", "start": 60.0, "end": 61.0, "seconds": 1.0})
+    (run / "run.json").write_text(json.dumps({**record, "stages": stages}))
+    app = open_app(monkeypatch, str(own_root), page="run", run="labeled")
+    (timeline,) = [c for c in app.get("vega_lite_chart") if "Stage timeline" in c.proto.spec]
+    bars = chart_rows(timeline)
+    assert [bar["stage"] for bar in bars] == ["ingest", "score (1,000 shards)", "rank"]
+    assert bars[1]["detail"].startswith("1,000 shards; seconds per shard: min ")
+
+
+def test_labelling_export_and_the_labelled_figures(monkeypatch, own_root):
+    from testprio import labels
+
+    app = open_app(monkeypatch, str(own_root), page="downloads", run="labeled")
+    buttons = [button.label for button in app.download_button]
+    assert "Labelling export of the top 5 (zip)" in buttons  # the run's --top-k
+    assert any(caption.value == "No labels imported into this run yet." for caption in app.caption)
+    layout = reportdata.resolve_run(str(own_root), "labeled")
+    ranking = storage.read_table(layout.ranking).to_pylist()[:20]
+    csv_text = "sample_id,label\n" + "".join(f"{r['sample_id']},{r['label']}\n" for r in ranking)
+    result = labels.import_labels(layout, "batch.csv", data=csv_text.encode())
+    app = open_app(monkeypatch, str(own_root), page="downloads", run="labeled")
+    metrics = {metric.label: metric.value for metric in app.metric}
+    figures = result.labelled
+    assert metrics["labelled accuracy"] == f"{figures['accuracy']:.4f}"
+    assert metrics["labelled misclassified"] == str(figures["misclassified"])
+    assert metrics["labelled APFD"] == f"{figures['apfd']['raw']:.4f}"
+    assert metrics["labelled APFD normalized"] == f"{figures['apfd']['normalized']:.4f}"
+    assert any("20 labelled samples, ranks 1-20." in shown(c.value) for c in app.caption)
+
+
 def test_open_run_button_goes_to_the_run_page(monkeypatch, local_runs):
     app = open_app(monkeypatch, local_runs)
     app.selectbox(key="runs-open").select("rgb").run()
@@ -94,15 +202,15 @@ def test_run_page_has_every_section_chart_and_gallery(monkeypatch, runs_root):
     assert app.title[0].value == "Run labeled"
     assert [header.value for header in app.header] == [*RUN_SECTIONS, "Labels"]
     charts = app.get("vega_lite_chart")
-    # timeline, histogram, class means, heatmap, fault curve, per-class accuracy
-    assert len(charts) == 6
+    # timeline, histogram, class means, heatmap, sample probabilities, fault curve, accuracy
+    assert len(charts) == 7
     assert any('"zoom' in chart.proto.spec or "interval" in chart.proto.spec for chart in charts)
-    assert len(app.image) == 16 + 10 + 10  # random samples, top and bottom galleries
+    assert len(app.image) == 16 + 10 + 10 + 1  # random samples, galleries, the sample
     metrics = {metric.label: metric.value for metric in app.metric}
     summary = reportdata.load_run(reportdata.resolve_run(runs_root, "labeled")).summary
     assert metrics["accuracy"] == f"{summary['labels']['accuracy']:.4f}"
     assert metrics["quarantined"] == "2"
-    ranking = app.dataframe[-1].value
+    ranking = ranking_table(app)
     assert list(ranking["rank"]) == list(range(1, 51))
     assert ranking["source"].iloc[0].startswith("digits.npz[")
 
@@ -113,12 +221,147 @@ def test_ranking_filters_and_pages(monkeypatch, local_runs):
     ranking = storage.read_table(details.layout.ranking).to_pylist()
     app.multiselect(key="rank-classes").select("9").run()
     expected = [row["sample_id"] for row in ranking if row["predicted"] == 9]
-    assert list(app.dataframe[-1].value["sample_id"]) == expected[:50]
+    assert list(ranking_table(app)["sample_id"]) == expected[:50]
     assert any(f"{len(expected):,} matching samples" in caption.value for caption in app.caption)
     app.multiselect(key="rank-classes").unselect("9").run()
     app.selectbox(key="rank-size").select(25).run()
     app.number_input(key="rank-page").set_value(3).run()
-    assert list(app.dataframe[-1].value["rank"]) == list(range(51, 76))
+    assert list(ranking_table(app)["rank"]) == list(range(51, 76))
+
+
+def ranking_table(app: AppTest):
+    """The ranking's page: the table with a ``rank`` and a ``source`` column."""
+    (table,) = [
+        frame.value for frame in app.dataframe if {"rank", "source"} <= set(frame.value.columns)
+    ]
+    return table
+
+
+def test_ranking_has_thumbnails_marks_mistakes_and_filters_by_label(monkeypatch, local_runs):
+    app = open_app(monkeypatch, local_runs, page="run", run="labeled")
+    details = reportdata.load_run(reportdata.resolve_run(local_runs, "labeled"))
+    ranking = storage.read_table(details.layout.ranking).to_pylist()
+    table = ranking_table(app)
+    assert list(table.columns[:2]) == ["image", "wrong"]
+    assert all(uri.startswith("data:image/png;base64,") for uri in table["image"])
+    wrong = [row["predicted"] != row["label"] for row in ranking[:50]]
+    assert list(table["wrong"] == "✗") == wrong
+    app.checkbox(key="rank-wrong").check().run()
+    misclassified = [row["sample_id"] for row in ranking if row["predicted"] != row["label"]]
+    assert len(misclassified) == details.summary["labels"]["misclassified"]
+    assert list(ranking_table(app)["sample_id"]) == misclassified[:50]
+    assert set(ranking_table(app)["wrong"]) == {"✗"}
+    app.multiselect(key="rank-labels").select("4").run()
+    expected = [row["sample_id"] for row in ranking if row["label"] == 4 != row["predicted"]]
+    assert expected and list(ranking_table(app)["sample_id"]) == expected
+
+
+def test_ranking_thumbnails_are_bounded_to_the_first_rows_of_a_page(monkeypatch, local_runs):
+    app = open_app(monkeypatch, local_runs, page="run", run="labeled")
+    app.selectbox(key="rank-size").select(500).run()
+    images = ranking_table(app)["image"]
+    assert len(images) == 118
+    assert images.notna().sum() == reportdata.THUMBNAIL_ROWS
+
+
+def facts(app: AppTest) -> dict[str, str]:
+    (table,) = [
+        frame.value
+        for frame in app.dataframe
+        if list(frame.value.columns) == ["fact", "value"]
+        and "confidence" in set(frame.value["fact"])
+    ]
+    return dict(zip(table["fact"], table["value"], strict=True))
+
+
+def test_sample_drill_down_by_rank_and_by_id(monkeypatch, local_runs):
+    app = open_app(monkeypatch, local_runs, page="run", run="labeled")
+    root = storage.normalize_root(local_runs)
+    ranking = storage.read_table(reportdata.resolve_run(root, "labeled").ranking).to_pylist()
+    entropy = storage.read_table(reportdata.resolve_run(root, "entropy").ranking).to_pylist()
+    entropy_rank = {row["sample_id"]: row["rank"] for row in entropy}
+    app.number_input(key="sample-rank").set_value(4).run()
+    row = ranking[3]
+    shown_facts = facts(app)
+    assert shown_facts["rank"] == "4" and shown_facts["sample id"] == str(row["sample_id"])
+    assert shown_facts["predicted"] == str(row["predicted"])
+    assert shown_facts["confidence"] == f"{row['confidence']:.4f}"
+    assert shown_facts["label"] == str(row["label"])
+    (ranks,) = [frame.value for frame in app.dataframe if "metric" in frame.value.columns]
+    by_metric = dict(zip(ranks["metric"], ranks["rank"], strict=True))
+    assert set(by_metric) == {"gini", "entropy", "margin", "least_confidence"}
+    assert by_metric["gini"] == 4 and by_metric["entropy"] == entropy_rank[row["sample_id"]]
+    probabilities = [
+        chart for chart in app.get("vega_lite_chart") if "Class probabilities" in chart.proto.spec
+    ]
+    assert len(probabilities) == 1
+    assert any(
+        shown(caption.value) == f"preprocessed tensor digits.npz[{row['sample_id']}]"
+        for caption in app.caption
+    )
+    app.radio(key="sample-by").set_value("sample id").run()
+    app.number_input(key="sample-id").set_value(ranking[10]["sample_id"]).run()
+    assert facts(app)["rank"] == "11"
+    app.number_input(key="sample-id").set_value(7).run()  # quarantined
+    assert [shown(error.value) for error in app.error] == [
+        "sample 7 is not among the 118 ranked samples of this run (a quarantined sample is not "
+        "ranked); give a sample id from the ranking."
+    ]
+    assert "Sample" in [header.value for header in app.header]
+
+
+def make_image_run(folder: Path) -> Path:
+    """An image-folder run (8x8 digit PNGs in class folders): its samples have originals."""
+    from PIL import Image
+
+    from tests.conftest import linear_classifier
+    from tests.reportkit import digits
+    from tests.stagekit import run_stages
+
+    x, y = digits(30)
+    for i in range(30):
+        (folder / "pool" / f"d{y[i]}").mkdir(parents=True, exist_ok=True)
+        pixels = np.round(x[i, 0] * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / "pool" / f"d{y[i]}" / f"{i:03d}.png")
+    model = linear_classifier(folder / "m.onnx", seed=1)
+    ops = '[{"op": "scale", "divide": 255}, {"op": "layout", "to": "NCHW"}]'
+    run_stages(model, folder / "pool", str(folder / "runs"), "img", ops=ops, shard_size=10)
+    return folder / "runs"
+
+
+def test_sample_of_an_image_folder_shows_the_original_file(monkeypatch, tmp_path):
+    from PIL import Image
+
+    from testprio import labels
+
+    root = make_image_run(tmp_path)
+    app = open_app(monkeypatch, str(root), page="run", run="img")
+    details = reportdata.load_run(reportdata.resolve_run(str(root), "img"))
+    first = reportdata.sample_detail(details, reportdata.score_columns(details), rank=1)
+    assert any(
+        shown(caption.value) == f"original file {first['source']}" for caption in app.caption
+    )
+    original = labels.original_image(details, first["sample_id"], first["source"])
+    expected = np.asarray(Image.open(tmp_path / "pool" / first["source"]))
+    assert np.array_equal(original, expected)
+    # A file under the pool that is not an image is never shown; nor one outside it.
+    (tmp_path / "pool" / first["source"]).write_text("a secret, not an image")
+    assert labels.original_image(details, first["sample_id"], first["source"]) is None
+    assert labels.original_image(details, first["sample_id"], "../runs/img/run.json") is None
+    (tmp_path / "pool" / first["source"]).unlink()
+    app = open_app(monkeypatch, str(root), page="run", run="img")
+    assert any(
+        shown(caption.value) == f"preprocessed tensor {first['source']}" for caption in app.caption
+    )
+
+
+def test_apfd_is_explained_next_to_the_fault_curve(monkeypatch, local_runs):
+    app = open_app(monkeypatch, local_runs, page="run", run="labeled")
+    (text,) = [" ".join(b.value.split()) for b in app.markdown if "APFD = 1 − " in b.value]
+    assert "APFD = 1 − (r₁ + … + rₖ) / (k · n) + 1 / (2n)" in text
+    assert "Raw APFD can only lie between the worst order" in text
+    assert "Normalized APFD maps that range onto 0..1" in text
+    assert "0.5 is what a random order scores on average" in text
 
 
 def test_rgb_run_page_without_labels(monkeypatch, local_runs):
@@ -145,9 +388,37 @@ def test_compare_page_shows_correlation_overlap_and_movers(monkeypatch, runs_roo
     )
     metrics = {metric.label: metric.value for metric in app.metric}
     assert metrics["Spearman rank correlation"] == f"{result['spearman']:.4f}"
-    assert metrics["same data"] == "yes"
+    assert any(
+        shown(caption.value).startswith("Same pool; compared: the data URI, pool name")
+        for caption in app.caption
+    )
     assert len(app.dataframe[-1].value) == 25  # samples that moved most
-    assert len(app.get("vega_lite_chart")) == 2
+    # fault curves of both runs, top-k overlap, rank scatter
+    assert len(app.get("vega_lite_chart")) == 3
+
+
+def test_compare_page_shows_apfd_side_by_side_and_overlaid_fault_curves(monkeypatch, local_runs):
+    app = open_app(monkeypatch, local_runs, page="compare", a="labeled", b="entropy")
+    root = storage.normalize_root(local_runs)
+    table = app.dataframe[0].value
+    assert list(table["run"]) == ["labeled", "entropy"]
+    for run_id, accuracy, apfd in zip(table["run"], table["accuracy"], table["apfd"], strict=True):
+        labels = reportdata.load_run(reportdata.resolve_run(root, run_id)).summary["labels"]
+        assert accuracy == labels["accuracy"] and apfd == labels["apfd"]["raw"]
+    (curves,) = [c for c in app.get("vega_lite_chart") if "ranking inspected" in c.proto.spec]
+    runs = {row.get("run") for row in chart_rows(curves)}
+    assert runs == {None, "labeled", "entropy"}  # None: the random diagonal
+    assert any("APFD = 1 − " in block.value for block in app.markdown)
+
+
+def test_compare_page_refuses_runs_of_different_pools_in_one_sentence(monkeypatch, local_runs):
+    app = open_app(monkeypatch, local_runs, page="compare", a="labeled", b="rgb")
+    assert [shown(error.value) for error in app.error] == [
+        "Runs labeled and rgb ranked different pools (compared: the data URI, pool name and "
+        "sample count (the data manifests carry no content hash)), so their samples are not "
+        "compared; pick two runs of the same pool."
+    ]
+    assert not app.dataframe and not app.metric and not app.get("vega_lite_chart")
 
 
 def test_downloads_page_offers_every_download(monkeypatch, runs_root):
@@ -155,7 +426,8 @@ def test_downloads_page_offers_every_download(monkeypatch, runs_root):
     labels = [button.label for button in app.download_button]
     assert labels[:2] == ["Ranking as CSV", "Ranking as Parquet"]
     assert labels[2].startswith("Top 100 as CSV") and labels[3].startswith("Top 100 images")
-    assert labels[4].startswith("export.zip")
+    assert labels[4] == "Labelling export of the top 5 (zip)"
+    assert labels[5].startswith("export.zip")
 
 
 @pytest.mark.parametrize(
