@@ -31,7 +31,6 @@ which it keeps packed 8 cells per byte (optionally in a file, see :func:`score_c
 
 from __future__ import annotations
 
-import heapq
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -148,6 +147,8 @@ def _check_2d(a: np.ndarray, what: str) -> None:
 
 
 def _check_layers(layers: list[np.ndarray], units: list[int] | None, what: str) -> None:
+    if not layers:
+        raise TestprioError(f"{what} name no layer; pass at least one layer (see --layers).")
     for a in layers:
         _check_2d(a, what)
     if units is not None and [a.shape[1] for a in layers] != list(units):
@@ -407,11 +408,12 @@ def cam_order(
     ``dnn_tip.prioritizers.cam`` when ids ascend with position (dnn-tip breaks ties of the
     remaining samples by an unstable sort instead).
 
-    Cost: lazy greedy (gains only shrink, so a stale gain is an upper bound and a sample is
-    re-counted only when it reaches the top of a heap): memory is the packed matrix
-    (``cells/8`` bytes per sample, not held in RAM when it is a memmap) plus O(N) for the
-    heap; time is one popcount pass over the matrix plus one row popcount per heap pop
-    (at least N pops, typically a few per selected sample).
+    Cost, N samples and C cells: memory is a cell-major packed copy (``C * N / 8`` bytes,
+    the size of the packed input, which itself may stay on disk as a memmap) plus O(N)
+    gains and a block of at most 2048 dense rows while transposing; time is one pass to
+    transpose, O(N) per pick to find the best sample, and at most ``C * N`` bit updates
+    over the whole run (each newly covered cell subtracts its column once). dnn-tip's
+    version holds ``C * N`` dense booleans and rescans columns per pick.
     """
     scores = np.asarray(scores)
     ids = _ids(sample_ids, len(scores))
@@ -452,24 +454,47 @@ def _packed(covered: np.ndarray, n: int, n_cells: int | None) -> tuple[np.ndarra
     return covered, n_cells
 
 
-def _greedy(packed: np.ndarray, ids: np.ndarray, n_cells: int) -> list[int]:
-    """Positions picked greedily by new cells (ties: lowest id), until none adds a cell."""
+def _by_cell(packed: np.ndarray, n_cells: int, chunk: int = 2048) -> np.ndarray:
+    """Cell-major copy of row-packed cells: ``(n_cells, ceil(N/8))``, bit j = sample j."""
+    n = len(packed)
+    columns = np.zeros((n_cells, (n + 7) // 8), dtype=np.uint8)
+    for start in range(0, n, chunk):  # chunk is a multiple of 8: whole bytes per block
+        dense = np.unpackbits(np.asarray(packed[start : start + chunk]), axis=1, count=n_cells)
+        block = np.packbits(dense.T, axis=1)
+        columns[:, start // 8 : start // 8 + block.shape[1]] = block
+    return columns
+
+
+def _greedy(
+    packed: np.ndarray, ids: np.ndarray, n_cells: int, cells_per_step: int = 256
+) -> list[int]:
+    """Positions picked greedily by new cells (ties: lowest id), until none adds a cell.
+
+    Exact gains are kept for every sample; a pick subtracts, for each cell it newly
+    covers, that cell's column of samples. Over the whole run each cell is subtracted at
+    most once, so the updates cost at most ``n_cells * N`` bit operations in total (not per
+    pick), read from a cell-major copy of the packed matrix.
+    """
+    n = len(packed)
     gains = _popcount_rows(packed)
-    heap = [(-int(g), ids[i].item(), i) for i, g in enumerate(gains) if g > 0]
-    heapq.heapify(heap)
-    uncovered = np.full(packed.shape[1], 0xFF, dtype=np.uint8)
+    columns = _by_cell(packed, n_cells)
+    id_rank = np.empty(n, dtype=np.int64)
+    id_rank[np.argsort(ids, kind="stable")] = np.arange(n)
+    uncovered = np.ones(n_cells, dtype=bool)
     selected: list[int] = []
-    remaining = n_cells
-    while heap and remaining:
-        neg_gain, sample_id, pos = heapq.heappop(heap)
-        gain = int(np.bitwise_count(np.bitwise_and(packed[pos], uncovered)).sum())
-        if gain == -neg_gain:
-            # Fresh: every other entry's bound is <= gain (or equal with a larger id), and
-            # bounds only overestimate, so this is the exact argmax.
-            selected.append(pos)
-            np.bitwise_and(uncovered, np.invert(packed[pos]), out=uncovered)
-            # Everything covered: every other gain is 0, so stop without re-counting them.
-            remaining -= gain
-        elif gain > 0:
-            heapq.heappush(heap, (-gain, sample_id, pos))
+    while n:
+        best = gains.max()
+        if best <= 0:
+            break
+        tied = np.flatnonzero(gains == best)
+        pos = int(tied[np.argmin(id_rank[tied])])
+        selected.append(pos)
+        row = np.unpackbits(np.asarray(packed[pos]), count=n_cells).astype(bool)
+        new_cells = np.flatnonzero(row & uncovered)
+        uncovered[new_cells] = False
+        for start in range(0, len(new_cells), cells_per_step):
+            bits = np.unpackbits(
+                columns[new_cells[start : start + cells_per_step]], axis=1, count=n
+            )
+            gains -= bits.sum(axis=0, dtype=np.int64)
     return selected

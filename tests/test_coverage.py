@@ -262,6 +262,8 @@ def test_layers_must_match_the_profile(random_case):
         COVERAGE_METRICS["nac"]([np.zeros((2, 3, 4))], None)
     with pytest.raises(TestprioError, match="different sample counts per layer"):
         COVERAGE_METRICS["nac"]([np.zeros((2, 3)), np.zeros((4, 3))], None)
+    with pytest.raises(TestprioError, match="activations name no layer"):
+        COVERAGE_METRICS["tknc"]([], None)
     with pytest.raises(TestprioError, match="has 2 layers but|have 1 layers but"):
         NeuronProfile(["a", "b"]).update([np.zeros((2, 3))])
 
