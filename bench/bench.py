@@ -28,6 +28,7 @@ import pstats
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -179,7 +180,7 @@ def run_child(args: list[str]) -> tuple[dict, int, float]:
     it, because ``subprocess`` starts children with vfork and ``exec`` records the vforked
     (parent's) address space's high-water mark in the child's ``maxrss``.
     """
-    result_path = DEFAULT_WORK / f"child-{os.getpid()}-{time.time_ns()}.json"
+    result_path = Path(tempfile.gettempdir()) / f"bench-child-{os.getpid()}-{time.time_ns()}.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
     command += ["--result", str(result_path)]
     started = time.perf_counter()
@@ -403,6 +404,7 @@ def bench_score(work: Path, sizes: Sizes, model_path: Path) -> dict:
         "shard_bytes": shard_bytes,
         "providers": providers,
         "agreement": agree,
+        "shard_format": storage.read_json(layout.data_manifest).get("shard_format", 1),
         "rows": rows,
         "read_rows_s": count / min(read_times),
         "profile": {"total": profiled_total, "rows": breakdown},
@@ -537,12 +539,12 @@ def child_rank(args: argparse.Namespace) -> dict:
             [
                 ("rank (total, under cProfile)", in_file("testprio/rank.py", "rank")),
                 ("_check_complete", by_name("_check_complete")),
-                ("read scores (storage.read_table)", by_name("read_table", "testprio")),
-                ("concat + sort + take (rank_table)", by_name("rank_table")),
-                # pc.sort_indices is a generated wrapper, the only generated one rank calls.
-                ("  of which pc.sort_indices", in_file("pyarrow/compute.py", "wrapper")),
-                ("  of which take", in_file("pyarrow/compute.py", "take")),
-                ("write ranking.parquet (write_table)", by_name("write_table", "testprio")),
+                ("read sample_id + metric, sort keys (_sort_shards)", by_name("_sort_shards")),
+                ("  of which keys.sort", by_name("_order_of_keys")),
+                ("read the other columns (_read_other_columns)", by_name("_read_other_columns")),
+                ("gather + write ranking.parquet (_write_ranking)", by_name("_write_ranking")),
+                ("  of which gather (_ranking_batch)", by_name("_ranking_batch")),
+                ("summary columns in rank order (_gather)", by_name("_gather", "testprio")),
                 ("build_summary", by_name("build_summary")),
                 ("  of which score_bins", by_name("score_bins")),
                 ("_num_classes", by_name("_num_classes")),
@@ -620,139 +622,152 @@ def machine_header(mode: str, providers: list[str]) -> list[str]:
     ]
 
 
-def report(mode: str, model: dict, score: dict, memory: dict, ranking: dict) -> str:
-    lines = machine_header(mode, score["providers"])
+def report(
+    mode: str, model: dict, score: dict | None, memory: dict | None, ranking: dict | None
+) -> str:
+    """The Markdown report of the sections that ran (None: a section left out by --only)."""
+    lines = machine_header(mode, score["providers"] if score else ["CPUExecutionProvider"])
     lines += [
         "",
         "| benchmark | measure | value | target | status |",
         "|---|---|---|---|---|",
     ]
-    for row in score["rows"]:
-        b = row["batch"]
-        lines.append(
-            f"| (a) scoring, {score['count']:,} samples, B={b} | raw ORT loop | "
-            f"{fmt_int(row['raw_rows_s'])} rows/s | | |"
-        )
-        lines.append(
-            f"| (a) scoring, {score['count']:,} samples, B={b} | score_shard stage | "
-            f"{fmt_int(row['stage_rows_s'])} rows/s | | |"
-        )
-        lines.append(
-            f"| (a) scoring, {score['count']:,} samples, B={b} | stage / raw | "
-            f"{row['ratio']:.3f} | >= {TARGET_SCORE_RATIO:.2f} | "
-            f"{verdict(row['ratio'] >= TARGET_SCORE_RATIO)} |"
-        )
-    runs = memory["runs"]
-    for run in runs:
-        ok = run["peak"] <= TARGET_RSS_ABS
-        lines.append(
-            f"| (b) ingest+score+rank, {run['count']:,} samples | peak RSS | "
-            f"{fmt_bytes(run['peak'])} ({run['peak'] / 1e9:.2f} GB) | <= 1.5 GB | {verdict(ok)} |"
-        )
-        lines.append(
-            f"| (b) ingest+score+rank, {run['count']:,} samples | wall time | "
-            f"{fmt_s(run['wall'])} | | |"
-        )
-    growth = runs[1]["peak"] / runs[0]["peak"]
-    lines.append(
-        f"| (b) peak RSS growth | {runs[1]['count']:,} / {runs[0]['count']:,} | "
-        f"{growth:.2f}x | <= {TARGET_RSS_GROWTH:.2f}x | {verdict(growth <= TARGET_RSS_GROWTH)} |"
-    )
-    best = min(run["seconds"] for run in ranking["runs"])
-    peak = max(run["peak"] for run in ranking["runs"])
-    label = f"(c) rank {ranking['total']:,} scores / {ranking['shards']} shards"
-    lines.append(
-        f"| {label} | time (best of {len(ranking['runs'])}) | {fmt_s(best)} | "
-        f"<= {TARGET_RANK_SECONDS:.0f} s | {verdict(best <= TARGET_RANK_SECONDS)} |"
-    )
-    lines.append(f"| {label} | peak RSS | {fmt_bytes(peak)} ({peak / 1e9:.2f} GB) | | |")
-
-    lines += ["", "## Details", "", "### (a) scoring throughput", ""]
-    lines.append(
-        f"Model: Conv(1,16,3)-ReLU-MaxPool-Conv(16,32,3)-ReLU-MaxPool-Linear(800,10), "
-        f"{model['parameters']:,} parameters, {model['bytes']:,} bytes ONNX (opset "
-        f"{OPSET_VERSION}, dynamo export). Pool: {score['count']:,} random float32 samples "
-        f"1x28x28, ingested into one shard ({fmt_bytes(score['shard_bytes'])}) in "
-        f"{fmt_s(score['ingest_seconds'])}. Stage time = the whole `score_shard` call "
-        "(model.json, session creation, Parquet read, softmax + metrics, scores write); raw = "
-        "`session.run` over `np.ascontiguousarray` batches of the mmap'ed .npy (views, "
-        "no copy: the slices are already contiguous; session made "
-        "once, outside the timer). Best of "
-        f"{len(score['rows'][0]['raw_times'])} interleaved runs; predicted classes of stage and "
-        f"raw agree on {score['agreement']:.0%} of the first 1,024 samples. Reading the shard "
-        f"alone (`iter_shard_batches`, B={score['rows'][0]['batch']}, no inference): "
-        f"{fmt_int(score['read_rows_s'])} rows/s. {load_note(score)}"
-    )
-    lines += ["", "| B | raw runs (s) | stage runs (s) |", "|---|---|---|"]
-    for row in score["rows"]:
-        raw = ", ".join(f"{t:.2f}" for t in row["raw_times"])
-        stage = ", ".join(f"{t:.2f}" for t in row["stage_times"])
-        lines.append(f"| {row['batch']} | {raw} | {stage} |")
-    lines += [
-        "",
-        f"Profile of one `score_shard` call at B={score['rows'][0]['batch']} (cProfile, "
-        f"wall {fmt_s(score['profile']['total'])}; cumulative seconds):",
-        "",
-        "| part | seconds | share | calls |",
-        "|---|---|---|---|",
-    ]
-    total = score["profile"]["rows"][0][1] or 1.0
-    for name, seconds, calls in score["profile"]["rows"]:
-        lines.append(f"| {name} | {seconds:.2f} | {seconds / total:.0%} | {calls:,} |")
-
-    lines += ["", "### (b) peak RSS by phase", ""]
-    lines.append(
-        "Each size (a seeded random `.npy` written beforehand by the parent process) runs "
-        f"ingest (shard size {runs[0]['shard_size']:,}) + convert + "
-        "score (B=256, every shard) + rank (gini) in a fresh child process; `peak RSS` is "
-        "that child's `VmHWM` read as it finishes (not `ru_maxrss` from `wait4` / "
-        "`RUSAGE_CHILDREN`: with vfork+exec Linux reports the parent's high-water mark there). "
-        "Per phase, `/proc/self/status` was sampled every 20 ms: RssAnon is the process's "
-        "own memory, RssFile the resident pages of files it has mapped (shared libraries, "
-        "plus the pool itself if a reader memory-maps it), which count in RSS although the "
-        "kernel could drop them. " + load_note(memory)
-    )
-    lines += [
-        "",
-        "| samples | phase | seconds | peak VmRSS | peak RssAnon | peak RssFile |",
-        "|---|---|---|---|---|---|",
-    ]
-    for run in runs:
-        for phase in ("ingest", "convert", "score", "rank"):
-            peak_kb = run["peaks_kb"].get(phase, {})
+    if score is not None:
+        for row in score["rows"]:
+            b = row["batch"]
             lines.append(
-                f"| {run['count']:,} | {phase} | {run['seconds'].get(phase, 0):.2f} | "
-                f"{fmt_bytes(peak_kb.get('VmRSS', 0) * 1024)} | "
-                f"{fmt_bytes(peak_kb.get('RssAnon', 0) * 1024)} | "
-                f"{fmt_bytes(peak_kb.get('RssFile', 0) * 1024)} |"
+                f"| (a) scoring, {score['count']:,} samples, B={b} | raw ORT loop | "
+                f"{fmt_int(row['raw_rows_s'])} rows/s | | |"
             )
-    lines += ["", "### (c) ranking", ""]
-    lines.append(
-        f"{ranking['shards']} scores shards of {ranking['total'] // ranking['shards']:,} rows "
-        f"in `SCORES_SCHEMA` (K={NUM_CLASSES}, labels on about half the rows), written with "
-        f"row groups of {SCORE_STAGE_BATCH} rows as the score stage writes them at its default "
-        f"batch size; {fmt_bytes(ranking['scores_bytes'])} of scores, generated in "
-        f"{fmt_s(ranking['generate_seconds'])}; ranking.parquet "
-        f"{fmt_bytes(ranking['ranking_bytes'])}. Each run is `rank(layout, uris, "
-        "metric='gini', top_k=10)` in a fresh child process: "
-        + ", ".join(
-            f"{run['seconds']:.2f} s (CPU {run['cpu_seconds']:.2f} s) / peak RSS "
-            f"{fmt_bytes(run['peak'])}"
-            for run in ranking["runs"]
+            lines.append(
+                f"| (a) scoring, {score['count']:,} samples, B={b} | score_shard stage | "
+                f"{fmt_int(row['stage_rows_s'])} rows/s | | |"
+            )
+            lines.append(
+                f"| (a) scoring, {score['count']:,} samples, B={b} | stage / raw | "
+                f"{row['ratio']:.3f} | >= {TARGET_SCORE_RATIO:.2f} | "
+                f"{verdict(row['ratio'] >= TARGET_SCORE_RATIO)} |"
+            )
+    if memory is not None:
+        runs = memory["runs"]
+        for run in runs:
+            ok = run["peak"] <= TARGET_RSS_ABS
+            lines.append(
+                f"| (b) ingest+score+rank, {run['count']:,} samples | peak RSS | "
+                f"{fmt_bytes(run['peak'])} ({run['peak'] / 1e9:.2f} GB) | <= 1.5 GB | "
+                f"{verdict(ok)} |"
+            )
+            lines.append(
+                f"| (b) ingest+score+rank, {run['count']:,} samples | wall time | "
+                f"{fmt_s(run['wall'])} | | |"
+            )
+        growth = runs[1]["peak"] / runs[0]["peak"]
+        lines.append(
+            f"| (b) peak RSS growth | {runs[1]['count']:,} / {runs[0]['count']:,} | "
+            f"{growth:.2f}x | <= {TARGET_RSS_GROWTH:.2f}x | "
+            f"{verdict(growth <= TARGET_RSS_GROWTH)} |"
         )
-        + "."
-    )
-    lines += [
-        "",
-        f"Profile of one more run (cProfile, {fmt_s(ranking['profile']['total'])}; "
-        "cumulative seconds):",
-        "",
-        "| part | seconds | share | calls |",
-        "|---|---|---|---|",
-    ]
-    total = ranking["profile"]["rows"][0][1] or 1.0
-    for name, seconds, calls in ranking["profile"]["rows"]:
-        lines.append(f"| {name} | {seconds:.2f} | {seconds / total:.0%} | {calls:,} |")
+    if ranking is not None:
+        best = min(run["seconds"] for run in ranking["runs"])
+        peak = max(run["peak"] for run in ranking["runs"])
+        label = f"(c) rank {ranking['total']:,} scores / {ranking['shards']} shards"
+        lines.append(
+            f"| {label} | time (best of {len(ranking['runs'])}) | {fmt_s(best)} | "
+            f"<= {TARGET_RANK_SECONDS:.0f} s | {verdict(best <= TARGET_RANK_SECONDS)} |"
+        )
+        lines.append(f"| {label} | peak RSS | {fmt_bytes(peak)} ({peak / 1e9:.2f} GB) | | |")
+
+    lines += ["", "## Details"]
+    if score is not None:
+        lines += ["", "### (a) scoring throughput", ""]
+        lines.append(
+            f"Model: Conv(1,16,3)-ReLU-MaxPool-Conv(16,32,3)-ReLU-MaxPool-Linear(800,10), "
+            f"{model['parameters']:,} parameters, {model['bytes']:,} bytes ONNX (opset "
+            f"{OPSET_VERSION}, dynamo export). Pool: {score['count']:,} random float32 samples "
+            f"1x28x28, ingested into one shard (shard format {score['shard_format']}, "
+            f"{fmt_bytes(score['shard_bytes'])}) in "
+            f"{fmt_s(score['ingest_seconds'])}. Stage time = the whole `score_shard` call "
+            "(model.json, session creation, Parquet read, softmax + metrics, scores write); raw = "
+            "`session.run` over `np.ascontiguousarray` batches of the mmap'ed .npy (views, "
+            "no copy: the slices are already contiguous; session made "
+            "once, outside the timer). Best of "
+            f"{len(score['rows'][0]['raw_times'])} interleaved runs; predicted classes of stage "
+            f"and raw agree on {score['agreement']:.0%} of the first 1,024 samples. Reading the "
+            f"shard alone (`iter_shard_batches`, B={score['rows'][0]['batch']}, no inference): "
+            f"{fmt_int(score['read_rows_s'])} rows/s. {load_note(score)}"
+        )
+        lines += ["", "| B | raw runs (s) | stage runs (s) |", "|---|---|---|"]
+        for row in score["rows"]:
+            raw = ", ".join(f"{t:.2f}" for t in row["raw_times"])
+            stage = ", ".join(f"{t:.2f}" for t in row["stage_times"])
+            lines.append(f"| {row['batch']} | {raw} | {stage} |")
+        lines += [
+            "",
+            f"Profile of one `score_shard` call at B={score['rows'][0]['batch']} (cProfile, "
+            f"wall {fmt_s(score['profile']['total'])}; cumulative seconds):",
+            "",
+            "| part | seconds | share | calls |",
+            "|---|---|---|---|",
+        ]
+        total = score["profile"]["rows"][0][1] or 1.0
+        for name, seconds, calls in score["profile"]["rows"]:
+            lines.append(f"| {name} | {seconds:.2f} | {seconds / total:.0%} | {calls:,} |")
+
+    if memory is not None:
+        lines += ["", "### (b) peak RSS by phase", ""]
+        lines.append(
+            "Each size (a seeded random `.npy` written beforehand by the parent process) runs "
+            f"ingest (shard size {runs[0]['shard_size']:,}) + convert + "
+            "score (B=256, every shard) + rank (gini) in a fresh child process; `peak RSS` is "
+            "that child's `VmHWM` read as it finishes (not `ru_maxrss` from `wait4` / "
+            "`RUSAGE_CHILDREN`: with vfork+exec Linux reports the parent's high-water mark there). "
+            "Per phase, `/proc/self/status` was sampled every 20 ms: RssAnon is the process's "
+            "own memory, RssFile the resident pages of files it has mapped (shared libraries, "
+            "plus the pool itself if a reader memory-maps it), which count in RSS although the "
+            "kernel could drop them. " + load_note(memory)
+        )
+        lines += [
+            "",
+            "| samples | phase | seconds | peak VmRSS | peak RssAnon | peak RssFile |",
+            "|---|---|---|---|---|---|",
+        ]
+        for run in runs:
+            for phase in ("ingest", "convert", "score", "rank"):
+                peak_kb = run["peaks_kb"].get(phase, {})
+                lines.append(
+                    f"| {run['count']:,} | {phase} | {run['seconds'].get(phase, 0):.2f} | "
+                    f"{fmt_bytes(peak_kb.get('VmRSS', 0) * 1024)} | "
+                    f"{fmt_bytes(peak_kb.get('RssAnon', 0) * 1024)} | "
+                    f"{fmt_bytes(peak_kb.get('RssFile', 0) * 1024)} |"
+                )
+    if ranking is not None:
+        lines += ["", "### (c) ranking", ""]
+        lines.append(
+            f"{ranking['shards']} scores shards of {ranking['total'] // ranking['shards']:,} rows "
+            f"in `SCORES_SCHEMA` (K={NUM_CLASSES}, labels on about half the rows), written with "
+            f"row groups of {SCORE_STAGE_BATCH} rows as the score stage writes them at its default "
+            f"batch size; {fmt_bytes(ranking['scores_bytes'])} of scores, generated in "
+            f"{fmt_s(ranking['generate_seconds'])}; ranking.parquet "
+            f"{fmt_bytes(ranking['ranking_bytes'])}. Each run is `rank(layout, uris, "
+            "metric='gini', top_k=10)` in a fresh child process: "
+            + ", ".join(
+                f"{run['seconds']:.2f} s (CPU {run['cpu_seconds']:.2f} s) / peak RSS "
+                f"{fmt_bytes(run['peak'])}"
+                for run in ranking["runs"]
+            )
+            + "."
+        )
+        lines += [
+            "",
+            f"Profile of one more run (cProfile, {fmt_s(ranking['profile']['total'])}; "
+            "cumulative seconds):",
+            "",
+            "| part | seconds | share | calls |",
+            "|---|---|---|---|",
+        ]
+        total = ranking["profile"]["rows"][0][1] or 1.0
+        for name, seconds, calls in ranking["profile"]["rows"]:
+            lines.append(f"| {name} | {seconds:.2f} | {seconds / total:.0%} | {calls:,} |")
     text = "\n".join(lines) + "\n"
     return text
 
@@ -767,6 +782,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, under a minute")
     parser.add_argument("--keep", action="store_true", help="keep bench/work/ files")
+    parser.add_argument(
+        "--only",
+        default="abc",
+        help="sections to run, e.g. 'a' or 'ac' (default abc: all); a report of fewer "
+        "sections is only printed unless --out is given",
+    )
+    parser.add_argument(
+        "--work", default=str(DEFAULT_WORK), help="scratch folder (default bench/work)"
+    )
     parser.add_argument(
         "--out",
         help=f"Markdown report path (default {DEFAULT_RESULTS.relative_to(BENCH_DIR.parent)}; "
@@ -796,26 +820,33 @@ def main(argv: list[str] | None = None) -> int:
 
     mode = "quick" if args.quick else "full"
     sizes = QUICK if args.quick else FULL
-    work = DEFAULT_WORK
+    work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    only = set(args.only)
+    if not only or only - set("abc"):
+        raise SystemExit(f"--only {args.only!r}: give some of the letters a, b, c.")
+    score = memory = ranking = None
     shutil.rmtree(work / "runs", ignore_errors=True)
     started = time.perf_counter()
     try:
         model_path = work / "bench-cnn.onnx"
         say("exporting the CNN to ONNX (child process)")
         model, _, _ = run_child(["export", "--model", str(model_path)])
-        score = bench_score(work, sizes, model_path)
-        (work / "score-pool.npy").unlink()
-        shutil.rmtree(work / "runs", ignore_errors=True)
-        memory = bench_memory(work, sizes, model_path)
-        ranking = bench_rank(work, sizes)
+        if "a" in only:
+            score = bench_score(work, sizes, model_path)
+            (work / "score-pool.npy").unlink()
+            shutil.rmtree(work / "runs", ignore_errors=True)
+        if "b" in only:
+            memory = bench_memory(work, sizes, model_path)
+        if "c" in only:
+            ranking = bench_rank(work, sizes)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     text = report(mode, model, score, memory, ranking)
     text += f"\nWhole benchmark: {time.perf_counter() - started:.0f} s.\n"
     print(text)
-    out = args.out or (None if args.quick else str(DEFAULT_RESULTS))
+    out = args.out or (None if args.quick or only != set("abc") else str(DEFAULT_RESULTS))
     if out:
         Path(out).write_text(text)
         say(f"wrote {out}")
