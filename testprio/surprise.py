@@ -62,7 +62,8 @@ def _flatten(activations: Activations, name: str) -> list[np.ndarray]:
                 f"{name} must be numeric arrays of shape (N, units) (got shape {layer.shape}, "
                 f"dtype {layer.dtype}); flatten each layer per sample first."
             )
-        flat.append(layer.reshape(layer.shape[0], -1))
+        units = int(np.prod(layer.shape[1:]))  # not reshape(N, -1): ambiguous for N == 0
+        flat.append(layer.reshape(layer.shape[0], units))
     if len({layer.shape[0] for layer in flat}) != 1:
         raise TestprioError(
             f"{name} layers have different sample counts {[len(a) for a in flat]}; "
@@ -432,6 +433,7 @@ def fit_reference(
     (dnn-tip's two options; give at most one). DSA's fit is a chunked nearest-other-class
     search over the reference, ``O(M^2 units)``: fit only the metrics you score.
     """
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
     unknown = sorted(set(metrics) - set(SURPRISE_METRICS))
     if unknown or not metrics:
         raise TestprioError(
@@ -461,7 +463,7 @@ def fit_reference(
     order = np.argsort(classes, kind="stable")
     dtype = np.result_type(*layers)
     dtype = dtype if dtype in (np.float32, np.float64) else np.float64
-    acts = np.concatenate([layer.reshape(n, -1) for layer in layers], axis=1).astype(dtype)
+    acts = np.concatenate(layers, axis=1).astype(dtype)
     acts, classes = acts[order], classes[order]
     if not np.all(np.isfinite(acts)):
         raise TestprioError(

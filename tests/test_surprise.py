@@ -283,6 +283,14 @@ def test_batches_and_layer_lists_equal_one_pass(metric):
     np.testing.assert_allclose(score(split, [x[:, :5], x[:, 5:].reshape(-1, 7, 1)], pred), whole)
 
 
+def test_empty_pool_gives_no_scores_and_one_metric_may_be_named_alone():
+    ref, ref_pred, x, _ = _clusters(17, units=5)
+    reference = fit_reference(ref, ref_pred, metrics="mdsa")
+    assert reference.metrics == ("mdsa",)
+    empty = mdsa(reference, x[:0], np.zeros(0, dtype=int))
+    assert empty.shape == (0,) and empty.dtype == np.float64
+
+
 def test_dsa_float32_search_is_close_to_float64():
     ref, ref_pred, x, pred = _clusters(13)
     reference = fit_reference(ref, ref_pred, metrics=("dsa",))
