@@ -150,19 +150,24 @@ def _exact_distance(queries: np.ndarray, reference: np.ndarray, idx: np.ndarray,
 
 
 def _log_kernel_sum(queries: np.ndarray, whitened: np.ndarray) -> np.ndarray:
-    """``log sum_j exp(-|q - w_j|^2 / 2)`` over blocks of ``whitened``, a running log-sum-exp."""
-    q_sq = np.einsum("ij,ij->i", queries, queries)
+    """``log sum_j exp(-|q - w_j|^2 / 2)`` over blocks of ``whitened``, a running log-sum-exp.
+
+    ``-|q - w|^2 / 2 = q.w - |w|^2 / 2 - |q|^2 / 2``; the last term is the same for every
+    ``w``, so it is added once at the end and each block costs a product and three passes.
+    """
     peak = np.full(len(queries), -np.inf)
     total = np.zeros(len(queries))
     step = _block_rows(len(queries))
     for lo in range(0, len(whitened), step):
         block = whitened[lo : lo + step]
-        d2 = q_sq[:, None] - 2.0 * (queries @ block.T) + np.einsum("ij,ij->i", block, block)
-        expo = -0.5 * np.maximum(d2, 0.0)
+        expo = queries @ block.T
+        expo -= 0.5 * np.einsum("ij,ij->i", block, block)
         new_peak = np.maximum(peak, expo.max(axis=1))
-        total = total * np.exp(peak - new_peak) + np.exp(expo - new_peak[:, None]).sum(axis=1)
+        expo -= new_peak[:, None]
+        np.exp(expo, out=expo)
+        total = total * np.exp(peak - new_peak) + expo.sum(axis=1)
         peak = new_peak
-    return peak + np.log(total)
+    return peak + np.log(total) - 0.5 * np.einsum("ij,ij->i", queries, queries)
 
 
 # ---------------------------------------------------------------------------------------------
