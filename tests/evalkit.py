@@ -86,3 +86,63 @@ def save_splits(folder: Path, splits: dict) -> dict[str, Path]:
         paths[name] = folder / f"{name}.npz"
         np.savez(paths[name], x=x, y=y)
     return paths
+
+
+def tiny_digits(seed: int = 0, *, layout: str = "NCHW") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A small split of :func:`digits` for whole-model fine-tuning tests: train 200, pool
+    100, test 100; ``layout="NHWC"`` gives ``(N, 8, 8, 1)`` samples, as Keras CNNs take."""
+    splits = digits(seed)
+    sizes = {"train": 200, "pool": 100, "test": 100}
+    small = {name: (x[: sizes[name]], y[: sizes[name]]) for name, (x, y) in splits.items()}
+    if layout == "NHWC":
+        small = {name: (x.transpose(0, 2, 3, 1).copy(), y) for name, (x, y) in small.items()}
+    return small
+
+
+def build_in_child(kind: str, out: Path) -> Path:
+    """Run ``python -m tests.evalkit KIND OUT`` (TensorFlow never enters the test process:
+    TF and Paddle crash when imported into one). Returns ``out``."""
+    import os
+    import subprocess
+    import sys
+
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "tests.evalkit", kind, str(out)],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return out
+
+
+def keras_sequential(out: Path) -> Path:
+    """A Keras Sequential CNN (Input, Conv2D, Flatten, Dense softmax) fit one epoch on
+    :func:`tiny_digits` (NHWC, seeded), saved as ``out/model.keras``."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x, y = tiny_digits(layout="NHWC")["train"]
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    model.save(out / "model.keras")
+    return out / "model.keras"
+
+
+BUILDERS = {"keras": keras_sequential}
+
+
+if __name__ == "__main__":
+    import sys
+
+    BUILDERS[sys.argv[1]](Path(sys.argv[2]))

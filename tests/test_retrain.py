@@ -167,3 +167,86 @@ def test_torch_model_that_cannot_load_is_one_sentence(tmp_path, torch_model, dat
                                  "output", "logits", "broken.pt")  # fmt: skip
     with pytest.raises(TestprioError, match=r"PyTorch could not load model broken.pt"):
         retrain.retrain(source, data, [retrain.RetrainJob("a", np.arange(2), 0)])
+
+
+# --- Keras and exported programs: evaluated end to end, then retrained again directly ------
+
+
+def _evaluate_and_retrain_again(model_path, splits, root):
+    """``run_evaluation`` of ``model_path`` (random, 2 seeds, 1 epoch, budget 10%), and the
+    same two fine-tunings again through ``retrain.retrain`` (a second child process).
+
+    Returns the evaluation and the second accuracies by seed."""
+    from testprio import convert, evaluate, storage
+    from testprio.layout import RunLayout
+    from tests.evalkit import save_splits
+
+    paths = save_splits(model_path.parent / "data", splits)
+    options = evaluate.EvaluateOptions(prioritizers=("random",), seeds=2, epochs=1, budgets=(10,))
+    evaluation = evaluate.run_evaluation(
+        root, "whole", model=str(model_path), data=str(paths["pool"]),
+        train_data=str(paths["train"]), test_data=str(paths["test"]), options=options,
+    )  # fmt: skip
+    layout = RunLayout.create(root, "whole")
+    record = storage.read_json(layout.model_json)
+    source = retrain.SourceModel(
+        evaluation["retraining"]["method"], convert.detect(str(model_path)).format.name,
+        str(model_path), layout.model_onnx, record["class_output"]["name"],
+        record["output_kind"], model_path.name,
+    )  # fmt: skip
+    data = retrain.RetrainData(*(a for part in ("train", "pool", "test") for a in splits[part]))
+    n_pool = len(data.y_pool)
+    # random's selection for a seed is the seed's permutation of the pool: rebuild it.
+    jobs = [
+        retrain.RetrainJob(str(seed), np.random.default_rng(seed).permutation(n_pool)[:10], seed)
+        for seed in (0, 1)
+    ]
+    settings = retrain.RetrainSettings(epochs=1)
+    return evaluation, retrain.retrain(source, data, jobs, settings=settings)
+
+
+def _check_whole_model_retraining(evaluation, again, framework):
+    assert evaluation["retraining"]["method"] == framework
+    assert evaluation["model"]["framework"] == framework
+    (row,) = evaluation["prioritizers"]["random"]["retrain"]
+    assert len(row["accuracies"]) == 2
+    for accuracy in row["accuracies"]:
+        assert isinstance(accuracy, float) and 0.0 <= accuracy <= 1.0
+        assert accuracy * 100 == pytest.approx(round(accuracy * 100))  # a share of 100 tests
+    # The same selections and seeds in a fresh process give the same accuracies.
+    assert [again["0"], again["1"]] == row["accuracies"]
+
+
+def test_keras_model_is_fine_tuned_whole_and_deterministic(tmp_path, local_root):
+    """A Keras Sequential saved as .keras (built in a child process: TensorFlow never
+    enters the test process) is fine-tuned by model.fit in the retraining child."""
+    from tests.evalkit import build_in_child, tiny_digits
+
+    model = build_in_child("keras", tmp_path / "keras") / "model.keras"
+    evaluation, again = _evaluate_and_retrain_again(model, tiny_digits(layout="NHWC"), local_root)
+    _check_whole_model_retraining(evaluation, again, "tensorflow")
+    assert evaluation["model"]["format"] == "keras"
+
+
+def test_exported_program_is_fine_tuned_whole_and_deterministic(tmp_path, local_root):
+    """A torch.export program with a dynamic batch axis, saved as .pt2."""
+    import torch
+
+    from tests.evalkit import tiny_digits
+
+    splits = tiny_digits()
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 8 * 8, 10),
+    ).eval()  # fmt: skip
+    example = torch.from_numpy(splits["pool"][0][:4])
+    program = torch.export.export(
+        module, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+    )
+    folder = tmp_path / "pt2"
+    folder.mkdir()
+    torch.export.save(program, str(folder / "model.pt2"))
+    evaluation, again = _evaluate_and_retrain_again(folder / "model.pt2", splits, local_root)
+    _check_whole_model_retraining(evaluation, again, "pytorch")
+    assert evaluation["model"]["format"] == "exported_program"
