@@ -33,6 +33,11 @@ def evaluate_pool(
     input_shape: str = "",
     shard_size: int = 10_000,
     label_column: str = "",
+    layers: str = "",
+    surprise_layer: str = "",
+    coverage_params: str = "",
+    metamorphic_transforms: str = "",
+    followups: int = 10,
 ) -> str:
     """Evaluate the prioritizers; returns the URI of {root}/{run_id}/evaluation.json."""
     from testprio.evaluate import run_from_parameters
@@ -42,6 +47,8 @@ def evaluate_pool(
         budgets=budgets, prioritizers=prioritizers, seeds=seeds, split=split, epochs=epochs,
         framework=framework, output_kind=output_kind, preset=preset, ops=ops,
         input_shape=input_shape, shard_size=shard_size, label_column=label_column,
+        layers=layers, surprise_layer=surprise_layer, coverage_params=coverage_params,
+        metamorphic_transforms=metamorphic_transforms, followups=followups,
     )  # fmt: skip
 
 

@@ -48,13 +48,20 @@ def build_pipeline(framework: str = "onnx"):
         input_shape: str = "",
         shard_size: int = 10_000,
         label_column: str = "",
+        layers: str = "",
+        surprise_layer: str = "",
+        coverage_params: str = "",
+        metamorphic_transforms: str = "",
+        followups: int = 10,
     ):
         task = evaluate_pool(
             root=root, run_id=run_id, model=model, data=data, train_data=train_data,
             test_data=test_data, budgets=budgets, prioritizers=prioritizers, seeds=seeds,
             split=split, epochs=epochs, framework="auto", output_kind=output_kind,
             preset=preset, ops=ops, input_shape=input_shape, shard_size=shard_size,
-            label_column=label_column,
+            label_column=label_column, layers=layers, surprise_layer=surprise_layer,
+            coverage_params=coverage_params, metamorphic_transforms=metamorphic_transforms,
+            followups=followups,
         )  # fmt: skip
         task.set_display_name("evaluate").set_caching_options(False)
         task.set_cpu_request("2").set_memory_request("8G").set_memory_limit("8G")

@@ -82,8 +82,18 @@ class Context:
         pool_probs: np.ndarray,
         train_x: np.ndarray,
         train_probs: np.ndarray,
+        layers: Iterable[str] = (),
+        surprise_layer: str = "",
+        coverage_params: dict[str, dict] | None = None,
+        metamorphic_transforms: Iterable[str] = (),
+        followups: int = 0,
     ) -> None:
         self.model = model
+        self.chosen_layers = tuple(layers)
+        self.chosen_surprise_layer = surprise_layer
+        self.coverage_params = coverage_params or {}
+        self.metamorphic_transforms = tuple(metamorphic_transforms)
+        self.followups = int(followups) or INSTABILITY_FOLLOWUPS
         self.class_output = class_output
         self.pool_ids = np.asarray(pool_ids, dtype=np.int64)
         self.pool_x = pool_x
@@ -95,9 +105,39 @@ class Context:
 
     @functools.cached_property
     def layers(self) -> list[str]:
+        """The hidden layers coverage (and by default surprise) reads: ``--layers``, checked
+        against the model, else ``activations.hidden_layer_names``."""
         from testprio import activations
 
-        return activations.hidden_layer_names(self._require_model())
+        model = self._require_model()
+        if self.chosen_layers:
+            activations.with_layer_outputs(model, list(self.chosen_layers))  # names checked
+            return list(self.chosen_layers)
+        found = activations.hidden_layer_names(model)
+        if not found:
+            raise TestprioError(
+                "the ONNX model has no hidden layer (Relu, Tanh, Sigmoid, Gemm, Conv, ...) for "
+                "the coverage and surprise prioritizers; name tensors with --layers, or leave "
+                "those prioritizers out."
+            )
+        return found
+
+    @functools.cached_property
+    def surprise_layer(self) -> str:
+        """``--surprise-layer``, else the last of :attr:`layers` (as Kim et al. apply it)."""
+        from testprio import activations
+
+        name = self.chosen_surprise_layer
+        if not name:
+            return self.layers[-1]
+        model = self._require_model()
+        if name not in {output for node in model.graph.node for output in node.output}:
+            choices = ", ".join(activations.hidden_layer_names(model)) or "(none found)"
+            raise TestprioError(
+                f"--surprise-layer {name!r} is not a tensor of the model; name a node output "
+                f"such as the hidden layers {choices}."
+            )
+        return name
 
     def _require_model(self) -> onnx.ModelProto:
         if self.model is None:
@@ -113,6 +153,27 @@ class Context:
             outputs = retrain.onnx_outputs(self._require_model(), self.layers, x)
             self._activations[part] = [flatten_activation(a) for a in outputs]
         return self._activations[part]
+
+    def surprise_activations(self, part: str) -> np.ndarray:
+        """``(N, units)`` activations of :attr:`surprise_layer` for ``part``."""
+        if self.surprise_layer in self.layers:
+            return self.activations(part)[self.layers.index(self.surprise_layer)]
+        key = f"{part}:{self.surprise_layer}"
+        if key not in self._activations:
+            from testprio.activations import flatten_activation
+
+            x = self.pool_x if part == "pool" else self.train_x
+            (output,) = retrain.onnx_outputs(self._require_model(), [self.surprise_layer], x)
+            self._activations[key] = [flatten_activation(output)]
+        return self._activations[key][0]
+
+    def describe_layers(self) -> dict:
+        """What evaluation.json records under ``layers``."""
+        return {
+            "coverage": self.layers,
+            "surprise": self.surprise_layer,
+            "chosen": "--layers" if self.chosen_layers else "default (hidden_layer_names)",
+        }
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Pool positions of ``sample_id``s (an order of ids -> an order of positions)."""
@@ -168,7 +229,10 @@ def _coverage_prioritizers() -> dict[str, Prioritizer]:
         def order(context: Context, seed: int) -> np.ndarray:
             profile = coverage.NeuronProfile(context.layers)
             profile.update(context.activations("train")).finish()
-            params = coverage.COVERAGE_DEFAULTS.get(metric, {})
+            params = {
+                **coverage.COVERAGE_DEFAULTS.get(metric, {}),
+                **context.coverage_params.get(metric, {}),
+            }
             scores, covered = coverage.COVERAGE_METRICS[metric](
                 context.activations("pool"), profile, **params
             )
@@ -199,9 +263,8 @@ def _surprise_prioritizers() -> dict[str, Prioritizer]:
 
     def make(metric: str) -> Prioritizer:
         def order(context: Context, seed: int) -> np.ndarray:
-            # The last hidden layer, as surprise adequacy is usually applied (Kim et al.).
-            train = context.activations("train")[-1]
-            pool = context.activations("pool")[-1]
+            train = context.surprise_activations("train")
+            pool = context.surprise_activations("pool")
             reference = surprise.fit_reference(
                 train, context.train_probs.argmax(axis=1), metrics=(metric,)
             )
@@ -210,7 +273,8 @@ def _surprise_prioritizers() -> dict[str, Prioritizer]:
             )
             return order_by_score(scores, context.pool_ids)
 
-        return Prioritizer(metric, f"{metric.upper()} surprise adequacy (last hidden layer)", order)
+        title = f"{metric.upper()} surprise adequacy (last hidden layer or --surprise-layer)"
+        return Prioritizer(metric, title, order)
 
     return {metric: make(metric) for metric in surprise.SURPRISE_METRICS}
 
@@ -227,6 +291,31 @@ def image_layout(shape: tuple[int, ...]) -> str | None:
 
 
 INSTABILITY_FOLLOWUPS = 10
+# Images whose shorter side is at most this many pixels get TINY_IMAGE_RANGES instead of the
+# metamorphic defaults: on 8x8 digits the defaults (rotate 15 degrees, shift 0.1, ...) flip
+# 46% of follow-ups of a digits MLP; these flip 14%, and instability's APFD rises slightly
+# (normalized 0.755 -> 0.775 on the same model and pool).
+TINY_IMAGE_SIDE = 16
+TINY_IMAGE_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "rotate": {"degrees": (-5.0, 5.0)},
+    "translate": {"dx": (-0.05, 0.05), "dy": (-0.05, 0.05)},
+    "scale": {"factor": (0.95, 1.05)},
+    "brightness": {"delta": (-0.05, 0.05)},
+    "contrast": {"factor": (0.9, 1.1)},
+    "blur": {"sigma": (0.1, 0.4)},
+    "noise": {"sigma": (0.01, 0.03)},
+}
+# Where the spatial axes of one sample are, per layout.
+_SPATIAL_AXES = {"NCHW": (1, 2), "NHWC": (0, 1), "NHW": (0, 1)}
+
+
+def metamorphic_ranges(shape: tuple[int, ...], layout: str | None) -> dict | None:
+    """``TINY_IMAGE_RANGES`` for images of ``shape`` (one sample) with a side of at most
+    ``TINY_IMAGE_SIDE`` pixels, else None (the metamorphic defaults)."""
+    if layout not in _SPATIAL_AXES:
+        return None
+    side = min(shape[axis] for axis in _SPATIAL_AXES[layout])
+    return TINY_IMAGE_RANGES if side <= TINY_IMAGE_SIDE else None
 
 
 def _metamorphic_prioritizers() -> dict[str, Prioritizer]:
@@ -243,22 +332,47 @@ def _metamorphic_prioritizers() -> dict[str, Prioritizer]:
         def predict(batch: np.ndarray) -> np.ndarray:
             return session.run([context.class_output], {input_name: batch.astype(np.float32)})[0]
 
+        shape = tuple(context.pool_x.shape[1:])
+        layout = image_layout(shape)
+        ranges = metamorphic_ranges(shape, layout)
+        transforms = list(context.metamorphic_transforms) or metamorphic.default_transforms(layout)
         # Seed 0 for every evaluation seed: the order is the prioritizer's, the seeds vary
         # the fine-tuning (as for the other deterministic prioritizers).
         result = metamorphic.run_metamorphic(
             predict,
             context.pool_x,
-            followups=INSTABILITY_FOLLOWUPS,
+            transforms=transforms,
+            followups=context.followups,
             seed=0,
-            layout=image_layout(tuple(context.pool_x.shape[1:])),
+            layout=layout,
+            ranges=ranges and {name: ranges[name] for name in transforms if name in ranges},
             sample_ids=context.pool_ids,
         )
+        extras = {
+            "description": f"share of {context.followups} metamorphic follow-ups whose class "
+            "changes",
+            "metamorphic": {
+                "transforms": result.transforms,
+                "followups": context.followups,
+                "layout": layout,
+                "ranges": {
+                    name: {
+                        param: list((ranges or {}).get(name, {}).get(param, bounds))
+                        for param, bounds in metamorphic.TRANSFORMS[name].params.items()
+                    }
+                    for name in result.transforms
+                },
+                "tiny_image_ranges": ranges is not None,
+                "violation_rate": float(np.mean(result.design["violated"]))
+                if len(result.design["violated"])
+                else None,
+            },
+        }
         try:
-            context.extras["instability"] = {
-                "attribution": metamorphic.attribution(result.design, seed=0, n_boot=200)
-            }
+            extras["attribution"] = metamorphic.attribution(result.design, seed=0, n_boot=200)
         except TestprioError as exc:
-            context.extras["instability"] = {"attribution": None, "attribution_error": str(exc)}
+            extras.update(attribution=None, attribution_error=str(exc))
+        context.extras["instability"] = extras
         return order_by_score(result.instability, context.pool_ids)
 
     return {
@@ -299,6 +413,11 @@ class EvaluateOptions:
     output_kind: str = "auto"
     output_name: str = ""
     input_shape: str = ""
+    layers: tuple[str, ...] = ()  # empty: activations.hidden_layer_names
+    surprise_layer: str = ""  # empty: the last of the layers
+    coverage_params: dict[str, dict] = field(default_factory=dict)  # {metric: {param: value}}
+    metamorphic_transforms: tuple[str, ...] = ()  # empty: those of the sample layout
+    followups: int = INSTABILITY_FOLLOWUPS
     ingest: ingest.IngestOptions = field(default_factory=ingest.IngestOptions)
 
 
@@ -338,10 +457,73 @@ def check_prioritizers(names: Iterable[str]) -> tuple[str, ...]:
     return names or tuple(default_prioritizers())
 
 
+def parse_names(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")`` (``--layers``, ``--metamorphic-transforms``)."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def parse_coverage_params(text: str) -> dict[str, dict]:
+    """``--coverage-params '{"kmnc": {"sections": 20}}'`` -> that dict (checked)."""
+    if not text.strip():
+        return {}
+    import json
+
+    try:
+        params = json.loads(text)
+    except ValueError:
+        params = None
+    if not isinstance(params, dict):
+        raise TestprioError(
+            f"--coverage-params {text!r} is not a JSON object; give one like "
+            '\'{"kmnc": {"sections": 20}, "nac": {"threshold": 0.5}}\'.'
+        )
+    return check_coverage_params(params)
+
+
+def check_coverage_params(params: dict) -> dict[str, dict]:
+    """Each ``{metric: {param: number}}`` names a coverage metric and one of its parameters
+    (``coverage.COVERAGE_DEFAULTS``), with a number of the default's kind."""
+    if not params:
+        return {}
+    from testprio.coverage import COVERAGE_DEFAULTS
+
+    known = "; ".join(
+        f"{metric}: {', '.join(defaults)}" for metric, defaults in COVERAGE_DEFAULTS.items()
+    )
+    for metric, values in params.items():
+        if metric not in COVERAGE_DEFAULTS or not isinstance(values, dict):
+            raise TestprioError(
+                f"--coverage-params names {metric!r}, not a coverage metric with its "
+                f"parameters; give {{metric: {{parameter: value}}}} with these ({known})."
+            )
+        for name, value in values.items():
+            default = COVERAGE_DEFAULTS[metric].get(name)
+            kind = int if isinstance(default, int) else (int, float)
+            if default is None or isinstance(value, bool) or not isinstance(value, kind):
+                raise TestprioError(
+                    f"--coverage-params {metric}.{name}={value!r} is not a parameter of "
+                    f"{metric} with a {'whole ' if kind is int else ''}number; parameters "
+                    f"and defaults: {known}."
+                )
+    return {metric: dict(values) for metric, values in params.items()}
+
+
 def check_options(options: EvaluateOptions) -> EvaluateOptions:
     """Every option checked; returns them with the defaults filled in."""
     if int(options.seeds) < 1:
         raise TestprioError(f"--seeds {options.seeds} must be 1 or more.")
+    if isinstance(options.followups, bool) or int(options.followups) < 1:
+        raise TestprioError(f"--followups {options.followups} must be 1 or more.")
+    if options.metamorphic_transforms:
+        from testprio.metamorphic import TRANSFORMS
+
+        unknown = [name for name in options.metamorphic_transforms if name not in TRANSFORMS]
+        if unknown:
+            raise TestprioError(
+                f"unknown metamorphic transform(s) {', '.join(unknown)} in "
+                f"--metamorphic-transforms; choose from {', '.join(TRANSFORMS)}."
+            )
+    check_coverage_params(options.coverage_params)
     if not 0 <= float(options.split) < 1:
         raise TestprioError(
             f"--split {options.split} must be a share of the pool from 0 up to (not "
@@ -354,6 +536,7 @@ def check_options(options: EvaluateOptions) -> EvaluateOptions:
             **options.__dict__,
             "budgets": check_budgets(options.budgets),
             "prioritizers": check_prioritizers(options.prioritizers),
+            "followups": int(options.followups),
         }
     )
 
@@ -683,7 +866,15 @@ def _evaluate(layout, detected, record, datasets, options, timed) -> dict:
         pool_probs=pool_probs,
         train_x=train.x,
         train_probs=train_probs,
+        layers=options.layers,
+        surprise_layer=options.surprise_layer,
+        coverage_params=options.coverage_params,
+        metamorphic_transforms=options.metamorphic_transforms,
+        followups=options.followups,
     )
+    # Named layers are checked before any prioritizer runs: a typo fails at once.
+    if options.layers or options.surprise_layer:
+        context.surprise_layer  # noqa: B018 - checks --layers and --surprise-layer
     results: dict[str, dict] = {}
     orders: dict[str, list[np.ndarray]] = {}
     for name in options.prioritizers:
@@ -764,7 +955,28 @@ def _evaluate(layout, detected, record, datasets, options, timed) -> dict:
         },
         "prioritizers": results,
         "winners": winners(results, options.budgets),
+        **_hidden_settings(context, options),
     }
+
+
+# Prioritizer families that read hidden layers (registered names start with these).
+_LAYER_FAMILIES = ("nac-", "kmnc", "nbc-", "snac-", "tknc-", "lsa", "dsa", "mdsa")
+
+
+def _hidden_settings(context: Context, options: EvaluateOptions) -> dict:
+    """``layers`` and ``coverage_params`` for evaluation.json, when a prioritizer read them."""
+    used = [name for name in options.prioritizers if name.startswith(_LAYER_FAMILIES)]
+    if not used and not options.layers:
+        return {}
+    settings: dict[str, Any] = {"layers": context.describe_layers()}
+    if any(name.startswith(_LAYER_FAMILIES[:5]) for name in used):
+        from testprio.coverage import COVERAGE_DEFAULTS
+
+        settings["coverage_params"] = {
+            metric: {**defaults, **options.coverage_params.get(metric, {})}
+            for metric, defaults in COVERAGE_DEFAULTS.items()
+        }
+    return settings
 
 
 def _local_onnx(layout: RunLayout, folder: str) -> str:
@@ -916,6 +1128,11 @@ def run_from_parameters(
     epochs: int = DEFAULT_EPOCHS,
     framework: str = "auto",
     output_kind: str = "auto",
+    layers: str = "",
+    surprise_layer: str = "",
+    coverage_params: str = "",
+    metamorphic_transforms: str = "",
+    followups: int = INSTABILITY_FOLLOWUPS,
     **ingest_parameters: Any,
 ) -> str:
     """``run_evaluation`` from the pipeline's parameters; returns the evaluation.json URI.
@@ -935,6 +1152,11 @@ def run_from_parameters(
         framework=framework,
         output_kind=output_kind,
         input_shape=ingest_parameters.get("input_shape", ""),
+        layers=parse_names(layers),
+        surprise_layer=surprise_layer.strip(),
+        coverage_params=parse_coverage_params(coverage_params),
+        metamorphic_transforms=parse_names(metamorphic_transforms),
+        followups=int(followups),
         ingest=ingest_options(ingest_parameters),
     )
     run_evaluation(

@@ -65,6 +65,36 @@ def add_evaluate_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("--output-kind", default="auto", help="auto, logits or probabilities")
     parser.add_argument("--output-name", default="", help="class-score output of the model")
     parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
+    parser.add_argument(
+        "--layers",
+        default="",
+        help="comma-separated ONNX tensor names the coverage and surprise prioritizers read "
+        "(default: up to 8 hidden layers found in the model)",
+    )
+    parser.add_argument(
+        "--surprise-layer",
+        default="",
+        help="the ONNX tensor LSA/DSA/MDSA read (default: the last of --layers)",
+    )
+    parser.add_argument(
+        "--coverage-params",
+        default="",
+        help='coverage parameters as JSON, e.g. \'{"kmnc": {"sections": 20}, "nac": '
+        '{"threshold": 0.5}}\' (defaults: nac threshold 0, kmnc sections 10, nbc/snac '
+        "scaler 0.5, tknc top_neurons 1)",
+    )
+    parser.add_argument(
+        "--metamorphic-transforms",
+        default="",
+        help="comma-separated transforms of the instability prioritizer: rotate, translate, "
+        "scale, brightness, contrast, blur, noise (default: all for images, noise otherwise)",
+    )
+    parser.add_argument(
+        "--followups",
+        type=int,
+        default=10,
+        help="metamorphic follow-ups per sample for instability (default 10)",
+    )
     for flag, kind, text in INGEST_FLAGS:
         parser.add_argument(flag, type=kind, default="", help=text)
     parser.set_defaults(handler=cmd_evaluate)
@@ -93,6 +123,11 @@ def options_from_args(args: argparse.Namespace):
         output_kind=args.output_kind,
         output_name=args.output_name,
         input_shape=args.input_shape,
+        layers=evaluate.parse_names(args.layers),
+        surprise_layer=args.surprise_layer.strip(),
+        coverage_params=evaluate.parse_coverage_params(args.coverage_params),
+        metamorphic_transforms=evaluate.parse_names(args.metamorphic_transforms),
+        followups=args.followups,
         ingest=ingest,
     )
 

@@ -251,7 +251,166 @@ def test_no_test_split_is_one_sentence(inputs, local_root):
         _run({**inputs, "test_override": ""}, local_root, "notest")
 
 
+# --- hidden layers, coverage parameters, metamorphic settings ------------------------------
+
+HIDDEN_FAMILIES = ("kmnc", "dsa")
+
+
+def _needs(*names):
+    missing = [name for name in names if name not in evaluate.PRIORITIZERS]
+    if missing:
+        pytest.skip(f"prioritizer module not installed: {', '.join(missing)}")
+
+
+def _orders(result, name):
+    return [row["found"] for row in result["prioritizers"][name]["faults"]], result["prioritizers"][
+        name
+    ]["apfd"]["raw"]
+
+
+def test_layers_and_surprise_layer_are_used_and_recorded(inputs, local_root):
+    """The MLP's default hidden layer is the Relu output 'hidden'; --layers pre (the Gemm
+    before it) changes what coverage and surprise read, and --surprise-layer hidden brings
+    surprise back to the default's figures."""
+    _needs(*HIDDEN_FAMILIES)
+    options = {"prioritizers": HIDDEN_FAMILIES, "seeds": 1, "budgets": (5, 10, 20)}
+    default = _run(inputs, local_root, "layers-default", **options)
+    assert default["layers"] == {
+        "coverage": ["hidden"],
+        "surprise": "hidden",
+        "chosen": "default (hidden_layer_names)",
+    }
+    assert default["coverage_params"]["kmnc"] == {"sections": 10}
+    pre = _run(inputs, local_root, "layers-pre", layers=("pre",), **options)
+    assert pre["layers"] == {"coverage": ["pre"], "surprise": "pre", "chosen": "--layers"}
+    for name in HIDDEN_FAMILIES:  # the other layer's activations order the pool otherwise
+        assert _orders(pre, name) != _orders(default, name)
+    mixed = _run(
+        inputs, local_root, "layers-mixed", layers=("pre",), surprise_layer="hidden", **options
+    )
+    assert mixed["layers"]["surprise"] == "hidden"
+    assert _orders(mixed, "dsa") == _orders(default, "dsa")
+    assert _orders(mixed, "kmnc") == _orders(pre, "kmnc")
+
+
+def test_unknown_layers_are_one_sentence(inputs, local_root):
+    with pytest.raises(TestprioError, match=r"layer 'nope' in --layers is not a tensor of the"):
+        _run(inputs, local_root, "bad-layer", prioritizers=("gini",), layers=("hidden", "nope"))
+    with pytest.raises(
+        TestprioError, match=r"--surprise-layer 'nah' is not a tensor of the model; .*hidden"
+    ):
+        _run(inputs, local_root, "bad-surprise", prioritizers=("gini",), surprise_layer="nah")
+
+
+def test_coverage_params_change_the_order_and_are_recorded(inputs, local_root):
+    _needs("nac-ctm")
+    options = {"prioritizers": ("nac-ctm",), "seeds": 1, "budgets": (5, 10, 20)}
+    default = _run(inputs, local_root, "cov-default", **options)
+    params = evaluate.parse_coverage_params('{"nac": {"threshold": 1.5}}')
+    raised = _run(inputs, local_root, "cov-raised", coverage_params=params, **options)
+    assert raised["coverage_params"]["nac"] == {"threshold": 1.5}
+    assert raised["coverage_params"]["kmnc"] == {"sections": 10}  # the others keep defaults
+    assert _orders(raised, "nac-ctm") != _orders(default, "nac-ctm")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1]", r"--coverage-params '\[1\]' is not a JSON object; give one like"),
+        ("{nope", r"--coverage-params '\{nope' is not a JSON object"),
+        ('{"kmc": {"sections": 2}}', r"--coverage-params names 'kmc', not a coverage metric"),
+        ('{"kmnc": {"section": 2}}', r"--coverage-params kmnc.section=2 is not a parameter"),
+        ('{"kmnc": {"sections": 2.5}}', r"kmnc.sections=2.5 is not .* with a whole number"),
+        ('{"nac": {"threshold": true}}', r"nac.threshold=True is not a parameter"),
+    ],
+)  # fmt: skip
+def test_bad_coverage_params(text, message):
+    _needs("nac-ctm")
+    with pytest.raises(TestprioError, match=message):
+        evaluate.parse_coverage_params(text)
+
+
+def test_metamorphic_transforms_and_followups_are_used_and_recorded(inputs, local_root):
+    _needs("instability")
+    options = {"prioritizers": ("instability",), "seeds": 1, "budgets": (10,)}
+    default = _run(inputs, local_root, "meta-default", **options)
+    settings = default["prioritizers"]["instability"]["metamorphic"]
+    assert settings["followups"] == 10 and settings["layout"] == "NCHW"
+    assert settings["transforms"] == [
+        "rotate", "translate", "scale", "brightness", "contrast", "blur", "noise"
+    ]  # fmt: skip
+    # 8x8 digits are tiny images: the narrower ranges apply.
+    assert settings["tiny_image_ranges"] is True
+    assert settings["ranges"]["rotate"] == {"degrees": [-5.0, 5.0]}
+    chosen = _run(
+        inputs, local_root, "meta-noise", metamorphic_transforms=("noise",), followups=3,
+        **options,
+    )  # fmt: skip
+    entry = chosen["prioritizers"]["instability"]
+    assert entry["metamorphic"]["transforms"] == ["noise"]
+    assert entry["metamorphic"]["followups"] == 3
+    assert entry["description"] == "share of 3 metamorphic follow-ups whose class changes"
+    assert [effect["transform"] for effect in entry["attribution"]["effects"]] == ["noise"]
+
+
+def test_tiny_images_get_narrow_metamorphic_ranges():
+    assert evaluate.metamorphic_ranges((1, 8, 8), "NCHW") is evaluate.TINY_IMAGE_RANGES
+    assert evaluate.metamorphic_ranges((8, 8, 1), "NHWC") is evaluate.TINY_IMAGE_RANGES
+    assert evaluate.metamorphic_ranges((16, 28), "NHW") is evaluate.TINY_IMAGE_RANGES
+    assert evaluate.metamorphic_ranges((3, 32, 32), "NCHW") is None
+    assert evaluate.metamorphic_ranges((64,), None) is None
+
+
+def test_narrow_ranges_flip_fewer_followups_on_digits(inputs):
+    """The reason for the narrow ranges: on 8x8 digits the metamorphic defaults flip far
+    more follow-ups of a sound classifier than the narrow ones."""
+    _needs("instability")
+    from testprio import metamorphic
+    from testprio.model import create_session
+
+    session = create_session(str(inputs["model"]), device="cpu")
+    x = inputs["splits"]["pool"][0]
+
+    def predict(batch):
+        return session.run(["logits"], {"input": batch})[0]
+
+    rates = {
+        ranges is None: metamorphic.run_metamorphic(
+            predict, x, followups=5, layout="NCHW", ranges=ranges
+        )
+        .design["violated"]
+        .mean()
+        for ranges in (None, evaluate.TINY_IMAGE_RANGES)
+    }
+    assert rates[False] < rates[True] / 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"followups": 0}, r"--followups 0 must be 1 or more"),
+        (
+            {"metamorphic_transforms": ("rotate", "spin")},
+            r"unknown metamorphic transform\(s\) spin in --metamorphic-transforms; choose from",
+        ),
+    ],
+)
+def test_bad_metamorphic_options(options, message):
+    _needs("instability")
+    with pytest.raises(TestprioError, match=message):
+        evaluate.check_options(evaluate.EvaluateOptions(**options))
+
+
 # --- the command line ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_log(monkeypatch):
+    """testprio.log.configure binds its handler to the sys.stderr of its first call: an
+    earlier test's capture, closed by now. Start without it, so it writes to this test's."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("testprio"), "handlers", [])
 
 
 def _cli_args(inputs, root, *extra):
@@ -282,9 +441,13 @@ def test_cli_prints_the_tables_and_the_file(inputs, local_root, capsys):
         (["--seeds", "0"], "--seeds 0 must be 1 or more."),
         (["--split", "2"], "--split 2.0 must be a share of the pool"),
         (["--run-id", "../x"], "run id '../x' is not allowed"),
+        (["--prioritizers", "gini", "--layers", "hidden,nope"], "layer 'nope' in --layers"),
+        (["--coverage-params", "{"], "--coverage-params '{' is not a JSON object"),
+        (["--followups", "0"], "--followups 0 must be 1 or more."),
+        (["--metamorphic-transforms", "spin"], "unknown metamorphic transform(s) spin"),
     ],
 )
-def test_cli_errors_are_one_sentence(inputs, local_root, capsys, extra, message):
+def test_cli_errors_are_one_sentence(inputs, local_root, capsys, fresh_log, extra, message):
     assert cli.main(_cli_args(inputs, local_root, *extra)) == 1
     err = capsys.readouterr().err
     assert message in err
