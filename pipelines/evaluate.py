@@ -32,10 +32,10 @@ def build_pipeline(framework: str = "onnx"):
     @dsl.pipeline(name=pipeline_name(framework), description="Compare test prioritizers.")
     def evaluate(
         root: str,
-        run_id: str,
         model: str,
         data: str,
         train_data: str,
+        run_id: str = "",  # empty: a new timestamped id (testprio submit always sets one)
         test_data: str = "",
         budgets: str = "1,2,5,10",
         prioritizers: str = "",

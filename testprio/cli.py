@@ -420,8 +420,16 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         raise TestprioError(str(exc)) from None
     try:
         os.makedirs(args.out, exist_ok=True)
-        name = pipeline_name(args.framework)
-        path = compile_pipeline(os.path.join(args.out, f"{name}.yaml"), settings, args.framework)
+        if args.pipeline == "evaluate":  # one task on CPU: the cluster settings do not apply
+            from pipelines import evaluate as evaluation
+
+            name = evaluation.pipeline_name(args.framework)
+            target = os.path.join(args.out, f"{name}.yaml")
+            path = evaluation.compile_pipeline(target, args.framework)
+        else:
+            name = pipeline_name(args.framework)
+            target = os.path.join(args.out, f"{name}.yaml")
+            path = compile_pipeline(target, settings, args.framework)
     except ValueError as exc:
         raise TestprioError(str(exc)) from None
     except OSError as exc:
@@ -570,6 +578,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         experiment=args.experiment,
         service_account=args.service_account or None,
         enable_caching=False if args.no_cache else None,
+        pipeline=args.pipeline,
     )
     for local, uri in run.uploaded.items():
         print(f"uploaded {local} -> {uri}", file=sys.stderr)
@@ -663,6 +672,13 @@ def build_parser() -> argparse.ArgumentParser:
     comp = commands.add_parser("compile", help="compile the pipeline to KFP YAML")
     comp.add_argument("--out", default="build", help="folder for prioritize.yaml")
     comp.add_argument(
+        "--pipeline",
+        choices=("prioritize", "evaluate"),
+        default="prioritize",
+        help="prioritize (default) or evaluate (evaluate[-framework].yaml; the GPU and score "
+        "options do not apply to it)",
+    )
+    comp.add_argument(
         "--framework",
         default="onnx",
         help="models the pipeline converts: onnx (default; prioritize.yaml), pytorch, "
@@ -739,8 +755,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="compiled pipeline (testprio compile); default: the pipeline of the model's "
         "framework, compiled now with the default cluster settings",
     )
+    sub.add_argument(
+        "--pipeline",
+        choices=("prioritize", "evaluate"),
+        default="prioritize",
+        help="prioritize (default) or evaluate (give train_data, and test_data or split, with "
+        "--param; local files are uploaded)",
+    )
     sub.add_argument("--experiment", default="testprio", help="KFP experiment (default testprio)")
-    sub.add_argument("--run-name", default="", help="name in the UI (default: prioritize RUN_ID)")
+    sub.add_argument("--run-name", default="", help="name in the UI (default: PIPELINE RUN_ID)")
     sub.add_argument(
         "--service-account",
         default="testprio-pipeline-runner",  # client.PIPELINE_SERVICE_ACCOUNT, of manifests/

@@ -54,7 +54,9 @@ DEFAULT_EXPERIMENT = "testprio"
 # The Kubernetes service account of manifests/ that may write to the bucket.
 PIPELINE_SERVICE_ACCOUNT = "testprio-pipeline-runner"
 # Parameters that name input files: local paths among them are uploaded before submitting.
-INPUT_PARAMETERS = ("model", "data", "custom_ops")
+INPUT_PARAMETERS = ("model", "data", "custom_ops", "train_data", "test_data")
+# The pipelines submit can run: name -> module of pipelines/ (pipeline_name, compile_pipeline).
+PIPELINES = {"prioritize": "pipelines.prioritize", "evaluate": "pipelines.evaluate"}
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})
 # KFP parameter types -> how a value given as text (command line) becomes that type.
 _PARAMETER_TYPES = {
@@ -138,10 +140,26 @@ class RunLogs:
     pod_namespace: str
 
 
-def load_package(path: str, *, framework: str = "onnx") -> PipelinePackage:
+def _pipeline_module(pipeline: str):
+    import importlib
+
+    if pipeline not in PIPELINES:
+        raise TestprioError(
+            f"pipeline '{pipeline}' is not one of {', '.join(PIPELINES)}; choose one of them."
+        )
+    return importlib.import_module(PIPELINES[pipeline])
+
+
+def load_package(
+    path: str, *, framework: str = "onnx", pipeline: str = "prioritize"
+) -> PipelinePackage:
     """Read the compiled pipeline at ``path``, made (``testprio compile --framework``) for
     ``framework``'s models."""
-    compile_hint = "testprio compile" + ("" if framework == "onnx" else f" --framework {framework}")
+    compile_hint = (
+        "testprio compile"
+        + ("" if pipeline == "prioritize" else f" --pipeline {pipeline}")
+        + ("" if framework == "onnx" else f" --framework {framework}")
+    )
     if not os.path.isfile(path):
         raise TestprioError(
             f"pipeline package {path} does not exist; run `{compile_hint}` (make compile for "
@@ -157,8 +175,7 @@ def load_package(path: str, *, framework: str = "onnx") -> PipelinePackage:
         raise TestprioError(
             f"{path} is not a compiled KFP pipeline; compile it with `{compile_hint}`."
         ) from None
-    from pipelines.prioritize import pipeline_name
-
+    pipeline_name = _pipeline_module(pipeline).pipeline_name
     if package.name != pipeline_name(framework):
         raise TestprioError(
             f"{path} is the pipeline {package.name}, but the model is a {framework} model, "
@@ -301,6 +318,7 @@ class Client:
         enable_caching: bool | None = None,
         pipeline_root: str | None = None,
         settings=None,
+        pipeline: str = "prioritize",
     ) -> SubmittedRun:
         """Start a run with ``parameters`` (``model``, ``data``, ``root``, ...).
 
@@ -309,21 +327,36 @@ class Client:
         default: its GKE defaults).
         ``enable_caching=False`` turns KFP's cache off for every task of this run; the
         default keeps the compiled settings (cache on for ingest and convert only).
+        ``pipeline``: ``prioritize`` or ``evaluate`` (``PIPELINES``; the evaluate pipeline
+        takes ``train_data`` and ``test_data`` too, uploaded like ``data``, and has no
+        cluster ``settings``).
         """
-        from pipelines.prioritize import pipeline_name
         from testprio.convert import resolve_framework
 
+        module = _pipeline_module(pipeline)
         if not parameters.get("model"):
             raise TestprioError("the pipeline needs --model; give it.")
         framework = resolve_framework(
             str(parameters["model"]), parameters.get("framework") or "auto"
         )
         with tempfile.TemporaryDirectory(prefix="testprio-compile-") as folder:
-            if package is None:
-                from pipelines.prioritize import compile_pipeline
-
-                package = compile_pipeline(
-                    os.path.join(folder, f"{pipeline_name(framework)}.yaml"), settings, framework
+            if package is None and pipeline == "evaluate":
+                if settings is not None:
+                    raise TestprioError(
+                        "cluster settings apply to the prioritize pipeline only; leave "
+                        "settings out for the evaluate pipeline."
+                    )
+                try:
+                    package = module.compile_pipeline(
+                        os.path.join(folder, f"{module.pipeline_name(framework)}.yaml"), framework
+                    )
+                except ValueError as exc:  # a framework that cannot be fine-tuned
+                    raise TestprioError(str(exc)) from None
+            elif package is None:
+                package = module.compile_pipeline(
+                    os.path.join(folder, f"{module.pipeline_name(framework)}.yaml"),
+                    settings,
+                    framework,
                 )
             elif settings is not None:
                 raise TestprioError(
@@ -331,8 +364,9 @@ class Client:
                     "now), not both."
                 )
             return self._submit(
-                load_package(package, framework=framework),
+                load_package(package, framework=framework, pipeline=pipeline),
                 parameters,
+                pipeline=pipeline,
                 run_name=run_name,
                 experiment=experiment,
                 service_account=service_account,
@@ -350,8 +384,12 @@ class Client:
         service_account: str | None,
         enable_caching: bool | None,
         pipeline_root: str | None,
+        pipeline: str = "prioritize",
     ) -> SubmittedRun:
-        from testprio.stages import validate_parameters
+        if pipeline == "evaluate":
+            from testprio.evaluate import validate_parameters
+        else:
+            from testprio.stages import validate_parameters
 
         definitions = compiled.parameters
         parameters = check_parameters(dict(parameters), definitions)
@@ -369,7 +407,7 @@ class Client:
         if storage.exists(layout.run_json):
             raise TestprioError(f"run folder {layout.uri} already exists; choose another run id.")
         uploaded = upload_inputs(parameters, layout.uri)
-        name = run_name or f"prioritize {parameters['run_id']}"
+        name = run_name or f"{pipeline} {parameters['run_id']}"
         # kfp prints its own "Experiment details"/"Run details" lines; we return the link.
         with _kfp_errors(self.host), contextlib.redirect_stdout(io.StringIO()):
             result = self.kfp.create_run_from_pipeline_package(

@@ -526,3 +526,126 @@ def test_evaluate_pipeline_runs_locally(inputs, local_root, tmp_path):
     assert {"gini_apfd_normalized", "random_accuracy_5pct", "gini_faults_10pct"} <= set(logged)
     (page,) = glob.glob(str(tmp_path / "kfp" / "**" / "html"), recursive=True)
     assert "<svg" in open(page).read()
+
+
+# --- testprio compile / submit --pipeline evaluate ----------------------------------------
+
+
+def test_compile_writes_the_evaluate_pipeline(tmp_path, capsys):
+    import yaml
+
+    out = tmp_path / "build"
+    assert cli.main(["compile", "--pipeline", "evaluate", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "evaluate.yaml")
+    spec = yaml.safe_load(open(out / "evaluate.yaml"))
+    assert spec["pipelineInfo"]["name"] == "evaluate"
+    assert set(spec["root"]["dag"]["tasks"]) == {"evaluate-pool", "evaluate-report"}
+    assert {"train_data", "layers", "followups"} <= set(
+        spec["root"]["inputDefinitions"]["parameters"]
+    )
+    assert cli.main(["compile", "--pipeline", "evaluate", "--framework", "pytorch",
+                     "--out", str(out)]) == 0  # fmt: skip
+    assert capsys.readouterr().out.strip() == str(out / "evaluate-pytorch.yaml")
+    # The default is still the prioritize pipeline.
+    assert cli.main(["compile", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "prioritize.yaml")
+
+
+def test_compile_evaluate_for_paddle_is_one_sentence(tmp_path, capsys):
+    args = ["compile", "--pipeline", "evaluate", "--framework", "paddle", "--out", str(tmp_path)]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("testprio: error: --framework paddle cannot be evaluated")
+    assert err.count("\n") == 1
+
+
+@pytest.fixture
+def kfp_server(tmp_path, monkeypatch):
+    """The loopback KFP API server of tests/test_client.py."""
+    import kfp
+
+    from tests.test_client import FakeKfp
+
+    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+    monkeypatch.delenv("KF_PIPELINES_UI_ENDPOINT", raising=False)
+    server = FakeKfp()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket_root(gcs_emulator):
+    import uuid
+
+    from tests.conftest import BUCKET
+
+    return f"gs://{BUCKET}/eval-{uuid.uuid4().hex[:8]}"
+
+
+def test_submit_compiles_and_starts_the_evaluate_pipeline(inputs, kfp_server, bucket_root):
+    from testprio.client import Client
+
+    client = Client(kfp_server.url)
+    run = client.submit(
+        {"model": str(inputs["model"]), "data": str(inputs["pool"]),
+         "train_data": str(inputs["train"]), "test_data": str(inputs["test"]),
+         "root": bucket_root, "run_id": "eval-1", "prioritizers": "gini,random", "seeds": "2",
+         "layers": "hidden"},
+        pipeline="evaluate",
+    )  # fmt: skip
+    assert run.name == "evaluate eval-1"
+    # Every local input, training and test data included, is uploaded to the run folder.
+    for name in ("model", "pool", "train", "test"):
+        uri = run.uploaded[str(inputs[name])]
+        assert uri == f"{bucket_root}/eval-1/inputs/{inputs[name].name}"
+        assert storage.read_bytes(uri) == inputs[name].read_bytes()
+    (created,) = kfp_server.calls("POST", "/runs")
+    body = created["body"]
+    assert body["display_name"] == "evaluate eval-1"
+    spec = body["pipeline_spec"]  # no platform_spec beside it: no Kubernetes settings
+    assert spec["pipelineInfo"]["name"] == "evaluate"
+    assert set(spec["root"]["dag"]["tasks"]) == {"evaluate-pool", "evaluate-report"}
+    sent = body["runtime_config"]["parameters"]
+    assert sent["train_data"] == f"{bucket_root}/eval-1/inputs/train.npz"
+    assert (sent["seeds"], sent["prioritizers"], sent["layers"]) == (2, "gini,random", "hidden")
+
+
+def test_submit_checks_evaluate_parameters_before_sending(inputs, kfp_server, bucket_root):
+    from testprio.client import Client
+
+    client = Client(kfp_server.url)
+    base = {"model": str(inputs["model"]), "data": str(inputs["pool"]),
+            "train_data": str(inputs["train"]), "root": bucket_root}  # fmt: skip
+    with pytest.raises(TestprioError, match=r"needs a held-out test split: give test_data"):
+        client.submit(base, pipeline="evaluate")
+    with pytest.raises(TestprioError, match=r"unknown prioritizer\(s\) nope"):
+        client.submit({**base, "split": 0.3, "prioritizers": "nope"}, pipeline="evaluate")
+    with pytest.raises(TestprioError, match=r"^'metric' is not a parameter of the compiled"):
+        client.submit({**base, "split": 0.3, "metric": "gini"}, pipeline="evaluate")
+    with pytest.raises(TestprioError, match=r"pipeline 'rank' is not one of prioritize, evaluate"):
+        client.submit(base, pipeline="rank")
+    assert kfp_server.calls("POST", "/runs") == []
+
+
+def test_cli_submit_evaluate(inputs, kfp_server, bucket_root, tmp_path, capsys):
+    host = ["--host", kfp_server.url]
+    args = ["submit", *host, "--pipeline", "evaluate", "--model", str(inputs["model"]),
+            "--data", str(inputs["pool"]), "--root", bucket_root, "--run-id", "cli-eval",
+            "--param", f"train-data={inputs['train']}", "--param", "split=0.3"]  # fmt: skip
+    assert cli.main(args) == 0, capsys.readouterr().err
+    (run_id,) = kfp_server.runs
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"Submitted evaluate cli-eval (KFP run {run_id})."
+    )
+    # A prioritize package given for the evaluate pipeline is refused in one sentence.
+    prioritize = tmp_path / "build"
+    assert cli.main(["compile", "--out", str(prioritize)]) == 0
+    capsys.readouterr()
+    args[args.index("cli-eval")] = "cli-eval-2"
+    assert cli.main([*args, "--package", str(prioritize / "prioritize.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "is the pipeline prioritize, but the model is a onnx model, which runs in evaluate" in err
+    )
+    assert err.count("\n") == 1
