@@ -92,9 +92,14 @@ def ranking_page_of(
 ) -> reportdata.RankingPage:
     details = details_of(root, run_id)
     result = reportdata.ranking_page(details, page=page, page_size=page_size, filters=filters)
-    result.rows = reportdata.with_sources(details, result.rows)
     ids = result.rows.column("sample_id").to_pylist()
-    images = reportdata.thumbnails(details, ids)  # this page's first rows only, bounded
+    # One read of the page's samples for both columns; tensors only for the thumbnailed rows.
+    shown = ids[: reportdata.THUMBNAIL_ROWS]
+    samples = reportdata.read_samples(details, shown, columns=("x", "source"))
+    if len(ids) > len(shown):
+        samples.update(reportdata.read_samples(details, ids[len(shown) :], columns=("source",)))
+    result.rows = reportdata.with_sources(details, result.rows, samples=samples)
+    images = reportdata.thumbnails(details, ids, samples=samples)  # bounded: first rows only
     result.rows = result.rows.add_column(0, "image", pa.array(images, pa.string()))
     return result
 

@@ -1060,10 +1060,13 @@ def read_probabilities(details: RunDetails, sample_ids: Iterable[int]) -> dict[i
     return result
 
 
-def with_sources(details: RunDetails, rows: pa.Table) -> pa.Table:
-    """``rows`` (with ``sample_id``) plus each sample's ``source``, read from the data shards."""
+def with_sources(
+    details: RunDetails, rows: pa.Table, *, samples: dict[int, dict] | None = None
+) -> pa.Table:
+    """``rows`` (with ``sample_id``) plus each sample's ``source``, read from the data shards
+    (or taken from ``samples``, a ``read_samples`` result that holds them)."""
     ids = rows.column("sample_id").to_pylist()
-    sources = read_samples(details, ids, columns=("source",))
+    sources = samples if samples is not None else read_samples(details, ids, columns=("source",))
     values = [sources.get(sample_id, {}).get("source") for sample_id in ids]
     return rows.append_column("source", pa.array(values, pa.string()))
 
@@ -1367,11 +1370,14 @@ def thumbnails(
     *,
     limit: int = THUMBNAIL_ROWS,
     side: int = THUMBNAIL_SIDE,
+    samples: dict[int, dict] | None = None,
 ) -> list[str | None]:
     """A small PNG ``data:`` URI of each of the first ``limit`` samples (None after them,
-    and for a sample whose tensor is gone): a page of the ranking, never the pool."""
+    and for a sample whose tensor is gone): a page of the ranking, never the pool.
+    ``samples``: a ``read_samples`` result holding their ``x`` (read here otherwise)."""
     wanted = [int(sample_id) for sample_id in sample_ids[: max(0, limit)]]
-    samples = read_samples(details, wanted, columns=("x",)) if wanted else {}
+    if samples is None:
+        samples = read_samples(details, wanted, columns=("x",)) if wanted else {}
     uris: list[str | None] = []
     for sample_id in sample_ids:
         sample = samples.get(int(sample_id)) if len(uris) < len(wanted) else None

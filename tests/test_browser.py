@@ -54,12 +54,17 @@ def add_link_named_run(root: Path) -> None:
     (run / "model" / "model.json").write_text(json.dumps(model))
 
 
+SERVED: dict[str, Path] = {}  # the root the module's server shows
+
+
 @pytest.fixture(scope="module")
 def report_server(tmp_path_factory):
     """``testprio report --root ROOT --port PORT`` as its own process; yields the URL."""
     folder = tmp_path_factory.mktemp("browser")
     make_runs(str(folder / "runs"), folder / "inputs")
     add_link_named_run(folder / "runs")
+    shutil.copytree(folder / "runs" / "labeled", folder / "runs" / "upload")  # takes labels
+    SERVED["root"] = folder / "runs"
     port = _free_port()
     log = open(folder / "server.log", "w+b")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
@@ -104,21 +109,35 @@ def test_run_page_renders_in_chromium(report_server, browser):
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(f"{report_server}/?page=run&run=labeled")
-    for section in ["Model", "Data", "Stages", "Scores", "Most and least uncertain", "Ranking"]:
+    for section in [
+        "Model",
+        "Data",
+        "Stages",
+        "Scores",
+        "Most and least uncertain",
+        "Ranking",
+        "Sample",
+    ]:
         page.get_by_role("heading", name=section, exact=True).wait_for(timeout=60_000)
     page.get_by_role("heading", name="Labels", exact=True).wait_for(timeout=60_000)
     page.get_by_text("Top 10: label these first").wait_for()
-    # Charts are drawn (Vega renders each into a canvas or SVG) and sample images load.
+    # Charts are drawn (Vega renders each into a canvas or SVG) and sample images load:
+    # 16 random samples, two galleries of 10, the drilled-down sample.
     page.wait_for_function(
         'document.querySelectorAll(\'[data-testid="stVegaLiteChart"] canvas, '
-        '[data-testid="stVegaLiteChart"] svg\').length >= 6',
+        '[data-testid="stVegaLiteChart"] svg\').length >= 7',
         timeout=60_000,
     )
     page.wait_for_function(
         "[...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
-        ".filter(img => img.complete && img.naturalWidth > 0).length >= 36",
+        ".filter(img => img.complete && img.naturalWidth > 0).length >= 37",
         timeout=60_000,
     )
+    page.get_by_text("APFD = 1 − (r₁ + … + rₖ) / (k · n) + 1 / (2n)").wait_for()
+    # No Deploy button or other developer options in the toolbar.
+    page.wait_for_timeout(500)
+    assert page.get_by_role("button", name="Deploy").count() == 0
+    assert page.locator('[data-testid="stAppDeployButton"]').count() == 0
     assert page.get_by_role("heading", name="Run labeled").is_visible()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.wait_for_timeout(1000)  # let the charts' transitions settle before the screenshot
@@ -155,4 +174,25 @@ def test_link_like_run_data_is_not_linked_in_chromium(report_server, browser):
         "links => links.map(link => link.href).filter(h => !h.startsWith(location.origin))",
     )
     assert [href for href in hrefs if "evil" in href] == [], hrefs  # no link, autolink, mailto
+    page.close()
+
+
+def test_labels_uploaded_in_chromium_show_the_labelled_figures(report_server, browser, tmp_path):
+    from tests.reportkit import digits
+
+    _, truth = digits()
+    upload = tmp_path / "batch.csv"
+    ids = [i for i in range(11) if i != 7]  # sample 7 is quarantined (NaN), not ranked
+    upload.write_text("sample_id,label\n" + "".join(f"{i},{truth[i]}\n" for i in ids))
+    page = browser.new_page(viewport={"width": 1400, "height": 3000})
+    page.goto(f"{report_server}/?page=downloads&run=upload")
+    page.get_by_text("Labelling export of the top 5 (zip)").wait_for(timeout=60_000)
+    page.get_by_text("No labels imported into this run yet.").wait_for()
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(upload))
+    page.get_by_text(re.compile(r"^Imported 10 labels from batch\.csv")).wait_for(timeout=60_000)
+    record = json.loads((SERVED["root"] / "upload" / "run.json").read_text())
+    assert record["labelled"]["samples"] == 10 and record["labelled"]["file"] == "batch.csv"
+    accuracy = page.locator('[data-testid="stMetric"]', has_text="labelled accuracy")
+    assert f"{record['labelled']['accuracy']:.4f}" in accuracy.inner_text()
+    assert (SERVED["root"] / "upload" / "labels.parquet").is_file()
     page.close()
