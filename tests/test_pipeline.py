@@ -241,11 +241,12 @@ def test_cli_runs_an_image_archive_with_ops(local_root, tmp_path, capsys):
     assert "scale(" in html and "unreadable" in html
     # The ranked samples are the images' pixels / 255, in NCHW.
     first = storage.read_table(layout.ranking).slice(0, 1).to_pylist()[0]
-    shard = storage.read_table(layout.data_shard(0)).to_pylist()
-    row = next(r for r in shard if r["sample_id"] == first["sample_id"])
-    index = int(row["source"].split("/")[-1].split(".")[0])
+    shard = storage.read_table(layout.data_shard(0))
+    position = shard["sample_id"].to_pylist().index(first["sample_id"])
+    x = shard_tensors(shard["x"], shard.schema)[position]
+    index = int(shard["source"][position].as_py().split("/")[-1].split(".")[0])
     expected = (digits.images[index] * 255 / 16).astype(np.uint8) / 255.0
-    np.testing.assert_allclose(np.reshape(row["x"], (8, 8)), expected, atol=1e-6)
+    np.testing.assert_allclose(np.reshape(x, (8, 8)), expected, atol=1e-6)
 
 
 def test_cli_refuses_a_custom_op_before_the_run_starts(local_root, tmp_path, capsys):
