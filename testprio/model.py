@@ -269,8 +269,12 @@ class BoundRunner:
         if self._input is not None and tuple(self._input.shape()) == feed.shape:
             self._input.update_inplace(np.ascontiguousarray(feed))
         else:
+            # On the CPU an OrtValue wraps the array it is given, and update_inplace later
+            # writes the next batches into it: give it a buffer of its own, never the
+            # caller's (a read-only Arrow view or a memory map would be written, or crash).
+            own = np.array(feed, order="C", copy=True) if self._device_type == "cpu" else feed
             self._input = ort.OrtValue.ortvalue_from_numpy(
-                np.ascontiguousarray(feed), self._device_type, 0
+                np.ascontiguousarray(own), self._device_type, 0
             )
             self._binding.bind_ortvalue_input(self._input_name, self._input)
         # Bound afresh every run: a bound output keeps its last shape, and the last batch of

@@ -382,3 +382,21 @@ def test_shard_in_an_unknown_format_is_refused(tmp_path, pool):
         r"cannot read \(it reads formats 1, 2\); score it with the testprio version",
     ):
         score_shard(layout, shard)
+
+
+def test_bound_runner_on_cpu_never_writes_into_the_callers_batches(tmp_path):
+    from testprio.model import BoundRunner, create_session
+
+    model = linear_classifier(tmp_path / "m.onnx")
+    session = create_session(str(model), device="cpu")
+    runner = BoundRunner(session, "input", "logits", "cpu")
+    rng = make_deterministic(3)
+    first, second = (rng.normal(0, 1, (4, 1, 8, 8)).astype(np.float32) for _ in range(2))
+    kept = first.copy()
+    read_only = second.copy()
+    read_only.setflags(write=False)  # like a format-2 shard's Arrow view
+    np.testing.assert_allclose(runner(first), reference_logits(first, model), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        runner(read_only), reference_logits(second, model), rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_array_equal(first, kept)  # the second batch went elsewhere
