@@ -12,12 +12,28 @@ def get_logger(name: str | None = None) -> logging.Logger:
     return logging.getLogger(LOGGER_NAME if name is None else f"{LOGGER_NAME}.{name}")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged, not when it was set up:
+    a notebook or a test harness may swap stderr after the first run."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure(level: int = logging.INFO) -> None:
     """Send testprio's log lines to stderr once, with a recognisable prefix."""
     logger = logging.getLogger(LOGGER_NAME)
     if any(getattr(h, "_testprio", False) for h in logger.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("testprio %(levelname)s %(message)s"))
     handler._testprio = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
