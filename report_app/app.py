@@ -379,14 +379,20 @@ def sample_section(root: str, details: reportdata.RunDetails) -> None:
     st.header("Sample")
     left, right = st.columns([1, 2])
     by = left.radio("Find by", ["rank", "sample id"], horizontal=True, key="sample-by")
+    # Empty until asked: the ranks under every metric read the run's score columns, which
+    # the page would otherwise pay for on every open.
     if by == "rank":
         number = right.number_input(
-            "Rank", min_value=1, max_value=max(1, details.num_rows), value=1, key="sample-rank"
+            "Rank", min_value=1, max_value=max(1, details.num_rows), value=None, key="sample-rank"
         )
-        detail = sample_of(root, details.run_id, int(number), None)
+        chosen = (int(number), None) if number is not None else None
     else:
-        number = right.number_input("Sample id", min_value=0, value=0, key="sample-id")
-        detail = sample_of(root, details.run_id, None, int(number))
+        number = right.number_input("Sample id", min_value=0, value=None, key="sample-id")
+        chosen = (None, int(number)) if number is not None else None
+    if chosen is None:
+        st.caption("Enter a rank or a sample id to see that sample.")
+        return
+    detail = sample_of(root, details.run_id, *chosen)
     left, middle, right = st.columns([1, 2, 2])
     with left:
         st.image(detail["image"], width=192)

@@ -202,10 +202,11 @@ def test_run_page_has_every_section_chart_and_gallery(monkeypatch, runs_root):
     assert app.title[0].value == "Run labeled"
     assert [header.value for header in app.header] == [*RUN_SECTIONS, "Labels"]
     charts = app.get("vega_lite_chart")
-    # timeline, histogram, class means, heatmap, sample probabilities, fault curve, accuracy
-    assert len(charts) == 7
+    # timeline, histogram, class means, heatmap, fault curve, per-class accuracy
+    assert len(charts) == 6
     assert any('"zoom' in chart.proto.spec or "interval" in chart.proto.spec for chart in charts)
-    assert len(app.image) == 16 + 10 + 10 + 1  # random samples, galleries, the sample
+    assert len(app.image) == 16 + 10 + 10  # random samples, top and bottom galleries
+    assert any(c.value == "Enter a rank or a sample id to see that sample." for c in app.caption)
     metrics = {metric.label: metric.value for metric in app.metric}
     summary = reportdata.load_run(reportdata.resolve_run(runs_root, "labeled")).summary
     assert metrics["accuracy"] == f"{summary['labels']['accuracy']:.4f}"
@@ -336,6 +337,7 @@ def test_sample_of_an_image_folder_shows_the_original_file(monkeypatch, tmp_path
 
     root = make_image_run(tmp_path)
     app = open_app(monkeypatch, str(root), page="run", run="img")
+    app.number_input(key="sample-rank").set_value(1).run()
     details = reportdata.load_run(reportdata.resolve_run(str(root), "img"))
     first = reportdata.sample_detail(details, reportdata.score_columns(details), rank=1)
     assert any(
@@ -350,6 +352,7 @@ def test_sample_of_an_image_folder_shows_the_original_file(monkeypatch, tmp_path
     assert labels.original_image(details, first["sample_id"], "../runs/img/run.json") is None
     (tmp_path / "pool" / first["source"]).unlink()
     app = open_app(monkeypatch, str(root), page="run", run="img")
+    app.number_input(key="sample-rank").set_value(1).run()
     assert any(
         shown(caption.value) == f"preprocessed tensor {first['source']}" for caption in app.caption
     )

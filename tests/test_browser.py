@@ -122,15 +122,15 @@ def test_run_page_renders_in_chromium(report_server, browser):
     page.get_by_role("heading", name="Labels", exact=True).wait_for(timeout=60_000)
     page.get_by_text("Top 10: label these first").wait_for()
     # Charts are drawn (Vega renders each into a canvas or SVG) and sample images load:
-    # 16 random samples, two galleries of 10, the drilled-down sample.
+    # 16 random samples, two galleries of 10.
     page.wait_for_function(
         'document.querySelectorAll(\'[data-testid="stVegaLiteChart"] canvas, '
-        '[data-testid="stVegaLiteChart"] svg\').length >= 7',
+        '[data-testid="stVegaLiteChart"] svg\').length >= 6',
         timeout=60_000,
     )
     page.wait_for_function(
         "[...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
-        ".filter(img => img.complete && img.naturalWidth > 0).length >= 37",
+        ".filter(img => img.complete && img.naturalWidth > 0).length >= 36",
         timeout=60_000,
     )
     page.get_by_text("APFD = 1 − (r₁ + … + rₖ) / (k · n) + 1 / (2n)").wait_for()
