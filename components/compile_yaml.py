@@ -18,6 +18,7 @@ from kfp import compiler
 from components.convert import convert_onnx, convert_paddle, convert_pytorch, convert_tensorflow
 from components.ingest import ingest
 from components.rank import rank
+from components.reference import reference
 from components.report import report
 from components.score import score
 from components.start import start
@@ -31,6 +32,7 @@ COMPONENTS = {
     "convert-pytorch": convert_pytorch,
     "convert-tensorflow": convert_tensorflow,
     "convert-paddle": convert_paddle,
+    "reference": reference,
     "score": score,
     "rank": rank,
     "report": report,

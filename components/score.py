@@ -18,6 +18,8 @@ def score(
     batch_size: int = 256,
     gpu_batch_size: int = 1024,
     device: str = "auto",
+    metamorphic: str = "",
+    followups: int = 10,
 ) -> None:
     """Score one sample shard with ONNX Runtime into the run's scores/ folder.
 
@@ -28,5 +30,5 @@ def score(
     from testprio.layout import RunLayout
     from testprio.stages import publish_artifact, score_shard
 
-    uri = score_shard(shard, batch_size, gpu_batch_size, device)
+    uri = score_shard(shard, batch_size, gpu_batch_size, device, metamorphic, followups)
     publish_artifact(scores, RunLayout.of_data_shard(shard).uri, uri, shard=shard)

@@ -39,6 +39,10 @@ def start(
     allow_private_urls: bool = False,
     download_timeout_s: float = 14400.0,
     download_min_bytes_per_s: float = 16384.0,
+    train_data: str = "",
+    layers: str = "",
+    metamorphic: str = "",
+    followups: int = 10,
 ) -> str:
     """Check every parameter and write run.json (status running); returns the run URI."""
     parameters = dict(locals())  # first line: every argument, nothing else

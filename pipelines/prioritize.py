@@ -1,5 +1,5 @@
-"""The ``prioritize`` pipeline: start -> ingest -> convert -> score (fan-out per shard) -> rank
--> report.
+"""The ``prioritize`` pipeline: start -> ingest -> convert -> reference -> score (fan-out per
+shard) -> rank -> report. The reference task does nothing unless ``train_data`` is given.
 
 Cluster settings (GPU, node selector, resources, fan-out width, retries, caching) are fixed
 when the pipeline is built and compiled. KFP's local runner ignores the placement settings
@@ -15,6 +15,7 @@ from kfp import compiler, dsl, kubernetes
 from components.convert import convert_onnx, convert_paddle, convert_pytorch, convert_tensorflow
 from components.ingest import ingest
 from components.rank import rank
+from components.reference import reference
 from components.report import report
 from components.score import score
 from components.start import start
@@ -37,6 +38,8 @@ DEFAULT_TIMEOUTS = {
     "start": 600,
     "ingest": 6 * 3600,
     "convert": 2 * 3600,
+    # Ingests the reference pool (as ingest does) and fits DSA's O(M^2) neighbour search.
+    "reference": 6 * 3600,
     "score": 2 * 3600,
     "rank": 3600,
     "report": 3600,
@@ -151,6 +154,10 @@ def task_policies(settings: ClusterSettings) -> dict[str, TaskPolicy]:
         ),
         "ingest": TaskPolicy(**cpu_task, cache=True, retry=True, timeout_s=timeouts["ingest"]),
         "convert": TaskPolicy(**cpu_task, cache=True, retry=True, timeout_s=timeouts["convert"]),
+        # Not cached: a retried or resumed task skips a reference whose profile exists.
+        "reference": TaskPolicy(
+            **cpu_task, cache=False, retry=True, timeout_s=timeouts["reference"]
+        ),
         "score": TaskPolicy(
             cpu=settings.score_cpu,
             cpu_limit=settings.score_cpu_limit,
@@ -255,6 +262,10 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
         allow_private_urls: bool = False,
         download_timeout_s: float = 14400.0,
         download_min_bytes_per_s: float = 16384.0,
+        train_data: str = "",
+        layers: str = "",
+        metamorphic: str = "",
+        followups: int = 10,
     ) -> str:
         """Rank a pool of unlabeled inputs by model uncertainty; returns the ranking's URI."""
         ingest_arguments = dict(
@@ -289,6 +300,10 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
             top_k=top_k,
             parity_tolerance=parity_tolerance,
             strict_model_checks=strict_model_checks,
+            train_data=train_data,
+            layers=layers,
+            metamorphic=metamorphic,
+            followups=followups,
             **ingest_arguments,
         ).set_display_name("start")
         _configure(start_task, "start", settings)
@@ -317,6 +332,19 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
         convert_task.after(ingest_task)  # it checks the model against pool samples
         _configure(convert_task, "convert", settings)
 
+        # Always runs, and without train_data returns at once and records no stage: the
+        # score tasks wait on one task either way (no dsl.If/dsl.OneOf branches to join).
+        reference_task = reference(
+            run_uri=run_uri,
+            input_shape=input_shape,
+            shard_size=shard_size,
+            train_data=train_data,
+            layers=layers,
+            **ingest_arguments,
+        ).set_display_name("reference")
+        reference_task.after(convert_task)  # it reads the converted model
+        _configure(reference_task, "reference", settings)
+
         shards = ingest_task.outputs["Output"]
         with dsl.ParallelFor(shards, parallelism=settings.parallelism) as shard:
             # Only the loop item and pipeline parameters go in (see components/score.py).
@@ -325,8 +353,10 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
                 batch_size=batch_size,
                 gpu_batch_size=gpu_batch_size,
                 device=settings.device,
+                metamorphic=metamorphic,
+                followups=followups,
             ).set_display_name("score")
-            score_task.after(convert_task)
+            score_task.after(reference_task)  # which is after convert
             _configure(score_task, "score", settings)
             if settings.gpu:
                 _place_on_gpu(score_task, settings)

@@ -17,8 +17,8 @@ from typing import Any
 
 from testprio.convert import DEFAULT_PARITY_TOLERANCE, OUTPUT_KINDS
 from testprio.ingest import IngestOptions
-from testprio.metrics import METRICS
 from testprio.preprocess import PRESETS
+from testprio.prioritizers import NAMES as PRIORITIZER_NAMES
 
 
 class _Required:
@@ -29,7 +29,7 @@ class _Required:
 REQUIRED: Any = _Required()  # the default of a parameter that has none
 
 # The pipeline's tasks (pipelines/prioritize.py); a parameter lists those it is passed to.
-STAGES = ("start", "ingest", "convert", "score", "rank", "report")
+STAGES = ("start", "ingest", "convert", "reference", "score", "rank", "report")
 FRAMEWORK_CHOICES = ("auto", "onnx", "pytorch", "tensorflow", "paddle")
 # KFP's name of each Python parameter type (what the component spec says).
 KFP_TYPES = {str: "String", int: "Integer", float: "Float", bool: "Boolean"}
@@ -66,7 +66,8 @@ class Parameter:
 
 
 _INGEST = IngestOptions()  # the ingest stage's own defaults
-_START_INGEST = ("start", "ingest")
+# The reference pool (--train-data) is ingested with the pool's own options.
+_START_INGEST = ("start", "ingest", "reference")
 _START_CONVERT = ("start", "convert")
 
 PARAMETERS: tuple[Parameter, ...] = (
@@ -85,7 +86,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         REQUIRED,
         "the pool: .npy, .npz, .parquet, .csv, an image folder, or a .zip/.tar/.tar.gz of "
         "one; a local path, gs://... or http(s)://...",
-        _START_INGEST,
+        ("start", "ingest"),
         metavar="D",
     ),
     Parameter(
@@ -109,9 +110,10 @@ PARAMETERS: tuple[Parameter, ...] = (
         "metric",
         str,
         "gini",
-        "the uncertainty score the ranking is sorted by, most uncertain first",
+        "the prioritizer the ranking is sorted by, most worth labelling first (coverage and "
+        "surprise ones need --train-data, instability needs --metamorphic; kmnc = kmnc-cam)",
         ("start", "rank"),
-        choices=tuple(METRICS),
+        choices=tuple(PRIORITIZER_NAMES),
     ),
     Parameter(
         "framework",
@@ -144,7 +146,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "",
         "per-sample shape of an array pool that stores samples flat, e.g. 1,28,28 (applied "
         "before the ops)",
-        ("start", "ingest", "convert"),
+        ("start", "ingest", "convert", "reference"),
         metavar="C,H,W",
     ),
     Parameter(
@@ -317,6 +319,43 @@ PARAMETERS: tuple[Parameter, ...] = (
         "slowest average rate of an http(s) download over a minute; 0: no minimum",
         _START_INGEST,
         metavar="B",
+    ),
+    Parameter(
+        "train_data",
+        str,
+        "",
+        "a reference pool, normally the training data (labels not needed), read and "
+        "preprocessed like --data: adds the coverage (nac, kmnc, nbc, snac, tknc) and "
+        "surprise (lsa, dsa, mdsa) prioritizers",
+        ("start", "reference"),
+        metavar="R",
+    ),
+    Parameter(
+        "layers",
+        str,
+        "",
+        "comma-separated ONNX tensor names of the hidden layers coverage reads (surprise "
+        "reads the last); empty: the model's last hidden activations (with --train-data)",
+        ("start", "reference"),
+        metavar="NAMES",
+    ),
+    Parameter(
+        "metamorphic",
+        str,
+        "",
+        "adds the instability prioritizer: default (the transforms suited to the samples) "
+        "or a comma list of rotate, translate, scale, brightness, contrast, blur, noise",
+        ("start", "score"),
+        metavar="TRANSFORMS",
+    ),
+    Parameter(
+        "followups",
+        int,
+        10,
+        "metamorphic follow-ups per sample (with --metamorphic)",
+        ("start", "score"),
+        minimum=1,
+        metavar="N",
     ),
 )
 

@@ -11,12 +11,11 @@ import math
 import os
 from typing import Any
 
-from testprio import convert, ingest, params, rank, score, sources, storage
+from testprio import convert, ingest, params, prioritizers, rank, reference, score, sources, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout, finish_run, stage
 from testprio.layout import start_run as layout_start_run
 from testprio.log import configure
-from testprio.metrics import check_metric
 
 # KFP refuses an int (max_data_gb=5) for a float input; callers pass these as floats.
 FLOAT_PARAMETERS = params.names_of_type(float)
@@ -27,7 +26,16 @@ _MINIMUM_SENTENCES = {0: "must be zero or positive.", 1: "must be a positive num
 
 def validate_parameters(parameters: dict[str, Any]) -> None:
     """Check every run parameter up front, so a bad one fails the run before any work."""
-    check_metric(parameters["metric"])
+    train_data = parameters.get("train_data") or ""
+    metamorphic = score.parse_metamorphic(parameters.get("metamorphic") or "")
+    prioritizers.check_available(
+        parameters["metric"], families=computed_families(train_data, metamorphic is not None)
+    )
+    if parameters.get("layers") and not train_data:
+        raise TestprioError(
+            "--layers names the hidden layers that coverage and surprise read, which need a "
+            "reference pool; give --train-data R too, or leave out --layers."
+        )
     convert.resolve_framework(parameters["model"], parameters["framework"])
     if parameters["output_kind"] not in convert.OUTPUT_KINDS:
         raise TestprioError(
@@ -47,10 +55,22 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
                 f"--{name.replace('_', '-')} {value} is not a finite number; give one like 2.5."
             )
     sources.check_data_uri(parameters["data"])
+    if train_data:
+        sources.check_data_uri(train_data)
     ingest.check_options(ingest_options(parameters))
     convert.check_parity_tolerance(
         parameters.get("parity_tolerance", convert.DEFAULT_PARITY_TOLERANCE)
     )
+
+
+def computed_families(train_data: str, metamorphic: bool) -> set[str]:
+    """The optional prioritizer families a run with these options computes."""
+    families = set()
+    if train_data:
+        families |= {prioritizers.COVERAGE_FAMILY, prioritizers.SURPRISE_FAMILY}
+    if metamorphic:
+        families.add(prioritizers.METAMORPHIC_FAMILY)
+    return families
 
 
 def start_run(root: str, run_id: str, parameters: dict[str, Any]) -> str:
@@ -60,6 +80,8 @@ def start_run(root: str, run_id: str, parameters: dict[str, Any]) -> str:
     parameters = {**parameters, "run_id": run_id}
     # run.json is read by whoever reads the run: never the URL's password or signature.
     recorded = {**parameters, "data": sources.redact_url(parameters["data"])}
+    if parameters.get("train_data"):
+        recorded["train_data"] = sources.redact_url(parameters["train_data"])
     layout_start_run(layout, recorded)  # refuses a folder that holds a finished run
     with stage(layout, "start"):
         validate_parameters(parameters)
@@ -67,7 +89,8 @@ def start_run(root: str, run_id: str, parameters: dict[str, Any]) -> str:
 
 
 # Run parameters that say how to read and preprocess the pool, as KFP passes them (the
-# ingest task's but the data itself, its second positional argument).
+# ingest task's but the data itself, its second positional argument). The reference task
+# takes the same, to read --train-data like the pool.
 INGEST_PARAMETERS = tuple(p.name for p in params.of_stage("ingest") if p.name != "data")
 
 
@@ -149,8 +172,31 @@ def convert_model(
     return layout.model_onnx
 
 
+def fit_reference(run_uri: str, train_data: str, layers: str = "", **parameters: Any) -> str:
+    """The reference task: nothing without ``train_data`` (returns ''); else ingest it and
+    write the coverage profile and surprise reference. ``parameters``: ``INGEST_PARAMETERS``.
+    Returns the URI of ``reference/profile.json``."""
+    if not train_data:
+        return ""
+    configure()
+    layout = RunLayout(run_uri)
+    with stage(layout, "reference") as figures:
+        record = reference.fit_reference(
+            layout, train_data, ingest_options(parameters), layers=layers
+        )
+        figures.update(
+            samples=record["samples"], layers=record["layers"], skipped=record["skipped"]
+        )
+    return reference.profile_uri(layout)
+
+
 def score_shard(
-    shard_uri: str, batch_size: int, gpu_batch_size: int = 0, device: str = "auto"
+    shard_uri: str,
+    batch_size: int,
+    gpu_batch_size: int = 0,
+    device: str = "auto",
+    metamorphic: str = "",
+    followups: int = 10,
 ) -> str:
     configure()
     layout = RunLayout.of_data_shard(shard_uri)
@@ -162,12 +208,15 @@ def score_shard(
             batch_size=int(batch_size),
             gpu_batch_size=int(gpu_batch_size),
             device=device,
+            metamorphic=metamorphic,
+            followups=int(followups),
         )
         figures.update(
             rows=result["rows"],
             skipped=result["skipped"],
             device=result.get("device"),
             batch_size=result.get("batch_size"),
+            prioritizers=result.get("prioritizers"),
         )
     return result["uri"]
 

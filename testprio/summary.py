@@ -97,7 +97,9 @@ def build_summary(
 ) -> dict:
     """Figures for ``summary.json`` from ``ranked`` columns (each ``(n,)``, ranking order).
 
-    ``ranked`` holds ``predicted``, every metric, and ``label`` (-1 where unknown).
+    ``ranked`` holds ``predicted``, every metric, and ``label`` (-1 where unknown); when
+    ``metric`` is another score column (coverage, surprise, instability) also that column,
+    binned over its own finite range (infinite values in the last bin).
     Temporaries stay within a few ``(n,)`` arrays (no int64 copies are kept, only the chosen
     metric's bins), so the rank stage's memory does not peak here.
     """
@@ -118,6 +120,21 @@ def build_summary(
         if name == metric:
             metric_bins = bins
         del bins
+    if metric not in METRICS:  # a coverage, surprise or instability column: its own range
+        values = ranked[metric].astype(np.float64)
+        finite = values[np.isfinite(values)]
+        low = float(finite.min()) if len(finite) else 0.0
+        high = float(finite.max()) if len(finite) else 0.0
+        shifted = np.where(np.isfinite(values), values - low, high - low)  # inf: last bin
+        metric_bins = score_bins(shifted, high - low)
+        histograms[metric] = {
+            "edges": np.linspace(low, high, HISTOGRAM_BINS + 1).round(6).tolist(),
+            "counts": _counts(metric_bins, HISTOGRAM_BINS).tolist(),
+            "mean": round(float(finite.mean()), 6) if len(finite) else None,
+        }
+        per_class_mean[metric] = _grouped_mean(
+            np.where(np.isfinite(values), values, 0.0), predicted, k
+        )
     class_of_bin = predicted.astype(np.int32)  # a copy, then updated in place
     class_of_bin *= np.int32(HISTOGRAM_BINS)
     class_of_bin += metric_bins

@@ -138,7 +138,15 @@ def test_negative_retries_are_refused():
 
 def test_every_task_has_its_stage_deadline(tmp_path):
     deadlines = _deadlines(tmp_path)
-    assert set(deadlines) == {"start", "ingest", "convert-onnx", "score", "rank", "report"}
+    assert set(deadlines) == {
+        "start",
+        "ingest",
+        "convert-onnx",
+        "reference",
+        "score",
+        "rank",
+        "report",
+    }
     policies = task_policies(ClusterSettings())
     for name, seconds in deadlines.items():
         assert seconds == policies[_policy_name(name, policies)].timeout_s, name
@@ -146,6 +154,7 @@ def test_every_task_has_its_stage_deadline(tmp_path):
         "start": 600,
         "ingest": 21600,
         "convert-onnx": 7200,
+        "reference": 21600,
         "score": 7200,
         "rank": 3600,
         "report": 3600,
