@@ -1246,7 +1246,9 @@ def score_columns(details: RunDetails) -> ScoreColumns:
     """The ranking's ``sample_id`` and metric columns (``SCORE_METRICS`` it holds)."""
     uri = run_file(details.layout, details.layout.ranking)
     with storage.open_parquet(uri) as parquet:
-        names = [name for name in SCORE_METRICS if name in parquet.schema_arrow.names]
+        # The run's own ranking key too, when it is another prioritizer's column.
+        wanted = dict.fromkeys([*SCORE_METRICS, details.metric])
+        names = [name for name in wanted if name in parquet.schema_arrow.names]
         table = parquet.read(columns=["sample_id", *names])
     ids = table.column("sample_id").to_numpy().astype(np.int64, copy=False)
     position = np.full(int(ids.max(initial=-1)) + 1, -1, dtype=np.int64)
