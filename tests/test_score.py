@@ -33,6 +33,13 @@ def _scores(layout):
     return pa.concat_tables(tables).sort_by("sample_id")
 
 
+def _folder_table(layout, folder):
+    """Every shard file of ``{run}/{folder}/``, concatenated in shard order."""
+    where = storage.join(layout.uri, folder)
+    names = storage.list_names(where)
+    return pa.concat_tables([storage.read_table(storage.join(where, name)) for name in names])
+
+
 def _save_graph(path, nodes, inputs, outputs, initializers=()):
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -400,3 +407,186 @@ def test_bound_runner_on_cpu_never_writes_into_the_callers_batches(tmp_path):
         runner(read_only), reference_logits(second, model), rtol=1e-4, atol=1e-5
     )
     np.testing.assert_array_equal(first, kept)  # the second batch went elsewhere
+
+
+# --- coverage, surprise and instability from the same pass -------------------------------
+
+
+@pytest.fixture(scope="module")
+def hidden_digits(tmp_path_factory):
+    """The evaluate tests' digits MLP (Gemm-Relu-Gemm) and its train/pool splits on disk."""
+    from tests import evalkit
+
+    folder = tmp_path_factory.mktemp("hidden")
+    splits = evalkit.digits()
+    paths = evalkit.save_splits(folder / "data", splits)
+    model = evalkit.save_mlp(folder / "mlp.onnx", evalkit.mlp_weights(*splits["train"]))
+    return {"model": model, "paths": paths, "splits": splits}
+
+
+def run_with_prioritizers(model, data, root, *, shard_size=400, metric="gini", **overrides):
+    """start -> ingest -> convert -> reference -> score -> rank, as the pipeline runs them
+    (tests/stagekit.py's run_stages without the reference task and its options)."""
+    from testprio import stages
+    from testprio.layout import RunLayout
+    from tests.stagekit import parameters
+
+    p = parameters(model, data, str(root), "run", shard_size=shard_size, metric=metric)
+    p.update(overrides)
+    run_uri = stages.start_run(p["root"], p["run_id"], p)
+    ingest_args = {name: p[name] for name in stages.INGEST_PARAMETERS}
+    shards = stages.ingest_pool(run_uri, p["data"], **ingest_args)
+    stages.convert_model(
+        run_uri, p["model"], p["framework"], p["output_kind"], p["output_name"], p["input_shape"]
+    )
+    stages.fit_reference(run_uri, p["train_data"], p["layers"], **ingest_args)
+    scores = [
+        stages.score_shard(shard, p["batch_size"], 0, "cpu", p["metamorphic"], p["followups"])
+        for shard in shards
+    ]
+    stages.rank_scores(run_uri, scores, p["metric"], p["top_k"])
+    return RunLayout(run_uri)
+
+
+def run_digits(hidden_digits, root, **overrides):
+    return run_with_prioritizers(
+        hidden_digits["model"], hidden_digits["paths"]["pool"], root, **overrides
+    )
+
+
+def _with_reference(hidden_digits, **overrides):
+    return {
+        "train_data": str(hidden_digits["paths"]["train"]),
+        "metamorphic": "default",
+        "followups": 3,
+        **overrides,
+    }
+
+
+def _direct_activations(hidden_digits, x):
+    """The MLP's hidden ReLU activations, computed by ONNX Runtime directly."""
+    from testprio.activations import hidden_layer_names, layer_activations, with_layer_outputs
+    from testprio.model import create_session
+
+    model = onnx.load(str(hidden_digits["model"]))
+    layers = hidden_layer_names(model)
+    session = create_session(with_layer_outputs(model, layers).SerializeToString(), device="cpu")
+    (logits,), acts = layer_activations(session, {"input": x}, layers, outputs=["logits"])
+    return layers, logits, acts
+
+
+def test_new_columns_equal_the_libraries_on_direct_activations(tmp_path, hidden_digits):
+    from testprio import coverage, surprise
+    from testprio.evaluate import image_layout, metamorphic_ranges
+    from testprio.metamorphic import default_transforms, run_metamorphic
+
+    layout = run_digits(
+        hidden_digits, tmp_path / "r", shard_size=150, **_with_reference(hidden_digits)
+    )
+    table = _scores(layout)
+    assert table.schema.metadata[b"testprio.scores_format"] == b"2"
+    x_pool = hidden_digits["splits"]["pool"][0]
+    x_train = hidden_digits["splits"]["train"][0]
+    layers, _, train_acts = _direct_activations(hidden_digits, x_train)
+    assert layers == ["hidden"]
+    _, pool_logits, pool_acts = _direct_activations(hidden_digits, x_pool)
+    profile = coverage.NeuronProfile(layers).update(train_acts).finish()
+    for name, fn in coverage.COVERAGE_METRICS.items():
+        expected, covered = fn(pool_acts, profile, **coverage.COVERAGE_DEFAULTS[name])
+        np.testing.assert_array_equal(table.column(name).to_numpy(), expected, err_msg=name)
+        cells = _folder_table(layout, "cells")
+        packed = np.frombuffer(b"".join(cells.column(name).to_pylist()), np.uint8)
+        np.testing.assert_array_equal(packed.reshape(len(x_pool), -1), np.packbits(covered, 1))
+    predicted_train = _direct_activations(hidden_digits, x_train)[1].argmax(axis=1)
+    reference = surprise.fit_reference(train_acts[-1], predicted_train)
+    for name, fn in surprise.SURPRISE_METRICS.items():
+        expected = fn(reference, pool_acts[-1], pool_logits.argmax(axis=1)).astype(np.float32)
+        np.testing.assert_allclose(table.column(name).to_numpy(), expected, rtol=1e-5, err_msg=name)
+    shape = x_pool.shape[1:]
+    layout_name = image_layout(shape)
+    ranges = metamorphic_ranges(shape, layout_name)
+    from testprio.model import create_session
+
+    session = create_session(str(hidden_digits["model"]), device="cpu")
+    result = run_metamorphic(
+        lambda b: session.run(["logits"], {"input": b})[0],
+        x_pool,
+        transforms=default_transforms(layout_name),
+        followups=3,
+        seed=0,
+        layout=layout_name,
+        ranges=ranges,
+        sample_ids=np.arange(len(x_pool)),
+    )
+    np.testing.assert_array_equal(
+        table.column("instability").to_numpy(), result.instability.astype(np.float32)
+    )
+    design = _folder_table(layout, "metamorphic")
+    assert design.num_rows == 3 * len(x_pool)
+    np.testing.assert_array_equal(
+        design.sort_by([("sample_id", "ascending"), ("followup", "ascending")])
+        .column("violated")
+        .to_numpy(),
+        result.design["violated"],
+    )
+
+
+def test_without_options_scores_keep_only_the_class_metrics(tmp_path, pool):
+    path, _ = pool
+    layout = run_stages(linear_classifier(tmp_path / "m.onnx"), path, str(tmp_path / "r"))
+    names = _scores(layout).column_names
+    assert names == [
+        "sample_id",
+        "predicted",
+        "confidence",
+        "gini",
+        "entropy",
+        "margin",
+        "least_confidence",
+        "probs",
+        "label",
+    ]
+    assert not storage.exists(storage.join(layout.uri, "cells"))
+    assert not storage.exists(storage.join(layout.uri, "reference"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"metric": "dsa"}, r"^--metric dsa is not computed in this run; give --train-data R"),
+        ({"metric": "kmnc"}, r"^--metric kmnc is not computed in this run; give --train-data"),
+        (
+            {"metric": "instability"},
+            r"^--metric instability is not computed in this run; give --metamorphic default",
+        ),
+        ({"metric": "nac"}, r"^unknown metric 'nac'; choose one of gini, .*nac-ctm, nac-cam"),
+        ({"metamorphic": "wobble"}, r"^--metamorphic names an unknown transform 'wobble'"),
+        ({"layers": "hidden"}, r"^--layers names the hidden layers .* give --train-data R too"),
+        ({"metamorphic": "default", "followups": 0}, r"^--followups 0 must be a positive"),
+    ],
+)
+def test_prioritizer_options_are_checked_at_start(tmp_path, pool, overrides, match):
+    path, _ = pool
+    with pytest.raises(TestprioError, match=match):
+        run_stages(linear_classifier(tmp_path / "m.onnx"), path, str(tmp_path / "r"), **overrides)
+
+
+def test_unknown_layer_and_model_without_hidden_layers_are_refused(tmp_path, hidden_digits):
+    with pytest.raises(TestprioError, match=r"^layer 'nope' in --layers is not a tensor"):
+        run_digits(hidden_digits, tmp_path / "a", **_with_reference(hidden_digits, layers="nope"))
+    linear = {**hidden_digits, "model": linear_classifier(tmp_path / "linear.onnx")}
+    with pytest.raises(TestprioError, match=r"^the ONNX model has no hidden layer .* --layers"):
+        run_digits(linear, tmp_path / "b", **_with_reference(linear))
+
+
+def test_image_transforms_on_flat_samples_fail_the_score_task(tmp_path):
+    rng = make_deterministic(2)
+    data = write_pool(tmp_path / "flat.npz", rng.normal(0, 1, (30, 64)).astype(np.float32))
+    model = linear_classifier(tmp_path / "flat.onnx", sample_shape=(64,))
+    with pytest.raises(TestprioError, match=r"rotate"):
+        run_with_prioritizers(model, data, tmp_path / "r", metamorphic="rotate")
+    # noise works on any tensor: the default for flat samples
+    layout = run_with_prioritizers(
+        model, data, tmp_path / "ok", metamorphic="default", metric="instability"
+    )
+    assert 0 <= _scores(layout).column("instability").to_numpy().max() <= 1
