@@ -273,3 +273,120 @@ def test_counts_in_pieces_equal_one_bincount(monkeypatch):
             groups, minlength=13
         )
     assert summary._grouped_rate(hits, groups, 13) == summary._nan_to_none(expected)
+
+
+# --- coverage, surprise and instability prioritizers ---------------------------------------
+
+from tests.test_score import (  # noqa: E402
+    _direct_activations,
+    _folder_table,
+    _with_reference,
+    hidden_digits,  # noqa: F401 (a fixture)
+    run_digits,
+)
+
+NEW_METRICS = ("kmnc-cam", "nac-ctm", "tknc-cam", "dsa", "lsa", "instability")
+
+
+@pytest.fixture(scope="module")
+def prioritized_runs(hidden_digits, tmp_path_factory):  # noqa: F811
+    """The digits pool (400) scored with every prioritizer in 1, 3 and 5 uneven shards."""
+    root = tmp_path_factory.mktemp("prio")
+    return {
+        size: run_digits(
+            hidden_digits, root / f"s{size}", shard_size=size, **_with_reference(hidden_digits)
+        )
+        for size in (400, 134, 97)
+    }
+
+
+def _rerank(layout, metric):
+    from testprio import stages
+
+    uris = [storage.join(layout.scores_dir, n) for n in storage.list_names(layout.scores_dir)]
+    stages.rank_scores(layout.uri, uris, metric, 10)
+    return ranking(layout), storage.read_json(layout.summary)
+
+
+def test_sharded_equals_whole_for_every_new_column_and_order(prioritized_runs):
+    whole = prioritized_runs[400]
+    columns = ["nac", "kmnc", "nbc", "snac", "tknc", "lsa", "dsa", "mdsa", "instability"]
+    expected = _folder_table(whole, "scores").select(["sample_id", *columns])
+    expected_cells = _folder_table(whole, "cells")
+    for size in (134, 97):
+        layout = prioritized_runs[size]
+        assert len(storage.list_names(layout.scores_dir)) == {134: 3, 97: 5}[size]
+        assert _folder_table(layout, "scores").select(["sample_id", *columns]).equals(expected)
+        assert _folder_table(layout, "cells").equals(expected_cells)
+    for metric in NEW_METRICS:
+        reference, summary = _rerank(whole, metric)
+        for size in (134, 97):
+            sharded, other = _rerank(prioritized_runs[size], metric)
+            assert sharded.equals(reference), f"{size}-row shards changed the {metric} ranking"
+            assert other["prioritizers"] == summary["prioritizers"]
+
+
+def test_cam_ranking_equals_cam_order_of_direct_activations(prioritized_runs, hidden_digits):  # noqa: F811
+    from testprio import coverage
+
+    x_pool = hidden_digits["splits"]["pool"][0]
+    x_train = hidden_digits["splits"]["train"][0]
+    layers, _, train_acts = _direct_activations(hidden_digits, x_train)
+    _, _, pool_acts = _direct_activations(hidden_digits, x_pool)
+    profile = coverage.NeuronProfile(layers).update(train_acts).finish()
+    ids = np.arange(len(x_pool))
+    for metric, name in (("kmnc", "kmnc"), ("kmnc-cam", "kmnc"), ("nbc-cam", "nbc")):
+        scores, covered = coverage.COVERAGE_METRICS[name](pool_acts, profile)
+        expected = coverage.cam_order(covered, scores, ids)
+        ranked, summary = _rerank(prioritized_runs[97], metric)
+        np.testing.assert_array_equal(ranked.column("sample_id").to_numpy(), expected)
+        assert (summary["metric"], summary["prioritizer"], summary["order"]) == (
+            name,
+            metric,
+            "cam",
+        )
+    scores, _ = coverage.COVERAGE_METRICS["nac"](pool_acts, profile)
+    ranked, _ = _rerank(prioritized_runs[97], "nac-ctm")
+    np.testing.assert_array_equal(
+        ranked.column("sample_id").to_numpy(), coverage.ctm_order(scores, ids)
+    )
+
+
+def test_summary_compares_every_prioritizer_by_apfd(prioritized_runs, hidden_digits):  # noqa: F811
+    y_pool = hidden_digits["splits"]["pool"][1]
+    _, summary = _rerank(prioritized_runs[134], "dsa")
+    assert set(summary["prioritizers"]) == {
+        "gini", "entropy", "margin", "least_confidence",
+        *(f"{m}-{how}" for m in ("nac", "kmnc", "nbc", "snac", "tknc") for how in ("ctm", "cam")),
+        "lsa", "dsa", "mdsa", "instability",
+    }  # fmt: skip
+    for name in ("dsa", "instability", "gini"):
+        ranked, _ = _rerank(prioritized_runs[134], name)
+        ids = ranked.column("sample_id").to_numpy()
+        wrong = y_pool[ids] != ranked.column("predicted").to_numpy()
+        assert summary["prioritizers"][name]["apfd"] == apfd(wrong)
+    # The ranking's own APFD is the chosen prioritizer's.
+    assert summary["labels"]["apfd"] == summary["prioritizers"]["dsa"]["apfd"]
+    metamorphic = summary["metamorphic"]
+    assert metamorphic["followups"] == 3 and metamorphic["rows"] == 3 * 400
+    assert {e["transform"] for e in metamorphic["attribution"]["effects"]} == set(
+        metamorphic["transforms"]
+    )
+
+
+def test_rank_refuses_a_prioritizer_the_scores_lack(tmp_path, pool, model):
+    from testprio import rank as rank_module
+
+    path, _, _ = pool
+    layout = run_stages(model, path, str(tmp_path / "runs"), "plain")
+    uris = [storage.join(layout.scores_dir, n) for n in storage.list_names(layout.scores_dir)]
+    with pytest.raises(
+        TestprioError, match=r"^--metric lsa is not computed in this run; give --train-data"
+    ):
+        rank_module.rank(layout, uris, metric="lsa")
+    with pytest.raises(
+        TestprioError, match=r"^--metric instability is not computed .* --metamorphic"
+    ):
+        rank_module.rank(layout, uris, metric="instability")
+    with pytest.raises(TestprioError, match=r"^unknown metric 'wobble'"):
+        rank_module.rank(layout, uris, metric="wobble")
