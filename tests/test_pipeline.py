@@ -275,3 +275,50 @@ def test_cli_runs_a_custom_op_in_its_sandbox(local_root, tmp_path):
     shard = storage.read_table(layout.data_shard(0)).sort_by("sample_id")
     stored = shard_tensors(shard.column("x"), shard.schema).reshape(30, -1)
     np.testing.assert_allclose(stored, (np.sqrt(x) * 2.0 - 1.0).reshape(30, -1), rtol=1e-6)
+
+
+def test_pipeline_with_reference_metamorphic_and_cam_ranking(local_root, tmp_path, digits_model):
+    """--train-data, --metamorphic and --metric kmnc-cam through the KFP local runner: the
+    reference task runs between convert and score, and the ranking is coverage.cam_order of
+    the pool's hidden activations (boundaries from the training half)."""
+    import onnx
+
+    from demo.train_digits import load_split
+    from testprio import coverage
+    from testprio.activations import hidden_layer_names, layer_activations, with_layer_outputs
+    from testprio.model import create_session
+
+    x_train, y_train, x_pool, _ = load_split(0)
+    train = write_pool(tmp_path / "train.npz", x_train, y_train)
+    model = str(digits_model["model"])
+    layout = cli.run_pipeline_locally(
+        _parameters(
+            model,
+            str(digits_model["pool"]),
+            local_root,
+            "prio",
+            train_data=str(train),
+            metamorphic="default",
+            followups=2,
+            metric="kmnc-cam",
+        )
+    )
+    record = storage.read_json(layout.run_json)
+    assert record["status"] == "succeeded", record
+    stage_names = [timing["stage"] for timing in record["stages"]]
+    assert stage_names[:4] == ["start", "ingest", "convert", "reference"]
+
+    proto = onnx.load(model)
+    layers = hidden_layer_names(proto)
+    session = create_session(with_layer_outputs(proto, layers).SerializeToString(), device="cpu")
+    profile = coverage.NeuronProfile(layers)
+    profile.update(layer_activations(session, {"input": x_train}, layers)[1]).finish()
+    pool_acts = layer_activations(session, {"input": x_pool}, layers)[1]
+    scores, covered = coverage.kmnc(pool_acts, profile)
+    expected = coverage.cam_order(covered, scores, np.arange(len(x_pool)))
+    ranking = storage.read_table(layout.ranking)
+    np.testing.assert_array_equal(ranking.column("sample_id").to_numpy(), expected)
+    summary = storage.read_json(layout.summary)
+    assert (summary["prioritizer"], summary["metric"]) == ("kmnc-cam", "kmnc")
+    assert {"dsa", "instability", "kmnc-cam", "gini"} <= set(summary["prioritizers"])
+    assert summary["metamorphic"]["rows"] == 2 * len(x_pool)
