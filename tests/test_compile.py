@@ -29,14 +29,22 @@ def _k8s(platform):
 def test_default_compile_puts_only_scoring_on_gpu_nodes(tmp_path):
     pipeline, platform = _compile(tmp_path)
     executors = _executors(pipeline)
-    assert set(executors) == {"start", "ingest", "convert-onnx", "score", "rank", "report"}
+    assert set(executors) == {
+        "start",
+        "ingest",
+        "convert-onnx",
+        "reference",
+        "score",
+        "rank",
+        "report",
+    }
     resources = executors["score"]["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert resources["accelerator"]["resourceCount"] == "1"
     assert resources["resourceCpuRequest"] == "4"
     assert resources["resourceMemoryRequest"] == "16G"
     assert executors["score"]["image"].endswith("/runtime-gpu:0.1.0")
-    for name in ("start", "ingest", "convert-onnx", "rank", "report"):
+    for name in ("start", "ingest", "convert-onnx", "reference", "rank", "report"):
         assert "accelerator" not in executors[name]["resources"], name
         assert executors[name]["image"].endswith("/runtime:0.1.0")
     k8s = _k8s(platform)
