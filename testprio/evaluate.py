@@ -250,10 +250,11 @@ def _coverage_prioritizers() -> dict[str, Prioritizer]:
         for metric in coverage.COVERAGE_METRICS
         for how in ("ctm", "cam")
     }
-    # KMNC's per-sample total hardly varies (every in-range unit covers one section), so
-    # the plain name means its coverage-additive order, as in the literature.
-    if "kmnc-cam" in found:
-        found["kmnc"] = Prioritizer("kmnc", found["kmnc-cam"].description, found["kmnc-cam"].order)
+    # Plain names (kmnc = kmnc-cam): the one table of testprio.prioritizers.
+    from testprio.prioritizers import ALIASES
+
+    for alias, name in ALIASES.items():
+        found[alias] = Prioritizer(alias, found[name].description, found[name].order)
     return found
 
 

@@ -127,3 +127,18 @@ def test_docs_cli_md_holds_the_rendered_table():
     assert found.group(1) == params.markdown_table(), (
         "docs/cli.md's option table is stale: python -m testprio.params > the table"
     )
+
+
+def test_metric_choices_are_the_one_prioritizer_table_evaluate_uses_too():
+    from testprio.evaluate import PRIORITIZERS
+    from testprio.prioritizers import NAMES
+
+    assert params.BY_NAME["metric"].choices == tuple(NAMES)
+    assert set(PRIORITIZERS) - {"random"} == set(NAMES)
+    assert NAMES["kmnc"].column == "kmnc" and NAMES["kmnc"].order == "cam"
+
+
+def test_prioritizer_parameters_reach_their_tasks():
+    assert [p.name for p in params.of_stage("reference")][-2:] == ["train_data", "layers"]
+    assert {"metamorphic", "followups"} <= {p.name for p in params.of_stage("score")}
+    assert "data" not in {p.name for p in params.of_stage("reference")}
