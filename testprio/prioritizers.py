@@ -72,6 +72,23 @@ ENABLED_BY = {
 }
 
 
+# What a ranking by each family puts first, for reports (the class metrics: less sure first).
+MEANING = {
+    CLASS_FAMILY: "higher = less sure",
+    COVERAGE_FAMILY: "more covered neuron cells first",
+    SURPRISE_FAMILY: "higher = more surprising against the reference",
+    METAMORPHIC_FAMILY: "higher = more follow-ups change class",
+}
+
+
+def meaning(name: str) -> str:
+    """What ordering by prioritizer ``name`` puts first, in a few words."""
+    found = lookup(name)
+    if found.order == "cam":
+        return "most newly covered neuron cells first (coverage-additive)"
+    return MEANING[found.family]
+
+
 def lookup(name: str) -> PrioritizerName:
     """The prioritizer called ``name``; an unknown name is refused in one sentence."""
     if name not in NAMES:

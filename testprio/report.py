@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from testprio import charts, reportdata, storage
+from testprio import charts, prioritizers, reportdata, storage
 from testprio import labels as label_export
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout, finished_record
@@ -70,6 +70,12 @@ class ReportResult:
 # --- figures ----------------------------------------------------------------------------
 
 
+def ranked_by(summary: dict) -> tuple[str, str]:
+    """The prioritizer a ranking was made by (``--metric``) and what it puts first."""
+    name = summary.get("prioritizer", summary["metric"])
+    return name, prioritizers.meaning(name)
+
+
 def share_above(layout: RunLayout, metric: str, threshold: float = 0.5) -> float | None:
     """Share of ranked samples whose ``metric`` exceeds ``threshold`` (one column read)."""
     scores = storage.read_table(layout.ranking, columns=[metric]).column(metric)
@@ -106,7 +112,10 @@ def run_metrics(summary: dict, share_above_half: float | None) -> dict[str, floa
 def report_figures(details: reportdata.RunDetails) -> dict:
     """Everything ``report.json`` holds; reads the ranking's label columns and the pool once."""
     summary = details.summary
-    metrics = run_metrics(summary, share_above(details.layout, summary["metric"]))
+    # A share above 0.5 means something for class-probability metrics only (all in [0, 1]).
+    by_class = prioritizers.lookup(ranked_by(summary)[0]).family == prioritizers.CLASS_FAMILY
+    share = share_above(details.layout, summary["metric"]) if by_class else None
+    metrics = run_metrics(summary, share)
     labels = (
         reportdata.label_figures(details.layout, summary["num_classes"])
         if details.has_labels
@@ -259,6 +268,7 @@ def render_html(
 ) -> str:
     """The self-contained ``report.html`` of a ranked run."""
     summary, metric = details.summary, details.metric
+    ranked_name, meaning = ranked_by(summary)
     row = reportdata.run_row(record)
     dataset = reportdata.dataset_summary(details)
     labels = summary.get("labels")
@@ -267,8 +277,11 @@ def render_html(
         ("ranked", _fmt(summary["counts"]["ranked"])),
         ("quarantined", _fmt(summary["counts"]["quarantined"])),
         (f"mean {metric}", _fmt(figures["metrics"].get("mean_score"))),
-        (f"share with {metric} > 0.5", _fmt(figures["metrics"].get("share_above_0_5"))),
     ]
+    if "share_above_0_5" in figures["metrics"]:
+        key_figures.append(
+            (f"share with {metric} > 0.5", _fmt(figures["metrics"]["share_above_0_5"]))
+        )
     if labels:
         key_figures += [
             ("accuracy", _fmt(labels["accuracy"])),
@@ -284,7 +297,8 @@ def render_html(
             {"name": str(key), "value": reportdata._as_text(value)}
             for key, value in (record.get("parameters") or {}).items()
         ],
-        "metric": metric,
+        "metric": ranked_name,
+        "metric_meaning": meaning,
         "key_figures": key_figures,
         "model": reportdata.model_summary(details.model),
         "dataset": dataset,
@@ -311,13 +325,14 @@ def render_markdown(details: reportdata.RunDetails, metrics: dict, *, top_k: int
     """Key figures and the top-``top_k`` table as Markdown (the KFP Markdown output)."""
     esc = reportdata.md_escape
     metric = details.metric
+    ranked_name, meaning = ranked_by(details.summary)
     names = reportdata.class_names(details)
     row = reportdata.run_row(details.record)
     lines = [
         f"# testprio report: {esc(details.run_id)}",
         "",
         f"Model **{esc(row['model'])}**, pool **{esc(row['dataset'])}**, ranked by "
-        f"**{esc(metric)}** (higher = less sure).",
+        f"**{esc(ranked_name)}** ({meaning}).",
         "",
         "| figure | value |",
         "|---|---|",

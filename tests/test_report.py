@@ -335,3 +335,26 @@ def test_a_report_with_top_k_zero_has_no_labelling_export(tmp_path):
     archive = zipfile.ZipFile(io.BytesIO(storage.read_bytes(layout.export_zip)))
     assert not [name for name in archive.namelist() if name.startswith("labelling/")]
     assert 'id="labelling"' not in html_of(layout) and not _download_links(html_of(layout))
+
+
+@pytest.mark.parametrize(
+    ("summary", "expected"),
+    [
+        ({"metric": "gini"}, ("gini", "higher = less sure")),
+        (
+            {"metric": "kmnc", "prioritizer": "kmnc-cam"},
+            ("kmnc-cam", "most newly covered neuron cells first (coverage-additive)"),
+        ),
+        (
+            {"metric": "nac", "prioritizer": "nac-ctm"},
+            ("nac-ctm", "more covered neuron cells first"),
+        ),
+        (
+            {"metric": "dsa", "prioritizer": "dsa"},
+            ("dsa", "higher = more surprising against the reference"),
+        ),
+        ({"metric": "instability"}, ("instability", "higher = more follow-ups change class")),
+    ],
+)
+def test_report_says_what_the_ranking_puts_first(summary, expected):
+    assert report.ranked_by(summary) == expected
