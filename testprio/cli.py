@@ -654,6 +654,8 @@ def _add_run_parameters(run: argparse.ArgumentParser) -> None:
             options.pop("metavar")
         if parameter.required:
             options["required"] = True
+        if parameter.bare is not None:
+            options.update(nargs="?", const=parameter.bare)
         run.add_argument(parameter.flag, **options)
 
 

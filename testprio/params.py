@@ -43,6 +43,7 @@ class Parameter:
     docs (the stages check them, with their own sentences); ``argparse_choices`` also makes
     the command line refuse others. ``minimum``: the smallest whole number allowed.
     ``cli``: whether ``testprio run`` has the option (the others are for cluster runs).
+    ``bare``: the value the option takes when given without one (``--metamorphic``).
     """
 
     name: str
@@ -55,6 +56,7 @@ class Parameter:
     minimum: int | None = None
     cli: bool = True
     metavar: str | None = None
+    bare: str | None = None
 
     @property
     def flag(self) -> str:
@@ -343,10 +345,12 @@ PARAMETERS: tuple[Parameter, ...] = (
         "metamorphic",
         str,
         "",
-        "adds the instability prioritizer: default (the transforms suited to the samples) "
-        "or a comma list of rotate, translate, scale, brightness, contrast, blur, noise",
+        "adds the instability prioritizer: default (the transforms suited to the samples; "
+        "also the flag alone) or a comma list of rotate, translate, scale, brightness, "
+        "contrast, blur, noise",
         ("start", "score"),
         metavar="TRANSFORMS",
+        bare="default",
     ),
     Parameter(
         "followups",

@@ -142,3 +142,16 @@ def test_prioritizer_parameters_reach_their_tasks():
     assert [p.name for p in params.of_stage("reference")][-2:] == ["train_data", "layers"]
     assert {"metamorphic", "followups"} <= {p.name for p in params.of_stage("score")}
     assert "data" not in {p.name for p in params.of_stage("reference")}
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], ""), (["--metamorphic"], "default"), (["--metamorphic", "blur,noise"], "blur,noise")],
+)
+def test_metamorphic_flag_alone_means_the_default_transforms(argv, expected):
+    from testprio import cli
+
+    args = cli.build_parser().parse_args(
+        ["run", "--model", "m.onnx", "--data", "d.npz", "--root", "r", *argv]
+    )
+    assert args.metamorphic == expected
