@@ -24,7 +24,29 @@ from testprio.errors import TestprioError
 from testprio.layout import run_status
 
 ROOT_ENV = "TESTPRIO_REPORT_ROOT"
-PAGES = {"runs": "Runs", "run": "Run", "compare": "Compare", "downloads": "Downloads"}
+PAGES = {
+    "runs": "Runs",
+    "run": "Run",
+    "evaluation": "Evaluation",
+    "compare": "Compare",
+    "downloads": "Downloads",
+}
+# The page that opens a run of each kind (run.json's parameters.kind).
+PAGE_OF_KIND = {reportdata.RANKING_KIND: "run", reportdata.EVALUATION_KIND: "evaluation"}
+# What each retraining method (evaluation.json's retraining.method) trained, said by the app
+# itself: a head-only retraining must never pass for a whole-model fine-tuning.
+RETRAINING_SCOPE = {
+    "onnx": "Head-only retraining: only the classifier head (the ONNX model's last linear "
+    "layer) was retrained; every layer before it stayed frozen. The gains show what "
+    "retraining the head alone gives, not what fine-tuning the whole model would.",
+    "pytorch": "Whole-model retraining: every layer of the PyTorch model was fine-tuned.",
+    "tensorflow": "Whole-model retraining: every layer of the Keras model was fine-tuned.",
+}
+FAULT_POINTS_TEXT = (
+    "evaluation.json keeps the faults found at each budget, not each prioritizer's whole "
+    "order, so this chart joins the evaluated budgets by straight lines; it is not the full "
+    "fault-detection curve. APFD (right) does cover each whole order."
+)
 CACHE_SECONDS = 15
 GALLERY_COLUMNS = 5
 PAGE_SIZES = (25, 50, 100, 500)
@@ -132,6 +154,11 @@ def fault_curve_of(root: str, run_id: str) -> dict | None:
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def evaluation_of(root: str, run_id: str) -> dict:
+    return reportdata.load_evaluation(reportdata.resolve_run(root, run_id))
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
 def comparison_of(root: str, a: str, b: str) -> dict:
     return reportdata.compare_runs(details_of(root, a), details_of(root, b))
 
@@ -152,7 +179,7 @@ def show_error(text: str) -> None:
 
 
 def query_run(name: str, run_ids: list[str]) -> str | None:
-    """The run id in URL parameter ``name`` if it names a run under the root, else None."""
+    """The run id in URL parameter ``name`` if it names one of ``run_ids``, else None."""
     value = st.query_params.get(name)
     if value is None:
         return None
@@ -180,11 +207,11 @@ def pick_run(label: str, param: str, run_ids: list[str], *, default: int = 0) ->
     return run_id
 
 
-def open_run(run_id: str) -> None:
-    """Button callback: show ``run_id`` on the Run page (runs before the next script run)."""
-    st.session_state["page"] = "run"
+def open_run(run_id: str, page: str = "run") -> None:
+    """Button callback: show ``run_id`` on ``page`` (runs before the next script run)."""
+    st.session_state["page"] = page
     st.session_state["pick-run"] = run_id
-    st.query_params.update(page="run", run=run_id)
+    st.query_params.update(page=page, run=run_id)
 
 
 def table_height(rows: int, *, most: int = 12) -> int:
@@ -231,7 +258,7 @@ def runs_page(rows: list[dict]) -> None:
         {
             **{name: row[name] for name in reportdata.RUN_COLUMNS},
             **{name: row.get(name) for name in reportdata.RUN_FIGURE_COLUMNS},
-            "open": f"?page=run&run={row['run_id']}",
+            "open": f"?page={PAGE_OF_KIND[row['kind']]}&run={row['run_id']}",
             "error": row["error"],
         }
         for row in shown
@@ -244,6 +271,12 @@ def runs_page(rows: list[dict]) -> None:
             "samples": st.column_config.NumberColumn("samples", format="localized"),
             "accuracy": st.column_config.NumberColumn("accuracy", format="%.4f"),
             "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
+            "baseline_accuracy": st.column_config.NumberColumn(
+                "baseline accuracy", format="%.4f", help="evaluations: the model as given"
+            ),
+            "best_prioritizer": st.column_config.TextColumn(
+                "best prioritizer", help="evaluations: highest normalized APFD"
+            ),
             "open": st.column_config.LinkColumn("open", display_text="open"),
         },
     )
@@ -254,7 +287,8 @@ def runs_page(rows: list[dict]) -> None:
             show_error(row["error"])
     if shown:
         run_id = st.selectbox("Run", [row["run_id"] for row in shown], key="runs-open")
-        st.button("Open run", on_click=open_run, args=(run_id,))
+        kind = next(row["kind"] for row in shown if row["run_id"] == run_id)
+        st.button("Open run", on_click=open_run, args=(run_id, PAGE_OF_KIND[kind]))
 
 
 def model_section(details: reportdata.RunDetails) -> None:
@@ -453,6 +487,25 @@ def labels_section(root: str, details: reportdata.RunDetails) -> None:
         st.markdown(APFD_TEXT)
     names = reportdata.class_names(details)
     chart(charts.per_class_accuracy(reportdata.per_class_accuracy(details.summary, names)))
+    compared = reportdata.prioritizer_apfd_rows(details.summary)
+    if compared:
+        st.subheader("APFD of every prioritizer")
+        st.caption(
+            "The same labelled samples in the order of each prioritizer this run's scores "
+            "allow (✓: the order of this ranking)."
+        )
+        st.dataframe(
+            compared,
+            hide_index=True,
+            height=table_height(len(compared), most=20),
+            column_config=APFD_COLUMNS,
+        )
+
+
+APFD_COLUMNS = {
+    "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
+    "apfd_normalized": st.column_config.NumberColumn("APFD normalized", format="%.4f"),
+}
 
 
 def run_page(root: str, run_ids: list[str]) -> None:
@@ -478,6 +531,12 @@ def run_page(root: str, run_ids: list[str]) -> None:
     )
     if row["status"] == "failed":
         show_error(f"{row['failed_stage']} failed: {row['error']}")
+    evaluation = row["kind"] == reportdata.EVALUATION_KIND
+    if evaluation:
+        st.info(
+            "This is an evaluation run (testprio evaluate): its results are on the Evaluation page."
+        )
+        st.button("Open the evaluation", on_click=open_run, args=(run_id, "evaluation"))
     if details.summary:
         summary, metric = details.summary, details.metric
         columns = st.columns(5)
@@ -501,7 +560,8 @@ def run_page(root: str, run_ids: list[str]) -> None:
         st.write("No stage has finished yet.")
 
     if not details.summary:
-        st.info("This run has no ranking yet, so there are no scores to show.")
+        if not evaluation:
+            st.info("This run has no ranking yet, so there are no scores to show.")
         return
     names = reportdata.class_names(details)
     st.header("Scores")
@@ -527,9 +587,196 @@ def run_page(root: str, run_ids: list[str]) -> None:
         labels_section(root, details)
 
 
+def evaluation_page(root: str, rows: list[dict]) -> None:
+    """One ``testprio evaluate`` run: which prioritizer finds the faults and pays off."""
+    runs = [row["run_id"] for row in rows if row["kind"] == reportdata.EVALUATION_KIND]
+    if not runs:
+        st.title("Evaluation")
+        st.info(f"No evaluation runs under {esc(ROOT)} yet; start one with `testprio evaluate`.")
+        return
+    if st.query_params.get("run") in {row["run_id"] for row in rows} - set(runs):
+        # A ranking run chosen on another page: start from the newest evaluation instead.
+        del st.query_params["run"]
+    run_id = pick_run("Evaluation run", "run", runs)
+    if run_id is None:
+        return
+    row = next(row for row in rows if row["run_id"] == run_id)
+    st.title(f"Evaluation {esc(run_id)}")
+    st.caption(
+        esc(
+            f"{row['status']} · model {row['model']} · pool {row['dataset']} · "
+            f"started {row['started']} · {row['duration']}"
+        )
+    )
+    if row["status"] == "failed":
+        show_error(f"{row['failed_stage']} failed: {row['error']}")
+        return
+    try:
+        view = evaluation_of(root, run_id)
+    except TestprioError as exc:
+        show_error(str(exc))
+        return
+    evaluation_summary(view)
+    st.header("Best per budget")
+    st.dataframe(
+        view["winners"],
+        hide_index=True,
+        column_config={
+            "budget": st.column_config.NumberColumn("budget %", format="%g"),
+            "by_accuracy": st.column_config.TextColumn("best by retrained accuracy"),
+            "accuracy_mean": st.column_config.NumberColumn("accuracy (mean)", format="%.4f"),
+            "by_faults": st.column_config.TextColumn("best by faults found"),
+            "found": st.column_config.NumberColumn("faults found", format="%g"),
+        },
+    )
+    st.caption(
+        esc(
+            f"Ties list every prioritizer sharing first place; random competes like the rest. "
+            f"Faults found are of the pool's {view['misclassified']:,} misclassified samples."
+        )
+    )
+    st.header("Fault detection")
+    left, right = st.columns(2)
+    with left:
+        chart(charts.faults_at_budgets(view["faults"]))
+        st.caption(FAULT_POINTS_TEXT)
+    with right:
+        if view["apfd"]:
+            chart(charts.apfd_bars(view["apfd"]))
+        else:
+            st.write("The pool has no misclassified sample: APFD is undefined.")
+    retraining_section(view)
+    st.header("Prioritizers")
+    st.dataframe(
+        view["prioritizers"],
+        hide_index=True,
+        height=table_height(len(view["prioritizers"]), most=20),
+        column_config={
+            **APFD_COLUMNS,
+            "seconds": st.column_config.NumberColumn("seconds to order", format="%.2f"),
+        },
+    )
+    if view["layers"]:
+        layers = view["layers"]
+        st.caption(
+            esc(
+                f"Hidden layers ({layers['chosen']}): coverage {', '.join(layers['coverage'])}; "
+                f"surprise {layers['surprise']}."
+            )
+        )
+    if view["attribution"] is not None:
+        attribution_section(view["attribution"])
+    timings = " · ".join(f"{name} {seconds:.1f} s" for name, seconds in view["timings"].items())
+    if timings:
+        st.caption(esc(f"Timings: {timings}"))
+
+
+def evaluation_summary(view: dict) -> None:
+    columns = st.columns(4)
+    columns[0].metric("baseline accuracy", f"{view['baseline_accuracy']:.4f}")
+    columns[1].metric("pool accuracy", f"{view['pool_accuracy']:.4f}")
+    columns[2].metric("misclassified in the pool", f"{view['misclassified']:,}")
+    best = view["best"]["apfd_normalized"]
+    columns[3].metric("best normalized APFD", "-" if best is None else f"{best:.4f}")
+    model, samples = view["model"], view["samples"]
+    kind = " ".join(dict.fromkeys((model["framework"], model["format"])))  # "onnx", not "onnx onnx"
+    budgets = ", ".join(f"{budget:g}%" for budget in view["budgets"])
+    seeds = view["seeds"]
+    st.caption(
+        esc(
+            f"Best prioritizer by normalized APFD: {view['best']['text'] or 'none'} · model "
+            f"{model['name']} ({kind}, {model['classes']} classes) · pool "
+            f"{samples['pool']:,} samples · test split {samples['test']:,} samples "
+            f"({view['test_split']}) · training data {samples['train']:,} samples · "
+            f"budgets {budgets} · {seeds} seed{'s' if seeds != 1 else ''}. Baseline accuracy: "
+            "the model as given, on the test split."
+        )
+    )
+
+
+def retraining_section(view: dict) -> None:
+    retraining = view["retraining"]
+    st.header("Retraining")
+    scope = RETRAINING_SCOPE.get(retraining["method"])
+    epochs = retraining["epochs"]
+    st.info(
+        esc(
+            f"Retraining method {retraining['method']}: {retraining['description']}. "
+            + (f"{scope} " if scope else "")
+            + f"{epochs} epoch{'s' if epochs != 1 else ''}, batch size "
+            f"{retraining['batch_size']}, learning rate {retraining['learning_rate']}; training "
+            "data plus each prioritizer's top b% with their labels."
+        )
+    )
+    left, right = st.columns(2)
+    with left:
+        chart(charts.retraining_gain(view["retrain"]))
+        st.caption(esc(f"Interval: {retraining['interval']}."))
+    with right:
+        st.dataframe(
+            view["retrain"],
+            hide_index=True,
+            column_order=("prioritizer", "budget", "accuracy_mean", "ci_low", "ci_high", "gain"),
+            column_config={
+                "budget": st.column_config.NumberColumn("budget %", format="%g"),
+                "accuracy_mean": st.column_config.NumberColumn("accuracy (mean)", format="%.4f"),
+                "ci_low": st.column_config.NumberColumn("95% CI low", format="%.4f"),
+                "ci_high": st.column_config.NumberColumn("95% CI high", format="%.4f"),
+                "gain": st.column_config.NumberColumn("gain", format="%+.4f"),
+            },
+        )
+
+
+def attribution_section(attribution: dict) -> None:
+    """The instability prioritizer's metamorphic follow-ups: which transforms flip classes."""
+    st.header("Metamorphic attribution (instability)")
+    rate = attribution["violation_rate"]
+    st.caption(
+        esc(
+            f"{attribution['followups']} follow-ups per pool sample from "
+            f"{', '.join(attribution['transforms'])}"
+            + (" (narrow ranges for tiny images)" if attribution["tiny_image_ranges"] else "")
+            + ("" if rate is None else f"; {rate:.1%} of them change the class")
+            + ". Violation rate: share of follow-ups applying the transform whose class "
+            "changes (without it: rate without). ATE: the difference, with its "
+            f"{attribution['confidence'] or 0.95:.0%} cluster-bootstrap interval "
+            f"({attribution['n_boot']} replicates). Shapley: the transform's share of the "
+            "difference between the violation rates with every transform and with none."
+        )
+    )
+    if attribution["error"]:
+        show_error(attribution["error"])
+    if attribution["rows"]:
+        probability = {
+            name: st.column_config.NumberColumn(format="%.4f")
+            for name in attribution["rows"][0]
+            if name != "transform"
+        }
+        st.dataframe(
+            attribution["rows"],
+            hide_index=True,
+            height=table_height(len(attribution["rows"])),
+            column_config={
+                **probability,
+                "violation_rate": st.column_config.NumberColumn("violation rate", format="%.4f"),
+                "rate_without": st.column_config.NumberColumn("rate without", format="%.4f"),
+                "ate": st.column_config.NumberColumn("ATE", format="%+.4f"),
+                "ate_ci_low": st.column_config.NumberColumn("ATE CI low", format="%+.4f"),
+                "ate_ci_high": st.column_config.NumberColumn("ATE CI high", format="%+.4f"),
+                "shapley": st.column_config.NumberColumn("Shapley", format="%+.4f"),
+                "shapley_ci_low": st.column_config.NumberColumn("Shapley CI low", format="%+.4f"),
+                "shapley_ci_high": st.column_config.NumberColumn("Shapley CI high", format="%+.4f"),
+            },
+        )
+
+
 def compare_page(root: str, rows: list[dict]) -> None:
     st.title("Compare two runs")
-    ranked = [row["run_id"] for row in rows if row["status"] == "succeeded"]
+    ranked = [
+        row["run_id"]
+        for row in rows
+        if row["status"] == "succeeded" and row["kind"] == reportdata.RANKING_KIND
+    ]
     if len(ranked) < 2:
         st.info("Comparing needs two finished runs on the same data.")
         return
@@ -747,6 +994,8 @@ if page_key == "runs":
     show_errors_of(runs_page, all_runs)
 elif page_key == "run":
     show_errors_of(run_page, ROOT, ids)
+elif page_key == "evaluation":
+    show_errors_of(evaluation_page, ROOT, all_runs)
 elif page_key == "compare":
     show_errors_of(compare_page, ROOT, all_runs)
 else:

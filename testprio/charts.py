@@ -333,3 +333,77 @@ def apfd_bars(rows: list[dict]) -> alt.Chart:
         )
         .properties(width=WIDTH, height=alt.Step(18))
     )
+
+
+def faults_at_budgets(rows: list[dict]) -> alt.LayerChart:
+    """Share of the pool's faults in each prioritizer's top b%, at the evaluated budgets only
+    (``reportdata.evaluation_view``'s ``faults``): points joined by straight lines over the
+    share of the pool inspected, not each order's full curve (evaluation.json keeps no
+    orders). Dashed: what a random order finds on average (the share inspected)."""
+    top = max((row["budget"] for row in rows), default=100.0)
+    x = alt.X("budget:Q", title="share of the pool inspected (budget, %)")
+    lines = (
+        alt.Chart(_data(rows))
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("share:Q", title="share of all faults found", axis=alt.Axis(format="%")),
+            color=alt.Color("prioritizer:N", title="prioritizer"),
+            tooltip=[
+                "prioritizer:N",
+                alt.Tooltip("budget:Q", title="budget %"),
+                alt.Tooltip("selected:Q", title="inspected"),
+                alt.Tooltip("found:Q", title="faults found"),
+                alt.Tooltip("of:Q", title="of"),
+                alt.Tooltip("share:Q", format=".1%", title="share found"),
+            ],
+        )
+    )
+    expected = (
+        alt.Chart(_data([{"budget": 0.0, "share": 0.0}, {"budget": top, "share": top / 100}]))
+        .mark_line(color=ORDER_COLORS["random"], strokeDash=[4, 3])
+        .encode(x="budget:Q", y="share:Q")
+    )
+    return (expected + lines).properties(
+        title="Faults found at each budget (dashed: a random order on average)",
+        width=WIDTH,
+        height=HEIGHT,
+    )
+
+
+def retraining_gain(rows: list[dict]) -> alt.LayerChart:
+    """Test accuracy gained over the model as given after retraining on the top b%, one line
+    per prioritizer with its 95% interval over seeds as a band (``evaluation_view``'s
+    ``retrain``); the dashed rule at 0 is the baseline."""
+    color = alt.Color("prioritizer:N", title="prioritizer")
+    x = alt.X("budget:Q", title="budget (% of the pool labelled)")
+    base = alt.Chart(_data(rows))
+    band = base.mark_area(opacity=0.18).encode(
+        x=x,
+        y=alt.Y("gain_low:Q", title="accuracy gain over the baseline"),
+        y2="gain_high:Q",
+        color=color,
+    )
+    lines = base.mark_line(point=True).encode(
+        x=x,
+        y="gain:Q",
+        color=color,
+        tooltip=[
+            "prioritizer:N",
+            alt.Tooltip("budget:Q", title="budget %"),
+            alt.Tooltip("gain:Q", format="+.4f", title="gain"),
+            alt.Tooltip("accuracy_mean:Q", format=".4f", title="accuracy (mean)"),
+            alt.Tooltip("ci_low:Q", format=".4f", title="95% CI low"),
+            alt.Tooltip("ci_high:Q", format=".4f", title="95% CI high"),
+        ],
+    )
+    zero = (
+        alt.Chart(_data([{"gain": 0.0}]))
+        .mark_rule(strokeDash=[4, 4], color="#333333")
+        .encode(y="gain:Q")
+    )
+    return alt.layer(band, lines, zero).properties(
+        title="Accuracy gain after retraining on the top b% (band: 95% CI over seeds)",
+        width=WIDTH,
+        height=HEIGHT,
+    )

@@ -39,7 +39,7 @@ from testprio.ingest import shard_sample_shape, shard_tensors
 from testprio.layout import RUN_ID_PATTERN, SHARD_NAME_PATTERN, RunLayout, run_status
 from testprio.metrics import METRICS
 
-RUN_COLUMNS = ("run_id", "model", "dataset", "metric", "status", "started", "duration")
+RUN_COLUMNS = ("run_id", "kind", "model", "dataset", "metric", "status", "started", "duration")
 RANKING_VIEW_COLUMNS = ("rank", "sample_id", "predicted", "confidence", "label")
 FAULT_CURVE_POINTS = 200
 GALLERY_MIN_SIDE = 96
@@ -51,6 +51,13 @@ THUMBNAIL_SIDE = 48
 SCORE_METRICS = tuple(METRICS)  # every metric a sample gets a rank under
 # Keys a data manifest may carry for a digest of the pool's content, most specific first.
 POOL_HASH_KEYS = ("content_sha256", "sha256", "content_hash")
+# Run kinds: ``testprio run`` ranks a pool; ``testprio evaluate`` compares prioritizers and
+# records ``"kind": "evaluation"`` in run.json's parameters.
+RANKING_KIND = "ranking"
+EVALUATION_KIND = "evaluation"
+# testprio.evaluate.EVALUATION_NAME, not imported: listing runs must not load the evaluation
+# stack (onnx, the prioritizer families).
+EVALUATION_FILE = "evaluation.json"
 
 
 # --- paths under the root ---------------------------------------------------------------
@@ -137,6 +144,7 @@ def run_row(record: dict) -> dict:
     duration = (ended - started).total_seconds() if started and ended else None
     return {
         "run_id": str(record.get("run_id", "")),
+        "kind": run_kind(record),
         "model": _basename(parameters.get("model")),
         "dataset": _basename(parameters.get("data")),
         "metric": str(parameters.get("metric", "")),
@@ -149,6 +157,13 @@ def run_row(record: dict) -> dict:
         "error": record.get("error") or "",
         "failed_stage": record.get("failed_stage") or "",
     }
+
+
+def run_kind(record: dict) -> str:
+    """``evaluation`` for a ``testprio evaluate`` run (its parameters say so), else ``ranking``."""
+    parameters = record.get("parameters") or {}
+    kind = parameters.get("kind") if isinstance(parameters, dict) else None
+    return EVALUATION_KIND if kind == EVALUATION_KIND else RANKING_KIND
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -211,7 +226,7 @@ def list_runs(root: str) -> list[dict]:
     return sorted(rows, key=lambda row: (row["started"], row["run_id"]), reverse=True)
 
 
-RUN_FIGURE_COLUMNS = ("samples", "accuracy", "apfd")
+RUN_FIGURE_COLUMNS = ("samples", "accuracy", "apfd", "baseline_accuracy", "best_prioritizer")
 _NO_FIGURES = dict.fromkeys(RUN_FIGURE_COLUMNS)
 # Figures of finished runs by (run folder, end time): a finished run never changes, so a
 # root with hundreds of runs reads each summary.json once per process, not once per look.
@@ -226,6 +241,7 @@ def figures_of_summary(summary: dict | None) -> dict:
     labels = summary.get("labels") or {}
     apfd = labels.get("apfd") or {}
     return {
+        **_NO_FIGURES,
         "samples": (summary.get("counts") or {}).get("ranked"),
         "accuracy": None if labels.get("accuracy") is None else round(labels["accuracy"], 4),
         "apfd": None if apfd.get("raw") is None else round(apfd["raw"], 4),
@@ -235,14 +251,15 @@ def figures_of_summary(summary: dict | None) -> dict:
 def _run_figures(root: str, name: str, record: dict) -> dict:
     if record.get("status") not in ("succeeded", "running", "failed"):
         return dict(_NO_FIGURES)
+    file_name, figures_of = FIGURES_BY_KIND[run_kind(record)]
     try:
-        uri = resolve_under_root(root, f"{name}/summary.json")
+        uri = resolve_under_root(root, f"{name}/{file_name}")
     except TestprioError:  # linked out of the root: the run's row says so elsewhere
         return dict(_NO_FIGURES)
     key = (uri, str(record.get("ended") or ""))
     if record.get("status") == "succeeded" and key in _FIGURES_OF_FINISHED:
         return _FIGURES_OF_FINISHED[key]
-    figures = figures_of_summary(_read_json_or_none(uri))
+    figures = figures_of(_read_json_or_none(uri))
     if record.get("status") == "succeeded":
         if len(_FIGURES_OF_FINISHED) >= _FIGURES_CACHE_SIZE:
             _FIGURES_OF_FINISHED.clear()
@@ -255,7 +272,7 @@ def filter_runs(rows: list[dict], query: str) -> list[dict]:
     needle = query.strip().lower()
     if not needle:
         return list(rows)
-    fields = (*RUN_COLUMNS, "error")
+    fields = (*RUN_COLUMNS, "best_prioritizer", "error")
     return [row for row in rows if any(needle in str(row.get(f, "")).lower() for f in fields)]
 
 
@@ -1654,3 +1671,268 @@ def top_k_images_zip(details: RunDetails, k: int) -> bytes:
             name = f"images/rank-{row['rank']:07d}_sample-{row['sample_id']}.png"
             archive.writestr(name, encode_png(display_image(sample["x"])))
     return buffer.getvalue()
+
+
+# --- evaluation runs (``testprio evaluate``) --------------------------------------------
+
+_TIE = 1e-12  # prioritizers this close to the best share first place (as evaluate.winners)
+# What a malformed evaluation.json raises while it is shaped: each becomes one sentence.
+_SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+class _Malformed(ValueError):
+    """A readable evaluation.json that still cannot be shown; the message says why."""
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float; None stays None; anything else (text, a list) raises TypeError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)
+
+
+def best_by_apfd(prioritizers: dict) -> tuple[list[str], float | None]:
+    """The prioritizer(s) with the highest normalized APFD (all that tie) and that value;
+    ``([], None)`` when no prioritizer has one (a pool without mistakes)."""
+    scores = [
+        (name, _number((entry.get("apfd") or {}).get("normalized")))
+        for name, entry in prioritizers.items()
+    ]
+    scores = [(name, value) for name, value in scores if value is not None]
+    if not scores:
+        return [], None
+    top = max(value for _, value in scores)
+    return [name for name, value in scores if value >= top - _TIE], top
+
+
+def _best_text(names: list[str], value: float | None) -> str:
+    return f"{', '.join(names)} ({value:.4f})" if names else ""
+
+
+def figures_of_evaluation(evaluation: Any) -> dict:
+    """The runs table's figures of an ``evaluation.json``: pool size, the model's accuracy on
+    the pool, baseline accuracy (test split, model as given) and the best prioritizer(s) by
+    normalized APFD with that value. All None for an unreadable file: the Evaluation page
+    says what is wrong with it."""
+    try:
+        names, value = best_by_apfd(evaluation["prioritizers"])
+        return {
+            **_NO_FIGURES,
+            "samples": int(evaluation["samples"]["pool"]),
+            "accuracy": round(_number(evaluation["pool"]["accuracy"]), 4),
+            "baseline_accuracy": round(_number(evaluation["baseline_accuracy"]), 4),
+            "best_prioritizer": _best_text(names, value),
+        }
+    except _SHAPE_ERRORS:
+        return dict(_NO_FIGURES)
+
+
+# Which file holds a run kind's figures for the runs table, and how to read them.
+FIGURES_BY_KIND = {
+    RANKING_KIND: ("summary.json", figures_of_summary),
+    EVALUATION_KIND: (EVALUATION_FILE, figures_of_evaluation),
+}
+
+
+def attribution_rows(attribution: dict | None) -> list[dict]:
+    """Per transform of a metamorphic attribution (``testprio.causal``): violation rate with
+    and without it, ATE with its bootstrap interval, Shapley value with its interval."""
+    return [
+        {
+            "transform": str(effect["transform"]),
+            "violation_rate": _number(effect["rate_applied"]),
+            "rate_without": _number(effect["rate_not_applied"]),
+            "ate": _number(effect["ate"]),
+            "ate_ci_low": _number(effect["ate_ci_low"]),
+            "ate_ci_high": _number(effect["ate_ci_high"]),
+            "shapley": _number(effect["shapley"]),
+            "shapley_ci_low": _number(effect.get("shapley_ci_low")),
+            "shapley_ci_high": _number(effect.get("shapley_ci_high")),
+        }
+        for effect in (attribution or {}).get("effects") or []
+    ]
+
+
+def _attribution_view(entry: dict) -> dict | None:
+    """The ``instability`` prioritizer's follow-up settings and attribution, if it ran."""
+    metamorphic = entry.get("metamorphic") or {}
+    attribution = entry.get("attribution")
+    if not metamorphic and attribution is None and not entry.get("attribution_error"):
+        return None
+    return {
+        "rows": attribution_rows(attribution),
+        "violation_rate": _number(metamorphic.get("violation_rate")),
+        "transforms": [str(name) for name in metamorphic.get("transforms") or []],
+        "followups": metamorphic.get("followups"),
+        "tiny_image_ranges": bool(metamorphic.get("tiny_image_ranges")),
+        "n_boot": (attribution or {}).get("n_boot"),
+        "confidence": _number((attribution or {}).get("confidence")),
+        "error": str(entry.get("attribution_error") or ""),
+    }
+
+
+def _evaluation_view(evaluation: dict, run_id: str) -> dict:
+    from testprio.evaluate import evaluation_frames
+
+    if not isinstance(evaluation, dict):
+        raise _Malformed("it is not a JSON object")
+    frames = evaluation_frames(evaluation)
+    baseline = _number(evaluation["baseline_accuracy"])
+    prioritizers = evaluation["prioritizers"]
+    if not prioritizers:
+        raise _Malformed("it lists no prioritizer")
+    names, value = best_by_apfd(prioritizers)
+    retrain_rows = []
+    for row in frames["retrain"]:
+        low, high = _number(row["ci_low"]), _number(row["ci_high"])
+        mean = _number(row["accuracy_mean"])
+        retrain_rows.append(
+            {
+                "prioritizer": row["prioritizer"],
+                "budget": _number(row["budget"]),
+                "accuracy_mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "gain": mean - baseline,
+                "gain_low": low - baseline,
+                "gain_high": high - baseline,
+            }
+        )
+    retraining = evaluation["retraining"]
+    model, samples, pool = evaluation["model"], evaluation["samples"], evaluation["pool"]
+    layers = evaluation.get("layers") or {}
+    return {
+        "run_id": run_id,
+        "model": {key: str(model.get(key, "")) for key in ("name", "framework", "format")}
+        | {"classes": int(model["classes"])},
+        "samples": {part: int(samples[part]) for part in ("pool", "train", "test")},
+        "test_split": str(evaluation.get("test_split") or ""),
+        "misclassified": int(pool["misclassified"]),
+        "pool_accuracy": _number(pool["accuracy"]),
+        "baseline_accuracy": baseline,
+        "budgets": [_number(budget) for budget in evaluation["budgets"]],
+        "seeds": len(evaluation["seeds"]),
+        "retraining": {
+            "method": str(retraining["method"]),
+            "description": str(retraining["description"]),
+            "epochs": int(retraining["epochs"]),
+            "batch_size": retraining.get("batch_size"),
+            "learning_rate": retraining.get("learning_rate"),
+            "interval": str(retraining.get("interval") or ""),
+        },
+        "prioritizers": [
+            {
+                "prioritizer": name,
+                "description": str(entry.get("description") or ""),
+                "apfd": _number((entry["apfd"] or {}).get("raw")),
+                "apfd_normalized": _number((entry["apfd"] or {}).get("normalized")),
+                "seconds": _number(entry.get("order_seconds")),
+            }
+            for name, entry in prioritizers.items()
+        ],
+        "best": {"names": names, "apfd_normalized": value, "text": _best_text(names, value)},
+        "apfd": [row for row in frames["apfd"] if row["apfd_normalized"] is not None],
+        "faults": [
+            {
+                **row,
+                "budget": _number(row["budget"]),
+                "selected": int(entry["selected"]),
+                "share": _number(row["share"]),
+            }
+            # evaluation_frames lists the faults in this order; it leaves out "selected".
+            for row, entry in zip(
+                frames["faults"],
+                [entry for item in prioritizers.values() for entry in item["faults"]],
+                strict=True,
+            )
+        ],
+        "retrain": retrain_rows,
+        "winners": [
+            {
+                "budget": _number(row["budget"]),
+                "by_accuracy": str(row["by_accuracy"]),
+                "accuracy_mean": _number(row["accuracy_mean"]),
+                "by_faults": str(row["by_faults"]),
+                "found": _number(row["found"]),
+            }
+            for row in frames["winners"]
+        ],
+        "attribution": _attribution_view(prioritizers["instability"])
+        if "instability" in prioritizers
+        else None,
+        "layers": {
+            "coverage": [str(name) for name in layers.get("coverage") or []],
+            "surprise": str(layers.get("surprise") or ""),
+            "chosen": str(layers.get("chosen") or ""),
+        }
+        if layers
+        else None,
+        "timings": {str(k): _number(v) for k, v in (evaluation.get("timings") or {}).items()},
+    }
+
+
+def _shape_problem(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"it has no {exc.args[0]!r}"
+    if isinstance(exc, _Malformed):
+        return str(exc)
+    return "a field holds a value of the wrong kind"
+
+
+def evaluation_view(evaluation: Any, run_id: str) -> dict:
+    """Everything the Evaluation page shows of an ``evaluation.json`` (its parsed content):
+    facts, the per-prioritizer table, chart rows (faults per budget, retraining gain with its
+    interval, normalized APFD), winners per budget, the instability attribution.
+
+    A file that is not the shape ``testprio evaluate`` writes raises one TestprioError
+    sentence, so that the page shows that sentence instead of half a page.
+    """
+    try:
+        return _evaluation_view(evaluation, run_id)
+    except _SHAPE_ERRORS as exc:
+        raise TestprioError(
+            f"evaluation.json of run {run_id} is not an evaluation testprio wrote "
+            f"({_shape_problem(exc)}); it was changed after `testprio evaluate` wrote it: "
+            "evaluate again under a new --run-id."
+        ) from None
+
+
+def load_evaluation(layout: RunLayout) -> dict:
+    """The ``evaluation_view`` of the run at ``layout`` (read through ``run_file``)."""
+    uri = run_file(layout, storage.join(layout.uri, EVALUATION_FILE))
+    if not storage.exists(uri):
+        raise TestprioError(
+            f"run {layout.run_id} holds no evaluation.json; it is not a finished "
+            "`testprio evaluate` run."
+        )
+    try:
+        evaluation = storage.read_json(uri)
+    except ValueError:
+        raise TestprioError(
+            f"evaluation.json of run {layout.run_id} is not JSON; it was cut short or changed "
+            "after `testprio evaluate` wrote it: evaluate again under a new --run-id."
+        ) from None
+    return evaluation_view(evaluation, layout.run_id)
+
+
+def prioritizer_apfd_rows(summary: dict | None) -> list[dict]:
+    """The per-prioritizer APFD table of a ranking run's ``summary.json`` (``prioritizers``:
+    every prioritizer the run's scores allow, APFD over the labelled samples), if it has one."""
+    table = (summary or {}).get("prioritizers")
+    if not isinstance(table, dict):
+        return []
+    rows = []
+    for name, entry in table.items():
+        apfd = (entry or {}).get("apfd") or {}
+        rows.append(
+            {
+                "prioritizer": str(name),
+                "order": str((entry or {}).get("order") or ""),
+                "ranking": "✓" if name == summary.get("prioritizer", summary.get("metric")) else "",
+                "apfd": _number(apfd.get("raw")),
+                "apfd_normalized": _number(apfd.get("normalized")),
+            }
+        )
+    return rows

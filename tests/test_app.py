@@ -618,3 +618,219 @@ def test_report_command_hides_error_details(tmp_path):
     command = cli.report_server_command(str(tmp_path), 8600, "127.0.0.1")
     at = command.index("--client.showErrorDetails")
     assert command[at + 1] == "none" and at < command.index("--")
+
+
+# --- evaluation runs (testprio evaluate) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def eval_runs(tmp_path_factory, local_runs) -> str:
+    """A root with a real evaluation run (ONNX MLP: head retraining) and a ranking run."""
+    from tests.evalrunkit import make_evaluation
+
+    folder = tmp_path_factory.mktemp("app-eval")
+    shutil.copytree(Path(local_runs) / "labeled", folder / "runs" / "labeled")
+    make_evaluation(str(folder / "runs"), folder)
+    return str(folder / "runs")
+
+
+@pytest.fixture
+def own_eval_root(eval_runs, tmp_path) -> Path:
+    """A fresh copy of ``eval_runs``, for tests that alter the evaluation."""
+    shutil.copytree(eval_runs, tmp_path / "runs")
+    return tmp_path / "runs"
+
+
+def evaluation_json(root) -> dict:
+    return json.loads((Path(root) / "evaluation" / "evaluation.json").read_text())
+
+
+def best_reference(evaluation: dict) -> tuple[list[str], float]:
+    scores = {n: e["apfd"]["normalized"] for n, e in evaluation["prioritizers"].items()}
+    top = max(scores.values())
+    return [name for name, value in scores.items() if value == top], top
+
+
+def test_runs_page_lists_evaluation_runs(monkeypatch, eval_runs):
+    evaluation = evaluation_json(eval_runs)
+    app = open_app(monkeypatch, eval_runs)
+    table = app.dataframe[0].value.set_index("run_id")
+    row = table.loc["evaluation"]
+    names, top = best_reference(evaluation)
+    assert row["kind"] == "evaluation" and table.loc["labeled", "kind"] == "ranking"
+    assert row["model"] == "eval-mlp.onnx" and row["status"] == "succeeded"
+    assert row["samples"] == 400
+    assert row["baseline_accuracy"] == round(evaluation["baseline_accuracy"], 4)
+    assert row["best_prioritizer"] == f"{', '.join(names)} ({top:.4f})"
+    assert row["open"] == "?page=evaluation&run=evaluation"
+    app.selectbox(key="runs-open").select("evaluation").run()
+    app.button[0].click().run()
+    assert app.title[0].value == "Evaluation evaluation"
+
+
+def vega_charts(app: AppTest) -> dict[str, list[dict]]:
+    """Each chart's data rows, keyed by the chart's title."""
+    found = {}
+    for element in app.get("vega_lite_chart"):
+        spec = json.loads(element.proto.spec)
+        title = spec.get("title") or spec["layer"][0].get("title")
+        found[title["text"] if isinstance(title, dict) else title] = chart_rows(element)
+    return found
+
+
+def test_evaluation_page_shows_winners_charts_retraining_and_attribution(monkeypatch, eval_runs):
+    from tests.evalrunkit import PRIORITIZERS
+
+    evaluation = evaluation_json(eval_runs)
+    app = open_app(monkeypatch, eval_runs, page="evaluation", run="evaluation")
+    assert not app.error
+    assert [header.value for header in app.header] == [
+        "Best per budget",
+        "Fault detection",
+        "Retraining",
+        "Prioritizers",
+        "Metamorphic attribution (instability)",
+    ]
+    winners = app.dataframe[0].value
+    assert winners.to_dict("records") == [
+        {
+            "budget": row["budget"],
+            "by_accuracy": ", ".join(row["by_accuracy"]),
+            "accuracy_mean": row["accuracy_mean"],
+            "by_faults": ", ".join(row["by_faults"]),
+            "found": row["found"],
+        }
+        for row in evaluation["winners"]
+    ]
+    metrics = {metric.label: metric.value for metric in app.metric}
+    assert metrics["baseline accuracy"] == f"{evaluation['baseline_accuracy']:.4f}"
+    assert metrics["best normalized APFD"] == f"{best_reference(evaluation)[1]:.4f}"
+    # One series per prioritizer in each chart, with the file's figures.
+    charts = vega_charts(app)
+    faults = charts["Faults found at each budget (dashed: a random order on average)"]
+    gains = charts["Accuracy gain after retraining on the top b% (band: 95% CI over seeds)"]
+    bars = charts["APFD (normalized)"]
+    for rows in (faults, gains, bars):
+        assert {row["prioritizer"] for row in rows if "prioritizer" in row} == set(PRIORITIZERS)
+    assert {
+        (row["prioritizer"], row["budget"], row["found"]) for row in faults if "prioritizer" in row
+    } == {
+        (name, entry["budget"], entry["found"])
+        for name, prioritizer in evaluation["prioritizers"].items()
+        for entry in prioritizer["faults"]
+    }
+    baseline = evaluation["baseline_accuracy"]
+    for row in (row for row in gains if "prioritizer" in row):
+        retrained = evaluation["prioritizers"][row["prioritizer"]]["retrain"]
+        (entry,) = [entry for entry in retrained if entry["budget"] == row["budget"]]
+        assert row["gain"] == pytest.approx(entry["accuracy_mean"] - baseline)
+        assert row["gain_low"] == pytest.approx(entry["ci_low"] - baseline)
+    assert any(
+        "joins the evaluated budgets by straight lines; it is not the full fault-detection curve"
+        in caption.value
+        for caption in app.caption
+    )
+    # ONNX: the page says itself that only the head was retrained.
+    (info,) = [shown(info.value) for info in app.info]
+    assert evaluation["retraining"]["method"] == "onnx"
+    assert (
+        "Head-only retraining: only the classifier head (the ONNX model's last linear layer)"
+        in (info)
+    )
+    assert evaluation["retraining"]["description"] in info
+    effects = evaluation["prioritizers"]["instability"]["attribution"]["effects"]
+    attribution = app.dataframe[-1].value
+    assert list(attribution["transform"]) == [effect["transform"] for effect in effects]
+    assert list(attribution["ate"]) == [effect["ate"] for effect in effects]
+    assert list(attribution["violation_rate"]) == [effect["rate_applied"] for effect in effects]
+    assert list(attribution["shapley"]) == [effect["shapley"] for effect in effects]
+
+
+@pytest.mark.parametrize(
+    ("content", "sentence"),
+    [
+        (
+            '{"version": 1, "prioritizers": {',
+            "evaluation.json of run evaluation is not JSON; it was cut short or changed after "
+            "`testprio evaluate` wrote it: evaluate again under a new --run-id.",
+        ),
+        (
+            lambda e: {key: value for key, value in e.items() if key != "winners"},
+            "evaluation.json of run evaluation is not an evaluation testprio wrote (it has no "
+            "'winners'); it was changed after `testprio evaluate` wrote it: evaluate again "
+            "under a new --run-id.",
+        ),
+        (
+            lambda e: e["prioritizers"]["gini"]["retrain"][0].update(accuracy_mean="high"),
+            "evaluation.json of run evaluation is not an evaluation testprio wrote (a field "
+            "holds a value of the wrong kind); it was changed after `testprio evaluate` wrote "
+            "it: evaluate again under a new --run-id.",
+        ),
+    ],
+    ids=["not-json", "missing-key", "wrong-type"],
+)
+def test_a_malformed_evaluation_json_gives_one_sentence(
+    monkeypatch, own_eval_root, content, sentence
+):
+    path = own_eval_root / "evaluation" / "evaluation.json"
+    if callable(content):
+        evaluation = json.loads(path.read_text())
+        changed = content(evaluation)
+        path.write_text(json.dumps(changed if changed is not None else evaluation))
+    else:
+        path.write_text(content)
+    app = open_app(monkeypatch, str(own_eval_root), page="evaluation", run="evaluation")
+    assert [shown(error.value) for error in app.error] == [sentence]
+    assert not app.header and not app.get("vega_lite_chart")
+    app = open_app(monkeypatch, str(own_eval_root))  # the runs list still shows the run
+    assert "evaluation" in set(app.dataframe[0].value["run_id"])
+
+
+def test_evaluation_text_from_the_file_stays_text(monkeypatch, own_eval_root):
+    path = own_eval_root / "evaluation" / "evaluation.json"
+    evaluation = json.loads(path.read_text())
+    evaluation["retraining"]["description"] = "[x](http://evil.example) **bold** <b>b</b>"
+    evaluation["test_split"] = "www.evil.example"
+    path.write_text(json.dumps(evaluation))
+    app = open_app(monkeypatch, str(own_eval_root), page="evaluation", run="evaluation")
+    rendered = markdown_texts(app)
+    assert any("evil" in text for text in rendered)
+    renderer = MarkdownIt("commonmark")
+    for text in rendered:
+        html = renderer.renderInline(text)
+        assert "<a" not in html and "<strong" not in html and "<b>" not in html, text
+        assert not re.search(GFM_AUTOLINK, html), text
+
+
+def test_evaluation_page_of_a_root_without_evaluations(monkeypatch, local_runs):
+    app = open_app(monkeypatch, local_runs, page="evaluation")
+    assert [info.value for info in app.info][0].startswith("No evaluation runs under ")
+    assert not app.error
+
+
+def test_a_ranking_run_in_the_url_opens_the_newest_evaluation(monkeypatch, eval_runs):
+    app = open_app(monkeypatch, eval_runs, page="evaluation", run="labeled")
+    assert app.title[0].value == "Evaluation evaluation" and not app.error
+
+
+def test_run_page_of_an_evaluation_run_points_to_the_evaluation(monkeypatch, eval_runs):
+    app = open_app(monkeypatch, eval_runs, page="run", run="evaluation")
+    assert [header.value for header in app.header] == ["Model", "Data", "Stages"]
+    assert app.info[0].value.startswith("This is an evaluation run")
+    app.button[0].click().run()
+    assert app.title[0].value == "Evaluation evaluation"
+
+
+def test_compare_leaves_evaluation_runs_out(monkeypatch, eval_runs):
+    app = open_app(monkeypatch, eval_runs, page="compare")
+    assert app.info[0].value == "Comparing needs two finished runs on the same data."
+
+
+def test_run_page_shows_the_apfd_of_every_prioritizer(monkeypatch, local_runs):
+    summary = reportdata.load_run(reportdata.resolve_run(local_runs, "labeled")).summary
+    app = open_app(monkeypatch, local_runs, page="run", run="labeled")
+    assert "APFD of every prioritizer" in [subheader.value for subheader in app.subheader]
+    (table,) = [d.value for d in app.dataframe if "order" in d.value.columns]
+    assert list(table["prioritizer"]) == list(summary["prioritizers"])
+    assert list(table["apfd"]) == [e["apfd"]["raw"] for e in summary["prioritizers"].values()]
+    assert list(table[table["ranking"] == "✓"]["prioritizer"]) == [summary["prioritizer"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import zipfile
@@ -837,3 +838,130 @@ def test_everything_reads_from_a_gcs_root(gcs_runs):
 )
 def test_class_label(index, names, expected):
     assert reportdata.class_label(index, names) == expected
+
+
+# --- evaluation runs ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def evaluation_root(tmp_path_factory) -> tuple[str, dict]:
+    from tests.evalrunkit import make_evaluation
+
+    folder = tmp_path_factory.mktemp("reportdata-eval")
+    evaluation = make_evaluation(str(folder / "runs"), folder)
+    return str(folder / "runs"), json.loads(json.dumps(evaluation))
+
+
+def test_evaluation_runs_are_listed_with_their_figures(evaluation_root):
+    root, evaluation = evaluation_root
+    (row,) = reportdata.list_runs(root)
+    assert row["kind"] == "evaluation" and row["status"] == "succeeded"
+    assert row["samples"] == evaluation["samples"]["pool"] == 400
+    assert row["accuracy"] == round(evaluation["pool"]["accuracy"], 4)
+    assert row["baseline_accuracy"] == round(evaluation["baseline_accuracy"], 4)
+    assert row["best_prioritizer"].startswith("margin (")  # margin wins on these digits
+    assert reportdata.filter_runs([row], "margin") == [row]  # the best prioritizer is searched
+    assert reportdata.filter_runs([row], "evaluation") == [row]
+
+
+def test_best_by_apfd_lists_every_tie_and_skips_pools_without_faults():
+    entries = {
+        "a": {"apfd": {"raw": 0.7, "normalized": 0.8}},
+        "b": {"apfd": {"raw": 0.7, "normalized": 0.8}},
+        "random": {"apfd": {"raw": 0.5, "normalized": 0.5}},
+    }
+    assert reportdata.best_by_apfd(entries) == (["a", "b"], 0.8)
+    assert reportdata.best_by_apfd({"a": {"apfd": None}}) == ([], None)
+    figures = reportdata.figures_of_evaluation(
+        {"samples": {"pool": 9}, "pool": {"accuracy": 1.0}, "baseline_accuracy": 0.5}
+        | {"prioritizers": {"a": {"apfd": None}}}
+    )
+    assert figures["best_prioritizer"] == "" and figures["samples"] == 9
+
+
+@pytest.mark.parametrize("content", [None, [], {"samples": "x"}, {"prioritizers": {"a": 1}}])
+def test_an_unreadable_evaluation_gives_empty_runs_figures(content):
+    assert reportdata.figures_of_evaluation(content) == dict.fromkeys(reportdata.RUN_FIGURE_COLUMNS)
+
+
+def test_run_kind_comes_from_the_parameters():
+    assert reportdata.run_kind({"parameters": {"kind": "evaluation"}}) == "evaluation"
+    assert reportdata.run_kind({"parameters": {"metric": "gini"}}) == "ranking"
+    assert reportdata.run_kind({"parameters": None}) == "ranking"
+
+
+def test_evaluation_view_shapes_the_file_for_the_page(evaluation_root):
+    root, evaluation = evaluation_root
+    view = reportdata.load_evaluation(reportdata.resolve_run(root, "evaluation"))
+    baseline = evaluation["baseline_accuracy"]
+    assert view["baseline_accuracy"] == baseline
+    assert view["retraining"]["method"] == "onnx"
+    assert len(view["faults"]) == len(view["retrain"]) == 4 * 3  # prioritizers x budgets
+    for row in view["faults"]:
+        entry = next(
+            e for e in evaluation["prioritizers"][row["prioritizer"]]["faults"]
+            if e["budget"] == row["budget"]
+        )  # fmt: skip
+        assert row["selected"] == entry["selected"] and row["share"] == entry["found"] / 76
+    for row in view["retrain"]:
+        assert row["gain_low"] == pytest.approx(row["ci_low"] - baseline)
+        assert row["gain_high"] == pytest.approx(row["ci_high"] - baseline)
+    assert [row["budget"] for row in view["winners"]] == [1.0, 5.0, 10.0]
+    attribution = view["attribution"]
+    effects = evaluation["prioritizers"]["instability"]["attribution"]["effects"]
+    assert [row["transform"] for row in attribution["rows"]] == [e["transform"] for e in effects]
+    assert attribution["n_boot"] == 200 and attribution["followups"] == 10
+    assert view["layers"] is None  # no coverage or surprise prioritizer ran
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda e: e.pop("retraining"), r"\(it has no 'retraining'\)"),
+        (lambda e: e.update(prioritizers={}), r"\(it lists no prioritizer\)"),
+        (
+            lambda e: e["samples"].update(pool="many"),
+            r"\(a field holds a value of the wrong kind\)",
+        ),
+        (
+            lambda e: e["prioritizers"]["gini"]["faults"][0].update(found=[1]),
+            r"\(a field holds a value of the wrong kind\)",
+        ),
+    ],
+)
+def test_a_malformed_evaluation_is_one_sentence(evaluation_root, change, message):
+    _, evaluation = evaluation_root
+    broken = json.loads(json.dumps(evaluation))
+    change(broken)
+    with pytest.raises(TestprioError, match=r"^evaluation.json of run r1 is not an evaluation .*"):
+        reportdata.evaluation_view(broken, "r1")
+    with pytest.raises(TestprioError, match=message):
+        reportdata.evaluation_view(broken, "r1")
+    with pytest.raises(TestprioError, match=r"is not an evaluation testprio wrote \(it is not a "):
+        reportdata.evaluation_view([], "r1")
+
+
+def test_a_missing_or_linked_evaluation_json_is_refused(evaluation_root, tmp_path):
+    root, _ = evaluation_root
+    with pytest.raises(TestprioError, match="run labeled holds no evaluation.json"):
+        reportdata.load_evaluation(reportdata.resolve_run(root_with_ranking(tmp_path), "labeled"))
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    linked = tmp_path / "linked"
+    (linked / "evaluation").mkdir(parents=True)
+    (linked / "evaluation" / "evaluation.json").symlink_to(secret)
+    with pytest.raises(TestprioError, match="leads outside the report's root"):
+        reportdata.load_evaluation(reportdata.resolve_run(str(linked), "evaluation"))
+
+
+def root_with_ranking(tmp_path) -> str:
+    (tmp_path / "ranking" / "labeled").mkdir(parents=True)
+    return str(tmp_path / "ranking")
+
+
+def test_prioritizer_apfd_rows_of_a_summary(root):
+    summary = details(root, "labeled").summary
+    rows = reportdata.prioritizer_apfd_rows(summary)
+    assert [row["prioritizer"] for row in rows] == list(summary["prioritizers"])
+    assert [row["ranking"] for row in rows].count("✓") == 1
+    assert reportdata.prioritizer_apfd_rows({"metric": "gini"}) == []
