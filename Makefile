@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 REGISTRY ?= $(or $(TESTPRIO_REGISTRY),ghcr.io/testprio)
 IMAGE_TAG ?= $(or $(TESTPRIO_IMAGE_TAG),0.1.0)
 
-.PHONY: setup lint test demo demo-eval compile components bench clean report browser images images-lock
+.PHONY: setup lint test demo demo-eval compile components bench bench-eval clean report browser images images-lock
 CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml
@@ -60,6 +60,10 @@ bench: setup
 	$(PY) bench/bench.py
 	$(PY) bench/report_bench.py
 	$(PY) bench/ingest_bench.py
+
+bench-eval: setup  ## coverage and surprise-adequacy costs per 100k samples (bench/RESULTS-evaluation.md)
+	$(PY) bench/coverage_bench.py
+	$(PY) bench/surprise_bench.py
 
 clean:
 	rm -rf build demo-output bench/work .pytest_cache test-artifacts
