@@ -639,7 +639,7 @@ def evaluation_page(root: str, rows: list[dict]) -> None:
     left, right = st.columns(2)
     with left:
         chart(charts.faults_at_budgets(view["faults"]))
-        st.caption(FAULT_POINTS_TEXT)
+        st.caption(f"Dashed: what a random order finds on average. {FAULT_POINTS_TEXT}")
     with right:
         if view["apfd"]:
             chart(charts.apfd_bars(view["apfd"]))
@@ -699,32 +699,38 @@ def retraining_section(view: dict) -> None:
     st.header("Retraining")
     scope = RETRAINING_SCOPE.get(retraining["method"])
     epochs = retraining["epochs"]
-    st.info(
+    if scope:
+        st.info(scope)
+    st.caption(
         esc(
             f"Retraining method {retraining['method']}: {retraining['description']}. "
-            + (f"{scope} " if scope else "")
-            + f"{epochs} epoch{'s' if epochs != 1 else ''}, batch size "
-            f"{retraining['batch_size']}, learning rate {retraining['learning_rate']}; training "
-            "data plus each prioritizer's top b% with their labels."
+            f"{epochs} epoch{'s' if epochs != 1 else ''}, batch size "
+            f"{retraining['batch_size']}, learning rate {retraining['learning_rate']}; the "
+            "training data plus each prioritizer's top b% with their labels, once per seed."
         )
     )
     left, right = st.columns(2)
     with left:
         chart(charts.retraining_gain(view["retrain"]))
-        st.caption(esc(f"Interval: {retraining['interval']}."))
     with right:
-        st.dataframe(
-            view["retrain"],
-            hide_index=True,
-            column_order=("prioritizer", "budget", "accuracy_mean", "ci_low", "ci_high", "gain"),
-            column_config={
-                "budget": st.column_config.NumberColumn("budget %", format="%g"),
-                "accuracy_mean": st.column_config.NumberColumn("accuracy (mean)", format="%.4f"),
-                "ci_low": st.column_config.NumberColumn("95% CI low", format="%.4f"),
-                "ci_high": st.column_config.NumberColumn("95% CI high", format="%.4f"),
-                "gain": st.column_config.NumberColumn("gain", format="%+.4f"),
-            },
+        st.caption(
+            esc(
+                "Accuracy after retraining minus the baseline accuracy (dashed at 0); band: "
+                f"the interval over seeds ({retraining['interval']})."
+            )
         )
+    st.dataframe(
+        view["retrain"],
+        hide_index=True,
+        column_order=("prioritizer", "budget", "accuracy_mean", "ci_low", "ci_high", "gain"),
+        column_config={
+            "budget": st.column_config.NumberColumn("budget %", format="%g"),
+            "accuracy_mean": st.column_config.NumberColumn("accuracy (mean)", format="%.4f"),
+            "ci_low": st.column_config.NumberColumn("95% CI low", format="%.4f"),
+            "ci_high": st.column_config.NumberColumn("95% CI high", format="%.4f"),
+            "gain": st.column_config.NumberColumn("gain", format="%+.4f"),
+        },
+    )
 
 
 def attribution_section(attribution: dict) -> None:

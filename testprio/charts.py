@@ -324,7 +324,7 @@ def apfd_bars(rows: list[dict]) -> alt.Chart:
         .mark_bar(color="#4c78a8")
         .encode(
             x=alt.X("apfd_normalized:Q", title="normalized APFD", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("prioritizer:N", sort="-x", title=None),
+            y=alt.Y("prioritizer:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False)),
             tooltip=[
                 "prioritizer:N",
                 alt.Tooltip("apfd:Q", format=".4f", title="APFD"),
@@ -365,7 +365,7 @@ def faults_at_budgets(rows: list[dict]) -> alt.LayerChart:
         .encode(x="budget:Q", y="share:Q")
     )
     return (expected + lines).properties(
-        title="Faults found at each budget (dashed: a random order on average)",
+        title="Faults found at each budget",
         width=WIDTH,
         height=HEIGHT,
     )
@@ -380,7 +380,7 @@ def retraining_gain(rows: list[dict]) -> alt.LayerChart:
     base = alt.Chart(_data(rows))
     band = base.mark_area(opacity=0.18).encode(
         x=x,
-        y=alt.Y("gain_low:Q", title="accuracy gain over the baseline"),
+        y=alt.Y("gain_low:Q", title="accuracy gain"),
         y2="gain_high:Q",
         color=color,
     )
@@ -402,8 +402,9 @@ def retraining_gain(rows: list[dict]) -> alt.LayerChart:
         .mark_rule(strokeDash=[4, 4], color="#333333")
         .encode(y="gain:Q")
     )
-    return alt.layer(band, lines, zero).properties(
-        title="Accuracy gain after retraining on the top b% (band: 95% CI over seeds)",
+    # Lines first: the shared legend takes their full colours, not the pale band's.
+    return alt.layer(lines, band, zero).properties(
+        title="Accuracy gain after retraining",
         width=WIDTH,
         height=HEIGHT,
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import _free_port
+from tests.evalrunkit import make_evaluation
 from tests.reportkit import make_runs
 
 CHROMIUM = os.environ.get("TESTPRIO_CHROMIUM", "/usr/bin/chromium")
@@ -64,6 +65,7 @@ def report_server(tmp_path_factory):
     make_runs(str(folder / "runs"), folder / "inputs")
     add_link_named_run(folder / "runs")
     shutil.copytree(folder / "runs" / "labeled", folder / "runs" / "upload")  # takes labels
+    make_evaluation(str(folder / "runs"), folder)  # a real `testprio evaluate` run, ~2 s
     SERVED["root"] = folder / "runs"
     port = _free_port()
     log = open(folder / "server.log", "w+b")  # noqa: SIM115 - closed below
@@ -195,4 +197,30 @@ def test_labels_uploaded_in_chromium_show_the_labelled_figures(report_server, br
     accuracy = page.locator('[data-testid="stMetric"]', has_text="labelled accuracy")
     assert f"{record['labelled']['accuracy']:.4f}" in accuracy.inner_text()
     assert (SERVED["root"] / "upload" / "labels.parquet").is_file()
+    page.close()
+
+
+def test_evaluation_page_renders_its_charts_in_chromium(report_server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 4000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{report_server}/?page=evaluation&run=evaluation")
+    for section in ("Best per budget", "Fault detection", "Retraining", "Prioritizers"):
+        page.get_by_role("heading", name=section, exact=True).wait_for(timeout=60_000)
+    # (a word joiner follows "retraining", so that ":" never starts an autolink)
+    page.get_by_text("only the classifier head (the ONNX model's last linear layer) was").wait_for()
+    # Three charts drawn (faults at each budget, APFD bars, accuracy gain), and no error
+    # element anywhere: neither the app's alerts nor a chart that failed to render.
+    page.wait_for_function(
+        'document.querySelectorAll(\'[data-testid="stVegaLiteChart"] canvas, '
+        '[data-testid="stVegaLiteChart"] svg\').length >= 3',
+        timeout=60_000,
+    )
+    page.wait_for_timeout(1000)
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.get_by_text("Error", exact=True).count() == 0
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report-evaluation-page.png"), full_page=True)
+    assert not errors, errors
     page.close()
