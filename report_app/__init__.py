@@ -1,1 +1,1 @@
-"""The Streamlit report app (``testprio report``): layout only, data from testprio.reportdata."""
+"""The Streamlit report app (``testprio report``): layout only, data from testprio.report.data."""

@@ -1,7 +1,7 @@
 """testprio report: browse the runs under a root (a local folder or gs://bucket/prefix).
 
 Start it with ``testprio report --root ROOT``. Layout only: every table and figure comes from
-``testprio.reportdata`` and every chart from ``testprio.charts``. The root is fixed when the
+``testprio.report.data`` and every chart from ``testprio.report.charts``. The root is fixed when the
 app starts (``--root`` after ``--`` or ``TESTPRIO_REPORT_ROOT``); URL parameters choose a
 page and runs by id, and ``reportdata.resolve_run`` refuses anything but a run id under the
 root, and every file of a run is read through ``reportdata.run_file``/``shard_file``, which
@@ -19,9 +19,11 @@ import sys
 import pyarrow as pa
 import streamlit as st
 
-from testprio import charts, labels, reportdata, storage
+from testprio import labels, storage
 from testprio.errors import TestprioError
 from testprio.layout import run_status
+from testprio.report import charts
+from testprio.report import data as reportdata
 
 ROOT_ENV = "TESTPRIO_REPORT_ROOT"
 PAGES = {

@@ -304,7 +304,7 @@ def _format_top(summary: dict, metric: str, sources: dict[int, str]) -> str:
 
 def _top_sources(layout: RunLayout, summary: dict) -> dict[int, str]:
     """Where each top-k sample came from (a file of an image folder, a CSV line, ...)."""
-    from testprio import reportdata
+    from testprio.report import data as reportdata
 
     ids = [row["sample_id"] for row in summary["top"]]
     samples = reportdata.read_samples(reportdata.load_run(layout), ids, columns=("source",))

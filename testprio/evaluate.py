@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from testprio import convert, ingest, metrics, retrain, sources, storage
+from testprio import convert, ingest, metrics, retrain, storage
 from testprio.errors import TestprioError
+from testprio.ingest import sources
 from testprio.layout import RunLayout, finish_run, stage, start_run
 from testprio.log import get_logger
 from testprio.summary import apfd
@@ -1274,7 +1275,7 @@ def evaluation_html(evaluation: dict) -> str:
     """A self-contained page (no scripts, inline SVG charts) for the Kubeflow UI."""
     import html
 
-    from testprio import charts
+    from testprio.report import charts
 
     frames = evaluation_frames(evaluation)
     figures = [

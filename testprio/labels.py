@@ -42,10 +42,12 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 import pyarrow as pa
 
-from testprio import reportdata, sources, storage
+from testprio import storage
 from testprio.errors import TestprioError
+from testprio.ingest import sources
 from testprio.layout import RunLayout, record_in_run
 from testprio.log import get_logger
+from testprio.report import data as reportdata
 from testprio.summary import apfd
 
 log = get_logger("labels")

@@ -17,7 +17,7 @@ from typing import Any
 
 from testprio.convert import DEFAULT_PARITY_TOLERANCE, OUTPUT_KINDS
 from testprio.ingest import IngestOptions
-from testprio.preprocess import PRESETS
+from testprio.ingest.preprocess import PRESETS
 from testprio.prioritizers import NAMES as PRIORITIZER_NAMES
 
 

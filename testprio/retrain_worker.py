@@ -1,5 +1,5 @@
 """The retrain stage's child process: fine-tune a PyTorch or Keras model, one framework per
-process (as ``testprio.convert_worker``: TensorFlow and torch are never imported together).
+process (as ``testprio.convert.worker``: TensorFlow and torch are never imported together).
 
 ``python -m testprio.retrain_worker REQUEST.json`` reads the request that
 ``testprio.retrain._retrain_in_child`` writes (model file and format, the arrays in an
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from testprio.convert_worker import SAVE_LINES, describe
+from testprio.convert.worker import SAVE_LINES, describe
 
 
 def _training_set(arrays: Any, selected: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -31,7 +31,7 @@ def _training_set(arrays: Any, selected: list[int]) -> tuple[np.ndarray, np.ndar
 def _finetune_pytorch(request: dict, arrays: Any) -> dict[str, float]:
     import torch
 
-    from testprio.convert_pytorch import _flatten, _load
+    from testprio.convert.pytorch import _flatten, _load
 
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # one thread: the same sums in the same order on every machine

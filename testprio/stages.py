@@ -11,8 +11,9 @@ import math
 import os
 from typing import Any
 
-from testprio import convert, ingest, params, prioritizers, rank, reference, score, sources, storage
+from testprio import convert, ingest, params, prioritizers, rank, reference, score, storage
 from testprio.errors import TestprioError
+from testprio.ingest import sources
 from testprio.layout import RunLayout, finish_run, stage
 from testprio.layout import start_run as layout_start_run
 from testprio.log import configure

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from testprio import convert_pytorch as pytorch
+from testprio.convert import pytorch
 
 
 def convert(source, target, input_shape, **options) -> dict:

@@ -14,7 +14,8 @@ import pytest
 from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
 
-from testprio import reportdata, storage
+from testprio import storage
+from testprio.report import data as reportdata
 from tests.reportkit import RUN_IDS, make_runs
 
 APP = Path(__file__).resolve().parent.parent / "report_app" / "app.py"

@@ -18,8 +18,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from testprio import cli, convert, storage
-from testprio.errors import TestprioError
-from testprio.model_checks import (
+from testprio.convert.checks import (
     CHECK_TOLERANCE,
     batch_independent,
     class_rows,
@@ -27,6 +26,7 @@ from testprio.model_checks import (
     finite_outputs,
     max_difference,
 )
+from testprio.errors import TestprioError
 from tests.conftest import BUCKET, linear_classifier, make_deterministic, write_pool
 from tests.stagekit import run_stages
 

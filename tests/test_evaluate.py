@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from testprio import charts, cli, evaluate, storage
+from testprio import cli, evaluate, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
+from testprio.report import charts
 from tests.evalkit import digits, mlp_weights, save_mlp, save_splits
 
 # --- planted cases ------------------------------------------------------------------------

@@ -294,8 +294,8 @@ def test_report_app_environment_imports_the_app_modules(tmp_path):
     python = _fresh_environment(tmp_path, "report-app")
     out = _run_in(
         python,
-        "import streamlit, altair, testprio, testprio.storage, testprio.reportdata\n"
-        "import testprio.charts\n"
+        "import streamlit, altair, testprio, testprio.storage, testprio.report.data\n"
+        "import testprio.report.charts\n"
         "print(streamlit.__version__)",
         cwd=tmp_path,
     )
@@ -305,14 +305,14 @@ def test_report_app_environment_imports_the_app_modules(tmp_path):
 @pytest.mark.parametrize(
     ("name", "entry"),
     [
-        ("convert-pytorch", "import torch, testprio.convert_pytorch as m; v = torch.__version__"),
+        ("convert-pytorch", "import torch, testprio.convert.pytorch as m; v = torch.__version__"),
         (
             "convert-tensorflow",
-            "import tensorflow, tf2onnx, testprio.convert_tensorflow as m; v = tf2onnx.__version__",
+            "import tensorflow, tf2onnx, testprio.convert.tensorflow as m; v = tf2onnx.__version__",
         ),
         (
             "convert-paddle",
-            "import paddle, paddle2onnx, testprio.convert_paddle as m; v = paddle.__version__",
+            "import paddle, paddle2onnx, testprio.convert.paddle as m; v = paddle.__version__",
         ),
     ],
 )
@@ -321,7 +321,7 @@ def test_converter_environment_imports_its_framework(tmp_path, name, entry):
     python = _fresh_environment(tmp_path, name)
     out = _run_in(
         python,
-        f"{entry}\nimport testprio.convert_worker\nprint(v, m.__file__)",
+        f"{entry}\nimport testprio.convert.worker\nprint(v, m.__file__)",
         cwd=tmp_path,
     )
     assert str(tmp_path / "venv") in out

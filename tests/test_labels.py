@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from testprio import cli, labels, reportdata, storage
+from testprio import cli, labels, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
+from testprio.report import data as reportdata
 from tests.conftest import BUCKET, linear_classifier, write_pool
 from tests.reportkit import digits
 from tests.stagekit import run_stages

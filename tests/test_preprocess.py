@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from testprio import preprocess
 from testprio.errors import TestprioError
+from testprio.ingest import preprocess
 from tests.conftest import make_deterministic
 
 RESAMPLE = {

@@ -17,9 +17,10 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pytest
 
-from testprio import report, reportdata, stages, storage
+from testprio import report, stages, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
+from testprio.report import data as reportdata
 from tests.conftest import linear_classifier, write_pool
 from tests.reportkit import XSS_CLASS, XSS_FILE, digits, make_runs
 from tests.stagekit import parameters

@@ -1,4 +1,4 @@
-"""Data shaping for the report app (testprio.reportdata) on small real runs."""
+"""Data shaping for the report app (testprio.report.data) on small real runs."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from testprio import reportdata, storage
+from testprio import storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
 from testprio.metrics import softmax
+from testprio.report import data as reportdata
 from tests.conftest import make_deterministic, reference_logits
 from tests.reportkit import RUN_IDS, digits, make_runs
 from tests.stagekit import run_stages
@@ -660,7 +661,7 @@ def test_timeline_of_1000_shards_draws_one_score_bar_with_min_median_max(root):
     # At the cap, every shard keeps its own bar.
     few = reportdata.stage_timeline(_many_shards(details(root, "labeled"), 50))
     assert len(few) == 53 and all(row["detail"] == "" for row in few)
-    from testprio import charts
+    from testprio.report import charts
 
     assert len(charts.stage_timeline(rows).to_dict()["data"]["values"]) == 4
 

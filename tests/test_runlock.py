@@ -134,7 +134,7 @@ def test_run_status_reads_the_owner_file(local_root):
 
 
 def test_the_report_lists_a_run_with_a_dead_owner_as_unfinished(local_root):
-    from testprio import reportdata
+    from testprio.report import data as reportdata
 
     layout = RunLayout.create(local_root, "r6")
     start_run(layout, {"model": "a.onnx"})

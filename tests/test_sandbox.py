@@ -25,9 +25,9 @@ import numpy as np
 import psutil
 import pytest
 
-from testprio import sandbox, sandbox_worker
 from testprio.errors import TestprioError
-from testprio.sandbox import CustomOp, check_source
+from testprio.ingest import sandbox, sandbox_worker
+from testprio.ingest.sandbox import CustomOp, check_source
 
 # (id, source with "# <-" on the offending line, what the sentence must name)
 ESCAPES = [

@@ -33,10 +33,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from testprio import sources, storage
+from testprio import storage
 from testprio.errors import TestprioError
-from testprio.pool import BadSample
-from testprio.sources import ArchiveLimits, DownloadLimits
+from testprio.ingest import sources
+from testprio.ingest.pool import BadSample
+from testprio.ingest.sources import ArchiveLimits, DownloadLimits
 from tests.conftest import BUCKET, make_deterministic
 
 RED, BLUE, GRAY = (255, 0, 0), (0, 0, 255), 77
@@ -458,7 +459,11 @@ def test_detect_format_reads_content(formats, tmp_path):
         ("cat.png", "png", r"cat.png is a single image; put the images in a folder"),
         ("pool.bin", "random", r"cannot tell the format of pool.bin \(it holds binary data"),
         ("pool.npy", "empty", r"pool.npy is empty"),
-        ("pool.zip", "tar", r"pool.zip is a tar archive; open it with testprio.sources.resolve"),
+        (
+            "pool.zip",
+            "tar",
+            r"pool.zip is a tar archive; open it with testprio.ingest.sources.resolve",
+        ),
     ],
 )
 def test_detect_format_errors(tmp_path, name, content, message):

@@ -60,8 +60,8 @@ from PIL import Image
 
 from testprio import storage
 from testprio.errors import TestprioError
+from testprio.ingest.pool import ArrayPool, BadSample, Chunk, FilePool
 from testprio.log import get_logger
-from testprio.pool import ArrayPool, BadSample, Chunk, FilePool
 
 log = get_logger("ingest")
 
@@ -363,7 +363,7 @@ def detect_format(path: str, name: str) -> str:
     kind = _detect_kind(path, name)
     if kind in ARCHIVES:
         raise TestprioError(
-            f"{name} is {_DESCRIPTIONS[kind]}; open it with testprio.sources.resolve, which "
+            f"{name} is {_DESCRIPTIONS[kind]}; open it with testprio.ingest.sources.resolve, which "
             "extracts it."
         )
     return kind

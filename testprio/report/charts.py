@@ -1,4 +1,4 @@
-"""The report's charts as Altair specifications, from rows shaped by ``testprio.reportdata``.
+"""The report's charts as Altair specifications, from rows shaped by ``testprio.report.data``.
 
 The Streamlit app shows them interactively (hover shows values; the histogram zooms along
 its x axis); the report stage renders the same charts to static SVG with ``vl-convert``,

@@ -3,7 +3,7 @@
 1. **Detect** what the model is from its content (``MODEL_FORMATS``, chosen by table: zip
    members, magic bytes, the files of a folder), never by importing a framework.
 2. **Convert** with the framework's converter (``CONVERTERS``): ONNX passes through; every
-   other framework converts in a child process of its own (``testprio.convert_worker``), which
+   other framework converts in a child process of its own (``testprio.convert.worker``), which
    also runs the source model on the parity samples.
 3. **Validate** the ONNX model: the checker (full check, every operator defined by its
    opset), ONNX Runtime loads it, one float input whose shape fits the pool's samples, one
@@ -12,7 +12,7 @@
 4. **Parity**: the ONNX model and the source framework on the same samples (pool samples,
    topped up with random ones in the pool's value range); the run fails when their class
    probabilities differ by more than ``parity_tolerance``.
-5. **Model checks** (``testprio.model_checks``): deterministic, batch independent, finite,
+5. **Model checks** (``testprio.convert.checks``): deterministic, batch independent, finite,
    rows of K classes. A failed check warns, or fails the run with ``strict_model_checks``.
 
 A model whose input fixes the batch size (at 1, say) still converts and scores: it runs that
@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from testprio import storage
-from testprio.convert_worker import SAVE_LINES
+from testprio.convert.checks import failed_checks, max_difference, run_model_checks
+from testprio.convert.worker import SAVE_LINES
 from testprio.errors import TestprioError
 from testprio.ingest import iter_shard_batches, parse_shape
 from testprio.layout import RunLayout
@@ -55,7 +56,6 @@ from testprio.model import (
     produced_by_softmax,
     run_class_output,
 )
-from testprio.model_checks import failed_checks, max_difference, run_model_checks
 from testprio.score import class_probabilities
 
 log = get_logger("convert")
@@ -89,9 +89,9 @@ CONVERTERS: dict[str, Converter] = {
     converter.framework: converter
     for converter in (
         Converter("onnx", "ONNX", None),
-        Converter("pytorch", "PyTorch", "testprio.convert_pytorch"),
-        Converter("tensorflow", "TensorFlow", "testprio.convert_tensorflow"),
-        Converter("paddle", "PaddlePaddle", "testprio.convert_paddle"),
+        Converter("pytorch", "PyTorch", "testprio.convert.pytorch"),
+        Converter("tensorflow", "TensorFlow", "testprio.convert.tensorflow"),
+        Converter("paddle", "PaddlePaddle", "testprio.convert.paddle"),
     )
 }
 
@@ -547,7 +547,7 @@ def _convert_in_child(
     samples: np.ndarray,
     input_shape: str,
 ) -> tuple[dict, list[np.ndarray] | None]:
-    """Run ``python -m testprio.convert_worker`` for one conversion; return its facts and the
+    """Run ``python -m testprio.convert.worker`` for one conversion; return its facts and the
     source model's outputs on ``samples`` (None when the source model failed to run)."""
     with tempfile.TemporaryDirectory(prefix="testprio-convert-") as work:
         request = {
@@ -568,7 +568,7 @@ def _convert_in_child(
             json.dump(request, handle)
         log.info("converting %s with the %s converter", detected.name, converter.label)
         completed = subprocess.run(
-            [sys.executable, "-m", "testprio.convert_worker", request_path],
+            [sys.executable, "-m", "testprio.convert.worker", request_path],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

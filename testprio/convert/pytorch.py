@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from testprio.convert_worker import EXAMPLE_BATCH, OPSET, SAVE_LINES, describe
+from testprio.convert.worker import EXAMPLE_BATCH, OPSET, SAVE_LINES, describe
 from testprio.errors import TestprioError
 
 INPUT_NAME = "input"

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from testprio import sources
 from testprio.errors import TestprioError
-from testprio.pool import ArrayPool, Chunk, FilePool
+from testprio.ingest import sources
+from testprio.ingest.pool import ArrayPool, Chunk, FilePool
 
 SHAPE_METADATA_KEY = b"testprio.shape"
 LABEL_COLUMNS = sources.LABEL_COLUMNS

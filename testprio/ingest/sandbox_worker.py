@@ -1,7 +1,7 @@
 """The custom op's child process, and the source check that both processes run.
 
 A user's ``--custom-ops`` file defines ``op(x)``: a batch ``(N, ...)`` in, a numeric batch
-``(N, ...)`` out. ``testprio.sandbox`` checks the file (``source_problem``) and runs it here,
+``(N, ...)`` out. ``testprio.ingest.sandbox`` checks the file (``source_problem``) and runs it here,
 in a process of its own started as ``python -I sandbox_worker.py``. This module needs only
 the standard library and numpy, never ``testprio``: the worker does not put testprio on its
 path, and the parent imports this module for the same checker.

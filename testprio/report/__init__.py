@@ -31,11 +31,13 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from testprio import charts, prioritizers, reportdata, storage
 from testprio import labels as label_export
+from testprio import prioritizers, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout, finished_record
 from testprio.log import get_logger
+from testprio.report import charts
+from testprio.report import data as reportdata
 
 log = get_logger("report")
 
@@ -150,7 +152,7 @@ def _environment():
     import jinja2
 
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("testprio", "templates"),
+        loader=jinja2.PackageLoader("testprio.report", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402
 
-from testprio.convert_worker import OPSET, SAVE_LINES, describe  # noqa: E402
+from testprio.convert.worker import OPSET, SAVE_LINES, describe  # noqa: E402
 from testprio.errors import TestprioError  # noqa: E402
 
 SERVING_SIGNATURE = "serving_default"

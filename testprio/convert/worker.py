@@ -14,7 +14,7 @@ A converter module (``convert_pytorch``, ``convert_tensorflow``, ``convert_paddl
   worker calls it with batches of exactly B.
 
 The convert stage (``testprio.convert``) never imports a framework: it starts
-``python -m testprio.convert_worker REQUEST.json`` (``worker_main``), which imports one
+``python -m testprio.convert.worker REQUEST.json`` (``worker_main``), which imports one
 converter module, converts, runs the source model on the parity samples and writes its
 result as JSON. TensorFlow and Paddle crash when imported into one process, and a crash in
 a framework's native code then fails the conversion with a sentence instead of taking the
@@ -157,7 +157,7 @@ def _convert_and_run(request: dict) -> dict:
 
 
 def worker_main(argv: list[str]) -> int:
-    """``python -m testprio.convert_worker REQUEST.json``: convert, run the source, write result."""
+    """``python -m testprio.convert.worker REQUEST.json``: convert, run the source, write result."""
     from testprio.errors import TestprioError
 
     with open(argv[0], encoding="utf-8") as handle:

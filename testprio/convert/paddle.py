@@ -18,7 +18,7 @@ import numpy as np
 import paddle
 import paddle2onnx
 
-from testprio.convert_worker import OPSET, SAVE_LINES, describe
+from testprio.convert.worker import OPSET, SAVE_LINES, describe
 from testprio.errors import TestprioError
 
 SAVE_LINE = SAVE_LINES["paddle_json"]

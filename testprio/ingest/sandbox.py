@@ -4,12 +4,12 @@ The file defines ``def op(x)``: a batch ``(N, ...)`` in, a numeric batch ``(N, .
 ``check_source`` refuses, with one sentence naming the line, any file that uses more than
 numpy and math (or builds arrays over raw memory, or names object or void dtypes);
 ``CustomOp`` runs a checked file, behind a runtime guard on every numpy call, in a worker process
-(``testprio/sandbox_worker.py``) under CPU, memory, file, process and file-descriptor limits
+(``testprio/ingest/sandbox_worker.py``) under CPU, memory, file, process and file-descriptor limits
 and a wall-clock limit per batch, and turns everything that can go wrong there into a
 ``TestprioError`` that says what happened and what to do.
 
 The threat model, the layers and what they do NOT protect against are in
-``testprio.sandbox_worker``'s docstring. In short: this is defense in depth for op files
+``testprio.ingest.sandbox_worker``'s docstring. In short: this is defense in depth for op files
 from colleagues, not a security boundary; a container (the pipeline's pods) is that.
 
 The parent never unpickles anything from the worker: replies are ``.npy`` frames parsed by
@@ -32,8 +32,8 @@ import time
 
 import numpy as np
 
-from testprio import sandbox_worker
 from testprio.errors import TestprioError
+from testprio.ingest import sandbox_worker
 
 WORKER_PATH = sandbox_worker.__file__
 # Environment of the worker: no credentials or tokens of the parent, one thread per library
@@ -62,7 +62,7 @@ def check_source(source: str, name: str) -> None:
 
 
 class CustomOp:
-    """A user op in a sandboxed worker process; duck-types ``testprio.preprocess.Op``.
+    """A user op in a sandboxed worker process; duck-types ``testprio.ingest.preprocess.Op``.
 
     ``apply`` takes a numeric batch ``(N, ...)`` and returns the op's numeric batch
     ``(N, ...)`` (NaN and inf allowed: ingest quarantines them). The worker starts on the

@@ -8,9 +8,9 @@ when unknown), ``source string``. Format 1 shards (``x fixed_size_list<float32>`
 
 The stage, in order:
 
-1. resolves the source (local, ``gs://``, ``http(s)://``, archives: ``testprio.sources``)
-   and opens it with the reader of its format (``testprio.readers``);
-2. builds the preprocessing chain (``testprio.preprocess``: a preset, an op list, a
+1. resolves the source (local, ``gs://``, ``http(s)://``, archives: ``testprio.ingest.sources``)
+   and opens it with the reader of its format (``testprio.ingest.readers``);
+2. builds the preprocessing chain (``testprio.ingest.preprocess``: a preset, an op list, a
    sandboxed custom op) and computes any statistics it needs in a streaming first pass;
 3. reads the pool again in chunks (image files decoded in parallel threads), checks every
    raw sample, preprocesses the good ones and writes them to shards; a sample that cannot
@@ -39,12 +39,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from testprio import preprocess, sandbox, sources, storage
+from testprio import storage
 from testprio.errors import TestprioError
+from testprio.ingest import preprocess, sandbox, sources
+from testprio.ingest.pool import ArrayPool, BadSample, FilePool
+from testprio.ingest.readers import SHAPE_METADATA_KEY, Columns, check_numeric, open_pool
 from testprio.layout import RunLayout, record_in_run, shard_name
 from testprio.log import get_logger
-from testprio.pool import ArrayPool, BadSample, FilePool
-from testprio.readers import SHAPE_METADATA_KEY, Columns, check_numeric, open_pool
 
 log = get_logger("ingest")
 
@@ -82,7 +83,7 @@ class IngestOptions:
     tensor_column: str = "x"
     label_column: str = ""
     max_data_gb: float = 20.0  # largest download, and largest archive once expanded
-    # http(s) sources (testprio.sources.DownloadLimits): non-public addresses are refused
+    # http(s) sources (testprio.ingest.sources.DownloadLimits): non-public addresses are refused
     # unless allowed; the whole download's time limit and its minimum rate (0: none).
     allow_private_urls: bool = False
     download_timeout_s: float = sources.DEFAULT_DOWNLOAD_LIMITS.deadline_s
