@@ -281,43 +281,7 @@ def _surprise_prioritizers() -> dict[str, Prioritizer]:
     return {metric: make(metric) for metric in surprise.SURPRISE_METRICS}
 
 
-def image_layout(shape: tuple[int, ...]) -> str | None:
-    """The layout of ``(N, *shape)`` samples for image transforms: NCHW, NHWC, NHW or None."""
-    if len(shape) == 3 and shape[0] in (1, 3, 4):
-        return "NCHW"
-    if len(shape) == 3 and shape[-1] in (1, 3, 4):
-        return "NHWC"
-    if len(shape) == 2:
-        return "NHW"
-    return None
-
-
 INSTABILITY_FOLLOWUPS = 10
-# Images whose shorter side is at most this many pixels get TINY_IMAGE_RANGES instead of the
-# metamorphic defaults: on 8x8 digits the defaults (rotate 15 degrees, shift 0.1, ...) flip
-# 46% of follow-ups of a digits MLP; these flip 14%, and instability's APFD rises slightly
-# (normalized 0.755 -> 0.775 on the same model and pool).
-TINY_IMAGE_SIDE = 16
-TINY_IMAGE_RANGES: dict[str, dict[str, tuple[float, float]]] = {
-    "rotate": {"degrees": (-5.0, 5.0)},
-    "translate": {"dx": (-0.05, 0.05), "dy": (-0.05, 0.05)},
-    "scale": {"factor": (0.95, 1.05)},
-    "brightness": {"delta": (-0.05, 0.05)},
-    "contrast": {"factor": (0.9, 1.1)},
-    "blur": {"sigma": (0.1, 0.4)},
-    "noise": {"sigma": (0.01, 0.03)},
-}
-# Where the spatial axes of one sample are, per layout.
-_SPATIAL_AXES = {"NCHW": (1, 2), "NHWC": (0, 1), "NHW": (0, 1)}
-
-
-def metamorphic_ranges(shape: tuple[int, ...], layout: str | None) -> dict | None:
-    """``TINY_IMAGE_RANGES`` for images of ``shape`` (one sample) with a side of at most
-    ``TINY_IMAGE_SIDE`` pixels, else None (the metamorphic defaults)."""
-    if layout not in _SPATIAL_AXES:
-        return None
-    side = min(shape[axis] for axis in _SPATIAL_AXES[layout])
-    return TINY_IMAGE_RANGES if side <= TINY_IMAGE_SIDE else None
 
 
 def _metamorphic_prioritizers() -> dict[str, Prioritizer]:
@@ -335,8 +299,8 @@ def _metamorphic_prioritizers() -> dict[str, Prioritizer]:
             return session.run([context.class_output], {input_name: batch.astype(np.float32)})[0]
 
         shape = tuple(context.pool_x.shape[1:])
-        layout = image_layout(shape)
-        ranges = metamorphic_ranges(shape, layout)
+        layout = metamorphic.image_layout(shape)
+        ranges = metamorphic.metamorphic_ranges(shape, layout)
         transforms = list(context.metamorphic_transforms) or metamorphic.default_transforms(layout)
         # Seed 0 for every evaluation seed: the order is the prioritizer's, the seeds vary
         # the fine-tuning (as for the other deterministic prioritizers).

@@ -184,17 +184,15 @@ class _Metamorphic:
     follow-ups depend only on its id, so any sharding gives the same values)."""
 
     def __init__(self, transforms: list[str], followups: int, sample_shape: tuple[int, ...]):
-        # Imported here: the layout rules and the narrower ranges for tiny images are the
-        # evaluate stage's, so a ranking's instability equals the evaluation's.
-        from testprio.evaluate import image_layout, metamorphic_ranges
-
-        self.layout = image_layout(sample_shape)
+        # The same layout rule and narrower ranges for tiny images as the evaluate stage's,
+        # so a ranking's instability equals the evaluation's.
+        self.layout = metamorphic.image_layout(sample_shape)
         self.transforms = [
             name
             for name in metamorphic.TRANSFORMS
             if name in (transforms or metamorphic.default_transforms(self.layout))
         ]
-        ranges = metamorphic_ranges(sample_shape, self.layout)
+        ranges = metamorphic.metamorphic_ranges(sample_shape, self.layout)
         self.ranges = ranges and {n: ranges[n] for n in self.transforms if n in ranges}
         self.followups = followups
         self.schema = metamorphic_schema(self.transforms)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from testprio import cli, evaluate, storage
+from testprio import cli, evaluate, metamorphic, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
 from testprio.report import charts
@@ -355,11 +355,11 @@ def test_metamorphic_transforms_and_followups_are_used_and_recorded(inputs, loca
 
 
 def test_tiny_images_get_narrow_metamorphic_ranges():
-    assert evaluate.metamorphic_ranges((1, 8, 8), "NCHW") is evaluate.TINY_IMAGE_RANGES
-    assert evaluate.metamorphic_ranges((8, 8, 1), "NHWC") is evaluate.TINY_IMAGE_RANGES
-    assert evaluate.metamorphic_ranges((16, 28), "NHW") is evaluate.TINY_IMAGE_RANGES
-    assert evaluate.metamorphic_ranges((3, 32, 32), "NCHW") is None
-    assert evaluate.metamorphic_ranges((64,), None) is None
+    assert metamorphic.metamorphic_ranges((1, 8, 8), "NCHW") is metamorphic.TINY_IMAGE_RANGES
+    assert metamorphic.metamorphic_ranges((8, 8, 1), "NHWC") is metamorphic.TINY_IMAGE_RANGES
+    assert metamorphic.metamorphic_ranges((16, 28), "NHW") is metamorphic.TINY_IMAGE_RANGES
+    assert metamorphic.metamorphic_ranges((3, 32, 32), "NCHW") is None
+    assert metamorphic.metamorphic_ranges((64,), None) is None
 
 
 def test_narrow_ranges_flip_fewer_followups_on_digits(inputs):
@@ -381,7 +381,7 @@ def test_narrow_ranges_flip_fewer_followups_on_digits(inputs):
         )
         .design["violated"]
         .mean()
-        for ranges in (None, evaluate.TINY_IMAGE_RANGES)
+        for ranges in (None, metamorphic.TINY_IMAGE_RANGES)
     }
     assert rates[False] < rates[True] / 2
 

@@ -477,8 +477,12 @@ def _direct_activations(hidden_digits, x):
 
 def test_new_columns_equal_the_libraries_on_direct_activations(tmp_path, hidden_digits):
     from testprio import coverage, surprise
-    from testprio.evaluate import image_layout, metamorphic_ranges
-    from testprio.metamorphic import default_transforms, run_metamorphic
+    from testprio.metamorphic import (
+        default_transforms,
+        image_layout,
+        metamorphic_ranges,
+        run_metamorphic,
+    )
 
     layout = run_digits(
         hidden_digits, tmp_path / "r", shard_size=150, **_with_reference(hidden_digits)
