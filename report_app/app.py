@@ -44,10 +44,17 @@ RETRAINING_SCOPE = {
     "pytorch": "Whole-model retraining: every layer of the PyTorch model was fine-tuned.",
     "tensorflow": "Whole-model retraining: every layer of the Keras model was fine-tuned.",
 }
+# Said under the budget-points chart of an evaluation written before curves were kept.
 FAULT_POINTS_TEXT = (
-    "evaluation.json keeps the faults found at each budget, not each prioritizer's whole "
-    "order, so this chart joins the evaluated budgets by straight lines; it is not the full "
-    "fault-detection curve. APFD (right) does cover each whole order."
+    "This evaluation.json was written before evaluations kept each prioritizer's curve: it "
+    "holds the faults found at each budget only, so this chart joins the evaluated budgets "
+    "by straight lines; it is not the full fault-detection curve (evaluate again to get the "
+    "curves). APFD (right) does cover each whole order."
+)
+CURVES_TEXT = (
+    "Each line: the share of the pool's misclassified samples found while inspecting the "
+    "pool in that prioritizer's order (random: the mean over seeds). Dashed: what a random "
+    "order finds on average (the diagonal) and the ideal order (every fault first)."
 )
 CACHE_SECONDS = 15
 GALLERY_COLUMNS = 5
@@ -640,13 +647,29 @@ def evaluation_page(root: str, rows: list[dict]) -> None:
     st.header("Fault detection")
     left, right = st.columns(2)
     with left:
-        chart(charts.faults_at_budgets(view["faults"]))
-        st.caption(f"Dashed: what a random order finds on average. {FAULT_POINTS_TEXT}")
+        fault_detection_chart(view)
     with right:
         if view["apfd"]:
             chart(charts.apfd_bars(view["apfd"]))
         else:
             st.write("The pool has no misclassified sample: APFD is undefined.")
+    st.dataframe(
+        view["faults_table"],
+        hide_index=True,
+        column_config={
+            "prioritizer": st.column_config.TextColumn("faults found in the top"),
+            **{
+                f"{budget:g}%": st.column_config.NumberColumn(f"{budget:g}%", format="%g")
+                for budget in view["budgets"]
+            },
+        },
+    )
+    st.caption(
+        esc(
+            f"Faults found among each prioritizer's top b% of the pool, of "
+            f"{view['misclassified']:,}; random: the mean over seeds."
+        )
+    )
     retraining_section(view)
     st.header("Prioritizers")
     st.dataframe(
@@ -671,6 +694,19 @@ def evaluation_page(root: str, rows: list[dict]) -> None:
     timings = " · ".join(f"{name} {seconds:.1f} s" for name, seconds in view["timings"].items())
     if timings:
         st.caption(esc(f"Timings: {timings}"))
+
+
+def fault_detection_chart(view: dict) -> None:
+    """The prioritizers' whole fault-detection curves; an evaluation written before curves
+    were kept gets the faults at its budgets, and says it is not the full curve."""
+    if view["curves"] is None:
+        chart(charts.faults_at_budgets(view["faults"]))
+        st.caption(f"Dashed: what a random order finds on average. {FAULT_POINTS_TEXT}")
+    elif view["curves"]:
+        chart(charts.fault_detection_curves(view["curves"], view["curve_references"]))
+        st.caption(CURVES_TEXT)
+    else:
+        st.write("The pool has no misclassified sample: there is no fault-detection curve.")
 
 
 def evaluation_summary(view: dict) -> None:

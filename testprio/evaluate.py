@@ -8,6 +8,9 @@ once per seed), and is judged by
   ``testprio.summary.apfd``);
 - **faults found** at each budget ``b`` (percent of the pool): misclassified samples among
   its top ``ceil(b * N / 100)``;
+- its **fault-detection curve** over the whole pool (share of faults found against share of
+  the pool inspected, ``CURVE_POINTS`` evenly spaced ranks; the mean over seeds for
+  ``random``);
 - **retraining**: the model fine-tuned on its training reference plus its top-b% with their
   labels (``testprio.retrain``), once per seed, and its accuracy on the test split: mean
   and 95% t-interval over the seeds. For a deterministic prioritizer the seed changes only
@@ -15,8 +18,8 @@ once per seed), and is judged by
   selection.
 
 ``run_evaluation`` does the I/O (ingest the three data sets, convert the model, write
-``{root}/{run_id}/evaluation.json``); ``evaluate_orders``, ``budget_size``, ``winners`` and
-``evaluation_frames`` are pure.
+``{root}/{run_id}/evaluation.json``); ``evaluate_orders``, ``fault_curve``, ``budget_size``,
+``winners`` and ``evaluation_frames`` are pure.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ DEFAULT_PRIORITIZERS = (
     "random",
 )
 INFERENCE_BATCH = 512
+# Points of each prioritizer's fault-detection curve in evaluation.json: every 1% of the
+# pool (ranks 0, N/100, ..., N), enough for a smooth line at about 2 KB a prioritizer.
+CURVE_POINTS = 101
 
 
 # --- what prioritizers see ----------------------------------------------------------------
@@ -516,15 +522,47 @@ def budget_size(n: int, budget: float) -> int:
     return min(n, max(1, math.ceil(budget * n / 100 - 1e-9)))
 
 
+def curve_ranks(n: int, *, points: int = CURVE_POINTS) -> np.ndarray:
+    """Up to ``points`` evenly spaced numbers of samples inspected, from 0 to ``n`` (both
+    always included), rounded to whole ranks: ``(P,)`` int64, ascending, unique."""
+    return np.unique(np.linspace(0, n, min(points, n + 1)).round().astype(np.int64))
+
+
+def fault_curve(
+    orders: list[np.ndarray], misclassified: np.ndarray, *, points: int = CURVE_POINTS
+) -> list[list[float]] | None:
+    """The fault-detection curve of ``orders`` (one per seed, pool positions, most
+    interesting first) over ``misclassified`` ``(N,)`` bool: ``[[share of the pool
+    inspected, share of the faults found], ...]`` at :func:`curve_ranks` (the first point is
+    ``[0, 0]``, the last ``[1, 1]``), exact at those ranks; with several orders the share
+    found is their mean at each rank. None when the pool has no fault. Higher is better.
+    """
+    misclassified = np.asarray(misclassified, dtype=bool)
+    n, faults = len(misclassified), int(misclassified.sum())
+    if not n or not faults:
+        return None
+    ranks = curve_ranks(n, points=points)
+    found = np.mean(
+        [np.concatenate([[0], np.cumsum(misclassified[order])])[ranks] for order in orders],
+        axis=0,
+    )
+    # Six decimals: far below a pixel, and short numbers in the file.
+    return [
+        [round(float(x), 6), round(float(y), 6)]
+        for x, y in zip(ranks / n, found / faults, strict=True)
+    ]
+
+
 def evaluate_orders(
     orders: list[np.ndarray], misclassified: np.ndarray, budgets: Iterable[float]
 ) -> dict:
-    """APFD and faults found of one prioritizer's ``orders`` (one per seed, positions into
-    the pool, most interesting first) over ``misclassified`` ``(N,)`` bool.
+    """APFD, faults found and the fault-detection curve of one prioritizer's ``orders`` (one
+    per seed, positions into the pool, most interesting first) over ``misclassified``
+    ``(N,)`` bool.
 
     Returns ``{"apfd": {"raw", "normalized"} (means over the orders; None without faults),
-    "faults": [{"budget", "selected", "found", "of"}]}``; with several orders each also
-    carries ``per_seed`` lists.
+    "faults": [{"budget", "selected", "found", "of"}], "curve": fault_curve(...)}``; with
+    several orders each also carries ``per_seed`` lists.
     """
     misclassified = np.asarray(misclassified, dtype=bool)
     n, faults = len(misclassified), int(misclassified.sum())
@@ -551,6 +589,7 @@ def evaluate_orders(
         if len(orders) > 1:
             entry["found_per_seed"] = found
         result["faults"].append(entry)
+    result["curve"] = fault_curve(orders, misclassified)
     return result
 
 
@@ -1014,6 +1053,21 @@ def format_evaluation(evaluation: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reference_curves(samples: int, faults: int) -> list[dict]:
+    """The curves a prioritizer's is read against, as rows (order, inspected, found): what a
+    random order finds on average (the diagonal) and the ideal order (every fault first:
+    all found once ``faults / samples`` of the pool is inspected). Empty without faults."""
+    if not samples or not faults:
+        return []
+    knee = min(1.0, faults / samples)
+    points = {"random": [(0.0, 0.0), (1.0, 1.0)], "ideal": [(0.0, 0.0), (knee, 1.0), (1.0, 1.0)]}
+    return [
+        {"order": order, "inspected": x, "found": y}
+        for order, line in points.items()
+        for x, y in line
+    ]
+
+
 def evaluation_frames(evaluation: dict) -> dict[str, list[dict]]:
     """The evaluation as tables (lists of row dicts) for the report app and the charts.
 
@@ -1022,6 +1076,9 @@ def evaluation_frames(evaluation: dict) -> dict[str, list[dict]]:
     - ``retrain``: prioritizer, budget, accuracy_mean, ci_low, ci_high, gain (over baseline)
     - ``baseline``: one row, accuracy (the model as given, on the test split)
     - ``winners``: budget, by_accuracy, accuracy_mean, by_faults, found (names joined)
+    - ``curves``: prioritizer, inspected, found (shares; each prioritizer's fault-detection
+      curve; none for a pool without faults or a file written before curves were kept)
+    - ``curve_references``: order (``random``, ``ideal``), inspected, found
     """
     baseline = evaluation["baseline_accuracy"]
     frames: dict[str, list[dict]] = {
@@ -1030,6 +1087,10 @@ def evaluation_frames(evaluation: dict) -> dict[str, list[dict]]:
         "retrain": [],
         "baseline": [{"accuracy": baseline}],
         "winners": [],
+        "curves": [],
+        "curve_references": reference_curves(
+            evaluation["samples"]["pool"], evaluation["pool"]["misclassified"]
+        ),
     }
     for name, entry in evaluation["prioritizers"].items():
         score = entry["apfd"] or {}
@@ -1051,6 +1112,8 @@ def evaluation_frames(evaluation: dict) -> dict[str, list[dict]]:
                     "share": share,
                 }
             )
+        for inspected, found in entry.get("curve") or []:
+            frames["curves"].append({"prioritizer": name, "inspected": inspected, "found": found})
         for row in entry.get("retrain", []):
             frames["retrain"].append(
                 {
@@ -1236,7 +1299,9 @@ def evaluation_markdown(evaluation: dict) -> str:
 
 
 def evaluation_html(evaluation: dict) -> str:
-    """A self-contained page (no scripts, inline SVG charts) for the Kubeflow UI."""
+    """A self-contained page (no scripts, inline SVG charts) for the Kubeflow UI: retrained
+    accuracy, faults found per budget, the fault-detection curves (when the evaluation has
+    them) and normalized APFD."""
     import html
 
     from testprio.report import charts
@@ -1247,6 +1312,10 @@ def evaluation_html(evaluation: dict) -> str:
         charts.faults_found(frames["faults"]),
         charts.apfd_bars(frames["apfd"]),
     ]
+    if frames["curves"]:  # evaluations written before curves were kept have none
+        figures.insert(
+            2, charts.fault_detection_curves(frames["curves"], frames["curve_references"])
+        )
     svgs = "\n".join(f"<div>{charts.to_svg(figure)}</div>" for figure in figures)
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"

@@ -708,15 +708,30 @@ def test_evaluation_page_shows_winners_charts_retraining_and_attribution(monkeyp
     assert metrics["best normalized APFD"] == f"{best_reference(evaluation)[1]:.4f}"
     # One series per prioritizer in each chart, with the file's figures.
     charts = vega_charts(app)
-    faults = charts["Faults found at each budget"]
+    assert "Faults found at each budget" not in charts  # the curves replace the budget points
+    curves = charts["Fault-detection curves"]
     gains = charts["Accuracy gain after retraining"]
     bars = charts["APFD (normalized)"]
-    for rows in (faults, gains, bars):
+    for rows in (curves, gains, bars):
         assert {row["prioritizer"] for row in rows if "prioritizer" in row} == set(PRIORITIZERS)
+    assert [
+        (row["prioritizer"], [row["inspected"], row["found"]])
+        for row in curves
+        if "prioritizer" in row
+    ] == [
+        (name, point)
+        for name, prioritizer in evaluation["prioritizers"].items()
+        for point in prioritizer["curve"]
+    ]
+    assert {row["order"] for row in curves if "order" in row} == {"random", "ideal"}
+    faults = app.dataframe[1].value  # the faults found per budget stay as a table
+    assert list(faults.columns) == ["prioritizer", "1%", "5%", "10%"]
     assert {
-        (row["prioritizer"], row["budget"], row["found"]) for row in faults if "prioritizer" in row
+        (name, budget, found)
+        for name, row in faults.set_index("prioritizer").iterrows()
+        for budget, found in row.items()
     } == {
-        (name, entry["budget"], entry["found"])
+        (name, f"{entry['budget']:g}%", entry["found"])
         for name, prioritizer in evaluation["prioritizers"].items()
         for entry in prioritizer["faults"]
     }
@@ -726,11 +741,9 @@ def test_evaluation_page_shows_winners_charts_retraining_and_attribution(monkeyp
         (entry,) = [entry for entry in retrained if entry["budget"] == row["budget"]]
         assert row["gain"] == pytest.approx(entry["accuracy_mean"] - baseline)
         assert row["gain_low"] == pytest.approx(entry["ci_low"] - baseline)
-    assert any(
-        "joins the evaluated budgets by straight lines; it is not the full fault-detection curve"
-        in caption.value
-        for caption in app.caption
-    )
+    captions = [shown(caption.value) for caption in app.caption]
+    assert CURVES_CAPTION in captions
+    assert not any("it is not the full fault-detection curve" in text for text in captions)
     # ONNX: the page says itself that only the head was retrained.
     (info,) = [shown(info.value) for info in app.info]
     assert evaluation["retraining"]["method"] == "onnx"
@@ -750,6 +763,57 @@ def test_evaluation_page_shows_winners_charts_retraining_and_attribution(monkeyp
     assert list(attribution["ate"]) == [effect["ate"] for effect in effects]
     assert list(attribution["violation_rate"]) == [effect["rate_applied"] for effect in effects]
     assert list(attribution["shapley"]) == [effect["shapley"] for effect in effects]
+
+
+CURVES_CAPTION = (
+    "Each line: the share of the pool's misclassified samples found while inspecting the "
+    "pool in that prioritizer's order (random: the mean over seeds). Dashed: what a random "
+    "order finds on average (the diagonal) and the ideal order (every fault first)."
+)
+BUDGET_POINTS_CAPTION = (
+    "Dashed: what a random order finds on average. This evaluation.json was written before "
+    "evaluations kept each prioritizer's curve: it holds the faults found at each budget "
+    "only, so this chart joins the evaluated budgets by straight lines; it is not the full "
+    "fault-detection curve (evaluate again to get the curves). APFD (right) does cover each "
+    "whole order."
+)
+
+
+def test_an_evaluation_written_before_curves_shows_the_budget_points(monkeypatch, own_eval_root):
+    path = own_eval_root / "evaluation" / "evaluation.json"
+    evaluation = json.loads(path.read_text())
+    for entry in evaluation["prioritizers"].values():
+        del entry["curve"]
+    path.write_text(json.dumps(evaluation))
+    app = open_app(monkeypatch, str(own_eval_root), page="evaluation", run="evaluation")
+    assert not app.error
+    charts = vega_charts(app)
+    assert "Fault-detection curves" not in charts
+    faults = charts["Faults found at each budget"]
+    assert {
+        (row["prioritizer"], row["budget"], row["found"]) for row in faults if "prioritizer" in row
+    } == {
+        (name, entry["budget"], entry["found"])
+        for name, prioritizer in evaluation["prioritizers"].items()
+        for entry in prioritizer["faults"]
+    }
+    captions = [shown(caption.value) for caption in app.caption]
+    assert BUDGET_POINTS_CAPTION in captions and CURVES_CAPTION not in captions
+    assert list(app.dataframe[1].value.columns) == ["prioritizer", "1%", "5%", "10%"]
+
+
+def test_an_evaluation_of_a_pool_without_faults_says_there_is_no_curve(monkeypatch, own_eval_root):
+    path = own_eval_root / "evaluation" / "evaluation.json"
+    evaluation = json.loads(path.read_text())
+    for entry in evaluation["prioritizers"].values():
+        entry.update(curve=None, apfd=None)
+    path.write_text(json.dumps(evaluation))
+    app = open_app(monkeypatch, str(own_eval_root), page="evaluation", run="evaluation")
+    assert not app.error
+    assert not {"Fault-detection curves", "Faults found at each budget"} & set(vega_charts(app))
+    written = [markdown.value for markdown in app.markdown]
+    assert "The pool has no misclassified sample: there is no fault-detection curve." in written
+    assert "The pool has no misclassified sample: APFD is undefined." in written
 
 
 @pytest.mark.parametrize(

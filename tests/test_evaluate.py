@@ -64,6 +64,85 @@ def test_random_is_about_half_over_seeds():
     assert result["faults"][0]["found"] == pytest.approx(10, abs=1.5)  # 10% of 100 faults
 
 
+def _reference_curve(orders, misclassified, ranks):
+    """Share of faults found in each order's top ``rank``, averaged over the orders."""
+    faults = misclassified.sum()
+    return [np.mean([misclassified[o[:r]].sum() / faults for o in orders]) for r in ranks]
+
+
+def _at(curve, share):
+    """The curve's share found where ``share`` of the pool is inspected (a point of it)."""
+    (found,) = [y for x, y in curve if x == pytest.approx(share, abs=1e-9)]
+    return found
+
+
+def test_curve_of_all_faults_first_reaches_one_at_the_fault_share():
+    misclassified = _planted()  # 20 faults of 200: fault share 0.1
+    perfect = np.concatenate([np.flatnonzero(misclassified), np.flatnonzero(~misclassified)])
+    curve = evaluate.evaluate_orders([perfect], misclassified, (5, 10, 20))["curve"]
+    assert len(curve) == 101 and curve[0] == [0.0, 0.0] and curve[-1] == [1.0, 1.0]
+    assert [x for x, _ in curve] == pytest.approx(np.arange(101) / 100)
+    assert _at(curve, 0.05) == 0.5 and _at(curve, 0.1) == 1.0
+    assert all(y == pytest.approx(min(1.0, x / 0.1)) for x, y in curve)
+
+
+def test_curve_of_all_faults_last_stays_at_zero_until_the_end():
+    misclassified = _planted()
+    worst = np.concatenate([np.flatnonzero(~misclassified), np.flatnonzero(misclassified)])
+    curve = evaluate.evaluate_orders([worst], misclassified, (10,))["curve"]
+    assert all(y == 0.0 for x, y in curve if x <= 0.9)
+    assert _at(curve, 0.95) == 0.5 and curve[-1] == [1.0, 1.0]
+
+
+def test_curve_is_exact_at_evenly_spaced_ranks_and_at_every_budget():
+    misclassified = _planted(n=1000, faults=37, seed=3)
+    order = np.random.default_rng(1).permutation(1000)
+    budgets = (1, 2, 5, 10, 50)
+    result = evaluate.evaluate_orders([order], misclassified, budgets)
+    ranks = np.arange(0, 1001, 10)
+    assert [x for x, _ in result["curve"]] == pytest.approx(ranks / 1000)
+    assert [y for _, y in result["curve"]] == pytest.approx(
+        _reference_curve([order], misclassified, ranks), abs=1e-6
+    )
+    for row in result["faults"]:
+        share = _at(result["curve"], row["selected"] / 1000)
+        assert share == pytest.approx(row["found"] / row["of"], abs=1e-6)
+
+
+def test_curve_of_random_is_the_mean_over_seeds_at_the_same_ranks():
+    misclassified = _planted(n=500, faults=50)
+    orders = [np.random.default_rng(seed).permutation(500) for seed in range(4)]
+    result = evaluate.evaluate_orders(orders, misclassified, (2, 10))
+    ranks = np.arange(0, 501, 5)
+    assert [y for _, y in result["curve"]] == pytest.approx(
+        _reference_curve(orders, misclassified, ranks), abs=1e-6
+    )
+    single = evaluate.fault_curve(orders[:1], misclassified)
+    assert single != result["curve"]  # the seeds differ: the mean is not one seed's curve
+    for row in result["faults"]:  # found is the mean over seeds too
+        share = _at(result["curve"], row["selected"] / 500)
+        assert share == pytest.approx(row["found"] / row["of"], abs=1e-6)
+
+
+def test_curve_of_a_small_pool_has_every_rank_and_none_without_faults():
+    misclassified = np.array([False, True, False, False, True, False, False])
+    curve = evaluate.fault_curve([np.arange(7)], misclassified)
+    assert curve == [
+        [round(r / 7, 6), round(f / 2, 6)] for r, f in enumerate([0, 0, 1, 1, 1, 2, 2, 2])
+    ]
+    assert evaluate.evaluate_orders([np.arange(7)], np.zeros(7, bool), (10,))["curve"] is None
+
+
+def test_reference_curves_are_the_diagonal_and_the_ideal_order():
+    rows = evaluate.reference_curves(200, 20)
+    lines = {
+        order: [(row["inspected"], row["found"]) for row in rows if row["order"] == order]
+        for order in ("random", "ideal")
+    }
+    assert lines == {"random": [(0.0, 0.0), (1.0, 1.0)], "ideal": [(0, 0), (0.1, 1), (1, 1)]}
+    assert evaluate.reference_curves(200, 0) == []
+
+
 def test_uncertainty_orders_put_the_uniform_row_first_and_break_ties_by_id():
     probs = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]])
     context = evaluate.Context(
@@ -214,6 +293,23 @@ def test_evaluation_json(inputs, local_root):
     assert "<svg" in charts.to_svg(charts.retrained_accuracy(frames["retrain"], 0.8))
     assert "<svg" in charts.to_svg(charts.faults_found(frames["faults"]))
     assert "<svg" in charts.to_svg(charts.apfd_bars(frames["apfd"]))
+    # Each prioritizer's curve over the whole pool, exact at every budget's rank.
+    for name, entry in result["prioritizers"].items():
+        curve = entry["curve"]
+        assert len(curve) == 101 and curve[0] == [0.0, 0.0] and curve[-1] == [1.0, 1.0]
+        for row in entry["faults"]:
+            share = _at(curve, row["selected"] / 400)
+            assert share == pytest.approx(row["found"] / row["of"], abs=1e-6), name
+    assert len(frames["curves"]) == 3 * 101
+    assert {row["order"] for row in frames["curve_references"]} == {"random", "ideal"}
+    # The pipeline's HTML page draws the curves; a file written before curves does not.
+    page = evaluate.evaluation_html(result)
+    assert page.count("<svg") == 4 and "Fault-detection curves" in page
+    older = json.loads(json.dumps(result))
+    for entry in older["prioritizers"].values():
+        del entry["curve"]
+    page = evaluate.evaluation_html(older)
+    assert page.count("<svg") == 3 and "Fault-detection curves" not in page
 
 
 def test_split_holds_out_part_of_the_pool(inputs, local_root):

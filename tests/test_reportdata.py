@@ -915,10 +915,51 @@ def test_evaluation_view_shapes_the_file_for_the_page(evaluation_root):
     assert view["layers"] is None  # no coverage or surprise prioritizer ran
 
 
+def test_evaluation_view_has_the_curves_and_the_faults_per_budget(evaluation_root):
+    _, evaluation = evaluation_root
+    view = reportdata.evaluation_view(evaluation, "r1")
+    assert view["curves"] == [
+        {"prioritizer": name, "inspected": x, "found": y}
+        for name, entry in evaluation["prioritizers"].items()
+        for x, y in entry["curve"]
+    ]
+    assert len(view["curves"]) == 4 * 101
+    ideal = [
+        (r["inspected"], r["found"]) for r in view["curve_references"] if r["order"] == "ideal"
+    ]
+    assert ideal == [(0.0, 0.0), (76 / 400, 1.0), (1.0, 1.0)]  # 76 faults in 400 samples
+    assert view["faults_table"] == [
+        {"prioritizer": name, **{f"{row['budget']:g}%": row["found"] for row in entry["faults"]}}
+        for name, entry in evaluation["prioritizers"].items()
+    ]
+    assert list(view["faults_table"][0]) == ["prioritizer", "1%", "5%", "10%"]
+
+
+def test_evaluation_view_of_a_file_without_curves_or_without_faults(evaluation_root):
+    _, evaluation = evaluation_root
+    older = json.loads(json.dumps(evaluation))
+    for entry in older["prioritizers"].values():
+        del entry["curve"]  # written before evaluations kept curves
+    view = reportdata.evaluation_view(older, "r1")
+    assert view["curves"] is None and len(view["faults"]) == 4 * 3
+    faultless = json.loads(json.dumps(evaluation))
+    for entry in faultless["prioritizers"].values():
+        entry["curve"] = None  # a pool without faults
+    assert reportdata.evaluation_view(faultless, "r1")["curves"] == []
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         (lambda e: e.pop("retraining"), r"\(it has no 'retraining'\)"),
+        (
+            lambda e: e["prioritizers"]["gini"].update(curve=[[0.0, "x"]]),
+            r"\(a field holds a value of the wrong kind\)",
+        ),
+        (
+            lambda e: e["prioritizers"]["gini"].update(curve="xy"),
+            r"\(a field holds a value of the wrong kind\)",
+        ),
         (lambda e: e.update(prioritizers={}), r"\(it lists no prioritizer\)"),
         (
             lambda e: e["samples"].update(pool="many"),

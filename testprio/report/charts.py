@@ -335,6 +335,51 @@ def apfd_bars(rows: list[dict]) -> alt.Chart:
     )
 
 
+def fault_detection_curves(rows: list[dict], references: list[dict]) -> alt.LayerChart:
+    """Each prioritizer's fault-detection curve over the whole pool, one line per prioritizer
+    (``evaluation_frames``' ``curves``: prioritizer, inspected, found), over the dashed
+    curves of a random order (the diagonal) and the ideal order (``curve_references``)."""
+    x = alt.X("inspected:Q", axis=alt.Axis(format="%"), title="share of the pool inspected")
+    y = alt.Y("found:Q", axis=alt.Axis(format="%"), title="share of all faults found")
+    dashed = (
+        alt.Chart(_data(references))
+        .mark_line(strokeDash=[4, 3])
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color(
+                "order:N",
+                scale=alt.Scale(
+                    domain=["random", "ideal"],
+                    range=[ORDER_COLORS["random"], ORDER_COLORS["ideal"]],
+                ),
+                title="reference",
+                legend=alt.Legend(symbolDash=[4, 3]),
+            ),
+        )
+    )
+    lines = (
+        alt.Chart(_data(rows))
+        .mark_line()
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color("prioritizer:N", title="prioritizer"),
+            tooltip=[
+                "prioritizer:N",
+                alt.Tooltip("inspected:Q", format=".1%", title="inspected"),
+                alt.Tooltip("found:Q", format=".1%", title="faults found"),
+            ],
+        )
+    )
+    # Two colour scales, two legends: the references never take a prioritizer's colour.
+    return (
+        alt.layer(lines, dashed)
+        .resolve_scale(color="independent")
+        .properties(title="Fault-detection curves", width=WIDTH, height=HEIGHT)
+    )
+
+
 def faults_at_budgets(rows: list[dict]) -> alt.LayerChart:
     """Share of the pool's faults in each prioritizer's top b%, at the evaluated budgets only
     (``reportdata.evaluation_view``'s ``faults``): points joined by straight lines over the

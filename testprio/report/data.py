@@ -1773,6 +1773,31 @@ def _attribution_view(entry: dict) -> dict | None:
     }
 
 
+def _curves_view(prioritizers: dict, rows: list[dict]) -> list[dict] | None:
+    """``evaluation_frames``' ``curves`` rows (prioritizer, inspected, found), checked; empty
+    for a pool without faults (curves null); None for an evaluation.json written before
+    curves were kept (no ``curve`` field), which the page draws from its budgets."""
+    if not all("curve" in entry for entry in prioritizers.values()):
+        return None
+    return [
+        {
+            "prioritizer": row["prioritizer"],
+            "inspected": _number(row["inspected"]),
+            "found": _number(row["found"]),
+        }
+        for row in rows
+    ]
+
+
+def _faults_table(faults: list[dict]) -> list[dict]:
+    """Faults found per prioritizer (rows) and budget (columns ``1%``, ``5%``, ...)."""
+    table: dict[str, dict] = {}
+    for row in faults:
+        line = table.setdefault(row["prioritizer"], {"prioritizer": row["prioritizer"]})
+        line[f"{_number(row['budget']):g}%"] = _number(row["found"])
+    return list(table.values())
+
+
 def _evaluation_view(evaluation: dict, run_id: str) -> dict:
     from testprio.evaluate import evaluation_frames
 
@@ -1848,6 +1873,16 @@ def _evaluation_view(evaluation: dict, run_id: str) -> dict:
                 strict=True,
             )
         ],
+        "curves": _curves_view(prioritizers, frames["curves"]),
+        "curve_references": [
+            {
+                "order": str(row["order"]),
+                "inspected": _number(row["inspected"]),
+                "found": _number(row["found"]),
+            }
+            for row in frames["curve_references"]
+        ],
+        "faults_table": _faults_table(frames["faults"]),
         "retrain": retrain_rows,
         "winners": [
             {
@@ -1883,8 +1918,12 @@ def _shape_problem(exc: Exception) -> str:
 
 def evaluation_view(evaluation: Any, run_id: str) -> dict:
     """Everything the Evaluation page shows of an ``evaluation.json`` (its parsed content):
-    facts, the per-prioritizer table, chart rows (faults per budget, retraining gain with its
-    interval, normalized APFD), winners per budget, the instability attribution.
+    facts, the per-prioritizer table, chart rows (fault-detection curves with their random
+    and ideal references, faults per budget, retraining gain with its interval, normalized
+    APFD), the faults found per budget, winners per budget, the instability attribution.
+
+    ``curves`` is None for a file written before evaluations kept curves: the page then
+    draws the faults at the budgets instead.
 
     A file that is not the shape ``testprio evaluate`` writes raises one TestprioError
     sentence, so that the page shows that sentence instead of half a page.
