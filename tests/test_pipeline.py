@@ -172,7 +172,7 @@ def test_cli_refuses_an_existing_run_id(local_root, tmp_path, capsys):
     [
         (
             ["--metric", "gin"],
-            "unknown metric 'gin'; choose one of gini, entropy, margin, least_confidence.",
+            "unknown metric 'gin'; choose one of gini, entropy, margin, least_confidence, nac-ctm",
         ),
         (["--run-id", "../up"], "run id '../up' is not allowed"),
         (["--data", "missing.npz"], "--data missing.npz does not exist; check the path."),
