@@ -18,7 +18,8 @@ Times are CPU seconds of the measuring process (``time.process_time``): the mach
 (b) CAM: ``cam_order`` over the packed cells of 100k samples (memory-mapped file): seconds,
     peak RSS, samples picked greedily.
 
-Scratch files go to ``bench/work/coverage`` (git-ignored) and are deleted at the end.
+Scratch files go to a ``coverage`` folder in the git-ignored ``bench/work`` and are deleted at
+the end.
 """
 
 from __future__ import annotations

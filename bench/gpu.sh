@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # GPU scoring benchmark: testprio's score stage on CUDA (CUDAExecutionProvider, IO binding)
 # against raw ONNX Runtime loops over the same samples, at a few batch sizes. Prints a
-# Markdown table (and writes it to bench/work/gpu-results-DEVICE.md). About 1-3 minutes on a GPU
-# node; under 5 minutes in all.
+# Markdown table (and writes it as gpu-results-DEVICE.md in the git-ignored bench scratch
+# folder). About 1-3 minutes on a GPU node; under 5 minutes in all.
 #
 #   bash bench/gpu.sh                 # on a GPU machine: the CUDA path
 #   bash bench/gpu.sh --cpu           # anywhere: the same measurements on the CPU, small
-#   bash bench/gpu.sh --make-venv     # first create bench/work/gpu-venv with onnxruntime-gpu
+#   bash bench/gpu.sh --make-venv     # first create a venv with onnxruntime-gpu (scratch folder)
 #
 # Options: --samples N (default 200000 on CUDA, 20000 with --cpu), --batches "256 1024 4096",
 # --repeats R (best of R, default 3), --python PATH (default .venv/bin/python, else python3).
@@ -44,10 +44,11 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-WORK=bench/work/gpu
+SCRATCH=bench/work  # git-ignored
+WORK=$SCRATCH/gpu
 mkdir -p "$WORK"
 if [ "$MAKE_VENV" = 1 ]; then
-  VENV=bench/work/gpu-venv
+  VENV=$SCRATCH/gpu-venv
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q -e .

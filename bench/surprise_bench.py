@@ -14,7 +14,8 @@ size, drawn seeded. Each case runs in a fresh child process (peak = the child's 
 * score: the reference is read back with ``from_bytes``; the pool is drawn and scored in
   shards of 10k samples (as the score stage does), drawing time subtracted.
 
-Scratch files go to ``bench/work/surprise`` (git-ignored) and are deleted at the end.
+Scratch files go to a ``surprise`` folder in the git-ignored ``bench/work`` and are deleted at
+the end.
 """
 
 from __future__ import annotations
