@@ -11,14 +11,13 @@ or ``{"error": sentence}``. It prints ``done N/M`` after each job.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from testprio.convert.worker import SAVE_LINES, describe
+from testprio.convert.worker import SAVE_LINES, describe, serve_request
 
 
 def _training_set(arrays: Any, selected: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -136,29 +135,23 @@ FINETUNERS: dict[str, Callable[[dict, Any], dict[str, float]]] = {
 }
 
 
-def worker_main(argv: list[str]) -> int:
-    from testprio.errors import TestprioError
+def _finetune(request: dict) -> dict:
+    with np.load(request["data"]) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    return {"accuracies": FINETUNERS[request["framework"]](request, arrays)}
 
-    with open(argv[0], encoding="utf-8") as handle:
-        request = json.load(handle)
-    try:
-        with np.load(request["data"]) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-        result, code = {"accuracies": FINETUNERS[request["framework"]](request, arrays)}, 0
-    except TestprioError as exc:
-        result, code = {"error": str(exc)}, 1
-    except Exception as exc:  # anything the framework raises while loading or training
-        result = {
-            "error": (
-                f"fine-tuning model {request['source_name']} failed ({describe(exc)}); check "
-                "that the model trains in its framework on inputs of the data's shape, or "
-                "pass its ONNX export, whose classifier head is retrained instead."
-            )
-        }
-        code = 1
-    with open(request["result"], "w", encoding="utf-8") as handle:
-        json.dump(result, handle)
-    return code
+
+def worker_main(argv: list[str]) -> int:
+    """``python -m testprio.retrain_worker REQUEST.json``: fine-tune, write the accuracies."""
+    return serve_request(
+        argv,
+        _finetune,
+        lambda request, exc: (
+            f"fine-tuning model {request['source_name']} failed ({describe(exc)}); check "
+            "that the model trains in its framework on inputs of the data's shape, or "
+            "pass its ONNX export, whose classifier head is retrained instead."
+        ),
+    )
 
 
 if __name__ == "__main__":

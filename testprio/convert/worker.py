@@ -32,6 +32,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 # Opset of every converted model: supported by torch.onnx (both exporters), tf2onnx 1.17,
@@ -156,30 +157,39 @@ def _convert_and_run(request: dict) -> dict:
     return result
 
 
-def worker_main(argv: list[str]) -> int:
-    """``python -m testprio.convert.worker REQUEST.json``: convert, run the source, write result."""
+def serve_request(
+    argv: list[str], work: Callable[[dict], dict], failure: Callable[[dict, BaseException], str]
+) -> int:
+    """The child-process protocol of the framework workers: read the request JSON named by
+    ``argv[0]``, run ``work(request)``, and write its result (or ``{"error": sentence}``, with
+    ``failure(request, exc)`` for anything a framework raises) to ``request["result"]``."""
     from testprio.errors import TestprioError
 
     with open(argv[0], encoding="utf-8") as handle:
         request = json.load(handle)
     try:
-        result = _convert_and_run(request)
-        code = 0
+        result, code = work(request), 0
     except TestprioError as exc:
         result, code = {"error": str(exc)}, 1
-    except Exception as exc:  # anything a framework raises while loading or exporting
-        result = {
-            "error": (
-                f"converting model {request['source_name']} to ONNX failed ({describe(exc)}); "
-                "check that the model loads and runs in its framework, or convert it to ONNX "
-                "yourself and pass the .onnx file."
-            )
-        }
-        code = 1
+    except Exception as exc:  # anything a framework raises while loading, exporting, training
+        result, code = {"error": failure(request, exc)}, 1
     with open(request["result"], "w", encoding="utf-8") as handle:
         json.dump(result, handle)
     sys.stdout.flush()
     return code
+
+
+def worker_main(argv: list[str]) -> int:
+    """``python -m testprio.convert.worker REQUEST.json``: convert, run the source, write result."""
+    return serve_request(
+        argv,
+        _convert_and_run,
+        lambda request, exc: (
+            f"converting model {request['source_name']} to ONNX failed ({describe(exc)}); "
+            "check that the model loads and runs in its framework, or convert it to ONNX "
+            "yourself and pass the .onnx file."
+        ),
+    )
 
 
 if __name__ == "__main__":
