@@ -361,6 +361,10 @@ def test_shards_have_one_row_group_schema(layout, tmp_path):
     (shard, *_) = ingest(layout, str(folder), preset="imagenet", shard_size=100)
     schema = pq.read_schema(shard)
     assert json.loads(schema.metadata[b"testprio.shape"]) == [3, 224, 224]
+    row_group = pq.ParquetFile(shard).metadata.row_group(0)
+    columns = {row_group.column(i).path_in_schema: row_group.column(i) for i in range(3)}
+    assert columns["sample_id"].statistics.has_min_max
+    assert columns["x"].statistics is None  # no two whole samples per row group in the footer
 
 
 @pytest.mark.parametrize(

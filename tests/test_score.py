@@ -328,6 +328,64 @@ def test_prefetch_keeps_order_raises_errors_and_stops_early():
             break
 
 
+def test_pipelined_runs_in_order_and_raises_the_previous_error():
+    from testprio.score import _Pipelined
+
+    done = []
+    with _Pipelined() as post:
+        for i in range(20):
+            post.submit(done.append, i)
+        post.drain()
+    assert done == list(range(20))
+
+    def fail(i):
+        if i == 1:
+            raise ValueError("write failed")
+        done.append(i)
+
+    done.clear()
+    with pytest.raises(ValueError, match="write failed"), _Pipelined() as post:
+        for i in range(5):
+            post.submit(fail, i)
+    assert done == [0]  # nothing after the failed call ran
+
+
+def test_many_chunks_keep_sample_order(tmp_path, pool, monkeypatch):
+    import testprio.score as score
+
+    monkeypatch.setattr(score, "CHUNK_BYTES", 1)  # one inference batch per chunk
+    path, x = pool
+    model = linear_classifier(tmp_path / "m.onnx")
+    layout = run_stages(model, path, str(tmp_path / "r"), shard_size=90, batch_size=7)
+    table = _folder_table(layout, "scores")
+    assert table.column("sample_id").to_pylist() == list(range(90))
+    expected = softmax(reference_logits(x, model))
+    np.testing.assert_array_equal(table.column("predicted").to_numpy(), expected.argmax(axis=1))
+    scores_file = pq.ParquetFile(storage.join(layout.scores_dir, "shard-00000.parquet"))
+    assert scores_file.num_row_groups == 13  # one per chunk of one batch
+
+
+def test_failure_while_writing_publishes_no_scores_file(tmp_path, pool, monkeypatch):
+    import testprio.score as score
+
+    monkeypatch.setattr(score, "CHUNK_BYTES", 1)
+    real = score._scores_batch
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(score, "_scores_batch", failing)
+    path, _x = pool
+    model = linear_classifier(tmp_path / "m.onnx")
+    with pytest.raises(OSError, match="disk full"):
+        run_stages(model, path, str(tmp_path / "r"), shard_size=90, batch_size=10)
+    assert not list((tmp_path / "r").rglob("scores/shard-*.parquet"))
+
+
 # --- shard formats -----------------------------------------------------------------------
 
 

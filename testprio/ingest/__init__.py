@@ -517,8 +517,14 @@ class _ShardSink:
     def _open(self, index: int) -> None:
         self.close()
         uri = self.layout.data_shard(index)
+        # No min/max statistics for the tensor column: they would copy two whole samples
+        # per row group into the footer, which every reader then parses.
         self._context = storage.parquet_writer(
-            uri, self.schema, compression="none", use_dictionary=False
+            uri,
+            self.schema,
+            compression="none",
+            use_dictionary=False,
+            write_statistics=[name for name in self.schema.names if name != "x"],
         )
         self._writer = self._context.__enter__()
         self._index = index
