@@ -646,3 +646,25 @@ def test_compile_refuses_an_unknown_framework(tmp_path, capsys):
     assert "--framework caffe is not one of onnx, pytorch, tensorflow, paddle." in (
         capsys.readouterr().err
     )
+
+
+def test_the_framework_worker_loads_no_runtime_or_arrow():
+    """The child process that imports TensorFlow or Paddle gets only the worker module: the
+    package's stage (ONNX Runtime, Arrow, the ingest helpers) stays out of it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, testprio.convert.worker, testprio.convert.checks; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('onnxruntime', 'pyarrow', 'PIL', 'onnx') or m.startswith('testprio.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "['testprio.convert', 'testprio.convert.checks', 'testprio.convert.worker']"
+    # The stage's names still resolve through the package.
+    assert convert.convert is convert.stage.convert
+    assert "resolve_framework" in dir(convert)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        convert.nope  # noqa: B018
