@@ -594,6 +594,9 @@ def run_page(root: str, run_ids: list[str]) -> None:
     sample_section(root, details)
     if details.has_labels:
         labels_section(root, details)
+    attribution = reportdata.ranking_attribution_view(details.summary)
+    if attribution is not None:
+        attribution_section(attribution)
 
 
 def evaluation_page(root: str, rows: list[dict]) -> None:

@@ -38,7 +38,12 @@ def run_stages(model, data, root: str, run_id: str = "run", **overrides) -> RunL
         p["parity_tolerance"],
         p["strict_model_checks"],
     )
-    scores = [stages.score_shard(shard, p["batch_size"]) for shard in shards]
+    scores = [
+        stages.score_shard(
+            shard, p["batch_size"], metamorphic=p["metamorphic"], followups=p["followups"]
+        )
+        for shard in shards
+    ]
     stages.rank_scores(run_uri, scores, p["metric"], p["top_k"])
     stages.report_run(run_uri, p["top_k"])
     return RunLayout(run_uri)

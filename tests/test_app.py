@@ -368,6 +368,45 @@ def test_apfd_is_explained_next_to_the_fault_curve(monkeypatch, local_runs):
     assert "0.5 is what a random order scores on average" in text
 
 
+def test_run_page_and_report_show_the_metamorphic_attribution(monkeypatch, tmp_path):
+    from tests.conftest import linear_classifier, write_pool
+    from tests.reportkit import digits
+    from tests.stagekit import run_stages
+
+    x, y = digits(90)
+    model = linear_classifier(tmp_path / "m.onnx", seed=1)
+    root = str(tmp_path / "runs")
+    layout = run_stages(
+        model,
+        write_pool(tmp_path / "digits.npz", x, y),
+        root,
+        "meta",
+        shard_size=45,
+        metric="margin",
+        metamorphic="brightness,contrast",
+        followups=4,
+    )
+    summary = storage.read_json(layout.summary)
+    app = open_app(monkeypatch, root, page="run", run="meta")
+    headers = [header.value for header in app.header]
+    assert headers == [*RUN_SECTIONS, "Labels", "Metamorphic attribution (instability)"]
+    table = next(frame.value for frame in app.dataframe if "apfd_normalized" in frame.value)
+    assert {"gini", "margin", "instability"} <= set(table["prioritizer"])
+
+    effects = next(frame.value for frame in app.dataframe if "shapley" in frame.value)
+    assert list(effects["transform"]) == ["brightness", "contrast"]
+    attribution = summary["metamorphic"]["attribution"]["effects"]
+    assert list(effects["ate"]) == pytest.approx([effect["ate"] for effect in attribution])
+
+    html = (tmp_path / "runs" / "meta" / "report" / "report.html").read_text()
+    assert "Every prioritizer on the same labels" in html
+    assert "Metamorphic attribution (instability)" in html
+    ate = f"{attribution[0]['ate']:.4f}"
+    assert f'<td class="num">{ate}</td>' in html
+    markdown = (tmp_path / "runs" / "meta" / "report" / "report.md").read_text()
+    assert "| margin (this ranking) |" in markdown
+
+
 def test_rgb_run_page_without_labels(monkeypatch, local_runs):
     app = open_app(monkeypatch, local_runs, page="run", run="rgb")
     assert [header.value for header in app.header] == RUN_SECTIONS

@@ -314,6 +314,8 @@ def render_html(
         "top_k": top_k,
         "labels": labels,
         "labelling": _labelling_context(labelling),
+        "compared": reportdata.prioritizer_apfd_rows(summary),
+        "attribution": reportdata.ranking_attribution_view(summary),
         "fmt": _fmt,
         "generated": figures["created"],
     }
@@ -349,6 +351,20 @@ def render_markdown(details: reportdata.RunDetails, metrics: dict, *, top_k: int
         f"| {esc(names_of.get(name, name.replace('_', ' ')))} | {_fmt(value)} |"
         for name, value in metrics.items()
     ]
+    compared = reportdata.prioritizer_apfd_rows(details.summary)
+    if compared:
+        lines += [
+            "",
+            "## Every prioritizer on the same labels",
+            "",
+            "| prioritizer | APFD | APFD normalized |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {esc(row['prioritizer'])}{' (this ranking)' if row['ranking'] else ''} | "
+            f"{_fmt(row['apfd'])} | {_fmt(row['apfd_normalized'])} |"
+            for row in compared
+        ]
     rows = reportdata.top_k_rows(details, top_k)
     lines += [
         "",

@@ -1773,6 +1773,21 @@ def _attribution_view(entry: dict) -> dict | None:
     }
 
 
+def ranking_attribution_view(summary: dict | None) -> dict | None:
+    """The metamorphic attribution of a ranking made with ``--metamorphic`` (``summary.json``'s
+    ``metamorphic``), shaped as the Evaluation page's; None without follow-ups."""
+    metamorphic = (summary or {}).get("metamorphic")
+    if not isinstance(metamorphic, dict):
+        return None
+    return _attribution_view(
+        {
+            "metamorphic": metamorphic,
+            "attribution": metamorphic.get("attribution"),
+            "attribution_error": metamorphic.get("attribution_error"),
+        }
+    )
+
+
 def _curves_view(prioritizers: dict, rows: list[dict]) -> list[dict] | None:
     """``evaluation_frames``' ``curves`` rows (prioritizer, inspected, found), checked; empty
     for a pool without faults (curves null); None for an evaluation.json written before
