@@ -392,13 +392,19 @@ def score_shard(
             )
         total = parquet.metadata.num_rows
 
-        def finish(chunk: pa.RecordBatch, outputs: np.ndarray, late: dict) -> None:
+        def finish(
+            chunk: pa.RecordBatch,
+            outputs: np.ndarray,
+            layers: list[np.ndarray] | None,
+            instability: np.ndarray | None,
+            design: pa.Table | None,
+        ) -> None:
             """Softmax, metrics and the writes of one inferred chunk (on the post thread)."""
             nonlocal rows
             extra: dict[str, np.ndarray] = {}
             probs = class_probabilities(outputs, model["output_kind"])
-            if late.get("layers") is not None:
-                packed = _reference_scores(reference, late["layers"], probs.argmax(axis=1), extra)
+            if layers is not None:
+                packed = _reference_scores(reference, layers, probs.argmax(axis=1), extra)
                 cells_writer.write_batch(
                     pa.RecordBatch.from_arrays(
                         [
@@ -408,9 +414,9 @@ def score_shard(
                         schema=cells,
                     )
                 )
-            if late.get("design") is not None:
-                extra[INSTABILITY] = late["instability"]
-                design_writer.write_table(late["design"])
+            if design is not None:
+                extra[INSTABILITY] = instability
+                design_writer.write_table(design)
             writer.write_batch(_scores_batch(chunk, probs, extra, schema))
             rows += chunk.num_rows
             log.info("score %s: %s/%s rows scored", name, f"{rows:,}", f"{total:,}")
@@ -427,16 +433,17 @@ def score_shard(
         check_sample_shape(input_spec, sample_shape, source_name)
         for chunk, x in _prefetched(shard_batches(parquet, chunk_rows, name=shard_uri)):
             sample_ids = chunk.column("sample_id").to_numpy()
-            late: dict = {}
+            layers = instability = design = None
             if hidden is None:
                 outputs = predict(x)
             else:
-                outputs, late["layers"] = _hidden_chunk(hidden, x, batch_size)
+                outputs, layers = _hidden_chunk(hidden, x, batch_size)
             check_finite(outputs, sample_ids, source_name)
             if unstable is not None:
                 # Inference again, so on this thread: an IO binding is not thread-safe.
-                late["instability"], late["design"] = unstable(predict, x, sample_ids)
-            post.submit(finish, chunk.select(["sample_id", "label"]), outputs, late)
+                instability, design = unstable(predict, x, sample_ids)
+            ids_and_labels = chunk.select(["sample_id", "label"])
+            post.submit(finish, ids_and_labels, outputs, layers, instability, design)
         post.drain()
     seconds = time.time() - started
     log.info(
