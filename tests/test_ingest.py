@@ -143,6 +143,33 @@ def test_shards_round_trip_the_pool(root, tmp_path, digits_pool, kind):
     assert sources.column("source").to_pylist() == [f"{source.name}[{i}]" for i in range(120)]
 
 
+@pytest.mark.parametrize("labelled", [True, False])
+def test_a_data_shard_of_a_run_is_a_pool(local_root, tmp_path, digits_pool, labelled):
+    x, y = digits_pool
+    pool = write_pool(tmp_path / "pool.npz", x, y if labelled else None)
+    first = ingest(RunLayout.create(local_root, "first"), str(pool), shard_size=50)
+    again = ingest(RunLayout.create(local_root, "again"), first[1], shard_size=20)
+    ids, x_back, labels = reassemble(again)
+    np.testing.assert_array_equal(ids, np.arange(50))
+    np.testing.assert_array_equal(x_back, x[50:100])
+    assert labels == (y[50:100].tolist() if labelled else [None] * 50)
+    assert storage.read_json(RunLayout.create(local_root, "again").data_manifest)["samples"] == 50
+
+
+def test_a_shard_tensor_column_of_the_wrong_width_is_refused(local_root, tmp_path):
+    from testprio.ingest.readers import SHAPE_METADATA_KEY
+
+    schema = pa.schema([pa.field("x", pa.binary(12))], metadata={SHAPE_METADATA_KEY: b"[1, 2, 2]"})
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"x": pa.array([b"\0" * 12], pa.binary(12))}, schema=schema), path)
+    with pytest.raises(TestprioError) as caught:
+        ingest(RunLayout.create(local_root, "run"), str(path))
+    assert str(caught.value) == (
+        "column 'x' in bad.parquet holds 12 bytes per sample but its shape (1, 2, 2) needs 16; "
+        "the data shard is damaged, so ingest the original pool again."
+    )
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float16, np.float64])
 def test_inputs_of_other_numeric_dtypes_become_float32(local_root, tmp_path, dtype):
     x = make_deterministic(3).integers(0, 200, (30, 1, 8, 8)).astype(dtype)

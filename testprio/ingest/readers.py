@@ -176,13 +176,19 @@ def read_parquet(path: str, name: str, columns: Columns) -> ArrayPool:
             "--tensor-column."
         )
     tensor_type = schema.field(tensor).type
+    metadata = schema.metadata or {}
+    # A testprio data shard (format 2: each sample's float32 bytes in one fixed-size binary
+    # value, its shape in the metadata) is a pool too: a run's ingested data, scored again.
+    shard = pa.types.is_fixed_size_binary(tensor_type) and SHAPE_METADATA_KEY in metadata
     if not (
-        pa.types.is_list(tensor_type)
+        shard
+        or pa.types.is_list(tensor_type)
         or pa.types.is_fixed_size_list(tensor_type)
         or pa.types.is_large_list(tensor_type)
     ):
         raise TestprioError(
-            f"column '{tensor}' in {name} has type {tensor_type}; it must be a list of numbers."
+            f"column '{tensor}' in {name} has type {tensor_type}; it must be a list of numbers "
+            "(or a testprio data shard's tensor column)."
         )
     if columns.label and columns.label not in schema.names:
         raise TestprioError(
@@ -190,7 +196,6 @@ def read_parquet(path: str, name: str, columns: Columns) -> ArrayPool:
             f"{', '.join(schema.names)}); give an existing column."
         )
     label_column = columns.label or sources.default_label_column(schema.names, name, "columns")
-    metadata = schema.metadata or {}
     shape = None
     for key in (b"shape", SHAPE_METADATA_KEY):  # testprio's own key wins
         if key in metadata:
@@ -204,18 +209,31 @@ def read_parquet(path: str, name: str, columns: Columns) -> ArrayPool:
         shape = (len(first[0]),) if first is not None and len(first) else (0,)
     width = int(np.prod(shape))
     wanted = [tensor] + ([label_column] if label_column else [])
+    if shard:
+        from testprio.ingest import shard_tensor_decoder  # the package imports this module
+
+        decode = shard_tensor_decoder(schema, name)
+        if tensor_type.byte_width != 4 * width:
+            raise TestprioError(
+                f"column '{tensor}' in {name} holds {tensor_type.byte_width} bytes per sample "
+                f"but its shape {shape} needs {4 * width}; the data shard is damaged, so "
+                "ingest the original pool again."
+            )
 
     def read_chunks(rows: int) -> Iterator[Chunk]:
         for batch in parquet.iter_batches(batch_size=rows, columns=wanted):
             values = batch.column(tensor)
-            lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
-            if (lengths != width).any():
-                raise TestprioError(
-                    f"column '{tensor}' in {name} holds rows of "
-                    f"{sorted(set(lengths.tolist()))[:5]} values but each sample should have "
-                    f"{width} (shape {shape})."
-                )
-            x = values.flatten().to_numpy(zero_copy_only=False).reshape((len(batch), *shape))
+            if shard:
+                x = decode(values, shape)
+            else:
+                lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+                if (lengths != width).any():
+                    raise TestprioError(
+                        f"column '{tensor}' in {name} holds rows of "
+                        f"{sorted(set(lengths.tolist()))[:5]} values but each sample should "
+                        f"have {width} (shape {shape})."
+                    )
+                x = values.flatten().to_numpy(zero_copy_only=False).reshape((len(batch), *shape))
             y = None
             if label_column:
                 labels = batch.column(label_column)
