@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 
 from testprio import params, storage
+from testprio.client import PIPELINES
 from testprio.errors import TestprioError
 from testprio.layout import (
     RunLayout,
@@ -675,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--out", default="build", help="folder for prioritize.yaml")
     comp.add_argument(
         "--pipeline",
-        choices=("prioritize", "evaluate"),
+        choices=tuple(PIPELINES),
         default="prioritize",
         help="prioritize (default) or evaluate (evaluate[-framework].yaml; the GPU and score "
         "options do not apply to it)",
@@ -759,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--pipeline",
-        choices=("prioritize", "evaluate"),
+        choices=tuple(PIPELINES),
         default="prioritize",
         help="prioritize (default) or evaluate (give train_data, and test_data or split, with "
         "--param; local files are uploaded)",
