@@ -360,10 +360,16 @@ def _order_by(
 
 
 def prioritizer_apfd(
-    layout: RunLayout, score_uris: list[str], columns: dict[str, np.ndarray], available: list[str]
+    layout: RunLayout,
+    score_uris: list[str],
+    columns: dict[str, np.ndarray],
+    available: list[str],
+    ordered: dict[tuple[str, str], np.ndarray] | None = None,
 ) -> dict | None:
     """``{name: {"column", "order", "apfd"}}`` for every prioritizer the scores allow (not
-    aliases), APFD over the labelled samples; None without labels. ``columns`` in shard order."""
+    aliases), APFD over the labelled samples; None without labels. ``columns`` in shard order;
+    ``ordered`` maps (column, order kind) to rows already ordered (the ranking's own order), which
+    are not computed again."""
     label = columns["label"]
     known = label >= 0
     if not known.any():
@@ -373,7 +379,9 @@ def prioritizer_apfd(
     for name, found in prioritizers.NAMES.items():
         if name in prioritizers.ALIASES or found.column not in available:
             continue
-        order = _order_by(layout, score_uris, name, columns)
+        order = (ordered or {}).get((found.column, found.order))
+        if order is None:
+            order = _order_by(layout, score_uris, name, columns)
         figures[name] = {
             "column": found.column,
             "order": found.order,
@@ -437,7 +445,13 @@ def rank(
     )
     log.info("rank: %s samples ranked by %s", f"{len(order):,}", metric)
     top = _write_ranking(layout.ranking, columns, order, schema, top_k, rank_columns)
-    compared = prioritizer_apfd(layout, score_uris, columns, [*METRICS, *available])
+    compared = prioritizer_apfd(
+        layout,
+        score_uris,
+        columns,
+        [*METRICS, *available],
+        ordered={(chosen.column, chosen.order): order},
+    )
     # The summary wants its columns in ranking order: permute them one at a time, after
     # dropping the ones it does not use, so at most one extra column is held.
     summary_columns = [*SUMMARY_COLUMNS, *([chosen.column] if chosen.column in available else [])]
