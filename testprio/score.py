@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from testprio import coverage, metamorphic, storage, surprise
 from testprio.errors import TestprioError
-from testprio.ingest import shard_batches, shard_sample_shape
+from testprio.ingest import TENSOR_DTYPE, shard_batches, shard_sample_shape
 from testprio.layout import RunLayout
 from testprio.log import get_logger
 from testprio.metrics import METRICS, score_probabilities, softmax
@@ -427,7 +427,7 @@ def score_shard(
         # inferred, and the last one's metrics and writes run meanwhile (``_Pipelined``). On
         # a GPU node, where the CPU is otherwise idle, the stage then takes about as long as
         # the slowest of the three instead of their sum.
-        sample_bytes = 4 * int(np.prod(sample_shape))
+        sample_bytes = TENSOR_DTYPE.itemsize * int(np.prod(sample_shape))
         chunk_rows = batch_size * max(1, CHUNK_BYTES // (sample_bytes * batch_size))
         post = files.enter_context(_Pipelined())
         check_sample_shape(input_spec, sample_shape, source_name)

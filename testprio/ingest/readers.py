@@ -210,13 +210,15 @@ def read_parquet(path: str, name: str, columns: Columns) -> ArrayPool:
     width = int(np.prod(shape))
     wanted = [tensor] + ([label_column] if label_column else [])
     if shard:
-        from testprio.ingest import shard_tensor_decoder  # the package imports this module
+        # The package imports this module, so its shard helpers are imported here.
+        from testprio.ingest import TENSOR_DTYPE, shard_tensor_decoder
 
         decode = shard_tensor_decoder(schema, name)
-        if tensor_type.byte_width != 4 * width:
+        needed = TENSOR_DTYPE.itemsize * width
+        if tensor_type.byte_width != needed:
             raise TestprioError(
                 f"column '{tensor}' in {name} holds {tensor_type.byte_width} bytes per sample "
-                f"but its shape {shape} needs {4 * width}; the data shard is damaged, so "
+                f"but its shape {shape} needs {needed}; the data shard is damaged, so "
                 "ingest the original pool again."
             )
 
