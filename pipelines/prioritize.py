@@ -19,6 +19,7 @@ from components.reference import reference
 from components.report import report
 from components.score import score
 from components.start import start
+from testprio.containers import IMAGE_VARIABLE
 from testprio.params import describe
 
 PIPELINE_NAME = "prioritize"
@@ -195,6 +196,9 @@ def _harden(task: dsl.PipelineTask, policy: TaskPolicy) -> None:
     allowPrivilegeEscalation or seccomp: recent KFP backends set the last two (and drop
     every capability) themselves; the namespace's Pod Security Admission enforces them."""
     kubernetes.set_timeout(task, policy.timeout_s)
+    # Each stage records the image it ran in (run.json); a cluster gives the pod no way to
+    # read its own image otherwise.
+    task.set_env_variable(IMAGE_VARIABLE, task.container_spec.image)
     for key, value in TASK_POD_LABELS.items():
         kubernetes.add_pod_label(task, label_key=key, label_value=value)
     kubernetes.set_security_context(

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from testprio import storage
+from testprio.containers import image_record
 from testprio.errors import TestprioError
 from testprio.log import get_logger
 
@@ -282,7 +283,14 @@ def stage(layout: RunLayout, stage_name: str) -> Iterator[dict[str, Any]]:
     ended = time.time()
     storage.write_json(
         _stage_file(layout, stage_name),
-        {"stage": stage_name, "start": started, "end": ended, "seconds": ended - started, **extra},
+        {
+            "stage": stage_name,
+            "start": started,
+            "end": ended,
+            "seconds": ended - started,
+            **image_record(),  # the image it ran in, under --runner docker or in a cluster
+            **extra,
+        },
     )
     log.info("stage %s finished in %.2f s", stage_name, ended - started)
 

@@ -6,7 +6,7 @@ import socket
 import numpy as np
 import pytest
 
-from testprio import cli, storage
+from testprio import cli, local_run, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
 from testprio.stages import validate_parameters
@@ -129,7 +129,7 @@ def test_progress_filter_keeps_the_stage_in_progress_and_the_task_error():
     import io
 
     target = io.StringIO()
-    progress = cli._ProgressFilter(target)
+    progress = local_run._ProgressFilter(target)
     progress.write("10:00 - INFO - Executing task 'score'\n")
     assert progress.stage == "score"
     progress.write("    testprio INFO stage score-shard-00002 started\n")

@@ -1,0 +1,279 @@
+"""The pipeline in its real images: every task of ``testprio run --runner docker`` runs in the
+image the compiled pipeline names, through KFP's DockerRunner and a real engine (Docker, or
+podman's Docker API here). ``make test-containers`` builds the images and runs this file; it
+never passes by skipping: a missing engine or image fails with the sentence that says why.
+
+The rankings are compared with the subprocess runner's on the same inputs: the same sample
+ids in the same order, and every score equal to float32 precision.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components import images
+from testprio import cli, containers, storage
+from testprio.errors import TestprioError
+from tests.conftest import _free_port, write_pool
+
+pytestmark = [pytest.mark.containers, pytest.mark.pipeline]
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("TESTPRIO_CHROMIUM", "/usr/bin/chromium")
+SCORE_COLUMNS = ("predicted", "confidence", "gini", "entropy", "margin", "least_confidence")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with containers.engine() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    from demo.train_digits import train_and_export
+
+    return train_and_export(tmp_path_factory.mktemp("digits"), seed=0)
+
+
+def _parameters(model, data, root, run_id, **overrides) -> dict:
+    from tests.stagekit import parameters
+
+    values = parameters(str(model), str(data), str(root), run_id, shard_size=300)
+    values.pop("job_name")
+    values.update(overrides)
+    return values
+
+
+def _both_runners(tmp_path, model, data, **overrides):
+    """The same run through the subprocess runner and in containers: both layouts."""
+    root = tmp_path / "runs"
+    plain = cli.run_pipeline_locally(_parameters(model, data, root, "plain", **overrides))
+    boxed = cli.run_pipeline_locally(
+        _parameters(model, data, root, "boxed", **overrides), runner="docker"
+    )
+    return plain, boxed
+
+
+def _assert_same_ranking(plain, boxed) -> None:
+    left, right = storage.read_table(plain.ranking), storage.read_table(boxed.ranking)
+    assert left.num_rows == right.num_rows > 0
+    np.testing.assert_array_equal(
+        left.column("sample_id").to_numpy(), right.column("sample_id").to_numpy()
+    )
+    for column in set(left.column_names) & set(right.column_names):
+        if column in ("probs",) or left.schema.field(column).type == "string":
+            continue
+        a, b = left.column(column).to_numpy(), right.column(column).to_numpy()
+        if np.issubdtype(a.dtype, np.floating):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=column)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=column)
+
+
+def _assert_images_recorded(layout, engine, convert_image: str) -> None:
+    record = storage.read_json(layout.run_json)
+    assert record["status"] == "succeeded", record
+    expected = {"convert": convert_image, "score": images.RUNTIME_GPU}
+    for stage in record["stages"]:
+        family = stage["stage"].split("-", 1)[0]
+        reference = expected.get(family, images.RUNTIME)
+        assert stage["image"] == reference, stage
+        assert stage["image_id"] == engine.images.get(reference).id, stage
+    plain = storage.read_json(layout.run_json.replace("boxed", "plain"))
+    assert not any("image" in stage for stage in plain["stages"])
+
+
+def test_onnx_run_in_containers_equals_subprocess(engine, digits_model, tmp_path):
+    """ONNX model, --train-data and --metamorphic: every task in its image, same ranking."""
+    from demo.train_digits import load_split
+
+    x_train, y_train, _, _ = load_split(0)
+    train = write_pool(tmp_path / "train.npz", x_train[:200], y_train[:200])
+    plain, boxed = _both_runners(
+        tmp_path,
+        digits_model["model"],
+        digits_model["pool"],
+        train_data=str(train),
+        metamorphic="default",
+        followups=2,
+    )
+    _assert_same_ranking(plain, boxed)
+    _assert_images_recorded(boxed, engine, images.RUNTIME)
+    summary = storage.read_json(boxed.summary)
+    assert {"dsa", "kmnc", "instability"} <= set(summary["prioritizers"])
+    assert storage.read_json(boxed.summary)["labels"] == storage.read_json(plain.summary)["labels"]
+
+
+def test_pytorch_run_in_containers_equals_subprocess(engine, digits_model, tmp_path):
+    """A TorchScript model converts in the convert-pytorch image; the ranking is the same."""
+    import torch
+
+    from demo.train_digits import build_model
+
+    torch.manual_seed(0)
+    model = build_model().eval()
+    path = tmp_path / "cnn.pt"
+    torch.jit.save(torch.jit.trace(model, torch.zeros(2, 1, 8, 8)), path)
+    plain, boxed = _both_runners(tmp_path, path, digits_model["pool"])
+    _assert_same_ranking(plain, boxed)
+    _assert_images_recorded(boxed, engine, images.CONVERT_PYTORCH)
+
+
+def test_task_cannot_write_outside_its_mounts(engine, tmp_path):
+    """A task runs as the non-root image user on a read-only root file system: it writes
+    its run folder and /tmp, and nothing else, its read-only inputs included."""
+    run_folder, pipeline_root = tmp_path / "runs" / "r1", tmp_path / "kfp"
+    run_folder.mkdir(parents=True)
+    pipeline_root.mkdir()
+    pool = write_pool(tmp_path / "pool.npz", np.zeros((2, 3), np.float32))
+    plan = containers.ContainerPlan(
+        run_folder=str(run_folder),
+        inputs={"data": str(pool), "model": str(tmp_path / "model.onnx")},
+        user=containers.container_user(),
+        environment={},
+    )
+    arguments = plan.run_arguments("ingest", images.RUNTIME, str(pipeline_root))
+    assert str(tmp_path / "model.onnx") not in {v["bind"] for v in arguments["volumes"].values()}
+    containers._grant(str(run_folder), plan.user)
+    containers._grant(str(pipeline_root), plan.user)
+    script = "; ".join(
+        [
+            "id -u",
+            *(
+                f"if touch {target}/probe 2>/dev/null; then echo WROTE {target}; "
+                f"else echo REFUSED {target}; fi"
+                for target in ("/", "/opt/venv", "/home/testprio", "/etc", str(tmp_path))
+            ),
+            f"if echo x >> {pool} 2>/dev/null; then echo WROTE pool; else echo REFUSED pool; fi",
+            f"touch {run_folder}/ok && echo WROTE run",
+            f"touch {pipeline_root}/ok && echo WROTE kfp",
+            "touch /tmp/ok && echo WROTE tmp",
+        ]
+    )
+    output = engine.containers.run(
+        images.RUNTIME, ["sh", "-c", script], remove=True, **arguments
+    ).decode()
+    lines = output.split()
+    assert lines[0] != "0", output
+    assert output.count("REFUSED") == 6, output
+    assert {"run", "kfp", "tmp"} <= set(lines[1::2]) - {"/", "/opt/venv"}, output
+    assert (run_folder / "ok").exists() and not (tmp_path / "probe").exists()
+    assert pool.read_bytes()[-1:] != b"x"
+
+
+def test_missing_image_is_named_with_how_to_build_it(engine):
+    with pytest.raises(TestprioError, match=r"needs image\(s\) .*:no-such-tag.*make images"):
+        containers.image_facts(engine, [f"{images.REGISTRY}/runtime:no-such-tag"])
+
+
+def test_gpu_image_lists_cuda_and_falls_back_to_cpu(engine, tmp_path):
+    """runtime-gpu's onnxruntime has the CUDA provider; without a GPU a session asked for
+    CUDA first runs on the CPU instead of failing."""
+    from tests.conftest import linear_classifier
+
+    model = linear_classifier(tmp_path / "m.onnx")
+    os.chmod(tmp_path, 0o755)
+    script = (
+        "import numpy as np, onnxruntime as ort\n"
+        "print('available', ort.get_available_providers())\n"
+        f"s = ort.InferenceSession('{model}', providers=['CUDAExecutionProvider', "
+        "'CPUExecutionProvider'])\n"
+        "print('used', s.get_providers())\n"
+        "print('out', s.run(None, {'input': np.ones((2, 1, 8, 8), np.float32)})[0].shape)\n"
+    )
+    output = engine.containers.run(
+        images.RUNTIME_GPU,
+        ["python3", "-c", script],
+        remove=True,
+        volumes={str(model): {"bind": str(model), "mode": "ro"}},
+        user=containers.container_user(),
+        read_only=True,
+        tmpfs={"/tmp": "rw"},
+    ).decode()
+    assert "CUDAExecutionProvider" in output.split("available", 1)[1].split("\n")[0], output
+    assert "used ['CPUExecutionProvider']" in output, output
+    assert "out (2, 10)" in output, output
+
+
+def test_report_app_image_serves_a_run(engine, digits_model, tmp_path):
+    """The report-app image serves a run folder; Chromium loads the run's page."""
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path / "runs"
+    layout = cli.run_pipeline_locally(
+        _parameters(digits_model["model"], digits_model["pool"], root, "shown")
+    )
+    os.chmod(tmp_path, 0o755)
+    port = _free_port()
+    container = engine.containers.run(
+        images.REPORT_APP,
+        [
+            "streamlit",
+            "run",
+            "report_app/app.py",
+            f"--server.port={port}",
+            "--server.address=127.0.0.1",
+        ],
+        detach=True,
+        environment={"TESTPRIO_REPORT_ROOT": str(root)},
+        volumes={str(root): {"bind": str(root), "mode": "ro"}},
+        user=containers.container_user(),
+        read_only=True,
+        tmpfs={"/tmp": "rw"},
+        network_mode="host",
+    )
+    try:
+        _wait_for_port(port, container)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+            )
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.get_by_text(layout.run_id).first.wait_for(timeout=30_000)
+            browser.close()
+    finally:
+        logs = container.logs().decode(errors="replace")
+        container.remove(force=True)
+    assert "Traceback" not in logs, logs
+
+
+def _wait_for_port(port: int, container, timeout: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        container.reload()
+        if container.status not in ("created", "running"):
+            raise AssertionError(container.logs().decode(errors="replace"))
+        time.sleep(0.5)
+    raise AssertionError(f"the report app did not listen on {port} in {timeout} s")
+
+
+def test_the_cli_runs_in_containers_and_prints_the_ranking(digits_model, tmp_path):
+    """``testprio run --runner docker`` from the command line, as a user types it."""
+    root = tmp_path / "runs"
+    result = subprocess.run(
+        [shutil.which("testprio") or str(REPO / ".venv/bin/testprio"), "run"]
+        + ["--model", str(digits_model["model"]), "--data", str(digits_model["pool"])]
+        + ["--root", str(root), "--run-id", "cli", "--runner", "docker"],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Ranked 899 of 899 samples by gini" in result.stdout
+    assert storage.read_json(str(root / "cli" / "run.json"))["status"] == "succeeded"
