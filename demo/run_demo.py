@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--runner",
+        choices=("subprocess", "docker"),
+        default="subprocess",
+        help="docker: every task in its own image (make images builds them)",
+    )
     args = parser.parse_args(argv)
     started = time.time()
 
@@ -78,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             "300",
             "--top-k",
             "10",
+            "--runner",
+            args.runner,
         ]
     )
     if code:

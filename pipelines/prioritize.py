@@ -84,6 +84,9 @@ class ClusterSettings:
     score_device: str = ""
     # Per-task deadlines in seconds replacing DEFAULT_TIMEOUTS, e.g. (("ingest", 43200),).
     timeouts: tuple[tuple[str, int], ...] = ()
+    # Each task tells its stages the image it runs in (TESTPRIO_IMAGE, recorded in run.json).
+    # Off for local runs: the subprocess runner runs no image (the docker runner sets it).
+    record_image: bool = True
 
     def __post_init__(self) -> None:
         if self.parallelism < 1:
@@ -110,7 +113,7 @@ class ClusterSettings:
 
 # KFP's local runner honours retries (a bad input would wait out every backoff) and ignores
 # node placement; local runs score on whatever this machine's onnxruntime offers.
-LOCAL_SETTINGS = ClusterSettings(gpu=False, retries=0, score_device="auto")
+LOCAL_SETTINGS = ClusterSettings(gpu=False, retries=0, score_device="auto", record_image=False)
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,9 @@ def _configure(task: dsl.PipelineTask, name: str, settings: ClusterSettings) -> 
             backoff_max_duration=settings.retry_backoff_max,
         )
     _harden(task, policy)
+    if settings.record_image:
+        # A cluster gives a pod no way to read its own image: each stage records this one.
+        task.set_env_variable(IMAGE_VARIABLE, task.container_spec.image)
 
 
 def _harden(task: dsl.PipelineTask, policy: TaskPolicy) -> None:
@@ -196,9 +202,6 @@ def _harden(task: dsl.PipelineTask, policy: TaskPolicy) -> None:
     allowPrivilegeEscalation or seccomp: recent KFP backends set the last two (and drop
     every capability) themselves; the namespace's Pod Security Admission enforces them."""
     kubernetes.set_timeout(task, policy.timeout_s)
-    # Each stage records the image it ran in (run.json); a cluster gives the pod no way to
-    # read its own image otherwise.
-    task.set_env_variable(IMAGE_VARIABLE, task.container_spec.image)
     for key, value in TASK_POD_LABELS.items():
         kubernetes.add_pod_label(task, label_key=key, label_value=value)
     kubernetes.set_security_context(

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from testprio.errors import TestprioError
-from testprio.log import get_logger
+from testprio.log import configure, get_logger
 
 log = get_logger("containers")
 
@@ -263,6 +263,7 @@ def _task_handler_class(plan: ContainerPlan, client):
             arguments["environment"] = {**self.env_vars, **arguments["environment"]}
             _grant(self.pipeline_root, plan.user)
             _grant(plan.run_folder, plan.user)
+            log.info("task %s: container of %s", task, self.image)
             started = time.monotonic()
             container = client.containers.run(
                 self.image, self.full_command, detach=True, **arguments
@@ -271,7 +272,9 @@ def _task_handler_class(plan: ContainerPlan, client):
                 first = True
                 for chunk in container.logs(stream=True, follow=True):
                     if first:
-                        plan.cold_starts.append((task, time.monotonic() - started))
+                        seconds = time.monotonic() - started
+                        plan.cold_starts.append((task, seconds))
+                        log.info("task %s: first log line %.2f s after start", task, seconds)
                         first = False
                     print(chunk.decode(errors="replace"), end="")
                 code = container.wait()["StatusCode"]
@@ -307,6 +310,7 @@ def task_containers(
         user=container_user(),
         environment=environment,
     )
+    configure()  # the host's own log lines (engine, containers) reach the progress output
     with engine() as client:
         plan.images = image_facts(client, pipeline_images(pipeline))
         original = docker_task_handler.DockerTaskHandler

@@ -235,17 +235,16 @@ def _run_in_kfp(
     with tempfile.TemporaryDirectory(prefix="testprio-kfp-") as pipeline_root:
         original_print = builtins.print
         try:
+            # A notebook's parameters are checked by no command line: a bad one (inf, say)
+            # would otherwise break KFP's serialisation before any task runs.
+            validate_parameters(parameters)
+            # The engine (a podman service) starts before the signal handling: on Ctrl-C
+            # it must outlive the task processes it stops, to remove the task's container.
             with (
+                _local_runner(runner, parameters, layout, prioritize) as (kfp_runner, _),
                 _stopped_on_signals(state),
                 _watched_runner(progress),
-                contextlib.ExitStack() as stack,
             ):
-                # A notebook's parameters are checked by no command line: a bad one (inf,
-                # say) would otherwise break KFP's serialisation before any task runs.
-                validate_parameters(parameters)
-                kfp_runner = stack.enter_context(
-                    _local_runner(runner, parameters, layout, prioritize)
-                )[0]
                 local.init(runner=kfp_runner, pipeline_root=pipeline_root, raise_on_error=True)
                 with warnings.catch_warnings():
                     # Resource, GPU and image settings are for the cluster; locally no-ops.
