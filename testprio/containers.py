@@ -100,10 +100,9 @@ class ContainerPlan:
 
     def mounts(self, task: str, pipeline_root: str) -> dict[str, dict[str, str]]:
         """Docker SDK ``volumes``: host path -> {bind, mode}."""
-        volumes = {
-            pipeline_root: {"bind": pipeline_root, "mode": "rw"},
-            self.run_folder: {"bind": self.run_folder, "mode": "rw"},
-        }
+        volumes = {pipeline_root: {"bind": pipeline_root, "mode": "rw"}}
+        if self.run_folder:  # a gs:// run folder is reached over the network instead
+            volumes[self.run_folder] = {"bind": self.run_folder, "mode": "rw"}
         for name in TASK_INPUTS.get(task_family(task), INPUT_PARAMETERS):
             path = self.inputs.get(name)
             if path:
@@ -262,7 +261,8 @@ def _task_handler_class(plan: ContainerPlan, client):
             arguments = plan.run_arguments(task, self.image, self.pipeline_root)
             arguments["environment"] = {**self.env_vars, **arguments["environment"]}
             _grant(self.pipeline_root, plan.user)
-            _grant(plan.run_folder, plan.user)
+            if plan.run_folder:
+                _grant(plan.run_folder, plan.user)
             log.info("task %s: container of %s", task, self.image)
             started = time.monotonic()
             container = client.containers.run(

@@ -23,6 +23,7 @@ from components import images
 from testprio import cli, containers, storage
 from testprio.errors import TestprioError
 from tests.conftest import _free_port, write_pool
+from tests.test_browser import CHROMIUM_FLAGS
 
 pytestmark = [pytest.mark.containers, pytest.mark.pipeline]
 
@@ -244,13 +245,20 @@ def test_report_app_image_serves_a_run(engine, digits_model, tmp_path):
     try:
         _wait_for_port(port, container)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 4000})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"http://127.0.0.1:{port}/?page=run&run={layout.run_id}")
+            page.get_by_role("heading", name="Ranking", exact=True).wait_for(timeout=60_000)
+            page.get_by_text("Top 10: label these first").wait_for(timeout=30_000)
+            page.wait_for_function(
+                'document.querySelectorAll(\'[data-testid="stVegaLiteChart"] canvas, '
+                '[data-testid="stVegaLiteChart"] svg\').length >= 2',
+                timeout=30_000,
             )
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
-            page.get_by_text(layout.run_id).first.wait_for(timeout=30_000)
             browser.close()
+        assert not errors, errors
     finally:
         logs = container.logs().decode(errors="replace")
         container.remove(force=True)
@@ -287,3 +295,19 @@ def test_the_cli_runs_in_containers_and_prints_the_ranking(digits_model, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "Ranked 899 of 899 samples by gini" in result.stdout
     assert storage.read_json(str(root / "cli" / "run.json"))["status"] == "succeeded"
+
+
+def test_gs_root_and_inputs_are_reached_over_the_network(engine, digits_model, gcs_emulator):
+    """A gs:// root and gs:// inputs (the GCS emulator): nothing local is mounted but KFP's
+    output folder, and the tasks reach the bucket as a cluster's pods would."""
+    from tests.conftest import BUCKET
+
+    root = f"gs://{BUCKET}/containers"
+    model, data = f"{root}/inputs/model.onnx", f"{root}/inputs/pool.npz"
+    storage.copy_file(str(digits_model["model"]), model)
+    storage.copy_file(str(digits_model["pool"]), data)
+    layout = cli.run_pipeline_locally(_parameters(model, data, root, "remote"), runner="docker")
+    record = storage.read_json(layout.run_json)
+    assert record["status"] == "succeeded", record
+    assert all(stage["image"].startswith(images.REGISTRY) for stage in record["stages"])
+    assert storage.read_table(layout.ranking).num_rows == 899
