@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 REGISTRY ?= $(or $(TESTPRIO_REGISTRY),ghcr.io/testprio)
 IMAGE_TAG ?= $(or $(TESTPRIO_IMAGE_TAG),0.1.0)
 
-.PHONY: setup lint test demo demo-eval compile components bench bench-eval clean report browser images images-lock images-push image-bases container-engine
+.PHONY: setup lint test demo demo-eval compile components bench bench-eval clean report browser images images-lock images-push image-bases container-engine test-containers bench-containers
 CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml
@@ -34,8 +34,9 @@ report: setup
 	@test -d demo-output/runs || $(MAKE) demo
 	$(VENV)/bin/testprio report --root demo-output/runs
 
-demo: setup
-	$(PY) demo/run_demo.py --out demo-output
+RUNNER ?= subprocess
+demo: setup  ## RUNNER=docker: every task in its own image (make images first)
+	$(PY) demo/run_demo.py --out demo-output --runner $(RUNNER)
 
 # Which prioritizer finds the digits CNN's mistakes, and does retraining on them pay off.
 demo-eval: setup
@@ -59,6 +60,16 @@ image-bases: container-engine  ## pull python:3.11-slim-bookworm, or build a loc
 
 images: setup image-bases  ## build every image under images/ for linux/amd64, locally
 	$(PY) images/build.py build --registry $(REGISTRY) --tag $(IMAGE_TAG)
+
+# The pipeline with every task in its image (tests/test_containers.py). Builds the images
+# those tests run: the pipeline's own (runtime, runtime-gpu, convert-pytorch) and report-app.
+CONTAINER_TEST_IMAGES := runtime runtime-gpu convert-pytorch report-app
+test-containers: setup browser image-bases
+	$(PY) images/build.py build --registry $(REGISTRY) --tag $(IMAGE_TAG) $(CONTAINER_TEST_IMAGES)
+	TESTPRIO_REGISTRY=$(REGISTRY) TESTPRIO_IMAGE_TAG=$(IMAGE_TAG) $(PY) -m pytest -m containers tests/test_containers.py
+
+bench-containers: setup  ## the demo in containers against the subprocess runner; cold starts
+	$(PY) bench/containers_bench.py
 
 images-push: images  ## push every image to $(REGISTRY) (never one built on a stand-in base)
 	$(PY) images/build.py push --registry $(REGISTRY) --tag $(IMAGE_TAG)
