@@ -13,6 +13,7 @@ its exporter and the converter module load and run.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -77,7 +78,16 @@ def check(framework: str, folder: Path) -> list[str]:
     converter = importlib.import_module(f"testprio.convert.{framework}")
     x = np.random.default_rng(0).normal(0, 1, (5, *sample_shape)).astype(np.float32)
     failures = []
-    for fmt, source in build(folder).items():
+    # Saving writes caches under $HOME (Paddle's dy2static), read-only in a task's container;
+    # converting must not need it, and runs with $HOME as it is.
+    home = os.environ.get("HOME")
+    os.environ["HOME"] = str(folder)
+    try:
+        sources = build(folder)
+    finally:
+        if home is not None:
+            os.environ["HOME"] = home
+    for fmt, source in sources.items():
         target = folder / f"{fmt}.onnx"
         try:
             converter.convert(str(source), str(target), sample_shape, fmt=fmt)

@@ -323,14 +323,16 @@ def test_lock_resolves_to_itself(name, tmp_path):
 
 
 def _fresh_environment(tmp_path: Path, name: str) -> Path:
-    """A new virtual environment holding the image's lock and testprio, as its Dockerfile."""
+    """A new virtual environment holding the image's lock and testprio, as its Dockerfile
+    makes it: without pip (nor, on Python 3.11, the setuptools that a venv's pip brings, which
+    hid paddle's undeclared need of it), installed into by this interpreter's pip."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
 
     def pip_install(*args: str) -> None:
         result = subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
+            [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", *args],
             capture_output=True,
             text=True,
         )
