@@ -58,8 +58,9 @@ container-engine:  ## podman from Debian's packages when no engine is here (root
 image-bases: container-engine  ## pull python:3.11-slim-bookworm, or build a local stand-in
 	$(PYTHON) images/build.py bases
 
-images: setup image-bases  ## build every image under images/ for linux/amd64, locally
-	$(PY) images/build.py build --registry $(REGISTRY) --tag $(IMAGE_TAG)
+# build.py needs only Python's standard library: no virtual environment to set up first.
+images: image-bases  ## build every image under images/ for linux/amd64, locally
+	$(PYTHON) images/build.py build --registry $(REGISTRY) --tag $(IMAGE_TAG)
 
 # The pipeline with every task in its image (tests/test_containers.py). Builds the images
 # those tests run: the pipeline's own (runtime, runtime-gpu, convert-pytorch) and report-app.
@@ -72,7 +73,7 @@ bench-containers: setup  ## the demo in containers against the subprocess runner
 	$(PY) bench/containers_bench.py
 
 images-push: images  ## push every image to $(REGISTRY) (never one built on a stand-in base)
-	$(PY) images/build.py push --registry $(REGISTRY) --tag $(IMAGE_TAG)
+	$(PYTHON) images/build.py push --registry $(REGISTRY) --tag $(IMAGE_TAG)
 
 images-lock: setup  ## re-resolve images/*/requirements.txt from requirements.in
 	$(PY) images/build.py lock
