@@ -93,19 +93,26 @@ def _assert_images_recorded(layout, engine, convert_image: str) -> None:
     assert not any("image" in stage for stage in plain["stages"])
 
 
-def test_onnx_run_in_containers_equals_subprocess(engine, digits_model, tmp_path):
-    """ONNX model, --train-data and --metamorphic: every task in its image, same ranking."""
+def _train_data(tmp_path) -> str:
     from demo.train_digits import load_split
 
     x_train, y_train, _, _ = load_split(0)
-    train = write_pool(tmp_path / "train.npz", x_train[:200], y_train[:200])
+    return str(write_pool(tmp_path / "train.npz", x_train[:200], y_train[:200]))
+
+
+def test_onnx_run_in_containers_equals_subprocess(engine, digits_model, tmp_path):
+    """ONNX model, --train-data, --metamorphic and a custom op (run in the ingest sandbox,
+    inside the container): every task in its image, the same ranking."""
+    custom = tmp_path / "clip_op.py"
+    custom.write_text("import numpy as np\n\ndef op(x):\n    return np.clip(x, 0.0, 0.9)\n")
     plain, boxed = _both_runners(
         tmp_path,
         digits_model["model"],
         digits_model["pool"],
-        train_data=str(train),
+        train_data=_train_data(tmp_path),
         metamorphic="default",
         followups=2,
+        custom_ops=str(custom),
     )
     _assert_same_ranking(plain, boxed)
     _assert_images_recorded(boxed, engine, images.RUNTIME)
@@ -115,7 +122,8 @@ def test_onnx_run_in_containers_equals_subprocess(engine, digits_model, tmp_path
 
 
 def test_pytorch_run_in_containers_equals_subprocess(engine, digits_model, tmp_path):
-    """A TorchScript model converts in the convert-pytorch image; the ranking is the same."""
+    """A TorchScript model converts in the convert-pytorch image; with --train-data and
+    --metamorphic, ranked by DSA, the ranking is the same."""
     import torch
 
     from demo.train_digits import build_model
@@ -124,9 +132,18 @@ def test_pytorch_run_in_containers_equals_subprocess(engine, digits_model, tmp_p
     model = build_model().eval()
     path = tmp_path / "cnn.pt"
     torch.jit.save(torch.jit.trace(model, torch.zeros(2, 1, 8, 8)), path)
-    plain, boxed = _both_runners(tmp_path, path, digits_model["pool"])
+    plain, boxed = _both_runners(
+        tmp_path,
+        path,
+        digits_model["pool"],
+        train_data=_train_data(tmp_path),
+        metamorphic="rotate,noise",
+        followups=2,
+        metric="dsa",
+    )
     _assert_same_ranking(plain, boxed)
     _assert_images_recorded(boxed, engine, images.CONVERT_PYTORCH)
+    assert storage.read_json(boxed.summary)["prioritizer"] == "dsa"
 
 
 def test_task_cannot_write_outside_its_mounts(engine, tmp_path):
