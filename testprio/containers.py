@@ -151,6 +151,46 @@ def _grant(path: str, user: str) -> None:
                 os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
 
 
+def check_readable(inputs: dict[str, str], user: str) -> None:
+    """One sentence for a local input that the task user cannot read (a root caller's files
+    that only root may read): the task would otherwise fail with a bare PermissionError."""
+    uid, gid = (int(part) for part in user.split(":"))
+    if uid == os.getuid():
+        return  # the caller's own identity: what it can read, its tasks can
+    for name, path in inputs.items():
+        blocked = _unreadable_part(path, uid, gid)
+        if blocked:
+            flag = "--" + name.replace("_", "-")
+            raise TestprioError(
+                f"{flag} {path}: the task containers run as user {uid}, which cannot read "
+                f"{blocked}; make it readable by others (chmod o+r, o+rx for a folder) or "
+                "run testprio as a user other than root."
+            )
+
+
+def _unreadable_part(path: str, uid: int, gid: int) -> str:
+    """``path`` when ``uid`` may not read it (a folder: read and search), by its permission
+    bits; else empty. Its parent folders do not matter: the input itself is mounted."""
+    import stat
+
+    def allowed(part: str, bits: tuple[int, int, int]) -> bool:
+        info = os.stat(part)
+        if info.st_uid == uid:
+            return bool(info.st_mode & bits[0])
+        if info.st_gid == gid:
+            return bool(info.st_mode & bits[1])
+        return bool(info.st_mode & bits[2])
+
+    real = os.path.realpath(path)
+    search = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+    read = (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+    if not os.path.exists(real):
+        return ""  # the start task says that it does not exist
+    if not allowed(real, read) or (os.path.isdir(real) and not allowed(real, search)):
+        return real
+    return ""
+
+
 # --- the engine ---------------------------------------------------------------------------
 
 
@@ -311,6 +351,7 @@ def task_containers(
         environment=environment,
     )
     configure()  # the host's own log lines (engine, containers) reach the progress output
+    check_readable(plan.inputs, plan.user)
     with engine() as client:
         plan.images = image_facts(client, pipeline_images(pipeline))
         original = docker_task_handler.DockerTaskHandler

@@ -119,3 +119,22 @@ def test_a_stage_records_the_image_it_ran_in(tmp_path, monkeypatch):
     assert "image_digest" not in timings["rank"]
     assert "image" not in timings["report"]
     assert storage.exists(run.stages_dir)
+
+
+def test_an_input_the_task_user_cannot_read_is_named(tmp_path):
+    """A root caller's file that only root may read fails up front with what to change,
+    not with a bare PermissionError from inside the task."""
+    folder = tmp_path / "inputs"  # tmp_path's own parents may be closed: only the input
+    folder.mkdir()  # itself is mounted into the task
+    pool = folder / "pool.npz"
+    pool.write_bytes(b"x")
+    os.chmod(pool, 0o600)
+    user = "10001:10001" if os.getuid() != 10001 else "10002:10002"
+    with pytest.raises(TestprioError, match=r"--data .*pool.npz: the task containers run as "):
+        containers.check_readable({"data": str(pool)}, user)
+    os.chmod(pool, 0o644)
+    containers.check_readable({"data": str(pool)}, user)
+    os.chmod(folder, 0o700)
+    with pytest.raises(TestprioError, match=rf"--train-data .*cannot read {folder};"):
+        containers.check_readable({"train_data": str(folder)}, user)
+    containers.check_readable({"data": str(pool)}, f"{os.getuid()}:{os.getgid()}")
