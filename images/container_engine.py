@@ -81,8 +81,9 @@ def ensure_engine() -> int:
         CONTAINERS_CONF.parent.mkdir(parents=True, exist_ok=True)
         CONTAINERS_CONF.write_text(CONTAINERS_CONF_TEXT)
         print(f"{CONTAINERS_CONF} written: runtime runc, no default ulimits")
-    print("container engine: podman")
-    return 0
+    engine = find_engine()
+    print(f"container engine: {engine}" if engine else NO_ENGINE)
+    return 0 if engine else 1
 
 
 def ensure_debootstrap() -> bool:
