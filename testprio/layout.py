@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -288,11 +289,26 @@ def stage(layout: RunLayout, stage_name: str) -> Iterator[dict[str, Any]]:
             "start": started,
             "end": ended,
             "seconds": ended - started,
+            "peak_rss_mb": peak_rss_mb(),
             **image_record(),  # the image it ran in, under --runner docker or in a cluster
             **extra,
         },
     )
     log.info("stage %s finished in %.2f s", stage_name, ended - started)
+
+
+def peak_rss_mb() -> float:
+    """The peak resident memory, in MiB, of this process or of the largest child process it
+    waited for (a framework worker, a custom-op sandbox): what a task needs of its node.
+    Each KFP task is its own process, so for a pipeline stage this is the stage's own peak."""
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, else KiB
+    peak = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    return round(peak * scale / 2**20, 1)
 
 
 def fail_run(

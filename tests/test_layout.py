@@ -33,3 +33,17 @@ def test_a_retry_that_succeeds_clears_the_failure(local_root):
     record = finish_run(layout)
     assert (record["status"], record["error"]) == ("succeeded", None)
     assert "failed_stage" not in storage.read_json(layout.run_json)
+
+
+def test_a_stage_records_its_peak_resident_memory(tmp_path):
+    """``peak_rss_mb`` on each stage entry: at least what the stage held at once."""
+    import numpy as np
+
+    from testprio.layout import RunLayout, collect_stage_timings, stage
+
+    run = RunLayout.create(str(tmp_path), "rss")
+    with stage(run, "rank"):
+        held = np.ones(300 * 2**20 // 8)  # 300 MiB, every page touched
+        del held
+    (timing,) = collect_stage_timings(run)
+    assert 300 <= timing["peak_rss_mb"] < 64 * 1024
