@@ -4,7 +4,6 @@ follow runs there (``testprio.client``), open the report."""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from testprio import containers, params, storage
@@ -110,17 +109,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     layout = run_pipeline_locally(parameters, verbose=args.verbose, runner=args.runner)
     print("\n" + format_run_result(layout), end="")
     return 0
-
-
-def finite_float(text: str) -> float:
-    """The argparse type of every float option: a number, neither inf nor nan."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number; give one like 2.5")
-    return value
 
 
 def _parse_node_selector(text: str) -> tuple[str, str]:
@@ -366,7 +354,7 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ui-host", default="", help="UI address for links (default: --host)")
 
 
-_ARGPARSE_TYPES = {str: str, int: int, float: finite_float}
+_ARGPARSE_TYPES = {str: str, int: int, float: params.finite_float}
 
 
 def _add_run_parameters(run: argparse.ArgumentParser) -> None:
@@ -537,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "logs":
             command.add_argument("--follow", action="store_true", help="until the run ends")
             command.add_argument(
-                "--interval", type=finite_float, default=10.0, help="seconds per poll"
+                "--interval", type=params.finite_float, default=10.0, help="seconds per poll"
             )
     runs.set_defaults(handler=_cmd_runs)
     return parser

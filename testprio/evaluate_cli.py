@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from testprio import storage
+from testprio import params, storage
 from testprio.errors import TestprioError
 from testprio.layout import check_run_id, new_run_id
 
@@ -30,8 +30,6 @@ INGEST_FLAGS = (
 
 def add_evaluate_parser(commands) -> argparse.ArgumentParser:
     """Add ``evaluate`` to the ``commands`` subparsers of ``testprio``."""
-    from testprio.cli import finite_float  # cli imports this module while building its parser
-
     # testprio.evaluate imports every prioritizer family: only the evaluate command needs it.
     parser = commands.add_parser(
         "evaluate",
@@ -58,7 +56,7 @@ def add_evaluate_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=5, help="seeds, 1 or more (default 5)")
     parser.add_argument(
         "--split",
-        type=finite_float,
+        type=params.finite_float,
         default=0.0,
         help="without --test-data: share of the pool held out as the test split (seeded)",
     )

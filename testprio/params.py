@@ -11,6 +11,8 @@ to its container), so tests/test_params.py asserts that they equal this table.
 
 from __future__ import annotations
 
+import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,17 @@ STAGES = ("start", "ingest", "convert", "reference", "score", "rank", "report")
 FRAMEWORK_CHOICES = ("auto", "onnx", "pytorch", "tensorflow", "paddle")
 # KFP's name of each Python parameter type (what the component spec says).
 KFP_TYPES = {str: "String", int: "Integer", float: "Float", bool: "Boolean"}
+
+
+def finite_float(text: str) -> float:
+    """The argparse type of every float option: a number, neither inf nor nan."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number; give one like 2.5")
+    return value
 
 
 @dataclass(frozen=True)
