@@ -1160,8 +1160,6 @@ def options_from_parameters(
 ) -> EvaluateOptions:
     """The checked ``EvaluateOptions`` of the pipeline's parameters (plain strings and
     numbers); ``ingest_parameters``: any of ``PIPELINE_INGEST_PARAMETERS``."""
-    from testprio.stages import ingest_options
-
     return check_options(
         EvaluateOptions(
             budgets=parse_budgets(str(budgets)),
@@ -1177,7 +1175,7 @@ def options_from_parameters(
             coverage_params=parse_coverage_params(str(coverage_params)),
             metamorphic_transforms=parse_names(str(metamorphic_transforms)),
             followups=int(followups),
-            ingest=ingest_options(ingest_parameters),
+            ingest=ingest.ingest_options(ingest_parameters),
         )
     )
 

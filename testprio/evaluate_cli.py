@@ -104,7 +104,7 @@ def add_evaluate_parser(commands) -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace):
     """The ``testprio.evaluate.EvaluateOptions`` of the parsed command line."""
     from testprio import evaluate
-    from testprio.stages import ingest_options
+    from testprio.ingest.options import ingest_options
 
     ingest = ingest_options(
         {

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from testprio.convert import DEFAULT_PARITY_TOLERANCE, OUTPUT_KINDS
-from testprio.ingest import IngestOptions
+from testprio.ingest.options import IngestOptions
 from testprio.ingest.preprocess import PRESETS
 from testprio.prioritizers import NAMES as PRIORITIZER_NAMES
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from testprio import coverage, metamorphic, storage, surprise
 from testprio.errors import TestprioError
-from testprio.ingest import TENSOR_DTYPE, shard_batches, shard_sample_shape
+from testprio.ingest.shards import TENSOR_DTYPE, shard_batches, shard_sample_shape
 from testprio.layout import RunLayout
 from testprio.log import get_logger
 from testprio.metrics import METRICS, score_probabilities, softmax

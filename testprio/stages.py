@@ -58,7 +58,7 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
     sources.check_data_uri(parameters["data"])
     if train_data:
         sources.check_data_uri(train_data)
-    ingest.check_options(ingest_options(parameters))
+    ingest.check_options(ingest.ingest_options(parameters))
     convert.check_parity_tolerance(
         parameters.get("parity_tolerance", convert.DEFAULT_PARITY_TOLERANCE)
     )
@@ -95,40 +95,12 @@ def start_run(root: str, run_id: str, parameters: dict[str, Any]) -> str:
 INGEST_PARAMETERS = tuple(p.name for p in params.of_stage("ingest") if p.name != "data")
 
 
-def ingest_options(parameters: dict[str, Any]) -> ingest.IngestOptions:
-    """``IngestOptions`` from run parameters (strings and numbers; missing ones default)."""
-    defaults = ingest.IngestOptions()
-    value = parameters.get
-    return ingest.IngestOptions(
-        shard_size=int(value("shard_size", defaults.shard_size)),
-        input_shape=ingest.parse_shape(value("input_shape", "")),
-        preset=value("preset", "") or "",
-        ops=value("ops", "") or "",
-        custom_ops=value("custom_ops", "") or "",
-        on_bad_sample=value("on_bad_sample", "") or defaults.on_bad_sample,
-        value_range=ingest.parse_value_range(value("value_range", "")),
-        tensor_column=value("tensor_column", "") or defaults.tensor_column,
-        label_column=value("label_column", "") or "",
-        max_data_gb=float(value("max_data_gb", defaults.max_data_gb)),
-        allow_private_urls=bool(value("allow_private_urls", defaults.allow_private_urls)),
-        download_timeout_s=float(value("download_timeout_s", defaults.download_timeout_s)),
-        download_min_bytes_per_s=float(
-            value("download_min_bytes_per_s", defaults.download_min_bytes_per_s)
-        ),
-        custom_op_cpu_seconds=float(value("custom_op_cpu_seconds", defaults.custom_op_cpu_seconds)),
-        custom_op_memory_mb=int(value("custom_op_memory_mb", defaults.custom_op_memory_mb)),
-        custom_op_batch_timeout_s=float(
-            value("custom_op_batch_timeout_s", defaults.custom_op_batch_timeout_s)
-        ),
-    )
-
-
 def ingest_pool(run_uri: str, data: str, **parameters: Any) -> list[str]:
     """``parameters``: any of ``INGEST_PARAMETERS``."""
     configure()
     layout = RunLayout(run_uri)
     with stage(layout, "ingest") as figures:
-        shards = ingest.ingest(layout, data, ingest_options(parameters))
+        shards = ingest.ingest(layout, data, ingest.ingest_options(parameters))
         manifest = storage.read_json(layout.data_manifest)
         figures.update(
             shards=len(shards),
@@ -183,7 +155,7 @@ def fit_reference(run_uri: str, train_data: str, layers: str = "", **parameters:
     layout = RunLayout(run_uri)
     with stage(layout, "reference") as figures:
         record = reference.fit_reference(
-            layout, train_data, ingest_options(parameters), layers=layers
+            layout, train_data, ingest.ingest_options(parameters), layers=layers
         )
         figures.update(
             samples=record["samples"], layers=record["layers"], skipped=record["skipped"]

@@ -144,7 +144,7 @@ def test_parallel_decoding_gives_the_same_shards(local_root, tmp_path, monkeypat
     results = []
     # One thread; three threads; two worker processes (any folder size decodes in processes).
     for run, workers, min_files in (("t1", 1, 10**9), ("t3", 3, 10**9), ("p2", 2, 0)):
-        monkeypatch.setattr("testprio.ingest.PROCESS_DECODING_MIN_FILES", min_files)
+        monkeypatch.setattr("testprio.ingest.stage.PROCESS_DECODING_MIN_FILES", min_files)
         layout = RunLayout.create(local_root, run)
         shards = ingest(layout, str(folder), shard_size=7, workers=workers, chunk_rows=4)
         results.append((*reassemble(shards), quarantine_of(layout), manifest_of(layout)))
@@ -380,7 +380,7 @@ def test_shards_have_one_row_group_schema(layout, tmp_path):
 def test_available_cpus_honours_a_container_cpu_limit(tmp_path, monkeypatch, v2, v1, expected):
     import os
 
-    from testprio import ingest as ingest_module
+    from testprio.ingest import stage as ingest_stage
 
     files = []
     if v2 is not None:
@@ -390,8 +390,8 @@ def test_available_cpus_honours_a_container_cpu_limit(tmp_path, monkeypatch, v2,
         (tmp_path / "quota").write_text(v1[0])
         (tmp_path / "period").write_text(v1[1])
         files.append((str(tmp_path / "quota"), str(tmp_path / "period")))
-    monkeypatch.setattr(ingest_module, "CGROUP_CPU_LIMITS", tuple(files))
+    monkeypatch.setattr(ingest_stage, "CGROUP_CPU_LIMITS", tuple(files))
     affinity = len(os.sched_getaffinity(0))
-    assert ingest_module.available_cpus() == (
+    assert ingest_stage.available_cpus() == (
         affinity if expected is None else min(expected, affinity)
     )

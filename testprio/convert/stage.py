@@ -40,7 +40,8 @@ from testprio import storage
 from testprio.convert.checks import failed_checks, max_difference, run_model_checks
 from testprio.convert.worker import SAVE_LINES
 from testprio.errors import TestprioError
-from testprio.ingest import iter_shard_batches, parse_shape
+from testprio.ingest.options import parse_shape
+from testprio.ingest.shards import iter_shard_batches
 from testprio.layout import RunLayout
 from testprio.log import get_logger
 from testprio.metrics import looks_like_probabilities

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 from testprio.errors import TestprioError
 from testprio.ingest import sources
 from testprio.ingest.pool import ArrayPool, Chunk, FilePool
+from testprio.ingest.shards import SHAPE_METADATA_KEY, TENSOR_DTYPE, shard_tensor_decoder
 
-SHAPE_METADATA_KEY = b"testprio.shape"
 LABEL_COLUMNS = sources.LABEL_COLUMNS
 
 
@@ -210,9 +210,6 @@ def read_parquet(path: str, name: str, columns: Columns) -> ArrayPool:
     width = int(np.prod(shape))
     wanted = [tensor] + ([label_column] if label_column else [])
     if shard:
-        # The package imports this module, so its shard helpers are imported here.
-        from testprio.ingest import TENSOR_DTYPE, shard_tensor_decoder
-
         decode = shard_tensor_decoder(schema, name)
         needed = TENSOR_DTYPE.itemsize * width
         if tensor_type.byte_width != needed:

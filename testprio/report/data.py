@@ -35,7 +35,7 @@ import pyarrow.csv as pacsv
 
 from testprio import storage
 from testprio.errors import TestprioError
-from testprio.ingest import shard_sample_shape, shard_tensors
+from testprio.ingest.shards import shard_sample_shape, shard_tensors
 from testprio.layout import RUN_ID_PATTERN, SHARD_NAME_PATTERN, RunLayout, run_status
 from testprio.metrics import METRICS
 
@@ -472,7 +472,7 @@ def model_summary(model: dict | None) -> dict | None:
 def quarantine_reasons(layout: RunLayout) -> list[dict]:
     """``[{"kind", "reason", "samples"}]`` of ``data/quarantine.parquet``, most first.
 
-    One row per kind of problem (``testprio.ingest.QUARANTINE_KINDS``) with its first
+    One row per kind of problem (``testprio.ingest.shards.QUARANTINE_KINDS``) with its first
     sample's reason as the example; runs from before kinds were recorded group by reason.
     """
     uri = run_file(layout, layout.quarantine)
