@@ -18,8 +18,9 @@ once per seed), and is judged by
   selection.
 
 ``run_evaluation`` does the I/O (ingest the three data sets, convert the model, write
-``{root}/{run_id}/evaluation.json``); ``evaluate_orders``, ``fault_curve``, ``budget_size``,
-``winners`` and ``evaluation_frames`` are pure.
+``{root}/{run_id}/evaluation.json``); ``evaluate_orders``, ``fault_curve``, ``budget_size``
+and ``winners`` are pure. The file's name and its reading as tables (``evaluation_frames``)
+are ``testprio.evaluation_file``'s, which the report imports too.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import onnx
 
 from testprio import convert, ingest, metrics, retrain, storage
 from testprio.errors import TestprioError
+from testprio.evaluation_file import EVALUATION_VERSION, evaluation_frames, evaluation_uri
 from testprio.ingest import sources
 from testprio.layout import RunLayout, finish_run, stage, start_run
 from testprio.log import get_logger
@@ -43,8 +45,6 @@ from testprio.summary import apfd
 
 log = get_logger("evaluate")
 
-EVALUATION_NAME = "evaluation.json"
-EVALUATION_VERSION = 1
 DEFAULT_BUDGETS = (1.0, 2.0, 5.0, 10.0)
 DEFAULT_SEEDS = 5
 DEFAULT_EPOCHS = 3
@@ -717,10 +717,6 @@ def class_probabilities(session, model_record: dict, x: np.ndarray, source_name:
     return to_probabilities(np.concatenate(parts), model_record["output_kind"])
 
 
-def evaluation_uri(layout: RunLayout) -> str:
-    return storage.join(layout.uri, EVALUATION_NAME)
-
-
 # --- the stage --------------------------------------------------------------------------
 
 
@@ -1051,89 +1047,6 @@ def format_evaluation(evaluation: dict) -> str:
         faults = f"{', '.join(row['by_faults'])} ({row['found']:g})" if row["by_faults"] else "-"
         lines.append(f"  {_percent(row['budget']):>5}: {accuracy}; {faults}")
     return "\n".join(lines) + "\n"
-
-
-def reference_curves(samples: int, faults: int) -> list[dict]:
-    """The curves a prioritizer's is read against, as rows (order, inspected, found): what a
-    random order finds on average (the diagonal) and the ideal order (every fault first:
-    all found once ``faults / samples`` of the pool is inspected). Empty without faults."""
-    if not samples or not faults:
-        return []
-    knee = min(1.0, faults / samples)
-    points = {"random": [(0.0, 0.0), (1.0, 1.0)], "ideal": [(0.0, 0.0), (knee, 1.0), (1.0, 1.0)]}
-    return [
-        {"order": order, "inspected": x, "found": y}
-        for order, line in points.items()
-        for x, y in line
-    ]
-
-
-def evaluation_frames(evaluation: dict) -> dict[str, list[dict]]:
-    """The evaluation as tables (lists of row dicts) for the report app and the charts.
-
-    - ``apfd``: prioritizer, apfd, apfd_normalized
-    - ``faults``: prioritizer, budget, found, of, share (found / of)
-    - ``retrain``: prioritizer, budget, accuracy_mean, ci_low, ci_high, gain (over baseline)
-    - ``baseline``: one row, accuracy (the model as given, on the test split)
-    - ``winners``: budget, by_accuracy, accuracy_mean, by_faults, found (names joined)
-    - ``curves``: prioritizer, inspected, found (shares; each prioritizer's fault-detection
-      curve; none for a pool without faults or a file written before curves were kept)
-    - ``curve_references``: order (``random``, ``ideal``), inspected, found
-    """
-    baseline = evaluation["baseline_accuracy"]
-    frames: dict[str, list[dict]] = {
-        "apfd": [],
-        "faults": [],
-        "retrain": [],
-        "baseline": [{"accuracy": baseline}],
-        "winners": [],
-        "curves": [],
-        "curve_references": reference_curves(
-            evaluation["samples"]["pool"], evaluation["pool"]["misclassified"]
-        ),
-    }
-    for name, entry in evaluation["prioritizers"].items():
-        score = entry["apfd"] or {}
-        frames["apfd"].append(
-            {
-                "prioritizer": name,
-                "apfd": score.get("raw"),
-                "apfd_normalized": score.get("normalized"),
-            }
-        )
-        for row in entry["faults"]:
-            share = row["found"] / row["of"] if row["of"] else None
-            frames["faults"].append(
-                {
-                    "prioritizer": name,
-                    "budget": row["budget"],
-                    "found": row["found"],
-                    "of": row["of"],
-                    "share": share,
-                }
-            )
-        for inspected, found in entry.get("curve") or []:
-            frames["curves"].append({"prioritizer": name, "inspected": inspected, "found": found})
-        for row in entry.get("retrain", []):
-            frames["retrain"].append(
-                {
-                    "prioritizer": name,
-                    "budget": row["budget"],
-                    "accuracy_mean": row["accuracy_mean"],
-                    "ci_low": row["ci_low"],
-                    "ci_high": row["ci_high"],
-                    "gain": row["accuracy_mean"] - baseline,
-                }
-            )
-    for row in evaluation["winners"]:
-        frames["winners"].append(
-            {
-                **row,
-                "by_accuracy": ", ".join(row["by_accuracy"]),
-                "by_faults": ", ".join(row["by_faults"]),
-            }
-        )
-    return frames
 
 
 # --- the pipeline's entry points (plain strings and numbers, as KFP passes them) ----------

@@ -12,6 +12,7 @@ import sys
 
 from testprio import params, storage
 from testprio.errors import TestprioError
+from testprio.evaluation_file import EVALUATION_NAME
 from testprio.layout import check_run_id, new_run_id
 
 # testprio run's ingest options that say how to read and preprocess data: the pool, the
@@ -153,5 +154,5 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     configure()
     result = evaluate.run_evaluation(root, run_id, options=options, **uris)
     print("\n" + evaluate.format_evaluation(result), end="")
-    print(f"\nEvaluation: {storage.join(root, run_id, evaluate.EVALUATION_NAME)}")
+    print(f"\nEvaluation: {storage.join(root, run_id, EVALUATION_NAME)}")
     return 0

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from testprio import cli, evaluate, metamorphic, storage
+from testprio import cli, evaluate, evaluation_file, metamorphic, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
 from testprio.report import charts
@@ -134,13 +134,13 @@ def test_curve_of_a_small_pool_has_every_rank_and_none_without_faults():
 
 
 def test_reference_curves_are_the_diagonal_and_the_ideal_order():
-    rows = evaluate.reference_curves(200, 20)
+    rows = evaluation_file.reference_curves(200, 20)
     lines = {
         order: [(row["inspected"], row["found"]) for row in rows if row["order"] == order]
         for order in ("random", "ideal")
     }
     assert lines == {"random": [(0.0, 0.0), (1.0, 1.0)], "ideal": [(0, 0), (0.1, 1), (1, 1)]}
-    assert evaluate.reference_curves(200, 0) == []
+    assert evaluation_file.reference_curves(200, 0) == []
 
 
 def test_uncertainty_orders_put_the_uniform_row_first_and_break_ties_by_id():
@@ -249,7 +249,7 @@ def _run(inputs, root, run_id, **options):
 def test_evaluation_json(inputs, local_root):
     result = _run(inputs, local_root, "e1", budgets=(1, 5, 10))
     layout = RunLayout.create(local_root, "e1")
-    written = storage.read_json(evaluate.evaluation_uri(layout))
+    written = storage.read_json(evaluation_file.evaluation_uri(layout))
     assert written == json.loads(json.dumps(result))
     assert storage.read_json(layout.run_json)["status"] == "succeeded"
 
@@ -287,7 +287,7 @@ def test_evaluation_json(inputs, local_root):
     for name in result["prioritizers"]:  # deterministic: the same seeds, the same figures
         assert again["prioritizers"][name]["retrain"] == result["prioritizers"][name]["retrain"]
 
-    frames = evaluate.evaluation_frames(result)
+    frames = evaluation_file.evaluation_frames(result)
     assert len(frames["retrain"]) == len(frames["faults"]) == 9
     assert frames["baseline"] == [{"accuracy": result["baseline_accuracy"]}]
     assert "<svg" in charts.to_svg(charts.retrained_accuracy(frames["retrain"], 0.8))

@@ -272,7 +272,7 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
     return vl_convert.vegalite_to_svg(chart.to_dict(), allowed_base_urls=[])
 
 
-# --- evaluation (rows of ``testprio.evaluate.evaluation_frames``) -------------------------
+# --- evaluation (rows of ``testprio.evaluation_file.evaluation_frames``) -------------------
 
 
 def retrained_accuracy(rows: list[dict], baseline: float) -> alt.LayerChart:

@@ -35,6 +35,7 @@ import pyarrow.csv as pacsv
 
 from testprio import storage
 from testprio.errors import TestprioError
+from testprio.evaluation_file import EVALUATION_NAME, evaluation_frames, evaluation_uri
 from testprio.ingest.shards import shard_sample_shape, shard_tensors
 from testprio.layout import RUN_ID_PATTERN, SHARD_NAME_PATTERN, RunLayout, run_status
 from testprio.metrics import METRICS
@@ -55,9 +56,6 @@ POOL_HASH_KEYS = ("content_sha256", "sha256", "content_hash")
 # records ``"kind": "evaluation"`` in run.json's parameters.
 RANKING_KIND = "ranking"
 EVALUATION_KIND = "evaluation"
-# testprio.evaluate.EVALUATION_NAME, not imported: listing runs must not load the evaluation
-# stack (onnx, the prioritizer families).
-EVALUATION_FILE = "evaluation.json"
 
 
 # --- paths under the root ---------------------------------------------------------------
@@ -1732,7 +1730,7 @@ def figures_of_evaluation(evaluation: Any) -> dict:
 # Which file holds a run kind's figures for the runs table, and how to read them.
 FIGURES_BY_KIND = {
     RANKING_KIND: ("summary.json", figures_of_summary),
-    EVALUATION_KIND: (EVALUATION_FILE, figures_of_evaluation),
+    EVALUATION_KIND: (EVALUATION_NAME, figures_of_evaluation),
 }
 
 
@@ -1814,8 +1812,6 @@ def _faults_table(faults: list[dict]) -> list[dict]:
 
 
 def _evaluation_view(evaluation: dict, run_id: str) -> dict:
-    from testprio.evaluate import evaluation_frames
-
     if not isinstance(evaluation, dict):
         raise _Malformed("it is not a JSON object")
     frames = evaluation_frames(evaluation)
@@ -1955,7 +1951,7 @@ def evaluation_view(evaluation: Any, run_id: str) -> dict:
 
 def load_evaluation(layout: RunLayout) -> dict:
     """The ``evaluation_view`` of the run at ``layout`` (read through ``run_file``)."""
-    uri = run_file(layout, storage.join(layout.uri, EVALUATION_FILE))
+    uri = run_file(layout, evaluation_uri(layout))
     if not storage.exists(uri):
         raise TestprioError(
             f"run {layout.run_id} holds no evaluation.json; it is not a finished "
