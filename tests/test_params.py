@@ -80,7 +80,8 @@ def test_cli_defaults_and_flags_come_from_the_registry():
     flags = {
         action.option_strings[0]
         for action in run_parser._actions
-        if action.option_strings and action.option_strings[0] not in ("-h", "--verbose")
+        # Not run parameters: how the run is shown and where its tasks run.
+        if action.option_strings and action.option_strings[0] not in ("-h", "--verbose", "--runner")
     }
     assert flags == {p.flag for p in params.PARAMETERS if p.cli}
     # Flags users and scripts rely on keep their spelling and defaults.
