@@ -35,7 +35,7 @@ from PIL import Image
 
 from testprio import storage
 from testprio.errors import TestprioError
-from testprio.ingest import sources
+from testprio.ingest import archives, csv_reader, sources
 from testprio.ingest.pool import BadSample
 from testprio.ingest.sources import ArchiveLimits, DownloadLimits
 from tests.conftest import BUCKET, make_deterministic
@@ -367,7 +367,7 @@ def test_csv_bad_cells_empty_cells_and_line_numbers(tmp_path):
 
 def test_csv_streams_in_chunks_equal_to_the_whole(tmp_path, monkeypatch):
     # Tiny parser blocks, so that rows and dropped lines straddle many block boundaries.
-    monkeypatch.setattr(sources, "CSV_BLOCK_BYTES", 64)
+    monkeypatch.setattr(csv_reader, "CSV_BLOCK_BYTES", 64)
     rng = make_deterministic(3)
     lines = ["f0,f1,f2,label"]
     for i in range(100):
@@ -742,7 +742,7 @@ def test_zip_whose_declared_size_lies_is_rejected(tmp_path, scratch_root):
 def test_bytes_written_are_limited_whatever_was_declared(tmp_path):
     # zipfile and tarfile never deliver more than an entry declares, so feed the copy a
     # stream that does, as a reader with that bug would.
-    expansion = sources._Expansion("pool.zip", ArchiveLimits(max_bytes=3_000_000), 10**6)
+    expansion = archives._Expansion("pool.zip", ArchiveLimits(max_bytes=3_000_000), 10**6)
     expansion.declare("a.bin", 10)
     with pytest.raises(TestprioError, match=r"pool.zip expands to more than 3,000,000 bytes"):
         expansion.copy(io.BytesIO(bytes(5_000_000)), str(tmp_path / "a.bin"), "a.bin", 10**6)
@@ -812,7 +812,7 @@ def test_whole_archive_ratio_counts_the_bytes_actually_written(tmp_path):
     # A stream that delivers more than declared, as a reader with that bug would: the
     # whole-archive ratio is checked on written bytes, entry after entry.
     limits = ArchiveLimits(ratio_min_bytes=100_000, max_total_ratio=100)
-    expansion = sources._Expansion("pool.zip", limits, 1_000)
+    expansion = archives._Expansion("pool.zip", limits, 1_000)
     expansion.copy(io.BytesIO(bytes(60_000)), str(tmp_path / "a.bin"), "a.bin", 10**9)
     with pytest.raises(TestprioError, match=r"pool.zip expands [0-9,]+ times in all .*'b.bin'"):
         expansion.copy(io.BytesIO(bytes(60_000)), str(tmp_path / "b.bin"), "b.bin", 10**9)
