@@ -1,5 +1,5 @@
 """The ``evaluate`` pipeline's components: run the evaluation, then hand its figures, tables
-and charts to the Kubeflow UI. Bodies are calls into ``testprio.evaluate``.
+and charts to the Kubeflow UI. Bodies are calls into ``testprio.evaluation``.
 
 The evaluate task fine-tunes the user's model, so it runs in the image of the model's
 framework (``EVALUATE_IMAGES``): the runtime for ONNX (head retraining in NumPy), the
@@ -40,7 +40,7 @@ def evaluate_pool(
     followups: int = 10,
 ) -> str:
     """Evaluate the prioritizers; returns the URI of {root}/{run_id}/evaluation.json."""
-    from testprio.evaluate import run_from_parameters
+    from testprio.evaluation import run_from_parameters
 
     return run_from_parameters(
         root, run_id, model=model, data=data, train_data=train_data, test_data=test_data,
@@ -67,7 +67,7 @@ def evaluate_report(
 ):
     """Per prioritizer KFP metrics (normalized APFD, faults found and retrained accuracy per
     budget), the tables in Markdown and a page with the charts."""
-    from testprio.evaluate import report_outputs
+    from testprio.evaluation import report_outputs
 
     report = report_outputs(evaluation)
     for name, value in report.metrics.items():

@@ -9,7 +9,7 @@ import sys
 from testprio import containers, params, storage
 from testprio.client import PIPELINES
 from testprio.errors import TestprioError
-from testprio.layout import RunLayout, check_run_id, new_run_id
+from testprio.layout import RunLayout
 from testprio.local_run import RUN_DEFAULTS, RunInterrupted, run_pipeline_locally
 
 __all__ = ["RUN_DEFAULTS", "RunInterrupted", "build_parser", "main", "run_pipeline_locally"]
@@ -84,30 +84,17 @@ def format_run_result(layout: RunLayout) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    parameters = {
-        "model": args.model,
-        "data": args.data,
-        "root": storage.normalize_root(args.root),
-        **{name: getattr(args, name) for name in RUN_DEFAULTS},
-    }
-    parameters["run_id"] = parameters["run_id"] or new_run_id()
-    for key in ("model", "data", "custom_ops"):
-        value = parameters[key]
-        if value and "://" not in value:
-            parameters[key] = storage.normalize_root(value)
-            if not storage.exists(parameters[key]):
-                raise TestprioError(f"--{key} {value} does not exist; check the path.")
-    from testprio.stages import validate_parameters
+    from testprio import api
 
-    validate_parameters(parameters)
-    check_run_id(parameters["run_id"])
-    print(
-        f"testprio run {parameters['run_id']} -> "
-        f"{storage.join(parameters['root'], parameters['run_id'])}",
-        file=sys.stderr,
+    result = api.run(
+        model=args.model,
+        data=args.data,
+        root=args.root,
+        runner=args.runner,
+        verbose=args.verbose,
+        **{name: getattr(args, name) for name in RUN_DEFAULTS},
     )
-    layout = run_pipeline_locally(parameters, verbose=args.verbose, runner=args.runner)
-    print("\n" + format_run_result(layout), end="")
+    print("\n" + format_run_result(result.layout), end="")
     return 0
 
 
@@ -257,22 +244,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_labels(args: argparse.Namespace) -> int:
-    from testprio import labels
+    from testprio import api, labels
 
-    layout = labels.open_run(args.run)
     if args.labels_command == "import":
-        print(labels.import_labels(layout, args.file).sentence())
+        print(api.import_labels(args.run, args.file).sentence())
         return 0
-    export = labels.export_labels(
-        layout,
+    export = api.export_labels(
+        args.run,
         args.out,
         top_k=args.top_k,
         ranks=args.ranks,
         url_prefix=args.url_prefix,
-        data_uri=args.data or None,
+        data=args.data or None,
     )
     print(
-        f"Exported ranks {export.ranks} of run {layout.run_id} ({len(export.rows):,} samples, "
+        f"Exported ranks {export.ranks} of run {export.run_id} ({len(export.rows):,} samples, "
         f"{export.image_mode} images) to {export.uri}: {labels.CSV_NAME}, {labels.TASKS_NAME}, "
         f"{labels.CONFIG_NAME}, {labels.IMAGES_FOLDER}/, {labels.README_NAME}."
     )

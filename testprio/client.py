@@ -387,7 +387,7 @@ class Client:
         pipeline: str = "prioritize",
     ) -> SubmittedRun:
         if pipeline == "evaluate":
-            from testprio.evaluate import validate_parameters
+            from testprio.evaluation import validate_parameters
         else:
             from testprio.stages import validate_parameters
 

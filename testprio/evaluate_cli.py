@@ -1,19 +1,16 @@
 """``testprio evaluate``: its options and handler (``testprio.cli`` adds the subcommand).
 
-It runs the evaluation in this process (``testprio.evaluate.run_evaluation``), not through
-the KFP local runner: the work is one task, and the fine-tunings run in child processes of
-their own. The ``evaluate`` pipeline (``pipelines/evaluate.py``) runs the same function.
+It runs the evaluation in this process (``testprio.api.evaluate``, which calls
+``testprio.evaluation.run_evaluation``), not through the KFP local runner: the work is one
+task, and the fine-tunings run in child processes of their own. The ``evaluate`` pipeline
+(``pipelines/evaluate.py``) runs the same evaluation.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from testprio import params, storage
-from testprio.errors import TestprioError
-from testprio.evaluation_file import EVALUATION_NAME
-from testprio.layout import check_run_id, new_run_id
+from testprio import params
 
 # testprio run's ingest options that say how to read and preprocess data: the pool, the
 # test split and the training reference are all read with them. (flag, type, help)
@@ -31,7 +28,7 @@ INGEST_FLAGS = (
 
 def add_evaluate_parser(commands) -> argparse.ArgumentParser:
     """Add ``evaluate`` to the ``commands`` subparsers of ``testprio``."""
-    # testprio.evaluate imports every prioritizer family: only the evaluate command needs it.
+    # testprio.evaluation imports every prioritizer family: only the evaluate command needs it.
     parser = commands.add_parser(
         "evaluate",
         help="compare prioritizers: APFD, faults found and accuracy after retraining",
@@ -102,57 +99,14 @@ def add_evaluate_parser(commands) -> argparse.ArgumentParser:
     return parser
 
 
-def options_from_args(args: argparse.Namespace):
-    """The ``testprio.evaluate.EvaluateOptions`` of the parsed command line."""
-    from testprio import evaluate
-    from testprio.ingest.options import ingest_options
-
-    ingest = ingest_options(
-        {
-            "shard_size": args.shard_size,
-            **{flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
-               for flag, _, _ in INGEST_FLAGS},
-        }
-    )  # fmt: skip
-    return evaluate.EvaluateOptions(
-        budgets=evaluate.parse_budgets(args.budgets),
-        prioritizers=evaluate.parse_prioritizers(args.prioritizers),
-        seeds=args.seeds,
-        split=args.split,
-        epochs=args.epochs,
-        framework=args.framework,
-        output_kind=args.output_kind,
-        output_name=args.output_name,
-        input_shape=args.input_shape,
-        layers=evaluate.parse_names(args.layers),
-        surprise_layer=args.surprise_layer.strip(),
-        coverage_params=evaluate.parse_coverage_params(args.coverage_params),
-        metamorphic_transforms=evaluate.parse_names(args.metamorphic_transforms),
-        followups=args.followups,
-        ingest=ingest,
-    )
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from testprio import evaluate
+    from testprio import api, evaluation
     from testprio.log import configure
 
-    options = evaluate.check_options(options_from_args(args))
-    uris = {}
-    for flag in ("model", "data", "train_data", "test_data"):
-        value = getattr(args, flag)
-        if value and "://" not in value:
-            value = storage.normalize_root(value)
-            if not storage.exists(value):
-                raise TestprioError(
-                    f"--{flag.replace('_', '-')} {value} does not exist; check the path."
-                )
-        uris[flag] = value
-    run_id = check_run_id(args.run_id or new_run_id())
-    root = storage.normalize_root(args.root)
-    print(f"testprio evaluate {run_id} -> {storage.join(root, run_id)}", file=sys.stderr)
+    options = {name: getattr(args, name) for name in api.EVALUATE_OPTIONS}
+    inputs = {name: getattr(args, name) for name in ("model", "data", "train_data", "test_data")}
     configure()
-    result = evaluate.run_evaluation(root, run_id, options=options, **uris)
-    print("\n" + evaluate.format_evaluation(result), end="")
-    print(f"\nEvaluation: {storage.join(root, run_id, EVALUATION_NAME)}")
+    result = api.evaluate(root=args.root, run_id=args.run_id, **inputs, **options)
+    print("\n" + evaluation.format_evaluation(result.evaluation), end="")
+    print(f"\nEvaluation: {result.evaluation_path}")
     return 0

@@ -2,7 +2,7 @@
 version, where it is in a run (``evaluation_uri``), and its content as tables
 (``evaluation_frames``, with the reference curves a fault-detection curve is read against).
 
-The evaluation (``testprio.evaluate``) writes it; the report (``testprio.report.data``: the
+The evaluation (``testprio.evaluation``) writes it; the report (``testprio.report.data``: the
 runs table and the Evaluation page) reads it. Both import this module, which loads neither
 the evaluation stack (ONNX, the prioritizer families) nor the report.
 """

@@ -1,4 +1,4 @@
-"""Real evaluation runs for the report tests: ``testprio.evaluate.run_evaluation`` on the
+"""Real evaluation runs for the report tests: ``testprio.evaluation.run_evaluation`` on the
 digits of ``tests.evalkit`` with its ONNX MLP (head retraining), one seed, one epoch.
 About 2 s a run on this machine, most of it the instability follow-ups."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testprio import evaluate
+from testprio import evaluation
 from tests.evalkit import digits, mlp_weights, save_mlp, save_splits
 
 PRIORITIZERS = ("gini", "margin", "random", "instability")
@@ -18,14 +18,14 @@ def make_evaluation(root: str, folder: Path, run_id: str = "evaluation") -> dict
     splits = digits()
     paths = save_splits(folder / "eval-inputs", splits)
     model = save_mlp(folder / "eval-mlp.onnx", mlp_weights(*splits["train"]))
-    return evaluate.run_evaluation(
+    return evaluation.run_evaluation(
         root,
         run_id,
         model=str(model),
         data=str(paths["pool"]),
         train_data=str(paths["train"]),
         test_data=str(paths["test"]),
-        options=evaluate.EvaluateOptions(
+        options=evaluation.EvaluateOptions(
             prioritizers=PRIORITIZERS, seeds=1, epochs=1, budgets=BUDGETS
         ),
     )

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from testprio import cli, evaluate, evaluation_file, metamorphic, storage
+from testprio import cli, evaluation, evaluation_file, metamorphic, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
 from testprio.report import charts
@@ -26,7 +26,7 @@ def _planted(n: int = 200, faults: int = 20, seed: int = 0) -> np.ndarray:
 def test_all_faults_first_is_perfect():
     misclassified = _planted()
     perfect = np.concatenate([np.flatnonzero(misclassified), np.flatnonzero(~misclassified)])
-    result = evaluate.evaluate_orders([perfect], misclassified, (5, 10, 20))
+    result = evaluation.evaluate_orders([perfect], misclassified, (5, 10, 20))
     assert result["apfd"]["normalized"] == pytest.approx(1.0)
     # The budget equal to the fault share (10% of 200 = 20) holds every fault.
     assert result["faults"] == [
@@ -39,14 +39,14 @@ def test_all_faults_first_is_perfect():
 def test_all_faults_last_is_worst():
     misclassified = _planted()
     worst = np.concatenate([np.flatnonzero(~misclassified), np.flatnonzero(misclassified)])
-    result = evaluate.evaluate_orders([worst], misclassified, (10,))
+    result = evaluation.evaluate_orders([worst], misclassified, (10,))
     assert result["apfd"]["normalized"] == pytest.approx(0.0)
     assert result["faults"][0]["found"] == 0
 
 
 def test_random_is_about_half_over_seeds():
     misclassified = _planted(n=1000, faults=100)
-    context = evaluate.Context(
+    context = evaluation.Context(
         model=None,
         class_output="",
         pool_ids=np.arange(1000),
@@ -55,10 +55,10 @@ def test_random_is_about_half_over_seeds():
         train_x=np.zeros((1, 1)),
         train_probs=np.full((1, 2), 0.5),
     )
-    random = evaluate.PRIORITIZERS["random"]
+    random = evaluation.PRIORITIZERS["random"]
     orders = [random.order(context, seed) for seed in range(30)]
     assert len({order.tobytes() for order in orders}) == 30  # a new selection per seed
-    result = evaluate.evaluate_orders(orders, misclassified, (10,))
+    result = evaluation.evaluate_orders(orders, misclassified, (10,))
     assert result["apfd"]["normalized"] == pytest.approx(0.5, abs=0.03)
     assert len(result["apfd"]["normalized_per_seed"]) == 30
     assert result["faults"][0]["found"] == pytest.approx(10, abs=1.5)  # 10% of 100 faults
@@ -79,7 +79,7 @@ def _at(curve, share):
 def test_curve_of_all_faults_first_reaches_one_at_the_fault_share():
     misclassified = _planted()  # 20 faults of 200: fault share 0.1
     perfect = np.concatenate([np.flatnonzero(misclassified), np.flatnonzero(~misclassified)])
-    curve = evaluate.evaluate_orders([perfect], misclassified, (5, 10, 20))["curve"]
+    curve = evaluation.evaluate_orders([perfect], misclassified, (5, 10, 20))["curve"]
     assert len(curve) == 101 and curve[0] == [0.0, 0.0] and curve[-1] == [1.0, 1.0]
     assert [x for x, _ in curve] == pytest.approx(np.arange(101) / 100)
     assert _at(curve, 0.05) == 0.5 and _at(curve, 0.1) == 1.0
@@ -89,7 +89,7 @@ def test_curve_of_all_faults_first_reaches_one_at_the_fault_share():
 def test_curve_of_all_faults_last_stays_at_zero_until_the_end():
     misclassified = _planted()
     worst = np.concatenate([np.flatnonzero(~misclassified), np.flatnonzero(misclassified)])
-    curve = evaluate.evaluate_orders([worst], misclassified, (10,))["curve"]
+    curve = evaluation.evaluate_orders([worst], misclassified, (10,))["curve"]
     assert all(y == 0.0 for x, y in curve if x <= 0.9)
     assert _at(curve, 0.95) == 0.5 and curve[-1] == [1.0, 1.0]
 
@@ -98,7 +98,7 @@ def test_curve_is_exact_at_evenly_spaced_ranks_and_at_every_budget():
     misclassified = _planted(n=1000, faults=37, seed=3)
     order = np.random.default_rng(1).permutation(1000)
     budgets = (1, 2, 5, 10, 50)
-    result = evaluate.evaluate_orders([order], misclassified, budgets)
+    result = evaluation.evaluate_orders([order], misclassified, budgets)
     ranks = np.arange(0, 1001, 10)
     assert [x for x, _ in result["curve"]] == pytest.approx(ranks / 1000)
     assert [y for _, y in result["curve"]] == pytest.approx(
@@ -112,12 +112,12 @@ def test_curve_is_exact_at_evenly_spaced_ranks_and_at_every_budget():
 def test_curve_of_random_is_the_mean_over_seeds_at_the_same_ranks():
     misclassified = _planted(n=500, faults=50)
     orders = [np.random.default_rng(seed).permutation(500) for seed in range(4)]
-    result = evaluate.evaluate_orders(orders, misclassified, (2, 10))
+    result = evaluation.evaluate_orders(orders, misclassified, (2, 10))
     ranks = np.arange(0, 501, 5)
     assert [y for _, y in result["curve"]] == pytest.approx(
         _reference_curve(orders, misclassified, ranks), abs=1e-6
     )
-    single = evaluate.fault_curve(orders[:1], misclassified)
+    single = evaluation.fault_curve(orders[:1], misclassified)
     assert single != result["curve"]  # the seeds differ: the mean is not one seed's curve
     for row in result["faults"]:  # found is the mean over seeds too
         share = _at(result["curve"], row["selected"] / 500)
@@ -126,11 +126,11 @@ def test_curve_of_random_is_the_mean_over_seeds_at_the_same_ranks():
 
 def test_curve_of_a_small_pool_has_every_rank_and_none_without_faults():
     misclassified = np.array([False, True, False, False, True, False, False])
-    curve = evaluate.fault_curve([np.arange(7)], misclassified)
+    curve = evaluation.fault_curve([np.arange(7)], misclassified)
     assert curve == [
         [round(r / 7, 6), round(f / 2, 6)] for r, f in enumerate([0, 0, 1, 1, 1, 2, 2, 2])
     ]
-    assert evaluate.evaluate_orders([np.arange(7)], np.zeros(7, bool), (10,))["curve"] is None
+    assert evaluation.evaluate_orders([np.arange(7)], np.zeros(7, bool), (10,))["curve"] is None
 
 
 def test_reference_curves_are_the_diagonal_and_the_ideal_order():
@@ -145,7 +145,7 @@ def test_reference_curves_are_the_diagonal_and_the_ideal_order():
 
 def test_uncertainty_orders_put_the_uniform_row_first_and_break_ties_by_id():
     probs = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]])
-    context = evaluate.Context(
+    context = evaluation.Context(
         model=None,
         class_output="",
         pool_ids=np.array([7, 3, 9, 1]),
@@ -154,7 +154,7 @@ def test_uncertainty_orders_put_the_uniform_row_first_and_break_ties_by_id():
         train_x=np.zeros((1, 1)),
         train_probs=probs[:1],
     )
-    order = evaluate.PRIORITIZERS["gini"].order(context, 0)
+    order = evaluation.PRIORITIZERS["gini"].order(context, 0)
     assert context.pool_ids[order].tolist() == [9, 1, 3, 7]
 
 
@@ -162,7 +162,7 @@ def test_uncertainty_orders_put_the_uniform_row_first_and_break_ties_by_id():
     ("n", "budget", "size"), [(100, 10, 10), (539, 1, 6), (10, 1, 1), (7, 100, 7), (3, 50, 2)]
 )
 def test_budget_size(n, budget, size):
-    assert evaluate.budget_size(n, budget) == size
+    assert evaluation.budget_size(n, budget) == size
 
 
 def test_winners_list_every_tie():
@@ -171,7 +171,7 @@ def test_winners_list_every_tie():
         "b": {"faults": [{"budget": 5, "found": 4}], "retrain": [_acc(5, 0.8)]},
         "random": {"faults": [{"budget": 5, "found": 1}], "retrain": [_acc(5, 0.95)]},
     }
-    assert evaluate.winners(entries, (5,)) == [
+    assert evaluation.winners(entries, (5,)) == [
         {"budget": 5, "by_accuracy": ["random"], "accuracy_mean": 0.95, "by_faults": ["a", "b"],
          "found": 4},
     ]  # fmt: skip
@@ -195,14 +195,14 @@ def _acc(budget, mean):
 )
 def test_bad_budgets(text, message):
     with pytest.raises(TestprioError, match=message):
-        evaluate.parse_budgets(text)
+        evaluation.parse_budgets(text)
 
 
 def test_unknown_prioritizer_lists_the_valid_ones():
     with pytest.raises(TestprioError, match=r"unknown prioritizer\(s\) ginny; choose from .*gini"):
-        evaluate.parse_prioritizers("gini,ginny")
-    assert evaluate.parse_prioritizers("random, gini,random") == ("random", "gini")
-    assert evaluate.parse_prioritizers("") == tuple(evaluate.default_prioritizers())
+        evaluation.parse_prioritizers("gini,ginny")
+    assert evaluation.parse_prioritizers("random, gini,random") == ("random", "gini")
+    assert evaluation.parse_prioritizers("") == tuple(evaluation.default_prioritizers())
 
 
 @pytest.mark.parametrize(
@@ -215,7 +215,7 @@ def test_unknown_prioritizer_lists_the_valid_ones():
 )
 def test_bad_options(options, message):
     with pytest.raises(TestprioError, match=message):
-        evaluate.check_options(evaluate.EvaluateOptions(**options))
+        evaluation.check_options(evaluation.EvaluateOptions(**options))
 
 
 # --- end to end on digits with an ONNX model (head retraining) ----------------------------
@@ -235,14 +235,14 @@ def inputs(tmp_path_factory):
 
 def _run(inputs, root, run_id, **options):
     defaults = {"prioritizers": ("gini", "margin", "random"), "seeds": 3, "epochs": 1}
-    return evaluate.run_evaluation(
+    return evaluation.run_evaluation(
         root,
         run_id,
         model=str(inputs["model"]),
         data=str(inputs["pool"]),
         train_data=str(inputs["train"]),
         test_data=str(inputs.get("test_override", inputs["test"])),
-        options=evaluate.EvaluateOptions(**{**defaults, **options}),
+        options=evaluation.EvaluateOptions(**{**defaults, **options}),
     )
 
 
@@ -303,30 +303,30 @@ def test_evaluation_json(inputs, local_root):
     assert len(frames["curves"]) == 3 * 101
     assert {row["order"] for row in frames["curve_references"]} == {"random", "ideal"}
     # The pipeline's HTML page draws the curves; a file written before curves does not.
-    page = evaluate.evaluation_html(result)
+    page = evaluation.evaluation_html(result)
     assert page.count("<svg") == 4 and "Fault-detection curves" in page
     older = json.loads(json.dumps(result))
     for entry in older["prioritizers"].values():
         del entry["curve"]
-    page = evaluate.evaluation_html(older)
+    page = evaluation.evaluation_html(older)
     assert page.count("<svg") == 3 and "Fault-detection curves" not in page
 
 
 def test_split_holds_out_part_of_the_pool(inputs, local_root):
-    result = evaluate.run_evaluation(
+    result = evaluation.run_evaluation(
         local_root,
         "split",
         model=str(inputs["model"]),
         data=str(inputs["pool"]),
         train_data=str(inputs["train"]),
-        options=evaluate.EvaluateOptions(prioritizers=("gini",), seeds=1, split=0.25, epochs=1),
+        options=evaluation.EvaluateOptions(prioritizers=("gini",), seeds=1, split=0.25, epochs=1),
     )
     assert result["samples"] == {"pool": 300, "train": 600, "test": 100}
     assert result["test_split"] == "0.25 of the pool"
 
 
 def test_hidden_layer_prioritizers_order_the_whole_pool(inputs, local_root):
-    names = [n for n in ("nac-cam", "kmnc", "dsa", "instability") if n in evaluate.PRIORITIZERS]
+    names = [n for n in ("nac-cam", "kmnc", "dsa", "instability") if n in evaluation.PRIORITIZERS]
     if not names:
         pytest.skip("no coverage, surprise or metamorphic module installed")
     result = _run(inputs, local_root, "hidden", prioritizers=tuple(names), seeds=1)
@@ -354,7 +354,7 @@ HIDDEN_FAMILIES = ("kmnc", "dsa")
 
 
 def _needs(*names):
-    missing = [name for name in names if name not in evaluate.PRIORITIZERS]
+    missing = [name for name in names if name not in evaluation.PRIORITIZERS]
     if missing:
         pytest.skip(f"prioritizer module not installed: {', '.join(missing)}")
 
@@ -403,7 +403,7 @@ def test_coverage_params_change_the_order_and_are_recorded(inputs, local_root):
     _needs("nac-ctm")
     options = {"prioritizers": ("nac-ctm",), "seeds": 1, "budgets": (5, 10, 20)}
     default = _run(inputs, local_root, "cov-default", **options)
-    params = evaluate.parse_coverage_params('{"nac": {"threshold": 1.5}}')
+    params = evaluation.parse_coverage_params('{"nac": {"threshold": 1.5}}')
     raised = _run(inputs, local_root, "cov-raised", coverage_params=params, **options)
     assert raised["coverage_params"]["nac"] == {"threshold": 1.5}
     assert raised["coverage_params"]["kmnc"] == {"sections": 10}  # the others keep defaults
@@ -424,7 +424,7 @@ def test_coverage_params_change_the_order_and_are_recorded(inputs, local_root):
 def test_bad_coverage_params(text, message):
     _needs("nac-ctm")
     with pytest.raises(TestprioError, match=message):
-        evaluate.parse_coverage_params(text)
+        evaluation.parse_coverage_params(text)
 
 
 def test_metamorphic_transforms_and_followups_are_used_and_recorded(inputs, local_root):
@@ -495,7 +495,7 @@ def test_narrow_ranges_flip_fewer_followups_on_digits(inputs):
 def test_bad_metamorphic_options(options, message):
     _needs("instability")
     with pytest.raises(TestprioError, match=message):
-        evaluate.check_options(evaluate.EvaluateOptions(**options))
+        evaluation.check_options(evaluation.EvaluateOptions(**options))
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -619,7 +619,7 @@ def test_evaluate_pipeline_runs_locally(inputs, local_root, tmp_path):
     )
     artifacts = json.load(open(report_output))["artifacts"]
     logged = artifacts["metrics"]["artifacts"][0]["metadata"]
-    assert logged == pytest.approx(evaluate.evaluation_metrics(evaluation))
+    assert logged == pytest.approx(evaluation.evaluation_metrics(evaluation))
     assert {"gini_apfd_normalized", "random_accuracy_5pct", "gini_faults_10pct"} <= set(logged)
     (page,) = glob.glob(str(tmp_path / "kfp" / "**" / "html"), recursive=True)
     assert "<svg" in open(page).read()

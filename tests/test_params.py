@@ -131,7 +131,7 @@ def test_docs_cli_md_holds_the_rendered_table():
 
 
 def test_metric_choices_are_the_one_prioritizer_table_evaluate_uses_too():
-    from testprio.evaluate import PRIORITIZERS
+    from testprio.evaluation import PRIORITIZERS
     from testprio.prioritizers import NAMES
 
     assert params.BY_NAME["metric"].choices == tuple(NAMES)

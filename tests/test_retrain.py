@@ -177,13 +177,13 @@ def _evaluate_and_retrain_again(model_path, splits, root):
     same two fine-tunings again through ``retrain.retrain`` (a second child process).
 
     Returns the evaluation and the second accuracies by seed."""
-    from testprio import convert, evaluate, storage
+    from testprio import convert, evaluation, storage
     from testprio.layout import RunLayout
     from tests.evalkit import save_splits
 
     paths = save_splits(model_path.parent / "data", splits)
-    options = evaluate.EvaluateOptions(prioritizers=("random",), seeds=2, epochs=1, budgets=(10,))
-    evaluation = evaluate.run_evaluation(
+    options = evaluation.EvaluateOptions(prioritizers=("random",), seeds=2, epochs=1, budgets=(10,))
+    evaluation = evaluation.run_evaluation(
         root, "whole", model=str(model_path), data=str(paths["pool"]),
         train_data=str(paths["train"]), test_data=str(paths["test"]), options=options,
     )  # fmt: skip
