@@ -38,6 +38,7 @@ from testprio.layout import RunLayout, finished_record
 from testprio.log import get_logger
 from testprio.report import charts
 from testprio.report import data as reportdata
+from testprio.report.text import as_text
 
 log = get_logger("report")
 
@@ -296,7 +297,7 @@ def render_html(
         "run": row,
         "record": record,
         "parameters": [
-            {"name": str(key), "value": reportdata._as_text(value)}
+            {"name": str(key), "value": as_text(value)}
             for key, value in (record.get("parameters") or {}).items()
         ],
         "metric": ranked_name,
