@@ -611,15 +611,15 @@ def test_evaluate_pipeline_runs_locally(inputs, local_root, tmp_path):
         seeds=2,
         epochs=1,
     )
-    evaluation = storage.read_json(f"{local_root}/kfp/evaluation.json")
-    assert set(evaluation["prioritizers"]) == {"gini", "random"}
+    written = storage.read_json(f"{local_root}/kfp/evaluation.json")
+    assert set(written["prioritizers"]) == {"gini", "random"}
     # The Kubeflow UI reads a Metrics artifact's figures from its metadata.
     (report_output,) = glob.glob(
         str(tmp_path / "kfp" / "*" / "evaluate-report" / "executor_output.json")
     )
     artifacts = json.load(open(report_output))["artifacts"]
     logged = artifacts["metrics"]["artifacts"][0]["metadata"]
-    assert logged == pytest.approx(evaluation.evaluation_metrics(evaluation))
+    assert logged == pytest.approx(evaluation.evaluation_metrics(written))
     assert {"gini_apfd_normalized", "random_accuracy_5pct", "gini_faults_10pct"} <= set(logged)
     (page,) = glob.glob(str(tmp_path / "kfp" / "**" / "html"), recursive=True)
     assert "<svg" in open(page).read()

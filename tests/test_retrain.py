@@ -183,14 +183,14 @@ def _evaluate_and_retrain_again(model_path, splits, root):
 
     paths = save_splits(model_path.parent / "data", splits)
     options = evaluation.EvaluateOptions(prioritizers=("random",), seeds=2, epochs=1, budgets=(10,))
-    evaluation = evaluation.run_evaluation(
+    result = evaluation.run_evaluation(
         root, "whole", model=str(model_path), data=str(paths["pool"]),
         train_data=str(paths["train"]), test_data=str(paths["test"]), options=options,
     )  # fmt: skip
     layout = RunLayout.create(root, "whole")
     record = storage.read_json(layout.model_json)
     source = retrain.SourceModel(
-        evaluation["retraining"]["method"], convert.detect(str(model_path)).format.name,
+        result["retraining"]["method"], convert.detect(str(model_path)).format.name,
         str(model_path), layout.model_onnx, record["class_output"]["name"],
         record["output_kind"], model_path.name,
     )  # fmt: skip
@@ -202,7 +202,7 @@ def _evaluate_and_retrain_again(model_path, splits, root):
         for seed in (0, 1)
     ]
     settings = retrain.RetrainSettings(epochs=1)
-    return evaluation, retrain.retrain(source, data, jobs, settings=settings)
+    return result, retrain.retrain(source, data, jobs, settings=settings)
 
 
 def _check_whole_model_retraining(evaluation, again, framework):
