@@ -35,11 +35,27 @@ __all__ = [
 ]
 
 
+class _RunFolder:
+    """What every result has: the run folder it lives in (``layout``, set by the dataclass)."""
+
+    layout: RunLayout
+
+    @property
+    def run_id(self) -> str:
+        """The run folder's name."""
+        return self.layout.run_id
+
+    @property
+    def uri(self) -> str:
+        """The run folder, ``ROOT/RUN_ID``."""
+        return self.layout.uri
+
+
 # --- run ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class RunResult:
+class RunResult(_RunFolder):
     """A finished ``prioritize`` run: its folder and what it wrote there.
 
     Attributes:
@@ -68,15 +84,6 @@ class RunResult:
         if not storage.exists(layout.summary):
             raise TestprioError(f"run {run} has no summary.json; it has not finished ranking.")
         return cls(layout, storage.read_json(layout.summary))
-
-    @property
-    def run_id(self) -> str:
-        return self.layout.run_id
-
-    @property
-    def uri(self) -> str:
-        """The run folder, ``ROOT/RUN_ID``."""
-        return self.layout.uri
 
     @property
     def report_path(self) -> str:
@@ -222,7 +229,7 @@ EVALUATE_OPTIONS = (
 
 
 @dataclass(frozen=True)
-class EvaluationResult:
+class EvaluationResult(_RunFolder):
     """A finished evaluation of prioritizers (``testprio evaluate``).
 
     Attributes:
@@ -233,15 +240,6 @@ class EvaluationResult:
 
     layout: RunLayout
     evaluation: dict
-
-    @property
-    def run_id(self) -> str:
-        return self.layout.run_id
-
-    @property
-    def uri(self) -> str:
-        """The run folder, ``ROOT/RUN_ID``."""
-        return self.layout.uri
 
     @property
     def evaluation_path(self) -> str:
