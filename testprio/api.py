@@ -13,11 +13,11 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from testprio import containers, storage
+from testprio import storage
 from testprio.errors import TestprioError
 from testprio.evaluation_file import EVALUATION_NAME
 from testprio.layout import RunLayout, check_run_id, new_run_id
-from testprio.local_run import RUN_DEFAULTS
+from testprio.local_run import RUN_DEFAULTS, check_run_options
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -147,14 +147,7 @@ def run(
         TestprioError: an unknown option, an input that does not exist, a parameter out of
             range, a bad run id, or a stage that failed (its own sentence).
     """
-    unknown = sorted(set(options) - set(RUN_DEFAULTS))
-    if unknown:
-        raise TestprioError(
-            f"unknown run parameter(s) {', '.join(unknown)}; use those of testprio run "
-            f"({', '.join(['model', 'data', 'root', *RUN_DEFAULTS])})."
-        )
-    if runner not in containers.RUNNERS:
-        raise TestprioError(f"--runner {runner} is not one of {', '.join(containers.RUNNERS)}.")
+    check_run_options(options, runner)
     parameters = {
         "model": model,
         "data": data,

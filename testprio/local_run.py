@@ -161,6 +161,18 @@ def _stopped_on_signals(state: dict) -> Iterator[None]:
 RUN_DEFAULTS = params.cli_defaults()
 
 
+def check_run_options(names, runner: str) -> None:
+    """One sentence for a name that is no ``testprio run`` parameter, or an unknown runner."""
+    unknown = sorted(set(names) - set(RUN_DEFAULTS) - {"model", "data", "root"})
+    if unknown:
+        raise TestprioError(
+            f"unknown run parameter(s) {', '.join(unknown)}; use those of testprio run "
+            f"({', '.join(['model', 'data', 'root', *RUN_DEFAULTS])})."
+        )
+    if runner not in containers.RUNNERS:
+        raise TestprioError(f"--runner {runner} is not one of {', '.join(containers.RUNNERS)}.")
+
+
 def run_pipeline_locally(
     parameters: dict, *, verbose: bool = False, runner: str = "subprocess"
 ) -> RunLayout:
@@ -175,14 +187,7 @@ def run_pipeline_locally(
     from pipelines.prioritize import LOCAL_SETTINGS, build_pipeline
     from testprio.convert import resolve_framework
 
-    unknown = sorted(set(parameters) - set(RUN_DEFAULTS) - {"model", "data", "root"})
-    if unknown:
-        raise TestprioError(
-            f"unknown run parameter(s) {', '.join(unknown)}; use those of testprio run "
-            f"({', '.join(['model', 'data', 'root', *RUN_DEFAULTS])})."
-        )
-    if runner not in containers.RUNNERS:
-        raise TestprioError(f"--runner {runner} is not one of {', '.join(containers.RUNNERS)}.")
+    check_run_options(parameters, runner)
     parameters = {**RUN_DEFAULTS, **parameters}
     parameters["run_id"] = parameters["run_id"] or new_run_id()
     if runner == "docker":  # a task container sees local inputs at the same absolute paths
