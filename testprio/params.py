@@ -4,9 +4,9 @@
 ``RUN_DEFAULTS``), the stage plumbing (``testprio.stages``: ``INGEST_PARAMETERS``,
 ``FLOAT_PARAMETERS`` and the range checks of ``validate_parameters``), the ``Args:``
 descriptions of the pipeline and its components (``describe``) and the option table of
-docs/cli.md (``markdown_table``) are built from it. The signatures of the pipeline function
-and of the components cannot be generated (KFP ships a lightweight component's source code
-to its container), so tests/test_params.py asserts that they equal this table.
+docs/reference/cli.md (``markdown_table``) are built from it. The signatures of the pipeline
+function and of the components cannot be generated (KFP ships a lightweight component's source
+code to its container), so tests/test_params.py asserts that they equal this table.
 """
 
 from __future__ import annotations
@@ -437,7 +437,7 @@ def _default_text(parameter: Parameter) -> str:
 
 
 def markdown_table() -> str:
-    """The Markdown table of every parameter (docs/cli.md, between the params markers)."""
+    """The Markdown table of every parameter (docs/reference/cli.md, between the params markers)."""
     rows = [
         "| option | pipeline parameter | type | default | meaning | tasks |",
         "|---|---|---|---|---|---|",
@@ -469,7 +469,7 @@ def update_docs(path: str) -> None:
         handle.write(before + start + markdown_table() + end + after)
 
 
-if __name__ == "__main__":  # python -m testprio.params docs/cli.md
+if __name__ == "__main__":  # python -m testprio.params docs/reference/cli.md
     import sys
 
-    update_docs(sys.argv[1] if len(sys.argv) > 1 else "docs/cli.md")
+    update_docs(sys.argv[1] if len(sys.argv) > 1 else "docs/reference/cli.md")

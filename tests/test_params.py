@@ -10,7 +10,7 @@ from testprio import cli, params, stages
 from testprio.errors import TestprioError
 from testprio.ingest import IngestOptions
 
-DOCS = Path(__file__).parent.parent / "docs" / "cli.md"
+DOCS = Path(__file__).parent.parent / "docs" / "reference" / "cli.md"
 
 
 def _signature(component) -> dict:
@@ -124,9 +124,11 @@ def test_minimums_from_the_registry(tmp_path, name, value, message):
 def test_docs_cli_md_holds_the_rendered_table():
     text = DOCS.read_text(encoding="utf-8")
     found = re.search(r"<!-- params:start -->\n(.*?)<!-- params:end -->", text, re.S)
-    assert found, "docs/cli.md lacks the <!-- params:start --> / <!-- params:end --> markers"
+    assert found, (
+        "docs/reference/cli.md lacks the <!-- params:start --> / <!-- params:end --> markers"
+    )
     assert found.group(1) == params.markdown_table(), (
-        "docs/cli.md's option table is stale: python -m testprio.params > the table"
+        "docs/reference/cli.md's option table is stale: python -m testprio.params > the table"
     )
 
 
