@@ -9,8 +9,10 @@ One concern per module:
 - ``shards``: the data folder's formats (the sample shard schema and its readers, the
   quarantine and duplicates lists), which score, reference, evaluate and the report read;
 - ``sources`` (local, ``gs://``, ``http(s)://``, archives), ``readers`` (one per pool
-  format), ``pool``, ``preprocess`` (presets and ops), ``sandbox`` and ``sandbox_worker``
-  (custom ops in a locked-down child process).
+  format), ``pool``, ``preprocess`` (presets and ops; the ops by family in
+  ``preprocess_base``, ``preprocess_arrays``, ``preprocess_images``, the presets in
+  ``preprocess_presets``), ``sandbox`` and ``sandbox_worker`` (custom ops in a locked-down
+  child process; with ``sandbox_check``, ``sandbox_guard`` and ``sandbox_protocol``).
 
 This file only re-exports the public names of ``stage``, ``options`` and ``shards``. A test
 that patches a module constant (``PROCESS_DECODING_MIN_FILES``, ``CGROUP_CPU_LIMITS``)
