@@ -1,0 +1,80 @@
+"""The Compare page: two ranking runs of the same pool side by side."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from report_app.cached import comparison_of, details_of, fault_curve_of
+from report_app.widgets import APFD_TEXT, chart, esc, pick_run, show_error
+from testprio.report import charts
+from testprio.report import data as reportdata
+
+
+def compare_page(root: str, rows: list[dict]) -> None:
+    st.title("Compare two runs")
+    ranked = [
+        row["run_id"]
+        for row in rows
+        if row["status"] == "succeeded" and row["kind"] == reportdata.RANKING_KIND
+    ]
+    if len(ranked) < 2:
+        st.info("Comparing needs two finished runs on the same data.")
+        return
+    left, right = st.columns(2)
+    with left:
+        a = pick_run(root, "Run A", "a", ranked, default=0)
+    with right:
+        other = next(index for index, run_id in enumerate(ranked) if run_id != a)
+        b = pick_run(root, "Run B", "b", ranked, default=other)
+    if a == b:
+        st.info("Pick two different runs.")
+        return
+    first, second = details_of(root, a), details_of(root, b)
+    pool = reportdata.pool_identity(first, second)
+    if not pool["same"]:
+        # One sentence, and nothing that pairs the samples of the two pools.
+        show_error(
+            f"Runs {a} and {b} ranked different pools (compared: {pool['compared']}), so "
+            "their samples are not compared; pick two runs of the same pool."
+        )
+        return
+    st.caption(esc(f"Same pool; compared: {pool['compared']}."))
+    st.subheader("Accuracy and APFD")
+    figures = [reportdata.run_figures(details) for details in (first, second)]
+    st.dataframe(
+        figures,
+        hide_index=True,
+        column_config={
+            "accuracy": st.column_config.NumberColumn(format="%.4f"),
+            "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
+            "apfd_normalized": st.column_config.NumberColumn("APFD normalized", format="%.4f"),
+        },
+    )
+    curves = {run_id: fault_curve_of(root, run_id) for run_id in (a, b)}
+    if any(curves.values()):
+        left, right = st.columns(2)
+        with left:
+            chart(charts.fault_curves(reportdata.fault_curves_rows(curves)))
+        with right:
+            st.markdown(APFD_TEXT)
+    else:
+        st.write("Neither run has misclassified labelled samples: no fault-detection curve.")
+    result = comparison_of(root, a, b)
+    st.subheader("Rankings")
+    for warning in result["warnings"]:
+        st.warning(esc(warning))
+    columns = st.columns(3)
+    spearman = result["spearman"]
+    columns[0].metric("Spearman rank correlation", "-" if spearman is None else f"{spearman:.4f}")
+    columns[1].metric("shared samples", f"{result['shared']:,}")
+    columns[2].metric("metrics", " vs ".join(result["metrics"]))
+    st.caption(esc(f"models: {result['models'][0]} vs {result['models'][1]}"))
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Top-k overlap")
+        st.dataframe(result["overlaps"], hide_index=True)
+        chart(charts.top_k_overlap(result["overlaps"]))
+    with right:
+        chart(charts.rank_scatter(result["scatter"], a, b))
+    st.subheader("Samples that moved most")
+    st.dataframe(result["moved"], hide_index=True)

@@ -1,0 +1,77 @@
+"""The Downloads page's labelling section: the top k for Label Studio as a zip, the import
+of labelled files, and the figures of the labelled samples."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from report_app.widgets import esc, show_error
+from testprio import labels, storage
+from testprio.errors import TestprioError
+from testprio.report import data as reportdata
+
+
+def labelling_section(root: str, details: reportdata.RunDetails) -> None:
+    """Export the top k for Label Studio; import labels and show the labelled part's figures."""
+    st.subheader("Label in Label Studio")
+    st.caption(
+        "A zip with labels.csv, label_studio_tasks.json, label_studio_config.xml, the images "
+        "and a README (see the labelling docs). Import the labelled file below."
+    )
+    top = max(1, min(details.num_rows, 10_000))
+    left, right = st.columns([1, 2])
+    k = int(
+        left.number_input(
+            "Top k to label",
+            min_value=1,
+            max_value=top,
+            value=min(top, int(details.parameters.get("top_k") or 10)),
+            key="label-k",
+        )
+    )
+    layout = details.layout
+    right.download_button(
+        f"Labelling export of the top {k} (zip)",
+        data=lambda: labels.export_zip_bytes(layout, top_k=k),
+        file_name=f"{details.run_id}-label-top-{k}.zip",
+        mime="application/zip",
+        on_click="ignore",
+    )
+    upload = st.file_uploader(
+        "Labels to import (Label Studio JSON or JSON-MIN export, or a CSV with sample_id and "
+        "label)",
+        type=["json", "csv"],
+        key="label-upload",
+    )
+    if upload is not None and st.session_state.get("label-imported") != upload.file_id:
+        try:
+            result = labels.import_labels(layout, upload.name, data=upload.getvalue())
+        except TestprioError as exc:
+            show_error(str(exc))
+        else:
+            st.session_state["label-imported"] = upload.file_id
+            st.success(esc(result.sentence()))
+    record = storage.read_json(reportdata.run_file(layout, layout.run_json))
+    show_labelled(record.get("labelled"))
+
+
+def show_labelled(figures: dict | None) -> None:
+    if not figures:
+        st.caption("No labels imported into this run yet.")
+        return
+    st.caption(
+        esc(
+            f"Imported labels ({figures.get('file', '')}): {figures['samples']:,} labelled "
+            f"samples, ranks {figures['first_rank']}-{figures['last_rank']}. APFD of the "
+            "labelled samples alone, in rank order."
+        )
+    )
+    apfd = figures.get("apfd") or {}
+    columns = st.columns(4)
+    columns[0].metric("labelled accuracy", f"{figures['accuracy']:.4f}")
+    columns[1].metric("labelled misclassified", f"{figures['misclassified']:,}")
+    columns[2].metric("labelled APFD", f"{apfd['raw']:.4f}" if apfd else "-")
+    normalized = apfd.get("normalized")
+    columns[3].metric(
+        "labelled APFD normalized", "-" if normalized is None else f"{normalized:.4f}"
+    )

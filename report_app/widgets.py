@@ -1,0 +1,94 @@
+"""What every page lays out the same way: errors, the run picker, links between pages,
+tables, charts, and the APFD explanation and columns."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from testprio.errors import TestprioError
+from testprio.report import data as reportdata
+
+# Text from a run, as Markdown that shows it literally (captions, alerts, titles, labels).
+esc = reportdata.md_escape
+
+# Said beside every fault-detection curve.
+APFD_TEXT = """
+APFD (Average Percentage of Faults Detected) says how early the ranking puts the
+misclassified inputs (the faults). With n ranked inputs, k of them misclassified at
+1-based ranks r₁ … rₖ:
+
+APFD = 1 − (r₁ + … + rₖ) / (k · n) + 1 / (2n)
+
+It is the area under the curve of mistakes found against inputs inspected. Raw APFD can
+only lie between the worst order (every fault last: k / 2n) and the best (every fault first:
+1 − k / 2n), so it depends on how many faults there are. Normalized APFD maps that range
+onto 0..1: 1 is the best possible order, 0 the worst. 0.5 is what a random order scores on
+average (raw and normalized alike): a ranking is useful when it scores clearly above 0.5.
+"""
+APFD_COLUMNS = {
+    "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
+    "apfd_normalized": st.column_config.NumberColumn("APFD normalized", format="%.4f"),
+}
+
+
+def show_errors_of(page, *args) -> None:
+    """Run a page; a refused or unreadable file stops it with its one sentence."""
+    try:
+        page(*args)
+    except TestprioError as exc:
+        show_error(str(exc))
+
+
+def show_error(text: str) -> None:
+    """``text`` (which may come from a run) as an error box."""
+    st.error(esc(text))
+
+
+def query_run(root: str, name: str, run_ids: list[str]) -> str | None:
+    """The run id in URL parameter ``name`` if it names one of ``run_ids``, else None."""
+    value = st.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        reportdata.resolve_run(root, value)
+    except TestprioError as exc:
+        show_error(str(exc))
+        return None
+    if value not in run_ids:
+        show_error(f"there is no run '{value}' under {root}; pick one from the list.")
+        return None
+    return value
+
+
+def pick_run(
+    root: str, label: str, param: str, run_ids: list[str], *, default: int = 0
+) -> str | None:
+    """A select box of ``run_ids`` that starts at the run in URL parameter ``param`` (else
+    the ``default``-th) and writes the choice back to the URL."""
+    if not run_ids:
+        st.info(f"No runs under {esc(root)} yet; start one with `testprio run`.")
+        return None
+    chosen = query_run(root, param, run_ids)
+    key = f"pick-{param}"
+    if st.session_state.get(key) not in run_ids:
+        st.session_state[key] = chosen or run_ids[min(default, len(run_ids) - 1)]
+    run_id = st.selectbox(label, run_ids, key=key)
+    st.query_params[param] = run_id
+    return run_id
+
+
+def open_run(run_id: str, page: str = "run") -> None:
+    """Button callback: show ``run_id`` on ``page`` (runs before the next script run)."""
+    st.session_state["page"] = page
+    st.session_state["pick-run"] = run_id
+    st.query_params.update(page=page, run=run_id)
+
+
+def table_height(rows: int, *, most: int = 12) -> int:
+    """Pixels that show ``rows`` rows (at most ``most``) of an ``st.dataframe`` unscrolled."""
+    return 38 + 35 * max(1, min(rows, most))
+
+
+def chart(spec) -> None:
+    """An Altair chart as wide as its column."""
+    st.altair_chart(spec, width="stretch")
