@@ -1,0 +1,161 @@
+"""What to evaluate and how: ``EvaluateOptions`` (each field a ``testprio evaluate``
+option), the parsing of their CLI text and their checks, with one sentence per bad value."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from testprio import ingest, retrain
+from testprio.errors import TestprioError
+from testprio.evaluation.prioritizers import (
+    INSTABILITY_FOLLOWUPS,
+    PRIORITIZERS,
+    default_prioritizers,
+)
+
+DEFAULT_BUDGETS = (1.0, 2.0, 5.0, 10.0)
+DEFAULT_SEEDS = 5
+DEFAULT_EPOCHS = 3
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What to evaluate and how (each field is a ``testprio evaluate`` option)."""
+
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS
+    prioritizers: tuple[str, ...] = ()  # empty: default_prioritizers()
+    seeds: int = DEFAULT_SEEDS
+    split: float = 0.0  # share of the pool held out when no test data is given
+    epochs: int = DEFAULT_EPOCHS
+    framework: str = "auto"
+    output_kind: str = "auto"
+    output_name: str = ""
+    input_shape: str = ""
+    layers: tuple[str, ...] = ()  # empty: activations.hidden_layer_names
+    surprise_layer: str = ""  # empty: the last of the layers
+    coverage_params: dict[str, dict] = field(default_factory=dict)  # {metric: {param: value}}
+    metamorphic_transforms: tuple[str, ...] = ()  # empty: those of the sample layout
+    followups: int = INSTABILITY_FOLLOWUPS
+    ingest: ingest.IngestOptions = field(default_factory=ingest.IngestOptions)
+
+
+def parse_budgets(text: str) -> tuple[float, ...]:
+    """``"1,2,5,10"`` -> ``(1.0, 2.0, 5.0, 10.0)``: percents of the pool, in (0, 100]."""
+    try:
+        budgets = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise TestprioError(
+            f"--budgets '{text}' is not a list of numbers; give percents of the pool like 1,2,5,10."
+        ) from None
+    return check_budgets(budgets)
+
+
+def check_budgets(budgets: Iterable[float]) -> tuple[float, ...]:
+    budgets = tuple(float(b) for b in budgets)
+    if not budgets or any(not math.isfinite(b) or not 0 < b <= 100 for b in budgets):
+        raise TestprioError(
+            f"--budgets {','.join(f'{b:g}' for b in budgets) or '(empty)'} must be percents of "
+            "the pool above 0 and at most 100, like 1,2,5,10."
+        )
+    return tuple(sorted(set(budgets)))
+
+
+def parse_prioritizers(text: str) -> tuple[str, ...]:
+    return check_prioritizers(part.strip() for part in text.split(",") if part.strip())
+
+
+def check_prioritizers(names: Iterable[str]) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(names))  # unique, in the given order
+    unknown = [name for name in names if name not in PRIORITIZERS]
+    if unknown:
+        raise TestprioError(
+            f"unknown prioritizer(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(sorted(PRIORITIZERS))}."
+        )
+    return names or tuple(default_prioritizers())
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")`` (``--layers``, ``--metamorphic-transforms``)."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def parse_coverage_params(text: str) -> dict[str, dict]:
+    """``--coverage-params '{"kmnc": {"sections": 20}}'`` -> that dict (checked)."""
+    if not text.strip():
+        return {}
+    import json
+
+    try:
+        params = json.loads(text)
+    except ValueError:
+        params = None
+    if not isinstance(params, dict):
+        raise TestprioError(
+            f"--coverage-params {text!r} is not a JSON object; give one like "
+            '\'{"kmnc": {"sections": 20}, "nac": {"threshold": 0.5}}\'.'
+        )
+    return check_coverage_params(params)
+
+
+def check_coverage_params(params: dict) -> dict[str, dict]:
+    """Each ``{metric: {param: number}}`` names a coverage metric and one of its parameters
+    (``coverage.COVERAGE_DEFAULTS``), with a number of the default's kind."""
+    if not params:
+        return {}
+    from testprio.coverage import COVERAGE_DEFAULTS
+
+    known = "; ".join(
+        f"{metric}: {', '.join(defaults)}" for metric, defaults in COVERAGE_DEFAULTS.items()
+    )
+    for metric, values in params.items():
+        if metric not in COVERAGE_DEFAULTS or not isinstance(values, dict):
+            raise TestprioError(
+                f"--coverage-params names {metric!r}, not a coverage metric with its "
+                f"parameters; give {{metric: {{parameter: value}}}} with these ({known})."
+            )
+        for name, value in values.items():
+            default = COVERAGE_DEFAULTS[metric].get(name)
+            kind = int if isinstance(default, int) else (int, float)
+            if default is None or isinstance(value, bool) or not isinstance(value, kind):
+                raise TestprioError(
+                    f"--coverage-params {metric}.{name}={value!r} is not a parameter of "
+                    f"{metric} with a {'whole ' if kind is int else ''}number; parameters "
+                    f"and defaults: {known}."
+                )
+    return {metric: dict(values) for metric, values in params.items()}
+
+
+def check_options(options: EvaluateOptions) -> EvaluateOptions:
+    """Every option checked; returns them with the defaults filled in."""
+    if int(options.seeds) < 1:
+        raise TestprioError(f"--seeds {options.seeds} must be 1 or more.")
+    if isinstance(options.followups, bool) or int(options.followups) < 1:
+        raise TestprioError(f"--followups {options.followups} must be 1 or more.")
+    if options.metamorphic_transforms:
+        from testprio.metamorphic import TRANSFORMS
+
+        unknown = [name for name in options.metamorphic_transforms if name not in TRANSFORMS]
+        if unknown:
+            raise TestprioError(
+                f"unknown metamorphic transform(s) {', '.join(unknown)} in "
+                f"--metamorphic-transforms; choose from {', '.join(TRANSFORMS)}."
+            )
+    check_coverage_params(options.coverage_params)
+    if not 0 <= float(options.split) < 1:
+        raise TestprioError(
+            f"--split {options.split} must be a share of the pool from 0 up to (not "
+            "including) 1, like 0.3."
+        )
+    retrain.check_settings(retrain.RetrainSettings(epochs=int(options.epochs)))
+    ingest.check_options(options.ingest)
+    return EvaluateOptions(
+        **{
+            **options.__dict__,
+            "budgets": check_budgets(options.budgets),
+            "prioritizers": check_prioritizers(options.prioritizers),
+            "followups": int(options.followups),
+        }
+    )
