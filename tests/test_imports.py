@@ -1,4 +1,4 @@
-"""No import circle anywhere in the code: each module can be read, and moved, on its own.
+"""House rules drawn from the code: no import circle, and no module too big to read whole.
 
 The graph holds every import of every module of the packages below, those inside functions
 too (a circle that only closes at call time still ties the two modules together). ``from pkg
@@ -111,3 +111,16 @@ def test_cycles_finds_a_planted_circle():
 def test_no_module_imports_itself_back():
     found = cycles(import_graph())
     assert not found, "import circles:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+# The house rule (docs/development.md): a module past this is split by what changes together.
+MAX_MODULE_LINES = 800
+
+
+def test_no_module_is_too_big_to_hold_in_ones_head():
+    too_big = {
+        str(path.relative_to(ROOT)): lines
+        for path in module_files().values()
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not too_big, f"modules over {MAX_MODULE_LINES} lines (split them): {too_big}"
