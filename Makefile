@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 REGISTRY ?= $(or $(TESTPRIO_REGISTRY),ghcr.io/testprio)
 IMAGE_TAG ?= $(or $(TESTPRIO_IMAGE_TAG),0.1.0)
 
-.PHONY: setup lint test demo demo-eval compile components bench bench-eval clean report browser images images-lock images-push image-bases container-engine test-containers bench-containers
+.PHONY: setup lint test test-fast demo demo-eval compile components bench bench-eval clean report browser images images-lock images-push image-bases container-engine test-containers bench-containers
 CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml
@@ -29,6 +29,12 @@ browser:
 
 test: setup lint browser
 	$(PY) -m pytest
+
+# The edit loop's tier: no browser, no framework converters, no pipeline runs, nothing slow.
+# `make test` (what CI runs) stays the whole suite.
+FAST := not containers and not pipeline and not browser and not converters and not slow
+test-fast: setup lint
+	$(PY) -m pytest -m "$(FAST)" -q
 
 report: setup
 	@test -d demo-output/runs || $(MAKE) demo

@@ -23,6 +23,24 @@ from onnx import TensorProto, helper, numpy_helper
 BUCKET = "testprio-test"
 
 
+# The quick tier (`make test-fast`) leaves out what needs a browser, a framework converter
+# or a whole pipeline run; these files are that by nature, so their tests carry the marker
+# without each test saying so. `make test` runs everything.
+MARKERS_BY_FILE = {
+    "test_browser.py": "browser",
+    "test_convert_paddle.py": "converters",
+    "test_convert_pytorch.py": "converters",
+    "test_convert_tensorflow.py": "converters",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = MARKERS_BY_FILE.get(item.path.name)
+        if marker:
+            item.add_marker(marker)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
