@@ -48,7 +48,7 @@ import yaml
 
 from testprio import storage
 from testprio.errors import TestprioError
-from testprio.layout import RunLayout, check_run_id, new_run_id
+from testprio.layout import RunLayout, check_run_id, new_run_id, record_problem
 
 DEFAULT_EXPERIMENT = "testprio"
 # The Kubernetes service account of manifests/ that may write to the bucket.
@@ -497,6 +497,10 @@ class Client:
                 record, note = storage.read_json(run_json), run_json
             except TestprioError as exc:
                 note = f"{run_json} cannot be read yet ({exc})"
+            except ValueError as exc:
+                note = f"{run_json} is not a run record testprio wrote ({exc})"
+            if record is not None and (problem := record_problem(record)) is not None:
+                record, note = None, f"{run_json} is not a run record testprio wrote ({problem})"
         return RunLogs(run, record, note, self.namespace or "kubeflow")
 
     def watch(
@@ -599,8 +603,18 @@ def format_logs(logs: RunLogs) -> str:
         if record.get("error"):
             lines.append(f"  failed in {record.get('failed_stage')}: {record['error']}")
         for timing in record.get("stages") or []:
-            lines.append(f"    {timing.get('stage', '?'):<24} {timing.get('seconds', 0):8.2f} s")
+            lines.append(_timing_line(timing))
     return "\n".join(lines)
+
+
+def _timing_line(timing: Any) -> str:
+    """A stage's line of ``runs logs``; '?' for what a hand-edited run.json made unreadable."""
+    timing = timing if isinstance(timing, dict) else {}
+    seconds = timing.get("seconds")
+    number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+    return f"    {str(timing.get('stage', '?')):<24} " + (
+        f"{seconds:8.2f} s" if number else f"{'?':>8} s"
+    )
 
 
 def format_run_list(runs: list[RunState]) -> str:

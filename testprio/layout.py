@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import socket
@@ -166,6 +167,27 @@ def _now() -> str:
 RESUMABLE_PARAMETERS = frozenset({"job_name"})
 
 
+# The fields of run.json that readers (resumption, the runs table) rely on, and the JSON
+# type each must have where present.
+_RECORD_FIELDS = {
+    "status": (str, "text"),
+    "parameters": (dict, "a JSON object"),
+    "stages": (list, "a list"),
+    "resumed": (list, "a list"),
+}
+
+
+def record_problem(record: Any) -> str | None:
+    """What makes ``record`` (a parsed ``run.json``) no record testprio wrote, or None."""
+    if not isinstance(record, dict):
+        return "it holds no JSON object"
+    for name, (kind, text) in _RECORD_FIELDS.items():
+        value = record.get(name)
+        if value is not None and not isinstance(value, kind):
+            return f"its field '{name}' is not {text}"
+    return None
+
+
 def read_record(layout: RunLayout) -> dict[str, Any]:
     """The run's ``run.json`` record; ``{}`` when there is none yet."""
     if not storage.exists(layout.run_json):
@@ -173,13 +195,12 @@ def read_record(layout: RunLayout) -> dict[str, Any]:
     try:
         record = storage.read_json(layout.run_json)
     except ValueError as exc:
+        problem = str(exc)
+    else:
+        problem = record_problem(record)
+    if problem is not None:
         raise TestprioError(
-            f"{layout.run_json} is not a readable run record ({exc}); move the run folder "
-            "aside or choose another --run-id."
-        ) from None
-    if not isinstance(record, dict):
-        raise TestprioError(
-            f"{layout.run_json} is not a run record (no JSON object); move the run folder "
+            f"{layout.run_json} is not a readable run record ({problem}); move the run folder "
             "aside or choose another --run-id."
         )
     return record
@@ -337,7 +358,16 @@ def fail_run(
 def collect_stage_timings(layout: RunLayout) -> list[dict[str, Any]]:
     names = [name for name in storage.list_names(layout.stages_dir) if name.endswith(".json")]
     timings = [storage.read_json(storage.join(layout.stages_dir, name)) for name in names]
-    return sorted(timings, key=lambda timing: (timing["start"], timing["stage"]))
+    return sorted(timings, key=_timing_order)
+
+
+def _timing_order(timing: Any) -> tuple[float, str]:
+    """Stage timings by start, then name; a timing changed by hand sorts first, not fails."""
+    if not isinstance(timing, dict):
+        return (float("-inf"), "")
+    start = timing.get("start")
+    ok = isinstance(start, int | float) and not isinstance(start, bool) and math.isfinite(start)
+    return (float(start) if ok else float("-inf"), str(timing.get("stage", "")))
 
 
 def finished_record(layout: RunLayout) -> dict[str, Any]:
@@ -374,10 +404,40 @@ UNFINISHED = "unfinished"
 
 
 def _parse_time(text: Any) -> datetime | None:
+    """An ISO time with its zone (as ``_now`` writes it); None for anything else."""
+    if not isinstance(text, str):
+        return None
     try:
-        return datetime.fromisoformat(str(text))
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+# The largest pid os.kill takes (pid_t): a larger number raises OverflowError there.
+MAX_PID = 2**31 - 1
+
+
+def owner_problem(owner: Any) -> str | None:
+    """What makes ``owner`` (a parsed ``owner.json``) no lock a testprio process wrote, or
+    None when it is one. A lock with a problem is stale: no live owner can be behind it."""
+    if not isinstance(owner, dict):
+        return "it holds no JSON object"
+    pid = owner.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid <= MAX_PID:
+        return f"its pid is not a whole number from 1 to {MAX_PID:,}"
+    if not isinstance(owner.get("host"), str):
+        return "its host is not text"
+    started = owner.get("pid_started")
+    if started is not None and (
+        isinstance(started, bool)
+        or not isinstance(started, int | float)
+        or not math.isfinite(started)
+    ):
+        return "its pid_started is not a number of seconds"
+    if owner.get("host") != socket.gethostname() and _parse_time(owner.get("heartbeat")) is None:
+        return "its heartbeat is not a time with its zone"
+    return None
 
 
 def _process_started(pid: int) -> float | None:
@@ -402,15 +462,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def owner_alive(owner: dict[str, Any], now: datetime | None = None) -> bool:
+def owner_alive(owner: Any, now: datetime | None = None) -> bool:
     """Whether the process that holds ``owner`` (an ``owner.json`` record) still runs.
 
     On the owner's own host the process table decides (a suspended laptop keeps its runs;
     a reused pid is told apart by its start time); elsewhere the heartbeat's age does.
     """
-    if owner.get("host") == socket.gethostname():
-        pid = int(owner.get("pid", 0))
-        if pid <= 0 or not _pid_alive(pid):
+    if owner_problem(owner) is not None:
+        return False
+    if owner["host"] == socket.gethostname():
+        pid = owner["pid"]
+        if not _pid_alive(pid):
             return False
         started, recorded = _process_started(pid), owner.get("pid_started")
         return started is None or recorded is None or abs(started - float(recorded)) < 1.0
@@ -419,9 +481,7 @@ def owner_alive(owner: dict[str, Any], now: datetime | None = None) -> bool:
     return heartbeat is not None and (now - heartbeat).total_seconds() <= STALE_AFTER_SECONDS
 
 
-def effective_status(
-    record: dict[str, Any], now: datetime | None = None, *, owner: dict[str, Any] | None
-) -> str:
+def effective_status(record: dict[str, Any], now: datetime | None = None, *, owner: Any) -> str:
     """The status to show for ``record`` (a ``run.json``), given its ``owner.json`` or None.
 
     ``running`` whose owner process is gone becomes ``unfinished`` (interrupted: resume it
@@ -434,15 +494,21 @@ def effective_status(
     return UNFINISHED
 
 
-def read_owner(layout: RunLayout) -> dict[str, Any] | None:
-    """The run's ``owner.json`` record, or None (none, or unreadable mid-write)."""
-    found = storage.read_versioned(layout.owner)
-    if found is None:
-        return None
+def _parse_owner(data: bytes) -> Any:
+    """The JSON value of an ``owner.json``'s bytes; ``{}`` (a lock no process holds) for
+    bytes that are no JSON: the lock is written in one step, so it is never seen half
+    written."""
     try:
-        return json.loads(found[0])
+        return storage.parse_json(data)
     except ValueError:
-        return None
+        return {}
+
+
+def read_owner(layout: RunLayout) -> Any:
+    """The run's ``owner.json`` record, or None when there is none. Anything else in the
+    file comes back as it is (``owner_problem`` says what is wrong with it)."""
+    found = storage.read_versioned(layout.owner)
+    return None if found is None else _parse_owner(found[0])
 
 
 def run_status(layout: RunLayout, record: dict[str, Any], now: datetime | None = None) -> str:
@@ -490,11 +556,15 @@ class RunLock:
             found = storage.read_versioned(self.layout.owner)
             if found is None:
                 continue
-            try:
-                holder = json.loads(found[0])
-            except ValueError:
-                holder = {}
-            if holder and owner_alive(holder):
+            holder = _parse_owner(found[0])
+            problem = owner_problem(holder)
+            if problem is not None:
+                log.warning(
+                    "the lock %s is not one testprio writes (%s); it is taken over as stale.",
+                    self.layout.owner,
+                    problem,
+                )
+            elif owner_alive(holder):
                 raise TestprioError(
                     f"run {self.layout.uri} is being run by process {holder.get('pid')} on "
                     f"{holder.get('host')} (since {holder.get('started')}); wait for it to "
@@ -502,7 +572,7 @@ class RunLock:
                 )
             self._version = storage.replace_versioned(self.layout.owner, self._data(), found[1])
             if self._version is not None:
-                self.took_over = holder
+                self.took_over = holder if isinstance(holder, dict) else {}
                 log.info("took over the lock of %s from a process that is gone", self.layout.uri)
                 break
         else:

@@ -69,6 +69,10 @@ class LocalBackend:
             return open(uri, "rb")
         except FileNotFoundError:
             raise TestprioError(f"{uri} does not exist; check the path.") from None
+        except OSError as exc:  # a folder, no permission: one sentence, not a traceback
+            raise TestprioError(
+                f"{uri} cannot be read ({exc.strerror}); check that it is a file you may read."
+            ) from None
 
     def staging_path(self, uri: str) -> str:
         # Same folder as the target, so that os.replace is a rename on one filesystem.
@@ -496,8 +500,24 @@ def copy_file(source_uri: str, target_uri: str) -> None:
             shutil.copyfileobj(source, target, length=1 << 20)
 
 
+def parse_json(data: bytes) -> Any:
+    """The JSON value of ``data``. ValueError for anything else, with a reason that quotes
+    none of it: not UTF-8, not JSON, or nested too deeply for Python's parser (which
+    raises RecursionError at about a thousand levels)."""
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError:
+        raise ValueError("it is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:  # exc.msg names what was expected, not the text
+        raise ValueError(f"it is not JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise ValueError("its values are nested too deeply") from None
+
+
 def read_json(uri: str) -> Any:
-    return json.loads(read_bytes(uri))
+    """The JSON value of the file at ``uri``; ValueError (see ``parse_json``) when it holds
+    no JSON."""
+    return parse_json(read_bytes(uri))
 
 
 def write_json(uri: str, value: Any) -> None:

@@ -418,6 +418,28 @@ def test_logs_show_tasks_pods_and_the_run_record(fake_kfp, gcs_root):
     assert "failed in ingest: pool.npz has no key 'x'." in text
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 100_000,
+        b"\xff{",
+        b'["a list"]',
+        b'{"status": "failed", "stages": "x"}',
+        b'{"status": "failed", "stages": [5, {"stage": [1], "seconds": "x"}], "error": {"a": 1}}',
+    ],
+)
+def test_logs_of_a_run_with_a_malformed_run_json_say_so(fake_kfp, gcs_root, data):
+    run_id = _add_run(
+        fake_kfp, "m", 0, state="FAILED",
+        runtime_config={"parameters": {"root": gcs_root, "run_id": "m"}},
+    )  # fmt: skip
+    storage.write_bytes(f"{gcs_root}/m/run.json", data)
+    text = format_logs(Client(fake_kfp.url).logs(run_id))
+    assert f"run.json: {gcs_root}/m/run.json" in text
+    if data.startswith((b"[", b"\xff")) or b'"stages": "x"' in data:
+        assert "is not a run record testprio wrote" in text
+
+
 def test_watch_yields_each_change_until_the_run_ends(fake_kfp):
     run_id = _add_run(fake_kfp, "w", 0, state="PENDING")
     fake_kfp.script[run_id] = ["PENDING", "RUNNING", "RUNNING", "SUCCEEDED"]

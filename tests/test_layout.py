@@ -47,3 +47,37 @@ def test_a_stage_records_its_peak_resident_memory(tmp_path):
         del held
     (timing,) = collect_stage_timings(run)
     assert 300 <= timing["peak_rss_mb"] < 64 * 1024
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"[" * 100_000, "its values are nested too deeply"),
+        (b"\xff\xfe\x00", "it is not"),
+        (b'["run"]', "it holds no JSON object"),
+        (
+            b'{"status": "failed", "parameters": [1, 2]}',
+            "its field 'parameters' is not a JSON object",
+        ),
+        (
+            b'{"status": "failed", "parameters": {}, "resumed": 5}',
+            "its field 'resumed' is not a list",
+        ),
+        (b'{"status": 5, "parameters": {"model": "a.onnx"}}', "its field 'status' is not text"),
+    ],
+)
+def test_a_malformed_run_record_is_one_sentence_on_resume(local_root, data, problem):
+    layout = RunLayout.create(local_root, "bad")
+    storage.write_bytes(layout.run_json, data)
+    with pytest.raises(TestprioError, match=rf"run.json is not a readable run record \({problem}"):
+        start_run(layout, {"model": "a.onnx"})
+    assert storage.read_bytes(layout.run_json) == data  # nothing written
+
+
+def test_a_run_json_that_is_a_folder_is_one_sentence(local_root):
+    layout = RunLayout.create(local_root, "folder")
+    import os
+
+    os.makedirs(layout.run_json)
+    with pytest.raises(TestprioError, match=r"run.json cannot be read \(Is a directory\)"):
+        start_run(layout, {"model": "a.onnx"})

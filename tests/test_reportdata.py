@@ -94,10 +94,77 @@ def test_list_runs_finds_every_run_with_its_facts(root):
 
 def test_list_runs_skips_folders_without_a_run(tmp_path):
     (tmp_path / "empty" / "not-a-run").mkdir(parents=True)
-    (tmp_path / "empty" / "broken").mkdir()
-    (tmp_path / "empty" / "broken" / "run.json").write_text("{not json")
     assert reportdata.list_runs(str(tmp_path / "empty")) == []
     assert reportdata.list_runs(str(tmp_path / "missing")) == []
+
+
+# run.json and summary.json may hold anything: each bad folder is one row, never a failure.
+MALFORMED_RECORDS = {
+    "not-json": b"{not json",
+    "not-utf8": b"\xff\xfe",
+    "deep": b"[" * 100_000,
+    "list": b"[1, 2]",
+    "text": b'"a run"',
+    "parameters-list": b'{"status": "failed", "parameters": [1]}',
+    "stages-text": b'{"status": "failed", "parameters": {}, "stages": "x"}',
+    "resumed-number": b'{"status": "failed", "parameters": {}, "resumed": 5}',
+    "status-object": b'{"status": {"a": 1}, "parameters": {}}',
+}
+ODD_RECORDS = {  # readable records with odd fields: listed with what can be shown
+    "empty": {},
+    "times-numbers": {"status": "failed", "started": 5, "ended": [1], "parameters": {}},
+    "naive-time": {
+        "status": "failed",
+        "started": "2024-01-01T00:00:00",
+        "ended": "2024-01-01T00:01:00+00:00",
+        "parameters": {},
+    },
+    "error-object": {"status": "failed", "error": {"x": 1}, "failed_stage": 3},
+    "summary-odd": {"status": "succeeded", "ended": "x", "parameters": {"model": 5}},
+}
+MALFORMED_SUMMARIES = [
+    b"[" * 100_000,
+    b'{"labels": [1], "counts": [2]}',
+    b'{"labels": {"accuracy": "high", "apfd": {"raw": "x"}}, "counts": {"ranked": "many"}}',
+    b'{"labels": {"accuracy": Infinity, "apfd": [1]}, "counts": {"ranked": 1e400}}',
+    b'{"labels": {"accuracy": NaN}, "counts": {"ranked": true}}',
+]
+
+
+def test_list_runs_lists_a_malformed_run_folder_as_unreadable(tmp_path):
+    root = tmp_path / "runs"
+    for name, data in MALFORMED_RECORDS.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "run.json").write_bytes(data)
+    for name, record in ODD_RECORDS.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "run.json").write_text(json.dumps(record))
+    for index, data in enumerate(MALFORMED_SUMMARIES):
+        (root / f"summary-{index}").mkdir()
+        (root / f"summary-{index}" / "run.json").write_text(
+            json.dumps({"status": "succeeded", "parameters": {}})
+        )
+        (root / f"summary-{index}" / "summary.json").write_bytes(data)
+    rows = {row["run_id"]: row for row in reportdata.list_runs(str(root))}
+    assert set(rows) == {*MALFORMED_RECORDS, *ODD_RECORDS} | {
+        f"summary-{index}" for index in range(len(MALFORMED_SUMMARIES))
+    }
+    for name in MALFORMED_RECORDS:
+        assert rows[name]["status"] == "unreadable", name
+        assert re.fullmatch(
+            rf"{name}/run.json is not a run record testprio wrote \(.+\); move the run "
+            "folder out of the root or delete it.",
+            rows[name]["error"],
+        ), rows[name]["error"]
+    for name in ODD_RECORDS:
+        assert all(isinstance(rows[name][column], str) for column in reportdata.RUN_COLUMNS)
+        assert isinstance(rows[name]["error"], str)
+    assert rows["naive-time"]["duration"] == ""
+    for index in range(len(MALFORMED_SUMMARIES)):
+        row = rows[f"summary-{index}"]
+        assert row["status"] == "succeeded"
+        assert (row["samples"], row["accuracy"], row["apfd"]) == (None, None, None)
+    assert reportdata.filter_runs(list(rows.values()), "unreadable")
 
 
 @pytest.mark.parametrize(

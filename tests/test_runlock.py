@@ -169,3 +169,51 @@ def test_an_unreadable_run_record_is_one_sentence(local_root):
     storage.write_bytes(layout.run_json, b"{not json")
     with pytest.raises(TestprioError, match=r"run.json is not a readable run record .*aside"):
         start_run(layout, {"model": "a.onnx"})
+
+
+# owner.json may hold anything (a hand edit, another tool, a damaged disk): a lock that no
+# testprio process could have written is stale, never a traceback.
+MALFORMED_OWNERS = [
+    pytest.param(b'{"host": "%s", "pid": "abc"}', id="pid-text"),
+    pytest.param(b'{"host": "%s", "pid": 1.5}', id="pid-fraction"),
+    pytest.param(b'{"host": "%s", "pid": 1e300}', id="pid-huge-float"),
+    pytest.param(b'{"host": "%s", "pid": 1180591620717411303424}', id="pid-past-os-kill"),
+    pytest.param(b'{"host": "%s", "pid": -5}', id="pid-negative"),
+    pytest.param(b'{"host": "%s", "pid": true}', id="pid-bool"),
+    pytest.param(b'{"host": "%s", "pid": null}', id="pid-null"),
+    pytest.param(b'{"host": "%s", "pid": [1]}', id="pid-list"),
+    pytest.param(b'{"host": "%s", "pid": NaN}', id="pid-nan"),
+    pytest.param(b'{"host": "%s", "pid": 1, "pid_started": "x"}', id="pid-started-text"),
+    pytest.param(b'{"host": "elsewhere%s", "pid": 1, "heartbeat": "2020-01-01T00:00"}', id="naive"),
+    pytest.param(b'{"host": "elsewhere%s", "pid": 1, "heartbeat": 5}', id="heartbeat-number"),
+    pytest.param(b'["%s"]', id="list"),
+    pytest.param(b"%s" + b"[" * 100_000, id="deep"),
+    pytest.param(b"\xff%s", id="not-utf8"),
+]
+
+
+def _malformed_owner(layout: RunLayout, template: bytes) -> None:
+    storage.write_bytes(layout.owner, template.replace(b"%s", socket.gethostname().encode()))
+
+
+@pytest.mark.parametrize("template", MALFORMED_OWNERS)
+def test_a_malformed_owner_is_stale(local_root, template):
+    layout = RunLayout.create(local_root, "malformed")
+    start_run(layout, {"model": "a.onnx"})
+    _malformed_owner(layout, template)
+    record = storage.read_json(layout.run_json)
+    assert run_status(layout, record) == UNFINISHED
+    with RunLock(layout) as lock:  # taken over, as the lock of a process that is gone
+        assert lock.took_over is not None
+        assert read_owner(layout)["pid"] == _own_pid()
+
+
+@pytest.mark.parametrize("template", MALFORMED_OWNERS)
+def test_the_report_lists_a_run_with_a_malformed_owner(local_root, template):
+    from testprio.report import data as reportdata
+
+    layout = RunLayout.create(local_root, "malformed")
+    start_run(layout, {"model": "a.onnx"})
+    _malformed_owner(layout, template)
+    (row,) = reportdata.list_runs(local_root)
+    assert row["status"] == UNFINISHED

@@ -5,6 +5,7 @@ search, and the run kinds (a ranking from ``testprio run``, an evaluation from
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from testprio import storage
 from testprio.errors import TestprioError
 from testprio.evaluation_file import EVALUATION_NAME
-from testprio.layout import RUN_ID_PATTERN, RunLayout, run_status
+from testprio.layout import RUN_ID_PATTERN, RunLayout, record_problem, run_status
 from testprio.report.evaluation import SHAPE_ERRORS, as_number, best_by_apfd, best_text
 from testprio.report.paths import basename, read_json_or_none, resolve_under_root
 from testprio.report.text import format_seconds
@@ -24,18 +25,22 @@ RANKING_KIND = "ranking"
 EVALUATION_KIND = "evaluation"
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
+def _parse_time(text: Any) -> datetime | None:
+    """An ISO time with its zone, as run.json holds them; None for anything else."""
+    if not isinstance(text, str) or not text:
         return None
     try:
-        return datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 def run_row(record: dict) -> dict:
-    """One line of the runs table from a ``run.json`` record."""
-    parameters = record.get("parameters") or {}
+    """One line of the runs table from a ``run.json`` record (text in every text column,
+    whatever the record holds)."""
+    parameters = record.get("parameters")
+    parameters = parameters if isinstance(parameters, dict) else {}
     started, ended = _parse_time(record.get("started")), _parse_time(record.get("ended"))
     duration = (ended - started).total_seconds() if started and ended else None
     return {
@@ -50,8 +55,8 @@ def run_row(record: dict) -> dict:
         else "",
         "duration": format_seconds(duration),
         "duration_s": duration,
-        "error": record.get("error") or "",
-        "failed_stage": record.get("failed_stage") or "",
+        "error": str(record.get("error") or ""),
+        "failed_stage": str(record.get("failed_stage") or ""),
     }
 
 
@@ -66,8 +71,34 @@ def _layout(root: str, name: str) -> RunLayout:
     return RunLayout(storage.join(root, name))
 
 
+UNREADABLE = "unreadable"
+
+
+def _read_record(name: str, uri: str | None) -> tuple[Any, str | None]:
+    """``(record, None)``; ``(None, sentence)`` for a run.json that is no record testprio
+    wrote; ``(None, None)`` where there is none (a folder that is not a run)."""
+    if uri is None:
+        return None, None
+    try:
+        record = storage.read_json(uri)
+    except TestprioError as exc:  # missing (not a run), or there but unreadable
+        return None, (str(exc) if storage.exists(uri) else None)
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        problem = record_problem(record)
+    if problem is None:
+        return record, None
+    return None, (
+        f"{name}/run.json is not a run record testprio wrote ({problem}); move the run "
+        "folder out of the root or delete it."
+    )
+
+
 def list_runs(root: str) -> list[dict]:
-    """Every run under ``root`` (folders holding a ``run.json``), newest first."""
+    """Every run under ``root`` (folders holding a ``run.json``), newest first. A run folder
+    that links out of the root is listed as ``refused``, one whose run.json cannot be read
+    as a run record as ``unreadable``, each with its sentence in ``error``."""
     root = storage.normalize_root(root)
     names = [name for name in storage.list_folders(root) if RUN_ID_PATTERN.match(name)]
     uris, refused = [], {}
@@ -78,26 +109,36 @@ def list_runs(root: str) -> list[dict]:
             uris.append(None)
             refused[name] = str(exc)
     with ThreadPoolExecutor(max_workers=8) as pool:  # one request per run on GCS
-        records = list(pool.map(read_json_or_none, uris))
+        read = list(pool.map(_read_record, names, uris))
         found = [
             (name, record)
-            for name, record in zip(names, records, strict=True)
-            if isinstance(record, dict)
+            for name, (record, _) in zip(names, read, strict=True)
+            if record is not None
         ]
-        figures = list(pool.map(lambda item: _run_figures(root, *item), found))
-    rows = [
-        # A "running" run whose local owner process is gone shows as "unfinished".
-        {
-            **run_row(record),
-            **figure,
-            "run_id": name,
-            "status": run_status(_layout(root, name), record),
+        unreadable = {
+            name: problem for name, (_, problem) in zip(names, read, strict=True) if problem
         }
-        for (name, record), figure in zip(found, figures, strict=True)
-    ] + [
-        {**run_row({}), **_NO_FIGURES, "run_id": name, "status": "refused", "error": error}
-        for name, error in refused.items()
-    ]
+        figures = list(pool.map(lambda item: _run_figures(root, *item), found))
+    rows = (
+        [
+            # A "running" run whose local owner process is gone shows as "unfinished".
+            {
+                **run_row(record),
+                **figure,
+                "run_id": name,
+                "status": run_status(_layout(root, name), record),
+            }
+            for (name, record), figure in zip(found, figures, strict=True)
+        ]
+        + [
+            {**run_row({}), **_NO_FIGURES, "run_id": name, "status": "refused", "error": error}
+            for name, error in refused.items()
+        ]
+        + [
+            {**run_row({}), **_NO_FIGURES, "run_id": name, "status": UNREADABLE, "error": error}
+            for name, error in unreadable.items()
+        ]
+    )
     return sorted(rows, key=lambda row: (row["started"], row["run_id"]), reverse=True)
 
 
@@ -109,17 +150,34 @@ _FIGURES_OF_FINISHED: dict[tuple[str, str], dict] = {}
 _FIGURES_CACHE_SIZE = 10_000
 
 
-def figures_of_summary(summary: dict | None) -> dict:
-    """Samples ranked, accuracy and raw APFD of a ``summary.json`` (None where unknown)."""
-    if not isinstance(summary, dict):
-        return dict(_NO_FIGURES)
-    labels = summary.get("labels") or {}
-    apfd = labels.get("apfd") or {}
+def _count(value: Any) -> int | None:
+    """A count from a JSON file: a whole number of at least 0, else None (unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _fraction(value: Any) -> float | None:
+    """A finite number from a JSON file, to 4 places, else None (unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return round(float(value), 4)
+
+
+def _field(value: Any, name: str) -> Any:
+    """``value[name]`` when ``value`` is a JSON object, else None."""
+    return value.get(name) if isinstance(value, dict) else None
+
+
+def figures_of_summary(summary: Any) -> dict:
+    """Samples ranked, accuracy and raw APFD of a ``summary.json`` (None where unknown, also
+    where the file holds something else than a number)."""
+    labels = _field(summary, "labels")
     return {
         **_NO_FIGURES,
-        "samples": (summary.get("counts") or {}).get("ranked"),
-        "accuracy": None if labels.get("accuracy") is None else round(labels["accuracy"], 4),
-        "apfd": None if apfd.get("raw") is None else round(apfd["raw"], 4),
+        "samples": _count(_field(_field(summary, "counts"), "ranked")),
+        "accuracy": _fraction(_field(labels, "accuracy")),
+        "apfd": _fraction(_field(_field(labels, "apfd"), "raw")),
     }
 
 
@@ -160,12 +218,12 @@ def figures_of_evaluation(evaluation: Any) -> dict:
         names, value = best_by_apfd(evaluation["prioritizers"])
         return {
             **_NO_FIGURES,
-            "samples": int(evaluation["samples"]["pool"]),
-            "accuracy": round(as_number(evaluation["pool"]["accuracy"]), 4),
-            "baseline_accuracy": round(as_number(evaluation["baseline_accuracy"]), 4),
+            "samples": _count(evaluation["samples"]["pool"]),
+            "accuracy": _fraction(as_number(evaluation["pool"]["accuracy"])),
+            "baseline_accuracy": _fraction(as_number(evaluation["baseline_accuracy"])),
             "best_prioritizer": best_text(names, value),
         }
-    except SHAPE_ERRORS:
+    except (*SHAPE_ERRORS, OverflowError):
         return dict(_NO_FIGURES)
 
 
