@@ -19,7 +19,6 @@ framework randomness (dropout). A job's accuracy is ``mean(argmax(model(x_test))
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -93,39 +92,6 @@ METHOD_DESCRIPTIONS = {
     "multinomial logistic regression on the penultimate activations, from the model's own "
     "head weights (Adam, cross-entropy); the layers before it stay frozen",
 }
-
-
-# --- confidence interval ----------------------------------------------------------------
-
-# Two-sided 95% Student t quantiles t(0.975, df) for df 1..30; beyond, a Cornish-Fisher
-# expansion of the normal quantile is accurate to 1e-4 (no SciPy at run time).
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-
-
-def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (df >= 1)."""
-    if df < 1:
-        raise ValueError("df must be at least 1")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
-def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean and its 95% t-interval ``mean +- t * s / sqrt(n)``
-    (``s`` the sample standard deviation), clipped to [0, 1] (the values are accuracies).
-    One value gives a zero-width interval."""
-    data = np.asarray(values, dtype=np.float64)
-    mean = float(data.mean())
-    if len(data) < 2:
-        return mean, mean, mean
-    half = t_quantile_975(len(data) - 1) * float(data.std(ddof=1)) / math.sqrt(len(data))
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
 # --- jobs -------------------------------------------------------------------------------

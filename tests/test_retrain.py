@@ -1,4 +1,4 @@
-"""Retraining: the t-interval, ONNX head retraining (in NumPy) and PyTorch fine-tuning (in a
+"""Retraining: ONNX head retraining (in NumPy) and PyTorch fine-tuning (in a
 child process) on real digits; accuracies are measured, seeded and deterministic."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from testprio import retrain
+from testprio import retrain, stats
 from testprio.errors import TestprioError
 from tests.evalkit import digits, mlp_weights, save_mlp
 
@@ -25,31 +25,6 @@ def data(splits) -> retrain.RetrainData:
 
 def _onnx_source(path, output="logits", kind="logits") -> retrain.SourceModel:
     return retrain.SourceModel("onnx", "onnx", str(path), str(path), output, kind, path.name)
-
-
-# --- the interval -------------------------------------------------------------------------
-
-
-def test_t_quantile_matches_scipy():
-    from scipy import stats
-
-    for df in range(1, 200):
-        assert retrain.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)
-
-
-def test_mean_ci_is_the_t_interval_and_contains_the_mean():
-    from scipy import stats
-
-    values = [0.81, 0.84, 0.79, 0.83, 0.80]
-    mean, low, high = retrain.mean_ci(values)
-    reference = stats.t.interval(
-        0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values)
-    )
-    assert mean == pytest.approx(np.mean(values))
-    assert (low, high) == pytest.approx(reference, abs=1e-3)
-    assert low <= mean <= high
-    assert retrain.mean_ci([0.7]) == (0.7, 0.7, 0.7)  # one seed: no spread to measure
-    assert retrain.mean_ci([0.99, 1.0, 0.9])[2] == 1.0  # an accuracy interval stays in [0, 1]
 
 
 # --- ONNX: the classifier head -------------------------------------------------------------
@@ -147,16 +122,18 @@ def test_torch_finetuning_is_measured_and_deterministic(torch_model, data):
     selected = np.arange(20)
     jobs = [retrain.RetrainJob(f"s{seed}", selected, seed) for seed in (0, 1, 2)]
     jobs.append(retrain.RetrainJob("again", selected, 0))
+    # No pool rows at all: the evaluation's no-selection control (the training data alone).
+    jobs.append(retrain.RetrainJob("none", np.array([], dtype=np.int64), 0))
     progress = []
     first = retrain.retrain(source, data, jobs, progress=lambda done, total: progress.append(done))
     second = retrain.retrain(source, data, jobs)
     assert first == second  # same seeds, same accuracies, in a fresh process
     assert first["again"] == first["s0"]
-    assert progress == [1, 2, 3]  # three distinct fine-tunings, reported by the child
+    assert progress == [1, 2, 3, 4]  # four distinct fine-tunings, reported by the child
     assert all(0.0 <= value <= 1.0 for value in first.values())
     # One epoch left the model weak; three more on the training data improve it.
     assert np.mean(list(first.values())) > baseline + 0.05
-    summary = retrain.mean_ci([first[f"s{seed}"] for seed in (0, 1, 2)])
+    summary = stats.mean_ci([first[f"s{seed}"] for seed in (0, 1, 2)])
     assert summary[1] <= summary[0] <= summary[2]
 
 

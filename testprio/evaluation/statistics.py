@@ -1,7 +1,7 @@
 """Statistics over the evaluation's seeds: each prioritizer's retrained accuracy per budget
 as a mean with its 95% interval, and the best prioritizer(s) per budget.
 
-The interval itself is ``testprio.retrain.mean_ci`` (a Student t-interval); how it is
+The interval itself is ``testprio.stats.mean_ci`` (a Student t-interval); how it is
 computed is recorded in evaluation.json as ``retraining.interval`` (``INTERVAL``).
 Comparisons between prioritizers over the seeds (paired tests, their multiple-testing
 correction, effect sizes) belong here too.
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from testprio import retrain
+from testprio import stats
 
-# What evaluation.json says of each ci_low / ci_high (retrain.mean_ci).
+# What evaluation.json says of each ci_low / ci_high (stats.mean_ci).
 INTERVAL = (
     "95% Student t-interval of the mean over seeds: mean +- t(0.975, n-1) * s / sqrt(n); "
     "zero width with one seed"
@@ -24,7 +24,7 @@ def retrain_summary(accuracies: dict[float, list[float]]) -> list[dict]:
     """``[{budget, accuracy_mean, ci_low, ci_high, accuracies}]`` from per-seed accuracies."""
     rows = []
     for budget, values in accuracies.items():
-        mean, low, high = retrain.mean_ci(values)
+        mean, low, high = stats.mean_ci(values)
         rows.append(
             {
                 "budget": budget,
