@@ -26,6 +26,7 @@ def reference(
     download_min_bytes_per_s: float = 16384.0,
     train_data: str = "",
     layers: str = "",
+    surprise_reduce: str = "mean",
 ) -> str:
     """Without train_data, nothing. Else ingest the reference pool like the pool and write
     the coverage profile and surprise reference of the model's hidden layers into the run's
@@ -36,6 +37,7 @@ def reference(
         run_uri,
         train_data,
         layers,
+        surprise_reduce,
         input_shape=input_shape,
         shard_size=shard_size,
         preset=preset,

@@ -41,6 +41,7 @@ def start(
     download_min_bytes_per_s: float = 16384.0,
     train_data: str = "",
     layers: str = "",
+    surprise_reduce: str = "mean",
     metamorphic: str = "",
     followups: int = 10,
 ) -> str:

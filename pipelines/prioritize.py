@@ -271,6 +271,7 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
         download_min_bytes_per_s: float = 16384.0,
         train_data: str = "",
         layers: str = "",
+        surprise_reduce: str = "mean",
         metamorphic: str = "",
         followups: int = 10,
     ) -> str:
@@ -309,6 +310,7 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
             strict_model_checks=strict_model_checks,
             train_data=train_data,
             layers=layers,
+            surprise_reduce=surprise_reduce,
             metamorphic=metamorphic,
             followups=followups,
             **ingest_arguments,
@@ -347,6 +349,7 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
             shard_size=shard_size,
             train_data=train_data,
             layers=layers,
+            surprise_reduce=surprise_reduce,
             **ingest_arguments,
         ).set_display_name("reference")
         reference_task.after(convert_task)  # it reads the converted model

@@ -3,7 +3,8 @@
 The model is not changed in place: :func:`with_layer_outputs` returns a copy whose graph
 also outputs chosen intermediate tensors, so one ONNX Runtime pass yields the class scores
 and the activations together. :func:`hidden_layer_names` picks the default layers;
-:func:`flatten_activation` turns each into ``(N, units)``.
+:func:`flatten_activation` turns each into ``(N, units)`` (a feature map by the mean over
+space, or flattened whole: :data:`SPATIAL_REDUCTIONS`).
 
 Layer choice (deterministic): walking the graph in its (topological) node order, a layer
 is the output of an activation node (Relu, Tanh, Sigmoid, LeakyRelu), or of a linear node
@@ -121,20 +122,47 @@ def with_layer_outputs(model: onnx.ModelProto, layers: list[str]) -> onnx.ModelP
     return copy
 
 
-def flatten_activation(a: np.ndarray) -> np.ndarray:
+def _spatial_mean(a: np.ndarray) -> np.ndarray:
+    return a.mean(axis=tuple(range(2, a.ndim)), dtype=np.float64).astype(np.float32)
+
+
+def _flattened(a: np.ndarray) -> np.ndarray:
+    units = int(np.prod(a.shape[1:]))  # not reshape(N, -1): ambiguous for N == 0
+    return a.reshape(a.shape[0], units).astype(np.float32, copy=False)
+
+
+# How a feature map (N, C, *spatial) becomes (N, units): one unit per channel (the mean over
+# space, as the coverage and surprise-adequacy papers do), or one unit per channel and position.
+SPATIAL_REDUCTIONS = {"mean": _spatial_mean, "flatten": _flattened}
+
+
+def check_reduction(reduce: str, *, flag: str = "--surprise-reduce") -> str:
+    """``reduce`` if it names one of :data:`SPATIAL_REDUCTIONS`, else one sentence."""
+    if reduce not in SPATIAL_REDUCTIONS:
+        raise TestprioError(
+            f"{flag} {reduce!r} is not one of {', '.join(SPATIAL_REDUCTIONS)}: mean averages "
+            "a feature map over space (one unit per channel), flatten keeps every position."
+        )
+    return reduce
+
+
+def flatten_activation(a: np.ndarray, *, reduce: str = "mean") -> np.ndarray:
     """One layer's activations as ``(N, units)`` float32.
 
     ``(N, units)`` stays as is; a feature map ``(N, C, *spatial)`` (ONNX convolutions are
-    channels-first) becomes one unit per channel, the mean over the spatial axes: the
-    practice of the coverage and surprise-adequacy papers (and dnn-tip's case studies),
-    which keeps the unit count independent of the image size. ``(N,)`` becomes ``(N, 1)``.
+    channels-first) is reduced by ``reduce`` (:data:`SPATIAL_REDUCTIONS`). ``mean`` (the
+    default) gives one unit per channel, the mean over the spatial axes: the practice of the
+    coverage and surprise-adequacy papers (and dnn-tip's case studies), which keeps the unit
+    count independent of the image size. ``flatten`` gives ``C x H x W`` units: what a
+    spatial pattern looks like survives, at that many times the memory and distance work.
+    ``(N,)`` becomes ``(N, 1)``.
     """
     a = np.asarray(a)
     if a.ndim == 1:
         return a.reshape(-1, 1).astype(np.float32, copy=False)
     if a.ndim == 2:
         return a.astype(np.float32, copy=False)
-    return a.mean(axis=tuple(range(2, a.ndim)), dtype=np.float64).astype(np.float32)
+    return SPATIAL_REDUCTIONS[check_reduction(reduce)](a)
 
 
 def layer_activations(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from testprio.activations import SPATIAL_REDUCTIONS
 from testprio.convert import DEFAULT_PARITY_TOLERANCE, OUTPUT_KINDS
 from testprio.ingest.options import IngestOptions
 from testprio.ingest.preprocess import PRESETS
@@ -353,6 +354,17 @@ PARAMETERS: tuple[Parameter, ...] = (
         "reads the last); empty: the model's last hidden activations (with --train-data)",
         ("start", "reference"),
         metavar="NAMES",
+    ),
+    Parameter(
+        "surprise_reduce",
+        str,
+        "mean",
+        "how the surprise layer, when it is a feature map (N, C, H, W), becomes one vector per "
+        "sample for lsa, dsa and mdsa: mean (over space, one unit per channel, as SADL) or "
+        "flatten (every channel and position: finer, C x H x W units to store and compare)",
+        ("start", "reference"),
+        choices=tuple(SPATIAL_REDUCTIONS),
+        argparse_choices=True,
     ),
     Parameter(
         "metamorphic",

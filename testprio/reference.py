@@ -4,8 +4,9 @@ The reference is ingested with the pool's own preprocessing into ``{run}/referen
 run once through the model with its hidden layers as extra outputs, and summarised as
 
 - ``{run}/reference/surprise.npz``: the surprise-adequacy reference (LSA, DSA, MDSA) of the
-  last chosen layer, reference classes = the model's predicted classes (as dnn-tip does),
-  ``testprio.surprise.SurpriseReference.to_bytes``;
+  last chosen layer, made a vector by ``--surprise-reduce`` (a feature map's mean over space,
+  or the whole map flattened), reference classes = the model's predicted classes (as dnn-tip
+  does), ``testprio.surprise.SurpriseReference.to_bytes``;
 - ``{run}/reference/profile.json``: the chosen layers, the coverage parameters and the
   per-unit ``NeuronProfile`` (min, max, mean, std) of every layer. Written last: its
   presence says the reference is complete, and makes each score task compute coverage and
@@ -66,10 +67,19 @@ def choose_layers(model: onnx.ModelProto, text: str) -> list[str]:
 
 
 class HiddenPass:
-    """One ONNX Runtime session that returns the class output and the hidden layers' flat
-    ``(n, units)`` activations of a batch in the same run."""
+    """One ONNX Runtime session that returns the class output, the hidden layers' flat
+    ``(n, units)`` activations (a feature map's mean over space, for coverage) and the last
+    layer's surprise vectors (reduced by ``surprise_reduce``) of a batch in the same run."""
 
-    def __init__(self, layout: RunLayout, layers: list[str], *, device: str = "auto"):
+    def __init__(
+        self,
+        layout: RunLayout,
+        layers: list[str],
+        *,
+        surprise_reduce: str = surprise.DEFAULT_REDUCE,
+        device: str = "auto",
+    ):
+        self.surprise_reduce = activations.check_reduction(surprise_reduce)
         record = storage.read_json(layout.model_json)
         self.input = TensorSpec(**record["input"])
         self.output_name = record["class_output"]["name"]
@@ -80,15 +90,14 @@ class HiddenPass:
         self.session = create_session(extended.SerializeToString(), device=device)
         self._input_type = FLOAT_INPUT_TYPES.get(self.session.get_inputs()[0].type, np.float32)
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """``x`` ``(n, *shape)`` -> class outputs ``(n, K)`` and per-layer ``(n, units)``."""
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """``x`` ``(n, *shape)`` -> class outputs ``(n, K)``, per-layer ``(n, units)`` and
+        the last layer's surprise vectors ``(n, surprise units)``."""
         feed = x if x.dtype == self._input_type else x.astype(self._input_type)
         try:
-            (outputs,), layers = activations.layer_activations(
-                self.session, {self.input.name: feed}, self.layers, outputs=[self.output_name]
+            outputs, *raw = self.session.run(
+                [self.output_name, *self.layers], {self.input.name: feed}
             )
-        except TestprioError:
-            raise
         except Exception as exc:  # onnxruntime raises its own untyped exceptions
             message = str(exc).strip().splitlines()[0][:300]
             raise TestprioError(
@@ -96,7 +105,13 @@ class HiddenPass:
                 f"its hidden layers as outputs ({message}); check that the data matches the "
                 "model's input."
             ) from None
-        return np.asarray(outputs), layers
+        layers = [activations.flatten_activation(value) for value in raw]
+        vectors = (
+            layers[-1]
+            if self.surprise_reduce == "mean"
+            else activations.flatten_activation(raw[-1], reduce=self.surprise_reduce)
+        )
+        return np.asarray(outputs), layers, vectors
 
 
 def fit_reference(
@@ -105,12 +120,14 @@ def fit_reference(
     options: ingest.IngestOptions,
     *,
     layers: str = "",
+    surprise_reduce: str = surprise.DEFAULT_REDUCE,
     batch_size: int = 256,
 ) -> dict:
     """Ingest ``train_data`` and write ``surprise.npz`` and ``profile.json``; return figures.
 
     Memory: the profile streams; surprise adequacy keeps the reference's last-layer
-    activations (``M x units`` float32), as any surprise reference must.
+    activations (``M x units`` float32, ``units`` = channels x positions when a feature map
+    is flattened by ``surprise_reduce``), as any surprise reference must.
     """
     if storage.exists(profile_uri(layout)):
         log.info("reference: already complete, skipped")
@@ -119,15 +136,15 @@ def fit_reference(
     shards = ingest.ingest(where, train_data, options)
     model = onnx.load_from_string(storage.read_bytes(layout.model_onnx))
     chosen = choose_layers(model, layers)
-    hidden = HiddenPass(layout, chosen, device="cpu")
+    hidden = HiddenPass(layout, chosen, surprise_reduce=surprise_reduce, device="cpu")
     profile = coverage.NeuronProfile(chosen)
     last, predicted = [], []
     for shard in shards:
         for _, x in ingest.iter_shard_batches(shard, batch_size, columns=("x",)):
             for start in range(0, len(x), batch_size):
-                outputs, acts = hidden(x[start : start + batch_size])
+                outputs, acts, vectors = hidden(x[start : start + batch_size])
                 profile.update(acts)
-                last.append(acts[-1])
+                last.append(vectors)
                 predicted.append(outputs.argmax(axis=1))
     if not last:
         raise TestprioError(
@@ -144,6 +161,7 @@ def fit_reference(
         "layers": chosen,
         "layers_chosen": "--layers" if parse_layers(layers) else "default (hidden_layer_names)",
         "surprise_layer": chosen[-1],
+        "surprise_reduce": surprise_reduce,
         "surprise_metrics": list(surprise.SURPRISE_METRICS),
         "coverage_params": coverage.COVERAGE_DEFAULTS,
         "units": [int(u) for u in profile.units],
@@ -173,6 +191,8 @@ class LoadedReference:
             storage.read_bytes(surprise_uri(layout))
         )
         self.surprise_metrics: list[str] = record["surprise_metrics"]
+        # Profiles written before --surprise-reduce existed averaged over space.
+        self.surprise_reduce: str = record.get("surprise_reduce", surprise.DEFAULT_REDUCE)
 
     @staticmethod
     def exists(layout: RunLayout) -> bool:

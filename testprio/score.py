@@ -332,7 +332,9 @@ def score_shard(
     if reference is not None:
         # The hidden layers come out of the same run as the class scores: a plain
         # session.run (IO binding binds the class output only).
-        hidden = HiddenPass(layout, reference.layers, device=device)
+        hidden = HiddenPass(
+            layout, reference.layers, surprise_reduce=reference.surprise_reduce, device=device
+        )
         session = hidden.session
     else:
         with storage.local_copy(layout.model_onnx) as model_path:
@@ -395,7 +397,7 @@ def score_shard(
         def finish(
             chunk: pa.RecordBatch,
             outputs: np.ndarray,
-            layers: list[np.ndarray] | None,
+            layers: tuple[list[np.ndarray], np.ndarray] | None,
             instability: np.ndarray | None,
             design: pa.Table | None,
         ) -> None:
@@ -466,24 +468,29 @@ def score_shard(
 
 def _hidden_chunk(
     hidden: HiddenPass, x: np.ndarray, batch_size: int
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Class outputs ``(n, K)`` and per-layer ``(n, units)`` activations of a chunk."""
-    outputs, layers = [], []
+) -> tuple[np.ndarray, tuple[list[np.ndarray], np.ndarray]]:
+    """Class outputs ``(n, K)``, and per-layer ``(n, units)`` activations with the surprise
+    vectors ``(n, surprise units)`` of a chunk."""
+    outputs, layers, vectors = [], [], []
     for start in range(0, len(x), batch_size):
-        out, acts = hidden(x[start : start + batch_size])
+        out, acts, surprise_vectors = hidden(x[start : start + batch_size])
         outputs.append(out)
         layers.append(acts)
-    return np.concatenate(outputs), [np.concatenate(parts) for parts in zip(*layers, strict=True)]
+        vectors.append(surprise_vectors)
+    joined = [np.concatenate(parts) for parts in zip(*layers, strict=True)]
+    return np.concatenate(outputs), (joined, np.concatenate(vectors))
 
 
 def _reference_scores(
     reference: LoadedReference,
-    layers: list[np.ndarray],
+    hidden: tuple[list[np.ndarray], np.ndarray],
     predicted: np.ndarray,
     extra: dict[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
     """Coverage (CTM counts) and surprise columns into ``extra``; returns each coverage
-    metric's covered cells, ``np.packbits`` rows."""
+    metric's covered cells, ``np.packbits`` rows. ``hidden``: the per-layer activations and
+    the surprise vectors (``HiddenPass``)."""
+    layers, vectors = hidden
     packed = {}
     for metric in COVERAGE_COLUMNS:
         counts, covered = coverage.COVERAGE_METRICS[metric](
@@ -494,6 +501,6 @@ def _reference_scores(
         del covered
     for metric in reference.surprise_metrics:
         extra[metric] = surprise.SURPRISE_METRICS[metric](
-            reference.surprise, layers[-1], predicted
+            reference.surprise, vectors, predicted
         ).astype(np.float32)
     return packed

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from testprio import convert, ingest, params, prioritizers, rank, reference, score, storage
+from testprio.activations import check_reduction
 from testprio.errors import TestprioError
 from testprio.ingest import sources
 from testprio.layout import RunLayout, finish_run, stage
@@ -37,6 +38,7 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
             "--layers names the hidden layers that coverage and surprise read, which need a "
             "reference pool; give --train-data R too, or leave out --layers."
         )
+    check_reduction(parameters.get("surprise_reduce") or "mean")
     convert.resolve_framework(parameters["model"], parameters["framework"])
     if parameters["output_kind"] not in convert.OUTPUT_KINDS:
         raise TestprioError(
@@ -145,9 +147,16 @@ def convert_model(
     return layout.model_onnx
 
 
-def fit_reference(run_uri: str, train_data: str, layers: str = "", **parameters: Any) -> str:
+def fit_reference(
+    run_uri: str,
+    train_data: str,
+    layers: str = "",
+    surprise_reduce: str = "mean",
+    **parameters: Any,
+) -> str:
     """The reference task: nothing without ``train_data`` (returns ''); else ingest it and
-    write the coverage profile and surprise reference. ``parameters``: ``INGEST_PARAMETERS``.
+    write the coverage profile and surprise reference (``surprise_reduce``: how a feature map
+    becomes surprise's vectors). ``parameters``: ``INGEST_PARAMETERS``.
     Returns the URI of ``reference/profile.json``."""
     if not train_data:
         return ""
@@ -155,7 +164,11 @@ def fit_reference(run_uri: str, train_data: str, layers: str = "", **parameters:
     layout = RunLayout(run_uri)
     with stage(layout, "reference") as figures:
         record = reference.fit_reference(
-            layout, train_data, ingest.ingest_options(parameters), layers=layers
+            layout,
+            train_data,
+            ingest.ingest_options(parameters),
+            layers=layers,
+            surprise_reduce=surprise_reduce,
         )
         figures.update(
             samples=record["samples"], layers=record["layers"], skipped=record["skipped"]

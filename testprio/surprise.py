@@ -22,6 +22,10 @@ Memory does not grow with the pool: scoring runs batch by batch, and every neare
 or kernel sum runs over blocks of the reference with running minima / log-sum-exps, so no
 ``(N, M)`` matrix is ever built. The reference itself (``M x units``) is held once.
 
+The functions take vectors: a convolutional layer's feature map is made one first, by the mean
+over space (one unit per channel, as SADL does) or flattened whole
+(:func:`testprio.activations.flatten_activation`, ``--surprise-reduce``).
+
 Fit once with :func:`fit_reference`, ship it with :meth:`SurpriseReference.to_bytes` and score
 shards anywhere with :data:`SURPRISE_METRICS`.
 """
@@ -40,6 +44,9 @@ from testprio.errors import TestprioError
 Activations = np.ndarray | Sequence[np.ndarray]
 
 FORMAT_VERSION = 1
+# How a spatial layer (N, C, *spatial) becomes the vectors surprise reads
+# (testprio.activations.SPATIAL_REDUCTIONS, --surprise-reduce): the mean over space, as SADL.
+DEFAULT_REDUCE = "mean"
 # Elements of one (queries x reference) block of squared distances: 4M float64 = 32 MiB.
 _BLOCK_ELEMENTS = 1 << 22
 # A singular class covariance keeps units whose residual variance (pivoted Cholesky) is above

@@ -142,7 +142,11 @@ def test_metric_choices_are_the_one_prioritizer_table_evaluate_uses_too():
 
 
 def test_prioritizer_parameters_reach_their_tasks():
-    assert [p.name for p in params.of_stage("reference")][-2:] == ["train_data", "layers"]
+    assert [p.name for p in params.of_stage("reference")][-3:] == [
+        "train_data",
+        "layers",
+        "surprise_reduce",
+    ]
     assert {"metamorphic", "followups"} <= {p.name for p in params.of_stage("score")}
     assert "data" not in {p.name for p in params.of_stage("reference")}
 

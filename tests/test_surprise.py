@@ -405,3 +405,114 @@ def test_bad_scoring_options_are_refused(small):
         lsa(reference, x, pred, batch_size=0)
     with pytest.raises(TestprioError, match="needs a SurpriseReference"):
         lsa({"lsa": 1}, x, pred)
+
+
+# --- a feature map as surprise's vectors: --surprise-reduce mean | flatten --------------------
+
+
+def test_a_feature_map_is_averaged_over_space_or_flattened():
+    from testprio.activations import flatten_activation
+
+    a = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)
+    np.testing.assert_allclose(flatten_activation(a), a.mean(axis=(2, 3)))
+    np.testing.assert_array_equal(flatten_activation(a, reduce="flatten"), a.reshape(2, 12))
+    dense = np.ones((4, 5), np.float32)
+    for reduce in ("mean", "flatten"):  # a dense layer is already one vector per sample
+        np.testing.assert_array_equal(flatten_activation(dense, reduce=reduce), dense)
+    with pytest.raises(TestprioError, match="--surprise-reduce 'max' is not one of mean, flatten"):
+        flatten_activation(a, reduce="max")
+
+
+def _save_conv_model(path, seed=0):
+    """``Conv(1->4, 3x3, pad 1) -> Relu 'feat' -> Flatten -> Gemm 'logits'`` on (N,1,8,8):
+    the surprise layer is a 4x8x8 feature map."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = {
+        "W": rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32),
+        "B": rng.normal(0, 0.1, 4).astype(np.float32),
+        "W2": rng.normal(0, 0.1, (256, 10)).astype(np.float32),
+        "B2": np.zeros(10, np.float32),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "W", "B"], ["conv"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["conv"], ["feat"]),
+            helper.make_node("Flatten", ["feat"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "W2", "B2"], ["logits"]),
+        ],
+        "conv",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("reduce", ["mean", "flatten"])
+def test_the_run_scores_surprise_on_the_reduction_it_was_fitted_with(tmp_path, reduce):
+    """reference -> score with --surprise-reduce: the columns equal the library's values on
+    the feature map reduced directly, and profile.json records the reduction."""
+    import onnxruntime as ort
+
+    from testprio import stages, storage
+    from testprio.layout import RunLayout
+    from testprio.reference import profile_uri
+    from tests.evalkit import digits, save_splits
+    from tests.stagekit import parameters
+
+    splits = digits()
+    splits = {"train": splits["train"], "pool": (splits["pool"][0][:150], splits["pool"][1][:150])}
+    paths = save_splits(tmp_path / "data", splits)
+    model = _save_conv_model(tmp_path / "conv.onnx")
+    p = parameters(model, paths["pool"], str(tmp_path / "runs"), "run")
+    p.update(train_data=str(paths["train"]), surprise_reduce=reduce)
+    run_uri = stages.start_run(p["root"], p["run_id"], p)
+    ingest_args = {name: p[name] for name in stages.INGEST_PARAMETERS}
+    shards = stages.ingest_pool(run_uri, p["data"], **ingest_args)
+    stages.convert_model(run_uri, p["model"], "auto", "auto", "", "")
+    stages.fit_reference(run_uri, p["train_data"], "", reduce, **ingest_args)
+    scores = [stages.score_shard(shard, 64, 0, "cpu") for shard in shards]
+    record = storage.read_json(profile_uri(RunLayout(run_uri)))
+    assert (record["surprise_layer"], record["surprise_reduce"]) == ("feat", reduce)
+    assert record["units"] == [4]  # coverage still reads one unit per channel
+    table = storage.read_table(scores[0])
+
+    session = ort.InferenceSession(_with_output(model, "feat"), providers=["CPUExecutionProvider"])
+
+    def direct(x):
+        logits, feat = session.run(["logits", "feat"], {"input": x})
+        vectors = feat.mean(axis=(2, 3)) if reduce == "mean" else feat.reshape(len(x), -1)
+        return vectors, logits.argmax(axis=1)
+
+    ref, ref_pred = direct(splits["train"][0])
+    pool, pool_pred = direct(splits["pool"][0])
+    assert ref.shape[1] == (4 if reduce == "mean" else 256)
+    reference = fit_reference(ref, ref_pred)
+    for name, fn in SURPRISE_METRICS.items():
+        expected = fn(reference, pool, pool_pred).astype(np.float32)
+        np.testing.assert_allclose(table.column(name).to_numpy(), expected, rtol=1e-4, err_msg=name)
+
+
+def _with_output(path, name):
+    import onnx
+
+    from testprio.activations import with_layer_outputs
+
+    return with_layer_outputs(onnx.load(str(path)), [name]).SerializeToString()
+
+
+def test_a_run_refuses_an_unknown_reduction(tmp_path):
+    from testprio import stages
+    from tests.stagekit import parameters
+
+    model = _save_conv_model(tmp_path / "conv.onnx")
+    p = parameters(model, tmp_path / "pool.npz", str(tmp_path / "runs"), "run")
+    p.update(surprise_reduce="max")
+    with pytest.raises(TestprioError, match="--surprise-reduce 'max' is not one of mean, flatten"):
+        stages.validate_parameters(p)
