@@ -34,7 +34,7 @@ from testprio.errors import TestprioError
 from testprio.layout import RunLayout
 from testprio.log import get_logger
 from testprio.metrics import METRICS
-from testprio.summary import apfd, build_summary
+from testprio.summary import apfd, build_summary, score_spread
 
 log = get_logger("rank")
 
@@ -386,6 +386,7 @@ def prioritizer_apfd(
             "column": found.column,
             "order": found.order,
             "apfd": apfd(wrong[order][known[order]]),
+            **score_spread(columns[found.column]),
         }
     return figures
 

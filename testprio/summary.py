@@ -11,6 +11,9 @@ from testprio.metrics import METRIC_UPPER_BOUNDS, METRICS
 
 HISTOGRAM_BINS = 20
 COUNT_PIECE = 2**20
+# A prioritizer whose scores take one value for at least this share of the pool is
+# degenerate: its order there is the tie-break's, the sample-id order.
+DEGENERATE_SHARE = 0.95
 
 
 def apfd(misclassified: np.ndarray) -> dict | None:
@@ -37,6 +40,38 @@ def apfd(misclassified: np.ndarray) -> dict | None:
         "faults": k,
         "samples": n,
     }
+
+
+def score_spread(scores: np.ndarray) -> dict:
+    """How many values a prioritizer's ``(N,)`` scores take: ``{"degenerate",
+    "distinct_values", "modal_share"}``, ``modal_share`` the share of the pool holding the
+    most common value; degenerate when it is at least ``DEGENERATE_SHARE`` (one value, or one
+    value for nearly every sample: the order is then the sample-id order). NaNs count as one
+    value."""
+    values = np.asarray(scores).ravel()
+    if not len(values):
+        return {"degenerate": False, "distinct_values": 0, "modal_share": None}
+    _, counts = np.unique(values, return_counts=True)
+    share = float(counts.max()) / len(values)
+    return {
+        "degenerate": share >= DEGENERATE_SHARE,
+        "distinct_values": int(len(counts)),
+        "modal_share": round(share, 6),
+    }
+
+
+DEGENERATE_NOTE = "constant on this pool: its order is the sample-id order"
+
+
+def degenerate_note(entry: dict) -> str:
+    """What to say beside a prioritizer (an entry with :func:`score_spread`'s fields, as
+    evaluation.json and summary.json hold them): the note when it is degenerate, else ''."""
+    if entry.get("degenerate") is not True:
+        return ""
+    share, distinct = entry.get("modal_share"), entry.get("distinct_values")
+    if isinstance(share, int | float) and share < 1 and isinstance(distinct, int):
+        return f"{DEGENERATE_NOTE} ({share:.0%} of the pool share one of {distinct} values)"
+    return DEGENERATE_NOTE
 
 
 def score_bins(values: np.ndarray, upper: float, bins: int = HISTOGRAM_BINS) -> np.ndarray:

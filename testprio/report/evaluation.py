@@ -14,6 +14,7 @@ from testprio.errors import TestprioError
 from testprio.evaluation_file import evaluation_frames, evaluation_uri
 from testprio.layout import RunLayout
 from testprio.report.paths import run_file
+from testprio.summary import degenerate_note
 
 _TIE = 1e-12  # prioritizers this close to the best share first place (as evaluate.winners)
 # What a malformed evaluation.json raises while it is shaped: each becomes one sentence.
@@ -287,7 +288,9 @@ def load_evaluation(layout: RunLayout) -> dict:
 
 def prioritizer_apfd_rows(summary: dict | None) -> list[dict]:
     """The per-prioritizer APFD table of a ranking run's ``summary.json`` (``prioritizers``:
-    every prioritizer the run's scores allow, APFD over the labelled samples), if it has one."""
+    every prioritizer the run's scores allow, APFD over the labelled samples), if it has one;
+    ``note`` says when a prioritizer's scores are constant on the pool
+    (:func:`degenerate_note`)."""
     table = (summary or {}).get("prioritizers")
     if not isinstance(table, dict):
         return []
@@ -301,6 +304,7 @@ def prioritizer_apfd_rows(summary: dict | None) -> list[dict]:
                 "ranking": "✓" if name == summary.get("prioritizer", summary.get("metric")) else "",
                 "apfd": as_number(apfd.get("raw")),
                 "apfd_normalized": as_number(apfd.get("normalized")),
+                "note": degenerate_note(entry or {}),
             }
         )
     return rows
