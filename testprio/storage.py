@@ -160,6 +160,41 @@ class LocalBackend:
             self.delete(uri)
 
 
+# The longest file name most filesystems take (ext4, XFS, APFS: 255 bytes).
+MAX_FILE_NAME_BYTES = 255
+
+
+def object_parts(name: str) -> list[str] | None:
+    """The parts of an object name (``a/b.npy`` -> ``["a", "b.npy"]``) as local path parts,
+    or None when one cannot be a file name: empty (``a//b``, ``/a``), ``.`` or ``..`` (a
+    folder itself or its parent), holding a NUL byte, or over 255 bytes.
+
+    A gs:// object name is free text (``a/..`` is an object of its own there): make a
+    local path of one only through this, never by joining it as it is.
+    """
+    parts = name.split("/")
+    for part in parts:
+        size = len(part.encode("utf-8", "surrogatepass"))
+        if part in ("", ".", "..") or "\0" in part or size > MAX_FILE_NAME_BYTES:
+            return None
+    return parts
+
+
+def _file_name_refused(uri: str, name: str) -> TestprioError:
+    return TestprioError(
+        f"{uri} has the name '{name}', which cannot be a file name (empty, '.', '..', a NUL "
+        f"byte or over {MAX_FILE_NAME_BYTES} bytes); rename the object."
+    )
+
+
+def object_file_name(uri: str) -> str:
+    """The last part of ``uri``'s object name, checked to be a plain file name."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    if object_parts(name) is None:
+        raise _file_name_refused(uri, name)
+    return name
+
+
 def split_gcs_uri(uri: str) -> tuple[str, str]:
     """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
     rest = uri[len(GCS_SCHEME) :]
@@ -290,10 +325,10 @@ class GcsBackend:
 
     @_gcs_errors
     def local_copy(self, uri: str, folder: str) -> str:
+        path = os.path.join(folder, object_file_name(uri))  # checked before any request
         blob = self._blob(uri)
         if not blob.exists():
             raise TestprioError(f"{uri} does not exist; check the bucket and object name.")
-        path = os.path.join(folder, os.path.basename(uri) or "object")
         blob.download_to_filename(path)
         return path
 
@@ -457,13 +492,16 @@ def local_folder(base: str, names: list[str]) -> Iterator[str]:
         yield base
         return
     with tempfile.TemporaryDirectory(prefix="testprio-fetch-") as folder:
-        targets = [os.path.normpath(os.path.join(folder, os.path.dirname(n))) for n in names]
-        for name, target in zip(names, targets, strict=True):
-            if os.path.isabs(name) or os.path.commonpath([folder, target]) != folder:
+        targets = []
+        for name in names:
+            parts = object_parts(name)
+            if parts is None:
                 raise TestprioError(
-                    f"object {join(base, name)} has a name that leads outside its folder; "
-                    "rename it without '..' parts."
+                    f"object {join(base, name)} has a name that cannot be a file name (a part "
+                    f"that is empty, '.', '..', holds a NUL byte or is over "
+                    f"{MAX_FILE_NAME_BYTES} bytes); rename the object."
                 )
+            targets.append(os.path.join(folder, *parts[:-1]))
         for name, target in zip(names, targets, strict=True):
             os.makedirs(target, exist_ok=True)
             backend.local_copy(join(base, name), target)

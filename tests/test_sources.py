@@ -15,6 +15,7 @@ import http.server
 import io
 import logging
 import os
+import re
 import socket
 import struct
 import tarfile
@@ -532,6 +533,33 @@ def test_check_data_uri_errors(tmp_path, uri, message):
     }.get(uri, uri)
     with pytest.raises(TestprioError, match=message):
         sources.check_data_uri(uri)
+
+
+# --- gs:// object names: never a path without a check -----------------------------------------
+
+
+@pytest.mark.usefixtures("gcs_emulator")
+@pytest.mark.parametrize("tail", ["x/..", "x/.", "x/../", "x/./", ".."])
+def test_gcs_pool_named_dot_or_dot_dot_is_one_sentence(tmp_path, scratch_root, tail):
+    uri = f"gs://{BUCKET}/{tail}"
+    last = tail.rstrip("/").rsplit("/", 1)[-1]
+    with pytest.raises(TestprioError, match=rf"'{re.escape(last)}', which cannot be a file name"):
+        with sources.resolve(uri):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch"]
+    assert list(scratch_root.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["a/..", "a/.", "..", "a/../b.npy", "./b.npy", "a//b.npy"])
+def test_gcs_objects_whose_names_are_no_paths_are_refused(
+    tmp_path, scratch_root, monkeypatch, name
+):
+    # The emulator cannot hold such names (its HTTP paths are normalized); GCS can.
+    monkeypatch.setattr(storage, "list_tree", lambda uri: ["ok.npy", name])
+    with pytest.raises(TestprioError, match=r"has an object '.*' that cannot be a file name"):
+        with sources.resolve(f"gs://{BUCKET}/pool/"):
+            pass
+    assert list(scratch_root.iterdir()) == []
 
 
 # --- resolve: local files, folders and archives ----------------------------------------------

@@ -308,9 +308,47 @@ def test_normalize_root_makes_relative_paths_absolute(tmp_path, monkeypatch):
     assert storage.normalize_root("runs/") == str(tmp_path / "runs")
 
 
-def test_local_folder_refuses_names_that_leave_the_folder(gcs_emulator):
-    with pytest.raises(TestprioError, match=r"leads outside its folder; rename it"):
-        with storage.local_folder(f"gs://{BUCKET}/base", ["ok.txt", "a/../../evil.txt"]):
+@pytest.mark.parametrize(
+    "name", ["a/../../evil.txt", "..", ".", "a/..", "a/.", "a/./b.txt", "a//b.txt", "x\0y"]
+)
+def test_local_folder_refuses_names_that_are_no_paths(gcs_emulator, name):
+    with pytest.raises(TestprioError, match=r"cannot be a file name \(.*\); rename the object\."):
+        with storage.local_folder(f"gs://{BUCKET}/base", ["ok.txt", name]):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("name", "parts"),
+    [
+        ("pool.npy", ["pool.npy"]),
+        ("a/b c/d.png", ["a", "b c", "d.png"]),
+        ("a\\b", ["a\\b"]),  # a backslash is a file name character on POSIX
+        ("..", None),
+        (".", None),
+        ("a/..", None),
+        ("a/.", None),
+        ("a/../b", None),
+        ("./a", None),
+        ("a//b", None),
+        ("/a", None),
+        ("a/", None),
+        ("", None),
+        ("a\0b", None),
+        ("x" * 256, None),
+        ("é" * 128, None),  # 256 bytes in UTF-8
+        ("x" * 255, ["x" * 255]),
+    ],
+)
+def test_object_parts_make_paths_of_plain_names_only(name, parts):
+    assert storage.object_parts(name) == parts
+
+
+@pytest.mark.usefixtures("gcs_emulator")
+@pytest.mark.parametrize("last", ["..", "."])
+def test_local_copy_of_an_object_named_dot_or_dot_dot_is_refused(tmp_path, last):
+    uri = f"gs://{BUCKET}/copies-{uuid.uuid4().hex[:8]}/{last}"
+    with pytest.raises(TestprioError, match=rf"'{re.escape(last)}', which cannot be a file name"):
+        with storage.local_copy(uri):
             pass
 
 

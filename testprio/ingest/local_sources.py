@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import posixpath
 from collections.abc import Callable
 
 from testprio import storage
 from testprio.errors import TestprioError
-from testprio.ingest.archives import DEFAULT_ARCHIVE_LIMITS, safe_parts
+from testprio.ingest.archives import DEFAULT_ARCHIVE_LIMITS
 from testprio.ingest.byte_budget import ByteBudget, copy_within, too_large
 from testprio.ingest.downloads import DownloadLimits
 from testprio.ingest.messages import short
@@ -42,14 +41,16 @@ def fetch_gcs(
 ) -> tuple[str, str]:
     bucket, blob = storage.split_gcs_uri(data_uri)
     root = f"gs://{bucket}/{blob}" if blob else f"gs://{bucket}"
+    # Every object name is checked before it becomes a path: 'x/..' is an object in GCS.
+    top = storage.object_file_name(root) if blob else bucket
     budget = ByteBudget(limit, too_large(data_uri, limit))
     if blob and not data_uri.endswith("/") and not storage.is_folder(root):
-        name = posixpath.basename(blob)
+        name = top
         path = os.path.join(scratch(), name)
         with storage.open_read(root) as source:
             copy_within(source, path, budget)
         return path, name
-    name = (posixpath.basename(blob) if blob else bucket) + "/"
+    name = top + "/"
     # Folder placeholders (objects named "prefix/") are no files.
     names = [n for n in storage.list_tree(root) if n and not n.endswith("/")]
     if not names:
@@ -57,11 +58,12 @@ def fetch_gcs(
     folder = os.path.join(scratch(), name.rstrip("/"))
     targets = {}
     for object_name in names:
-        parts = safe_parts(object_name)
+        parts = storage.object_parts(object_name)
         if parts is None:
             raise TestprioError(
-                f"{data_uri} has an object '{object_name}' whose name leads outside the "
-                "folder; rename or remove that object."
+                f"{data_uri} has an object '{short(object_name, 80)}' that cannot be a file "
+                "name (a part that is empty, '.', '..', holds a NUL byte or is over "
+                f"{storage.MAX_FILE_NAME_BYTES} bytes); rename or remove that object."
             )
         if len(parts) > MAX_FOLDER_DEPTH:
             raise TestprioError(
