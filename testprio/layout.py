@@ -27,6 +27,7 @@ from testprio import storage
 from testprio.containers import image_record
 from testprio.errors import TestprioError
 from testprio.log import get_logger
+from testprio.redact import redact_value
 
 log = get_logger("layout")
 
@@ -206,9 +207,17 @@ def read_record(layout: RunLayout) -> dict[str, Any]:
     return record
 
 
+def _write_record(layout: RunLayout, record: dict[str, Any]) -> None:
+    """Write ``run.json``: every URL in it without its secrets (``testprio.redact``), as
+    whoever can read the run reads it."""
+    storage.write_json(layout.run_json, redact_value(record))
+
+
 def changed_parameters(record: dict[str, Any], parameters: dict[str, Any]) -> list[str]:
-    """Names of ``parameters`` that differ from those ``record`` was started with."""
+    """Names of ``parameters`` that differ from those ``record`` was started with (compared
+    as run.json records them: URLs redacted)."""
     before = record.get("parameters") or {}
+    parameters = redact_value(parameters)
     return sorted(
         name
         for name in set(before) | set(parameters)
@@ -254,7 +263,7 @@ def start_run(layout: RunLayout, parameters: dict[str, Any]) -> None:
                     record.pop(key, None)
                 record.update(status="running", ended=None, error=None)
                 record["resumed"] = [*record.get("resumed", []), _now()]
-                storage.write_json(layout.run_json, record)
+                _write_record(layout, record)
             return
     record = {
         "run_id": layout.run_id,
@@ -266,7 +275,7 @@ def start_run(layout: RunLayout, parameters: dict[str, Any]) -> None:
         "stages": [],
         "error": None,
     }
-    storage.write_json(layout.run_json, record)
+    _write_record(layout, record)
 
 
 def record_in_run(layout: RunLayout, key: str, value: Any) -> None:
@@ -278,7 +287,7 @@ def record_in_run(layout: RunLayout, key: str, value: Any) -> None:
         return  # a stage run on its own, outside a pipeline run (tests, notebooks)
     record = storage.read_json(layout.run_json)
     record[key] = value
-    storage.write_json(layout.run_json, record)
+    _write_record(layout, record)
 
 
 def _stage_file(layout: RunLayout, stage_name: str) -> str:
@@ -303,17 +312,19 @@ def stage(layout: RunLayout, stage_name: str) -> Iterator[dict[str, Any]]:
         fail_run(layout, stage_name, f"{stage_name} failed unexpectedly: {exc!r}.")
         raise
     ended = time.time()
-    storage.write_json(
+    storage.write_json(  # merged into run.json at the end: redacted as run.json is
         _stage_file(layout, stage_name),
-        {
-            "stage": stage_name,
-            "start": started,
-            "end": ended,
-            "seconds": ended - started,
-            "peak_rss_mb": peak_rss_mb(),
-            **image_record(),  # the image it ran in, under --runner docker or in a cluster
-            **extra,
-        },
+        redact_value(
+            {
+                "stage": stage_name,
+                "start": started,
+                "end": ended,
+                "seconds": ended - started,
+                "peak_rss_mb": peak_rss_mb(),
+                **image_record(),  # the image it ran in, under --runner docker or in a cluster
+                **extra,
+            }
+        ),
     )
     log.info("stage %s finished in %.2f s", stage_name, ended - started)
 
@@ -350,7 +361,7 @@ def fail_run(
         record.update(
             status="failed", ended=_now(), failed_stage=stage_name, error=error, reason=reason
         )
-        storage.write_json(layout.run_json, record)
+        _write_record(layout, record)
     except Exception as exc:  # noqa: BLE001 - must not hide the stage's own error
         log.warning("could not mark %s failed: %s", layout.run_json, exc)
 
@@ -384,7 +395,7 @@ def finished_record(layout: RunLayout) -> dict[str, Any]:
 def finish_run(layout: RunLayout) -> dict[str, Any]:
     """Rewrite ``run.json`` last: status ``succeeded`` and every stage's timing."""
     record = finished_record(layout)
-    storage.write_json(layout.run_json, record)
+    _write_record(layout, record)
     return record
 
 

@@ -26,6 +26,7 @@ from testprio.layout import (
     new_run_id,
     read_record,
 )
+from testprio.redact import redact_text
 
 # Lines of the KFP local runner's output worth showing without --verbose: our own log lines
 # (progress, stage timings) and the runner's task start/finish lines.
@@ -62,7 +63,7 @@ class _ProgressFilter(io.TextIOBase):
     def write(self, text: str) -> int:
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
-        for line in lines:
+        for line in map(redact_text, lines):  # --verbose shows task arguments: signed URLs
             self._note(_ANSI.sub("", line).strip())
             if self._verbose:
                 self._target.write(line + "\n")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from testprio.redact import redact_text
+
 LOGGER_NAME = "testprio"
 
 
@@ -28,13 +30,21 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Formats a line, then drops the secrets of every URL in it (message, arguments and
+    traceback alike): task logs end up in KFP, terminals and CI logs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
 def configure(level: int = logging.INFO) -> None:
     """Send testprio's log lines to stderr once, with a recognisable prefix."""
     logger = logging.getLogger(LOGGER_NAME)
     if any(getattr(h, "_testprio", False) for h in logger.handlers):
         return
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("testprio %(levelname)s %(message)s"))
+    handler.setFormatter(_RedactingFormatter("testprio %(levelname)s %(message)s"))
     handler._testprio = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level)

@@ -1198,6 +1198,17 @@ def test_redirects_are_capped_and_stay_on_http(http_server, location, message):
     assert len(http_server.requests) <= 3
 
 
+def test_a_redirect_to_another_scheme_is_quoted_without_its_secrets(http_server):
+    http_server.redirects["/pool.npy"] = "ftp://user:pw@example.com/pool.npy?token=TOKEN#F"
+    with pytest.raises(
+        TestprioError, match=r"redirects to ftp://example.com/pool.npy, which is not an http"
+    ) as caught:
+        with sources.resolve(f"{_url(http_server)}/pool.npy", download_limits=LOOPBACK):
+            pass
+    for secret in ("user", "pw", "TOKEN", "#F"):
+        assert secret not in str(caught.value)
+
+
 def test_connection_goes_to_the_address_that_was_checked(monkeypatch):
     """DNS rebinding: a name that resolves to an allowed address when checked and to an
     internal one a moment later must not reach the internal one."""
