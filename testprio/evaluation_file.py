@@ -1,6 +1,8 @@
 """``evaluation.json``, what ``testprio evaluate`` writes in its run folder: its name and
-version, where it is in a run (``evaluation_uri``), and its content as tables
-(``evaluation_frames``, with the reference curves a fault-detection curve is read against).
+version, where it is in a run (``evaluation_uri``), its reading across versions
+(``read_evaluation``: a version 1 file reads as version 2 without the new figures), and its
+content as tables (``evaluation_frames``, with the reference curves a fault-detection curve
+is read against).
 
 The evaluation (``testprio.evaluation``) writes it; the report (``testprio.report.data``: the
 runs table and the Evaluation page) reads it. Both import this module, which loads neither
@@ -10,14 +12,60 @@ the evaluation stack (ONNX, the prioritizer families) nor the report.
 from __future__ import annotations
 
 from testprio import storage
+from testprio.errors import TestprioError
 from testprio.layout import RunLayout
+from testprio.summary import degenerate_note
 
 EVALUATION_NAME = "evaluation.json"
-EVALUATION_VERSION = 1
+# 2: retrain[i].vs_random (paired difference to random, Holm), controls, comparison,
+# winners by significance (below_random), prioritizers' degenerate, splits (per_split).
+EVALUATION_VERSION = 2
 
 
 def evaluation_uri(layout: RunLayout) -> str:
     return storage.join(layout.uri, EVALUATION_NAME)
+
+
+def read_evaluation(evaluation: dict) -> dict:
+    """``evaluation`` (evaluation.json's content) as version 2 reads it, the input unchanged.
+
+    A version 1 file (written before the verdicts were tested) gets the version 2 fields
+    empty: ``comparison`` and ``controls`` None, every ``retrain[i].vs_random`` and
+    ``prioritizers[NAME].degenerate`` None, ``splits`` 1, ``winners[i].below_random`` [];
+    its ``winners[i].by_accuracy`` keeps version 1's meaning (the best mean, untested), which
+    ``comparison`` None tells apart. A newer version than this testprio knows is refused in
+    one sentence.
+    """
+    version = evaluation.get("version", 1)
+    if version == EVALUATION_VERSION:
+        return evaluation
+    if version != 1:
+        raise TestprioError(
+            f"evaluation.json version {version!r} is not one this testprio reads (1 to "
+            f"{EVALUATION_VERSION}); update testprio to read it."
+        )
+    prioritizers = {
+        name: {
+            "degenerate": None,
+            "distinct_values": None,
+            "modal_share": None,
+            **entry,
+            **(
+                {"retrain": [{**row, "vs_random": None} for row in entry["retrain"]]}
+                if "retrain" in entry
+                else {}
+            ),
+        }
+        for name, entry in evaluation["prioritizers"].items()
+    }
+    return {
+        **evaluation,
+        "prioritizers": prioritizers,
+        "winners": [{"below_random": [], **row} for row in evaluation["winners"]],
+        "comparison": None,
+        "controls": None,
+        "splits": 1,
+    }
 
 
 def reference_curves(samples: int, faults: int) -> list[dict]:
@@ -38,20 +86,37 @@ def reference_curves(samples: int, faults: int) -> list[dict]:
 def evaluation_frames(evaluation: dict) -> dict[str, list[dict]]:
     """The evaluation as tables (lists of row dicts) for the report app and the charts.
 
-    - ``apfd``: prioritizer, apfd, apfd_normalized
+    Any version :func:`read_evaluation` reads; a version 1 file has no ``vs_random`` or
+    ``controls`` rows.
+
+    - ``apfd``: prioritizer, apfd, apfd_normalized, degenerate, note (``degenerate_note``)
     - ``faults``: prioritizer, budget, found, of, share (found / of)
     - ``retrain``: prioritizer, budget, accuracy_mean, ci_low, ci_high, gain (over baseline)
+    - ``vs_random``: prioritizer, budget, diff_mean, ci_low, ci_high, p, p_holm, significant
+    - ``controls``: control (``no_selection``, ``whole_pool``), accuracy_mean, ci_low,
+      ci_high, gain (over baseline)
     - ``baseline``: one row, accuracy (the model as given, on the test split)
-    - ``winners``: budget, by_accuracy, accuracy_mean, by_faults, found (names joined)
+    - ``winners``: budget, by_accuracy, accuracy_mean, below_random, by_faults, found
+      (names joined)
     - ``curves``: prioritizer, inspected, found (shares; each prioritizer's fault-detection
       curve; none for a pool without faults or a file written before curves were kept)
     - ``curve_references``: order (``random``, ``ideal``), inspected, found
     """
+    evaluation = read_evaluation(evaluation)
     baseline = evaluation["baseline_accuracy"]
     frames: dict[str, list[dict]] = {
         "apfd": [],
         "faults": [],
         "retrain": [],
+        "vs_random": [],
+        "controls": [
+            {
+                "control": name,
+                **{key: figures[key] for key in ("accuracy_mean", "ci_low", "ci_high")},
+                "gain": figures["accuracy_mean"] - baseline,
+            }
+            for name, figures in (evaluation["controls"] or {}).items()
+        ],
         "baseline": [{"accuracy": baseline}],
         "winners": [],
         "curves": [],
@@ -66,6 +131,8 @@ def evaluation_frames(evaluation: dict) -> dict[str, list[dict]]:
                 "prioritizer": name,
                 "apfd": score.get("raw"),
                 "apfd_normalized": score.get("normalized"),
+                "degenerate": entry.get("degenerate"),
+                "note": degenerate_note(entry),
             }
         )
         for row in entry["faults"]:
@@ -92,11 +159,16 @@ def evaluation_frames(evaluation: dict) -> dict[str, list[dict]]:
                     "gain": row["accuracy_mean"] - baseline,
                 }
             )
+            if row.get("vs_random"):
+                frames["vs_random"].append(
+                    {"prioritizer": name, "budget": row["budget"], **row["vs_random"]}
+                )
     for row in evaluation["winners"]:
         frames["winners"].append(
             {
                 **row,
                 "by_accuracy": ", ".join(row["by_accuracy"]),
+                "below_random": ", ".join(row["below_random"]),
                 "by_faults": ", ".join(row["by_faults"]),
             }
         )

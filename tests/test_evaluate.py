@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from testprio import cli, evaluation, evaluation_file, metamorphic, storage
+from testprio import cli, evaluation, evaluation_file, metamorphic, stats, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
 from testprio.report import charts
@@ -165,20 +165,71 @@ def test_budget_size(n, budget, size):
     assert evaluation.budget_size(n, budget) == size
 
 
-def test_winners_list_every_tie():
+def _acc(budget, accuracies):
+    return {"budget": budget, **evaluation.accuracy_summary(accuracies)}
+
+
+def _judged():
+    """Three prioritizers against random at one budget, five seeds: a clearly better, b
+    no different, c clearly worse (differences to random: a +0.02 +- 0.005, c -0.03)."""
+    random = [0.80, 0.81, 0.79, 0.80, 0.82]
+    shifts = {"a": [0.02, 0.025, 0.015, 0.02, 0.022], "b": [0.01, -0.012, 0.0, 0.004, -0.003],
+              "c": [-0.03, -0.031, -0.029, -0.03, -0.033]}  # fmt: skip
     entries = {
-        "a": {"faults": [{"budget": 5, "found": 4}], "retrain": [_acc(5, 0.9)]},
-        "b": {"faults": [{"budget": 5, "found": 4}], "retrain": [_acc(5, 0.8)]},
-        "random": {"faults": [{"budget": 5, "found": 1}], "retrain": [_acc(5, 0.95)]},
+        name: {
+            "faults": [{"budget": 5, "found": found}],
+            "retrain": [_acc(5, [r + d for r, d in zip(random, shift, strict=True)])],
+        }
+        for (name, shift), found in zip(shifts.items(), (4, 4, 1), strict=True)
     }
-    assert evaluation.winners(entries, (5,)) == [
-        {"budget": 5, "by_accuracy": ["random"], "accuracy_mean": 0.95, "by_faults": ["a", "b"],
-         "found": 4},
+    entries["random"] = {"faults": [{"budget": 5, "found": 1}], "retrain": [_acc(5, random)]}
+    return evaluation.with_vs_random(entries)
+
+
+def test_vs_random_is_the_paired_t_test_with_holm_over_the_file():
+    from scipy import stats as reference
+
+    judged = _judged()
+    random = judged["random"]["retrain"][0]["accuracies"]
+    p = {}
+    for name in ("a", "b", "c"):
+        row = judged[name]["retrain"][0]
+        test = reference.ttest_rel(row["accuracies"], random)
+        interval = test.confidence_interval()
+        found = row["vs_random"]
+        assert found["diff_mean"] == pytest.approx(np.mean(row["accuracies"]) - np.mean(random))
+        assert found["p"] == pytest.approx(test.pvalue, rel=1e-9)
+        assert (found["ci_low"], found["ci_high"]) == pytest.approx(
+            (interval.low, interval.high), abs=1e-12
+        )
+        p[name] = found["p"]
+    # Holm over the three comparisons of the file.
+    for name, adjusted in zip(p, stats.holm(list(p.values())), strict=True):
+        assert judged[name]["retrain"][0]["vs_random"]["p_holm"] == adjusted
+        assert judged[name]["retrain"][0]["vs_random"]["significant"] == (adjusted < 0.05)
+    assert [judged[n]["retrain"][0]["vs_random"]["significant"] for n in "abc"] == [
+        True, False, True
+    ]  # fmt: skip
+    assert judged["random"]["retrain"][0]["vs_random"] is None
+
+
+def test_winners_are_the_prioritizers_significantly_above_random():
+    judged = _judged()
+    assert evaluation.winners(judged, (5,)) == [
+        {"budget": 5, "by_accuracy": ["a"],
+         "accuracy_mean": judged["a"]["retrain"][0]["accuracy_mean"], "below_random": ["c"],
+         "by_faults": ["a", "b"], "found": 4},
     ]  # fmt: skip
 
 
-def _acc(budget, mean):
-    return {"budget": budget, "accuracy_mean": mean, "ci_low": mean, "ci_high": mean}
+def test_no_winner_when_nothing_is_significant_or_random_is_missing():
+    judged = _judged()
+    del judged["a"], judged["c"]
+    (row,) = evaluation.winners(judged, (5,))
+    assert row["by_accuracy"] == [] and row["accuracy_mean"] is None
+    alone = evaluation.with_vs_random({"a": {"faults": [], "retrain": [_acc(5, [0.9])]}})
+    assert alone["a"]["retrain"][0]["vs_random"] is None
+    assert evaluation.winners(alone, (5,))[0]["by_accuracy"] == []
 
 
 # --- option errors ------------------------------------------------------------------------

@@ -15,7 +15,18 @@ once per seed), and is judged by
   labels (``testprio.retrain``), once per seed, and its accuracy on the test split: mean
   and 95% t-interval over the seeds. For a deterministic prioritizer the seed changes only
   the fine-tuning's randomness (batch order, dropout); for ``random`` it also draws the
-  selection.
+  selection;
+- its **verdict against random** (``vs_random``): the paired difference of its accuracies
+  to random's, seed by seed, with a t-interval, a paired t-test and Holm's correction over
+  every prioritizer x budget of the file; the winners of a budget are those significantly
+  above random, none when none is;
+- whether its scores are **degenerate** (one value for >= 95% of the pool: its order is
+  the sample-id order).
+
+Beside them, two **controls** fine-tuned with the same seeds: ``no_selection`` (the
+training data alone: what the extra epochs do) and ``whole_pool`` (every pool sample
+labelled: the ceiling of any selection). ``--splits N`` repeats it all over N seeded
+pool/test splits and pools them.
 
 One concern per module:
 
@@ -27,7 +38,9 @@ One concern per module:
 - ``datasets``: the labeled data sets (``Labeled``), read, split and run through the model;
 - ``fault_detection``: APFD, faults per budget and the fault-detection curve (pure);
 - ``retraining``: the fine-tuning jobs over prioritizers, budgets and seeds;
-- ``statistics``: summaries over seeds (mean and interval) and the best per budget (pure);
+- ``statistics``: summaries over seeds (mean and interval), the paired comparison with
+  random (Holm) and the winners per budget (pure; the maths is ``testprio.stats``);
+- ``splits``: the evaluations of several pool/test splits pooled (pure);
 - ``presentation``: the evaluation as text, Markdown, KFP metrics and an HTML page;
 - ``parameters``: the ``evaluate`` pipeline's entry points (its parameters as KFP passes them).
 
@@ -57,6 +70,7 @@ from testprio.evaluation.options import (
     DEFAULT_BUDGETS,
     DEFAULT_EPOCHS,
     DEFAULT_SEEDS,
+    MAX_SPLITS,
     EvaluateOptions,
     check_budgets,
     check_coverage_params,
@@ -91,9 +105,18 @@ from testprio.evaluation.prioritizers import (
     default_prioritizers,
     order_by_score,
 )
-from testprio.evaluation.statistics import retrain_summary, winners
+from testprio.evaluation.retraining import CONTROLS
+from testprio.evaluation.splits import pool_splits
+from testprio.evaluation.statistics import (
+    accuracy_summary,
+    comparison_record,
+    retrain_summary,
+    winners,
+    with_vs_random,
+)
 
 __all__ = [
+    "CONTROLS",
     "CURVE_POINTS",
     "DEFAULT_BUDGETS",
     "DEFAULT_EPOCHS",
@@ -101,6 +124,7 @@ __all__ = [
     "DEFAULT_SEEDS",
     "INFERENCE_BATCH",
     "INSTABILITY_FOLLOWUPS",
+    "MAX_SPLITS",
     "OPTIONAL_FAMILIES",
     "PIPELINE_INGEST_PARAMETERS",
     "PRIORITIZERS",
@@ -109,12 +133,14 @@ __all__ = [
     "EvaluationReport",
     "Labeled",
     "Prioritizer",
+    "accuracy_summary",
     "budget_size",
     "check_budgets",
     "check_coverage_params",
     "check_options",
     "check_prioritizers",
     "class_probabilities",
+    "comparison_record",
     "curve_ranks",
     "default_prioritizers",
     "evaluate_orders",
@@ -129,6 +155,7 @@ __all__ = [
     "parse_coverage_params",
     "parse_names",
     "parse_prioritizers",
+    "pool_splits",
     "read_labeled",
     "report_outputs",
     "retrain_summary",
@@ -137,4 +164,5 @@ __all__ = [
     "split_pool",
     "validate_parameters",
     "winners",
+    "with_vs_random",
 ]

@@ -24,11 +24,13 @@ from testprio.evaluation.fault_detection import evaluate_orders
 from testprio.evaluation.options import EvaluateOptions, check_options
 from testprio.evaluation.prioritizers import PRIORITIZERS, Context, hidden_settings
 from testprio.evaluation.retraining import retrain_orders
-from testprio.evaluation.statistics import winners
+from testprio.evaluation.splits import pool_splits
+from testprio.evaluation.statistics import comparison_record, winners, with_vs_random
 from testprio.evaluation_file import EVALUATION_VERSION, evaluation_uri
 from testprio.ingest import sources
 from testprio.layout import RunLayout, finish_run, stage, start_run
 from testprio.log import get_logger
+from testprio.summary import score_spread
 
 log = get_logger("evaluate")
 
@@ -47,12 +49,21 @@ def run_evaluation(
 
     Returns the evaluation (the JSON's content). ``model``, ``data``, ``train_data`` and
     ``test_data`` (empty: ``options.split`` of the pool) are URIs as ``testprio run`` takes.
+    With ``options.splits`` N > 1 the whole evaluation runs once per seeded pool/test split
+    (split k holds out ``split_pool(..., seed=k)``); the file's top level pools them
+    (``testprio.evaluation.splits``) and ``per_split`` keeps each split's figures.
     """
     options = check_options(options or EvaluateOptions())
     if not test_data and not options.split:
         raise TestprioError(
             "the evaluation needs a held-out test split: give --test-data, or --split with the "
             "share of the pool to hold out (e.g. 0.3)."
+        )
+    if test_data and options.splits > 1:
+        raise TestprioError(
+            f"--splits {options.splits} draws a new pool and test split from the pool for each "
+            "split; give --split F (the share to hold out) instead of --test-data, whose test "
+            "split is fixed."
         )
     for uri in (data, train_data, test_data):
         if uri:
@@ -69,6 +80,7 @@ def run_evaluation(
         "prioritizers": list(options.prioritizers),
         "seeds": int(options.seeds),
         "split": float(options.split),
+        "splits": int(options.splits),
         "epochs": int(options.epochs),
         "kind": "evaluation",
     }
@@ -94,16 +106,30 @@ def run_evaluation(
         pool = read_labeled(layouts["pool"], "the pool (--data)")
         train = read_labeled(layouts["train"], "the training data (--train-data)")
         if test_data:
-            test = read_labeled(layouts["test"], "the test data (--test-data)")
+            parts = [(pool, read_labeled(layouts["test"], "the test data (--test-data)"))]
+            held_out = "the test data (--test-data)"
         else:
-            pool, test = split_pool(pool, options.split)
-        held_out = "the test data (--test-data)" if test_data else f"{options.split:g} of the pool"
-        evaluation = _evaluate(layout, detected, record, (pool, train, test), options, timed)
+            parts = [split_pool(pool, options.split, seed=k) for k in range(options.splits)]
+            held_out = f"{options.split:g} of the pool" + (
+                f", in {options.splits} seeded splits" if options.splits > 1 else ""
+            )
+        per_split = []
+        for k, (pool_k, test_k) in enumerate(parts):
+            if len(parts) > 1:
+                log.info("evaluate: split %d of %d", k + 1, len(parts))
+            per_split.append(
+                _evaluate(layout, detected, record, (pool_k, train, test_k), options, timed)
+            )
+        evaluation = per_split[0] if len(per_split) == 1 else pool_splits(per_split)
+        evaluation["comparison"] = comparison_record(
+            "seed" if len(per_split) == 1 else "(split, seed)"
+        )
+        evaluation["splits"] = len(per_split)
         evaluation["test_split"] = held_out
         timings["total"] = time.time() - started
         evaluation["timings"] = {name: round(value, 3) for name, value in timings.items()}
         storage.write_json(evaluation_uri(layout), evaluation)
-        figures.update(prioritizers=len(evaluation["prioritizers"]), pool=len(pool.ids))
+        figures.update(prioritizers=len(evaluation["prioritizers"]), pool=len(parts[0][0].ids))
     finish_run(layout)
     return evaluation
 
@@ -165,7 +191,7 @@ def _evaluate(layout, detected, record, datasets, options, timed) -> dict:
         context.surprise_layer  # noqa: B018 - checks --layers and --surprise-layer
     results, orders = _prioritize(context, options, seeds, misclassified, timed)
     with timed("retrain"):
-        retrained, retraining = retrain_orders(
+        retrained, retraining, controls = retrain_orders(
             layout,
             detected,
             record,
@@ -177,6 +203,7 @@ def _evaluate(layout, detected, record, datasets, options, timed) -> dict:
         )
     for name, rows in retrained.items():
         results[name]["retrain"] = rows
+    results = with_vs_random(results)
     return {
         "version": EVALUATION_VERSION,
         "run_id": layout.run_id,
@@ -196,6 +223,7 @@ def _evaluate(layout, detected, record, datasets, options, timed) -> dict:
         "seeds": seeds,
         "retraining": retraining,
         "prioritizers": results,
+        "controls": controls,
         "winners": winners(results, options.budgets),
         **hidden_settings(
             context,
@@ -214,12 +242,14 @@ def _prioritize(
     timed: Callable[[str], _Timer],
 ) -> tuple[dict[str, dict], dict[str, list[np.ndarray]]]:
     """Every prioritizer of ``options`` orders the pool (once per seed when seeded) and is
-    judged on ``misclassified``; returns ``(results by name, orders by name)``."""
+    judged on ``misclassified``; returns ``(results by name, orders by name)``. Each result
+    says whether the prioritizer's scores are constant on the pool (``degenerate``)."""
     results: dict[str, dict] = {}
     orders: dict[str, list[np.ndarray]] = {}
     for name in options.prioritizers:
         prioritizer = PRIORITIZERS[name]
         began = time.time()
+        context.scores = None
         with timed("prioritize"):
             per_seed = [
                 prioritizer.order(context, seed)
@@ -230,8 +260,16 @@ def _prioritize(
             "description": prioritizer.description,
             "seeded": prioritizer.seeded,
             **evaluate_orders(per_seed, misclassified, options.budgets),
+            **_spread(context.scores),
             "order_seconds": round(time.time() - began, 3),
             **context.extras.pop(name, {}),
         }
         log.info("evaluate: %s ordered the pool in %.2f s", name, time.time() - began)
     return results, orders
+
+
+def _spread(scores: np.ndarray | None) -> dict:
+    """``score_spread`` of a prioritizer's scores; a random order has none (never degenerate)."""
+    if scores is None:
+        return {"degenerate": False, "distinct_values": None, "modal_share": None}
+    return score_spread(scores)

@@ -18,6 +18,9 @@ from testprio.evaluation.prioritizers import (
 DEFAULT_BUDGETS = (1.0, 2.0, 5.0, 10.0)
 DEFAULT_SEEDS = 5
 DEFAULT_EPOCHS = 3
+# --splits: each split repeats the whole evaluation (every order and every fine-tuning), so
+# that a typo cannot start days of work.
+MAX_SPLITS = 20
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class EvaluateOptions:
     prioritizers: tuple[str, ...] = ()  # empty: default_prioritizers()
     seeds: int = DEFAULT_SEEDS
     split: float = 0.0  # share of the pool held out when no test data is given
+    splits: int = 1  # seeded pool/test splits of the pool (with split), each evaluated whole
     epochs: int = DEFAULT_EPOCHS
     framework: str = "auto"
     output_kind: str = "auto"
@@ -132,6 +136,14 @@ def check_options(options: EvaluateOptions) -> EvaluateOptions:
     """Every option checked; returns them with the defaults filled in."""
     if int(options.seeds) < 1:
         raise TestprioError(f"--seeds {options.seeds} must be 1 or more.")
+    splits = options.splits
+    if isinstance(splits, str) and splits.strip().isdigit():  # the pipeline's or API's text
+        splits = int(splits)
+    if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= MAX_SPLITS:
+        raise TestprioError(
+            f"--splits {splits} must be a whole number from 1 to {MAX_SPLITS}: each split "
+            "repeats the whole evaluation on a new seeded pool/test split."
+        )
     if isinstance(options.followups, bool) or int(options.followups) < 1:
         raise TestprioError(f"--followups {options.followups} must be 1 or more.")
     if options.metamorphic_transforms:
@@ -157,5 +169,6 @@ def check_options(options: EvaluateOptions) -> EvaluateOptions:
             "budgets": check_budgets(options.budgets),
             "prioritizers": check_prioritizers(options.prioritizers),
             "followups": int(options.followups),
+            "splits": splits,
         }
     )

@@ -34,6 +34,7 @@ def options_from_parameters(
     prioritizers: str = "",
     seeds: int = DEFAULT_SEEDS,
     split: float = 0.0,
+    splits: int = 1,
     epochs: int = DEFAULT_EPOCHS,
     framework: str = "auto",
     output_kind: str = "auto",
@@ -52,6 +53,7 @@ def options_from_parameters(
             prioritizers=parse_prioritizers(str(prioritizers)),
             seeds=int(seeds),
             split=float(split),
+            splits=splits,
             epochs=int(epochs),
             framework=framework,
             output_kind=output_kind,
@@ -82,9 +84,14 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
             "the evaluation needs a held-out test split: give test_data, or split with the "
             "share of the pool to hold out (e.g. split=0.3)."
         )
-    options_from_parameters(
+    options = options_from_parameters(
         **{k: v for k, v in parameters.items() if k not in _LOCATION_PARAMETERS}
     )
+    if parameters.get("test_data") and options.splits > 1:
+        raise TestprioError(
+            f"splits={options.splits} draws a new pool and test split from the pool for each "
+            "split; give split (the share to hold out) instead of test_data."
+        )
 
 
 def run_from_parameters(

@@ -43,7 +43,9 @@ class Context:
 
     ``pool_probs`` ``(N, K)`` float64; ``pool_ids`` ``(N,)`` int64 (ties break by it);
     ``pool_x`` ``(N, *shape)``; ``train_x`` and ``train_probs`` likewise for the reference.
-    ``extras`` collects what a prioritizer wants recorded beside its figures.
+    ``extras`` collects what a prioritizer wants recorded beside its figures; ``scores``
+    holds the ``(N,)`` per-sample scores the last order sorted by (None for ``random``),
+    for the check that they are not constant (``testprio.summary.score_spread``).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class Context:
         self.train_x = train_x
         self.train_probs = train_probs
         self.extras: dict[str, dict] = {}
+        self.scores: np.ndarray | None = None
         self._activations: dict[str, list[np.ndarray]] = {}
 
     @functools.cached_property
@@ -177,6 +180,7 @@ def _uncertainty(name: str) -> Prioritizer:
     def order(context: Context, seed: int) -> np.ndarray:
         # float32 like the score stage's columns, so the evaluation's order is the ranking's
         scores = metrics.METRICS[name](context.pool_probs).astype(np.float32)
+        context.scores = scores
         return order_by_score(scores, context.pool_ids)
 
     return Prioritizer(name, f"{name} of the class probabilities (higher = less sure)", order)
@@ -210,6 +214,7 @@ def _coverage_prioritizers() -> dict[str, Prioritizer]:
             scores, covered = coverage.COVERAGE_METRICS[metric](
                 context.activations("pool"), profile, **params
             )
+            context.scores = scores  # CAM: they order what adds no new coverage
             if how == "ctm":
                 ids = coverage.ctm_order(scores, context.pool_ids)
             else:
@@ -246,6 +251,7 @@ def _surprise_prioritizers() -> dict[str, Prioritizer]:
             scores = surprise.SURPRISE_METRICS[metric](
                 reference, pool, context.pool_probs.argmax(axis=1)
             )
+            context.scores = scores
             return order_by_score(scores, context.pool_ids)
 
         title = f"{metric.upper()} surprise adequacy (last hidden layer or --surprise-layer)"
@@ -309,6 +315,7 @@ def _metamorphic_prioritizers() -> dict[str, Prioritizer]:
         except TestprioError as exc:
             extras.update(attribution=None, attribution_error=str(exc))
         context.extras["instability"] = extras
+        context.scores = result.instability
         return order_by_score(result.instability, context.pool_ids)
 
     return {
