@@ -58,6 +58,13 @@ def add_evaluate_parser(commands) -> argparse.ArgumentParser:
         default=0.0,
         help="without --test-data: share of the pool held out as the test split (seeded)",
     )
+    parser.add_argument(
+        "--splits",
+        type=int,
+        default=1,
+        help="with --split: repeat the whole evaluation over N seeded pool/test splits and "
+        "pool them (1 to 20; default 1)",
+    )
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (3)")
     parser.add_argument("--framework", default="auto", help="auto, onnx, pytorch, tensorflow")
     parser.add_argument("--output-kind", default="auto", help="auto, logits or probabilities")

@@ -593,6 +593,8 @@ def test_cli_prints_the_tables_and_the_file(inputs, local_root, capsys):
         (["--coverage-params", "{"], "--coverage-params '{' is not a JSON object"),
         (["--followups", "0"], "--followups 0 must be 1 or more."),
         (["--metamorphic-transforms", "spin"], "unknown metamorphic transform(s) spin"),
+        (["--splits", "0"], "--splits 0 must be a whole number from 1 to 20: each split"),
+        (["--splits", "2"], "--splits 2 draws a new pool and test split from the pool for each"),
     ],
 )
 def test_cli_errors_are_one_sentence(inputs, local_root, capsys, fresh_log, extra, message):
