@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from testprio import containers, params, storage
 from testprio.client import PIPELINES
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
 from testprio.local_run import RUN_DEFAULTS, RunInterrupted, run_pipeline_locally
+from testprio.redact import redact_text
 
 __all__ = ["RUN_DEFAULTS", "RunInterrupted", "build_parser", "main", "run_pipeline_locally"]
 
@@ -343,6 +345,24 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
 _ARGPARSE_TYPES = {str: str, int: int, float: params.finite_float}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with testprio's one convention for errors: a mistake on the command line
+    exits 1 with ``testprio: error: <sentence>`` as its last line, as every other error of
+    every command does (argparse's own exits 2 with ``PROG: error:``). Its subcommands'
+    parsers are of this class too (``add_subparsers`` makes them with the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"testprio: error: {_sentence(message)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _sentence(message: str) -> str:
+    """``message`` without the secrets of its URLs, ending in a full stop."""
+    message = redact_text(message.strip())
+    return message if message.endswith((".", "?", "!")) else message + "."
+
+
 def _add_run_parameters(run: argparse.ArgumentParser) -> None:
     """One option per command-line parameter of ``testprio.params``; their defaults are set
     once, by ``set_defaults(**RUN_DEFAULTS)``."""
@@ -372,9 +392,12 @@ def _add_run_parameters(run: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="testprio",
         description="Rank unlabeled inputs by how unsure a classifier is about them.",
+        epilog="Exit status of every command: 0 on success; 1 on any error, a mistake on the "
+        "command line included, with one sentence 'testprio: error: ...' as the last line; "
+        "128 + the signal's number when interrupted (130: Ctrl-C, 143: SIGTERM).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -525,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"testprio: {exc}", file=sys.stderr)
         return exc.exit_code
     except TestprioError as exc:
-        print(f"testprio: error: {exc}", file=sys.stderr)
+        print(f"testprio: error: {_sentence(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("testprio: interrupted", file=sys.stderr)

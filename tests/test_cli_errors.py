@@ -36,9 +36,49 @@ def test_every_float_option_refuses_inf_and_nan(run_args, capsys, command, optio
     extra = run_args if words[0] == "run" else []
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*words, *extra, f"{option}={value}"])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.endswith(f"argument {option}: '{value}' is not a finite number; give one like 2.5")
+    assert err == (
+        f"testprio: error: argument {option}: '{value}' is not a finite number; give one like 2.5."
+    )
+
+
+# One convention for every command: a mistake on the command line, like any other error,
+# exits 1 with "testprio: error: <sentence>" as the last line (argparse's usage line above).
+USAGE_MISTAKES = [
+    ["bogus"],
+    ["run"],
+    ["run", "--model", "m", "--data", "d", "--root", "r", "--top-k", "x"],
+    ["evaluate", "--split", "x"],
+    ["evaluate", "--model", "m", "--data", "d", "--train-data", "t", "--root", "r", "--seeds",
+     "many"],
+    ["compile", "--gpu-count", "x"],
+    ["compile", "--timeout", "rank"],
+    ["report"],
+    ["labels"],
+    ["labels", "import", "--run", "r"],
+    ["submit", "--model", "m"],
+    ["runs", "logs"],
+    ["runs", "logs", "x", "--interval", "nan"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", USAGE_MISTAKES, ids=" ".join)
+def test_usage_mistakes_of_every_command_exit_1_with_one_sentence(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("testprio: error: ") and lines[-1].endswith("."), lines
+    assert all(": error:" not in line for line in lines[:-1])
+    assert all(line.startswith(("usage:", " ")) for line in lines[:-1]), lines
+
+
+def test_usage_mistakes_are_redacted(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["compile", "--gpu-count", "https://u:pw@h/x?sig=SECRET"])
+    err = capsys.readouterr().err
+    assert "SECRET" not in err and "pw" not in err and "https://h/x" in err
 
 
 def test_every_float_option_of_every_command_uses_the_finite_type():
