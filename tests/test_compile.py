@@ -157,3 +157,27 @@ def test_every_task_pod_is_hardened_in_the_platform_spec(tmp_path):
             "runAsNonRoot": True,
         }, name
         assert spec["emptyDirMounts"] == [{"mountPath": "/tmp", "volumeName": "tmp"}], name
+
+
+@pytest.mark.parametrize(
+    ("stage", "settings", "message"),
+    [
+        ("scoring", {}, r"^stage 'scoring' is not one of start, ingest, convert, reference, "),
+        ("rank", {"gpu_count": 1}, r"^gpu_count is set for a rank task, but only score "),
+        ("rank", {"node_selector": {}}, r"^node_selector is set for a rank task, but only "),
+        ("score", {"gpu_count": -1}, r"^gpu_count=-1 must be a whole number, 0 or more\.$"),
+        ("score", {"timeout_s": 0}, r"^timeout_s=0 must be a whole number of seconds, at "),
+        ("score", {"timeout_s": 1.5}, r"^timeout_s=1\.5 must be a whole number of seconds, "),
+    ],
+)
+def test_configure_task_refuses_bad_settings(stage, settings, message):
+    from kfp import dsl
+
+    from components import configure_task
+    from components.score import score
+
+    with pytest.raises(ValueError, match=message):
+
+        @dsl.pipeline(name="bad")
+        def bad():
+            configure_task(score(shard="gs://b/r/data/shard-00000.parquet"), stage, **settings)
