@@ -35,6 +35,7 @@ def evaluate_pool(
     label_column: str = "",
     layers: str = "",
     surprise_layer: str = "",
+    surprise_reduce: str = "mean",
     coverage_params: str = "",
     metamorphic_transforms: str = "",
     followups: int = 10,
@@ -47,7 +48,8 @@ def evaluate_pool(
         budgets=budgets, prioritizers=prioritizers, seeds=seeds, split=split, epochs=epochs,
         framework=framework, output_kind=output_kind, preset=preset, ops=ops,
         input_shape=input_shape, shard_size=shard_size, label_column=label_column,
-        layers=layers, surprise_layer=surprise_layer, coverage_params=coverage_params,
+        layers=layers, surprise_layer=surprise_layer, surprise_reduce=surprise_reduce,
+        coverage_params=coverage_params,
         metamorphic_transforms=metamorphic_transforms, followups=followups,
     )  # fmt: skip
 

@@ -50,6 +50,7 @@ def build_pipeline(framework: str = "onnx"):
         label_column: str = "",
         layers: str = "",
         surprise_layer: str = "",
+        surprise_reduce: str = "mean",
         coverage_params: str = "",
         metamorphic_transforms: str = "",
         followups: int = 10,
@@ -60,6 +61,7 @@ def build_pipeline(framework: str = "onnx"):
             split=split, epochs=epochs, framework="auto", output_kind=output_kind,
             preset=preset, ops=ops, input_shape=input_shape, shard_size=shard_size,
             label_column=label_column, layers=layers, surprise_layer=surprise_layer,
+            surprise_reduce=surprise_reduce,
             coverage_params=coverage_params, metamorphic_transforms=metamorphic_transforms,
             followups=followups,
         )  # fmt: skip

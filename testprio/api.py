@@ -215,6 +215,7 @@ EVALUATE_OPTIONS = (
     "shard_size",
     "layers",
     "surprise_layer",
+    "surprise_reduce",
     "coverage_params",
     "metamorphic_transforms",
     "followups",
@@ -360,6 +361,7 @@ def _evaluate_options(options: dict):
         input_shape=value("input_shape", defaults.input_shape) or "",
         layers=_names(value("layers", ()), evaluation.parse_names),
         surprise_layer=(value("surprise_layer", "") or "").strip(),
+        surprise_reduce=(value("surprise_reduce", "") or defaults.surprise_reduce).strip(),
         coverage_params=(
             evaluation.parse_coverage_params(coverage) if isinstance(coverage, str) else coverage
         ),

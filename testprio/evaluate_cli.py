@@ -82,6 +82,12 @@ def add_evaluate_parser(commands) -> argparse.ArgumentParser:
         help="the ONNX tensor LSA/DSA/MDSA read (default: the last of --layers)",
     )
     parser.add_argument(
+        "--surprise-reduce",
+        default="mean",
+        choices=tuple(params.BY_NAME["surprise_reduce"].choices),
+        help=params.BY_NAME["surprise_reduce"].help,
+    )
+    parser.add_argument(
         "--coverage-params",
         default="",
         help='coverage parameters as JSON, e.g. \'{"kmnc": {"sections": 20}, "nac": '

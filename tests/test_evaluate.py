@@ -426,11 +426,17 @@ def test_layers_and_surprise_layer_are_used_and_recorded(inputs, local_root):
     assert default["layers"] == {
         "coverage": ["hidden"],
         "surprise": "hidden",
+        "surprise_reduce": "mean",
         "chosen": "default (hidden_layer_names)",
     }
     assert default["coverage_params"]["kmnc"] == {"sections": 10}
     pre = _run(inputs, local_root, "layers-pre", layers=("pre",), **options)
-    assert pre["layers"] == {"coverage": ["pre"], "surprise": "pre", "chosen": "--layers"}
+    assert pre["layers"] == {
+        "coverage": ["pre"],
+        "surprise": "pre",
+        "surprise_reduce": "mean",
+        "chosen": "--layers",
+    }
     for name in HIDDEN_FAMILIES:  # the other layer's activations order the pool otherwise
         assert _orders(pre, name) != _orders(default, name)
     mixed = _run(

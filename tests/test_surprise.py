@@ -516,3 +516,27 @@ def test_a_run_refuses_an_unknown_reduction(tmp_path):
     p.update(surprise_reduce="max")
     with pytest.raises(TestprioError, match="--surprise-reduce 'max' is not one of mean, flatten"):
         stages.validate_parameters(p)
+
+
+@pytest.mark.parametrize(("reduce", "units"), [("mean", 4), ("flatten", 256)])
+def test_evaluate_reads_the_surprise_layer_with_its_reduction(tmp_path, reduce, units):
+    import onnx
+
+    from testprio.evaluation.prioritizers import Context
+
+    model = onnx.load(str(_save_conv_model(tmp_path / "conv.onnx")))
+    x = np.random.default_rng(0).uniform(size=(30, 1, 8, 8)).astype(np.float32)
+    probs = np.full((30, 10), 0.1)
+    context = Context(
+        model=model,
+        class_output="logits",
+        pool_ids=np.arange(30),
+        pool_x=x,
+        pool_probs=probs,
+        train_x=x,
+        train_probs=probs,
+        surprise_reduce=reduce,
+    )
+    assert context.surprise_activations("pool").shape == (30, units)
+    assert [a.shape for a in context.activations("pool")] == [(30, 4)]  # coverage: the mean
+    assert context.describe_layers()["surprise_reduce"] == reduce

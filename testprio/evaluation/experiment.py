@@ -182,6 +182,7 @@ def _evaluate(layout, detected, record, datasets, options, timed) -> dict:
         train_probs=train_probs,
         layers=options.layers,
         surprise_layer=options.surprise_layer,
+        surprise_reduce=options.surprise_reduce,
         coverage_params=options.coverage_params,
         metamorphic_transforms=options.metamorphic_transforms,
         followups=options.followups,

@@ -39,6 +39,7 @@ class EvaluateOptions:
     input_shape: str = ""
     layers: tuple[str, ...] = ()  # empty: activations.hidden_layer_names
     surprise_layer: str = ""  # empty: the last of the layers
+    surprise_reduce: str = "mean"  # a feature map's vectors: activations.SPATIAL_REDUCTIONS
     coverage_params: dict[str, dict] = field(default_factory=dict)  # {metric: {param: value}}
     metamorphic_transforms: tuple[str, ...] = ()  # empty: those of the sample layout
     followups: int = INSTABILITY_FOLLOWUPS
@@ -156,6 +157,9 @@ def check_options(options: EvaluateOptions) -> EvaluateOptions:
                 f"--metamorphic-transforms; choose from {', '.join(TRANSFORMS)}."
             )
     check_coverage_params(options.coverage_params)
+    from testprio.activations import check_reduction
+
+    check_reduction(options.surprise_reduce)
     if not 0 <= float(options.split) < 1:
         raise TestprioError(
             f"--split {options.split} must be a share of the pool from 0 up to (not "

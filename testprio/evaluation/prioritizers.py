@@ -60,6 +60,7 @@ class Context:
         train_probs: np.ndarray,
         layers: Iterable[str] = (),
         surprise_layer: str = "",
+        surprise_reduce: str = "mean",
         coverage_params: dict[str, dict] | None = None,
         metamorphic_transforms: Iterable[str] = (),
         followups: int = 0,
@@ -67,6 +68,7 @@ class Context:
         self.model = model
         self.chosen_layers = tuple(layers)
         self.chosen_surprise_layer = surprise_layer
+        self.surprise_reduce = surprise_reduce
         self.coverage_params = coverage_params or {}
         self.metamorphic_transforms = tuple(metamorphic_transforms)
         self.followups = int(followups) or INSTABILITY_FOLLOWUPS
@@ -132,16 +134,17 @@ class Context:
         return self._activations[part]
 
     def surprise_activations(self, part: str) -> np.ndarray:
-        """``(N, units)`` activations of :attr:`surprise_layer` for ``part``."""
-        if self.surprise_layer in self.layers:
+        """``(N, units)`` activations of :attr:`surprise_layer` for ``part``, a feature map
+        reduced by ``surprise_reduce`` (coverage's layers always average over space)."""
+        if self.surprise_layer in self.layers and self.surprise_reduce == "mean":
             return self.activations(part)[self.layers.index(self.surprise_layer)]
-        key = f"{part}:{self.surprise_layer}"
+        key = f"{part}:{self.surprise_layer}:{self.surprise_reduce}"
         if key not in self._activations:
             from testprio.activations import flatten_activation
 
             x = self.pool_x if part == "pool" else self.train_x
             (output,) = retrain.onnx_outputs(self._require_model(), [self.surprise_layer], x)
-            self._activations[key] = [flatten_activation(output)]
+            self._activations[key] = [flatten_activation(output, reduce=self.surprise_reduce)]
         return self._activations[key][0]
 
     def describe_layers(self) -> dict:
@@ -149,6 +152,7 @@ class Context:
         return {
             "coverage": self.layers,
             "surprise": self.surprise_layer,
+            "surprise_reduce": self.surprise_reduce,
             "chosen": "--layers" if self.chosen_layers else "default (hidden_layer_names)",
         }
 
