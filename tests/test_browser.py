@@ -224,3 +224,27 @@ def test_evaluation_page_renders_its_charts_in_chromium(report_server, browser):
     page.screenshot(path=str(ARTIFACTS / "report-evaluation-page.png"), full_page=True)
     assert not errors, errors
     page.close()
+
+
+def test_report_html_renders_under_its_content_security_policy(report_server, browser, tmp_path):
+    """report.html as a file: its policy blocks nothing the page uses (inline styles, data:
+    images, inline SVG) and Chromium enforces it (an injected script would not run)."""
+    page = browser.new_page()
+    messages: list[str] = []
+    page.on("console", lambda message: messages.append(message.text))
+    html = SERVED["root"] / "labeled" / "report" / "report.html"
+    page.goto(html.as_uri())
+    widths = page.eval_on_selector_all("img", "images => images.map(i => i.naturalWidth)")
+    assert widths and all(width > 0 for width in widths)
+    assert page.eval_on_selector_all("svg", "charts => charts.length") >= 6
+    header = page.eval_on_selector("header", "h => getComputedStyle(h).backgroundColor")
+    assert header == "rgb(36, 59, 83)"  # the inline <style> applies
+    assert not [text for text in messages if "Content Security Policy" in text], messages
+    hostile = tmp_path / "hostile.html"
+    hostile.write_text(
+        html.read_text().replace("</main>", "<script>document.title = 'ran'</script></main>")
+    )
+    page.goto(hostile.as_uri())
+    assert page.title() != "ran"
+    assert any("Content Security Policy" in text for text in messages), messages
+    page.close()

@@ -88,6 +88,48 @@ def test_report_html_references_nothing_external(runs):
     assert ids == {"figures", "model", "data", "stages", "scores", "ranking", "labels", "export"}
 
 
+# Defence in depth for a page that holds run data: even if some text escaped the escaping,
+# the browser would run no script and fetch nothing (style and data: images only).
+REPORT_CSP = {
+    "default-src": ["'none'"],
+    "script-src": ["'none'"],
+    "style-src": ["'unsafe-inline'"],
+    "img-src": ["data:"],
+    "base-uri": ["'none'"],
+    "form-action": ["'none'"],
+}
+
+
+class _Metas(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+        self.http_equiv: list[tuple[str, str]] = []
+        self.policy_at: int | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.order.append(tag)
+        values = dict(attrs)
+        if tag == "meta" and "http-equiv" in values:
+            self.http_equiv.append((values["http-equiv"].lower(), values.get("content") or ""))
+            self.policy_at = len(self.order) - 1
+
+
+def test_report_html_carries_a_content_security_policy(runs):
+    parsed = _Metas()
+    parsed.feed(html_of(runs["labeled"]))
+    ((name, content),) = parsed.http_equiv  # the policy, and no refresh or other header
+    assert name == "content-security-policy"
+    policy = {
+        directive.split()[0]: directive.split()[1:]
+        for directive in content.split(";")
+        if directive.strip()
+    }
+    assert policy == REPORT_CSP
+    # Before anything it governs: a policy met after a resource does not cover that resource.
+    assert parsed.policy_at < parsed.order.index("style") < parsed.order.index("img")
+
+
 def test_report_html_shows_the_runs_figures_and_samples(runs):
     layout = runs["labeled"]
     html = html_of(layout)
