@@ -107,6 +107,12 @@ def _patch_central_directory(path: Path, offset: int, fmt: str, value: int) -> N
     path.write_bytes(bytes(data))
 
 
+def _png_bytes(width: int, height: int, color, mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _npy_bytes(x: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, x)
@@ -794,6 +800,44 @@ def test_too_many_entries_are_rejected(tmp_path, kind):
     with pytest.raises(TestprioError, match=rf"many.{kind} has more than 10 entries"):
         with sources.resolve(str(archive), archive_limits=ArchiveLimits(max_entries=10)):
             pass
+
+
+def _tar_gz_of(target: Path, count: int, data) -> Path:
+    """A .tar.gz of ``count`` files ``c{i % 10}/img{i}.png`` holding ``data(i)``."""
+    with tarfile.open(target, "w:gz") as archive:
+        for index in range(count):
+            content = data(index)
+            info = tarfile.TarInfo(f"pool/c{index % 10}/img{index:05d}.png")
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return target
+
+
+def test_many_empty_files_from_a_small_tar_gz_are_refused(tmp_path, scratch_root):
+    archive = _tar_gz_of(tmp_path / "empty.tar.gz", 20_000, lambda index: b"")
+    assert archive.stat().st_size < 200_000
+    with pytest.raises(
+        TestprioError,
+        match=r"empty.tar.gz has more than 10,000 entries for its [0-9,]+ bytes \(at most one "
+        r"entry per 16 bytes of archive past the first 10,000\); this looks like an archive "
+        r"bomb of empty or near-empty files",
+    ):
+        with sources.resolve(str(archive)):
+            pass
+    assert list(scratch_root.iterdir()) == []
+
+
+def test_the_entry_count_limit_grows_with_the_archive(tmp_path):
+    flat = [_png_bytes(8, 8, color) for color in range(256)]  # real, tiny, well compressed
+    limits = ArchiveLimits(free_entries=100)
+    archive = _tar_gz_of(tmp_path / "flat.tar.gz", 2_000, lambda index: flat[index % 256])
+    assert archive.stat().st_size > 16 * 2_000
+    sources.extract_archive(str(archive), str(tmp_path / "out"), "flat.tar.gz", limits)
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 2_000
+    archive = _tar_gz_of(tmp_path / "ones.tar.gz", 2_000, lambda index: b"1")
+    (tmp_path / "out2").mkdir()
+    with pytest.raises(TestprioError, match=r"ones.tar.gz has more than [0-9,]+ entries for"):
+        sources.extract_archive(str(archive), str(tmp_path / "out2"), "ones.tar.gz", limits)
 
 
 def test_damaged_archive_is_an_error(tmp_path):

@@ -4,7 +4,8 @@
 Archives are never handed to ``extractall``: every entry is checked first, and the bytes of
 each regular file are copied by this module. Rejected: entries whose path is absolute or
 leads outside the target folder, links (symbolic and hard), devices, FIFOs and any other
-special entry, encrypted entries, more entries than ``ArchiveLimits.max_entries``, a
+special entry, encrypted entries, more entries than ``ArchiveLimits.max_entries`` (or
+than the archive's size allows, ``ArchiveLimits.min_bytes_per_entry``), a
 declared expanded size over ``ArchiveLimits.max_bytes`` and entries that expand more than
 ``ArchiveLimits.max_ratio`` times (see ``ArchiveLimits``). Declared sizes can lie, so the
 size and ratio limits are enforced again on the bytes actually written.
@@ -45,10 +46,18 @@ class ArchiveLimits:
     ``ratio_min_bytes`` would otherwise pass one by one: real pools of images, arrays or
     CSV compress a few to a few tens of times. ``max_depth``: folders nested in one entry's
     path (deeper trees are refused before anything is written).
+
+    ``min_bytes_per_entry``: past the first ``free_entries``, an archive may list at most
+    one entry per this many bytes of its own size. Each entry costs a file, a decode and a
+    quarantine row, while a compressed tar of empty files spends under 8 bytes on one (94
+    KB held 20,000); real images spend more (8x8 PNGs of one colour: about 25 bytes, of
+    noise: about 95). A zip spends at least 76 bytes on every entry, so this binds tars.
     """
 
     max_bytes: int = 20 * 2**30
     max_entries: int = 2_000_000
+    free_entries: int = 10_000
+    min_bytes_per_entry: int = 16
     max_ratio: int = 1000
     ratio_min_bytes: int = 64 * 2**20
     max_total_ratio: int = 200
@@ -142,6 +151,17 @@ class _Expansion:
             raise TestprioError(
                 f"data archive {self.archive} has more than {self.limits.max_entries:,} "
                 "entries; split the pool into smaller archives."
+            )
+        limits = self.limits
+        allowed = max(limits.free_entries, self.archive_bytes // limits.min_bytes_per_entry)
+        if self.entries > allowed:
+            raise TestprioError(
+                f"data archive {self.archive} has more than {allowed:,} entries for its "
+                f"{self.archive_bytes:,} bytes (at most one entry per "
+                f"{limits.min_bytes_per_entry} bytes of archive past the first "
+                f"{limits.free_entries:,}); this looks like an archive bomb of empty or "
+                "near-empty files: re-create the archive without them, or extract it "
+                "yourself and pass the folder."
             )
 
     def declare(self, entry: str, size: int) -> None:
