@@ -68,6 +68,68 @@ def read_evaluation(evaluation: dict) -> dict:
     }
 
 
+# How the controls are named wherever they are shown.
+CONTROL_TITLES = {
+    "no_selection": "no selection (the training data alone, the same epochs)",
+    "whole_pool": "whole pool labelled (the ceiling)",
+}
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names)
+
+
+def verdicts(evaluation: dict) -> list[dict]:
+    """Per budget: ``{budget, beats_random: [names], text}``, the sentence the CLI, the HTML
+    page and the report app show: which prioritizers beat random's retrained accuracy
+    significantly there (with the difference, its interval and Holm's p), or "no prioritizer
+    beats random at b%"; those significantly below random; for a version 1 file, the best
+    by mean accuracy, said to be untested."""
+    evaluation = read_evaluation(evaluation)
+    rows = []
+    for winner in evaluation["winners"]:
+        budget = winner["budget"]
+        names = list(winner["by_accuracy"])
+        if evaluation["comparison"] is None:
+            text = (
+                f"best by mean accuracy at {budget:g}%, untested (a version 1 file): "
+                f"{_names(names) or 'none'}"
+            )
+        elif "random" not in evaluation["prioritizers"]:
+            text = f"random was not evaluated: nothing is tested against it at {budget:g}%"
+        elif not names:
+            text = f"no prioritizer beats random at {budget:g}%"
+        else:
+            beaten = []
+            for name in names:
+                (row,) = [
+                    row
+                    for row in evaluation["prioritizers"][name]["retrain"]
+                    if row["budget"] == budget
+                ]
+                test = row["vs_random"]
+                beaten.append(
+                    f"{name} {test['diff_mean']:+.4f} [{test['ci_low']:+.4f}, "
+                    f"{test['ci_high']:+.4f}], p_holm {test['p_holm']:.2g}"
+                )
+            text = f"beats random at {budget:g}%: {'; '.join(beaten)}"
+        if winner["below_random"]:
+            text += f"; below random: {_names(winner['below_random'])}"
+        rows.append({"budget": budget, "beats_random": names, "text": text})
+    return rows
+
+
+def controls_text(evaluation: dict) -> str:
+    """The controls in one line (``whole pool labelled (the ceiling) 0.9200 [0.915, 0.925];
+    no selection ... ``), '' for a file without them (version 1)."""
+    controls = read_evaluation(evaluation)["controls"] or {}
+    return "; ".join(
+        f"{CONTROL_TITLES.get(name, name)} {figures['accuracy_mean']:.4f} "
+        f"[{figures['ci_low']:.4f}, {figures['ci_high']:.4f}]"
+        for name, figures in sorted(controls.items(), key=lambda item: item[0] != "whole_pool")
+    )
+
+
 def reference_curves(samples: int, faults: int) -> list[dict]:
     """The curves a prioritizer's is read against, as rows (order, inspected, found): what a
     random order finds on average (the diagonal) and the ideal order (every fault first:

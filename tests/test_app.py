@@ -735,6 +735,7 @@ def test_evaluation_page_shows_winners_charts_retraining_and_attribution(monkeyp
     assert winners.to_dict("records") == [
         {
             "budget": row["budget"],
+            "verdict": f"no prioritizer beats random at {row['budget']:g}%",  # one seed
             "by_accuracy": ", ".join(row["by_accuracy"]),
             "accuracy_mean": row["accuracy_mean"],
             "by_faults": ", ".join(row["by_faults"]),
@@ -783,8 +784,10 @@ def test_evaluation_page_shows_winners_charts_retraining_and_attribution(monkeyp
     captions = [shown(caption.value) for caption in app.caption]
     assert CURVES_CAPTION in captions
     assert not any("it is not the full fault-detection curve" in text for text in captions)
+    # Beside the verdicts, the controls: the ceiling and no selection.
+    ceiling, info = [shown(info.value) for info in app.info]
+    assert ceiling.startswith("Beside them: whole pool labelled (the ceiling) ")
     # ONNX: the page says itself that only the head was retrained.
-    (info,) = [shown(info.value) for info in app.info]
     assert evaluation["retraining"]["method"] == "onnx"
     assert (
         "Head-only retraining: only the classifier head (the ONNX model's last linear layer)"

@@ -1,5 +1,6 @@
-"""The Evaluation page: one ``testprio evaluate`` run: the best prioritizer per budget,
-fault detection, retraining gains and every prioritizer's figures."""
+"""The Evaluation page: one ``testprio evaluate`` run: the verdict per budget (which
+prioritizers beat random, beside the controls: the ceiling), fault detection, retraining
+gains with the paired differences to random, and every prioritizer's figures."""
 
 from __future__ import annotations
 
@@ -69,20 +70,17 @@ def evaluation_page(root: str, rows: list[dict]) -> None:
     st.dataframe(
         view["winners"],
         hide_index=True,
+        column_order=("budget", "verdict", "by_faults", "found"),
         column_config={
             "budget": st.column_config.NumberColumn("budget %", format="%g"),
-            "by_accuracy": st.column_config.TextColumn("best by retrained accuracy"),
-            "accuracy_mean": st.column_config.NumberColumn("accuracy (mean)", format="%.4f"),
-            "by_faults": st.column_config.TextColumn("best by faults found"),
+            "verdict": st.column_config.TextColumn("retrained accuracy against random"),
+            "by_faults": st.column_config.TextColumn("most faults found"),
             "found": st.column_config.NumberColumn("faults found", format="%g"),
         },
     )
-    st.caption(
-        esc(
-            f"Ties list every prioritizer sharing first place; random competes like the rest. "
-            f"Faults found are of the pool's {view['misclassified']:,} misclassified samples."
-        )
-    )
+    if view["controls_text"]:
+        st.info(esc(f"Beside them: {view['controls_text']}."))
+    st.caption(esc(verdict_caption(view)))
     st.header("Fault detection")
     left, right = st.columns(2)
     with left:
@@ -118,6 +116,7 @@ def evaluation_page(root: str, rows: list[dict]) -> None:
         column_config={
             **APFD_COLUMNS,
             "seconds": st.column_config.NumberColumn("seconds to order", format="%.2f"),
+            "note": st.column_config.TextColumn("note"),
         },
     )
     if view["layers"]:
@@ -148,25 +147,47 @@ def fault_detection_chart(view: dict) -> None:
         st.write("The pool has no misclassified sample: there is no fault-detection curve.")
 
 
+def verdict_caption(view: dict) -> str:
+    """How the verdicts were decided (or that a version 1 file's were not tested)."""
+    faults = (
+        f"Most faults found: every prioritizer that ties; random competes like the rest; of "
+        f"the pool's {view['misclassified']:,g} misclassified samples."
+    )
+    if not view["tested"]:
+        return (
+            "This evaluation.json is version 1, written before verdicts were tested: each "
+            "budget names the best mean accuracy, which may be noise; evaluate again for "
+            f"verdicts against random. {faults}"
+        )
+    return (
+        "A prioritizer beats random at a budget when its retrained accuracy is above "
+        f"random's, paired by {view['pairing']}, with a Holm-adjusted p below 0.05 (paired "
+        "t-test; Holm over every prioritizer and budget of this evaluation). The ceiling "
+        "(the whole pool labelled) bounds what any selection could add; no selection "
+        f"shows what the extra epochs alone do. {faults}"
+    )
+
+
 def evaluation_summary(view: dict) -> None:
     columns = st.columns(4)
     columns[0].metric("baseline accuracy", f"{view['baseline_accuracy']:.4f}")
     columns[1].metric("pool accuracy", f"{view['pool_accuracy']:.4f}")
-    columns[2].metric("misclassified in the pool", f"{view['misclassified']:,}")
+    columns[2].metric("misclassified in the pool", f"{view['misclassified']:,g}")
     best = view["best"]["apfd_normalized"]
     columns[3].metric("best normalized APFD", "-" if best is None else f"{best:.4f}")
     model, samples = view["model"], view["samples"]
     kind = " ".join(dict.fromkeys((model["framework"], model["format"])))  # "onnx", not "onnx onnx"
     budgets = ", ".join(f"{budget:g}%" for budget in view["budgets"])
     seeds = view["seeds"]
+    splits = f" · {view['splits']} pool/test splits, pooled" if view["splits"] > 1 else ""
     st.caption(
         esc(
             f"Best prioritizer by normalized APFD: {view['best']['text'] or 'none'} · model "
             f"{model['name']} ({kind}, {model['classes']} classes) · pool "
             f"{samples['pool']:,} samples · test split {samples['test']:,} samples "
             f"({view['test_split']}) · training data {samples['train']:,} samples · "
-            f"budgets {budgets} · {seeds} seed{'s' if seeds != 1 else ''}. Baseline accuracy: "
-            "the model as given, on the test split."
+            f"budgets {budgets} · {seeds} seed{'s' if seeds != 1 else ''}{splits}. Baseline "
+            "accuracy: the model as given, on the test split."
         )
     )
 
@@ -208,3 +229,43 @@ def retraining_section(view: dict) -> None:
             "gain": st.column_config.NumberColumn("gain", format="%+.4f"),
         },
     )
+    if view["vs_random"]:
+        st.subheader("Against random")
+        st.dataframe(
+            view["vs_random"],
+            hide_index=True,
+            height=table_height(len(view["vs_random"]), most=20),
+            column_config={
+                "budget": st.column_config.NumberColumn("budget %", format="%g"),
+                "diff_mean": st.column_config.NumberColumn("difference", format="%+.4f"),
+                "ci_low": st.column_config.NumberColumn("95% CI low", format="%+.4f"),
+                "ci_high": st.column_config.NumberColumn("95% CI high", format="%+.4f"),
+                "p": st.column_config.NumberColumn("p", format="%.4f"),
+                "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.4f"),
+                "significant": st.column_config.CheckboxColumn("significant"),
+            },
+        )
+        st.caption(
+            esc(
+                f"Accuracy minus random's, paired by {view['pairing']}: the mean difference, "
+                "its 95% t-interval, the paired t-test's two-sided p and Holm's adjustment "
+                "over every row; significant: p (Holm) below 0.05."
+            )
+        )
+    if view["controls"]:
+        st.subheader("Controls")
+        st.dataframe(
+            view["controls"],
+            hide_index=True,
+            column_config={
+                "accuracy_mean": st.column_config.NumberColumn("accuracy (mean)", format="%.4f"),
+                "ci_low": st.column_config.NumberColumn("95% CI low", format="%.4f"),
+                "ci_high": st.column_config.NumberColumn("95% CI high", format="%.4f"),
+                "gain": st.column_config.NumberColumn("gain", format="%+.4f"),
+            },
+        )
+        st.caption(
+            "The same fine-tuning with the same seeds: on the training data alone (what the "
+            "extra epochs do without any selection), and on the training data plus the whole "
+            "pool labelled (the ceiling of any selection)."
+        )

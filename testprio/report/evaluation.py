@@ -11,7 +11,14 @@ from typing import Any
 
 from testprio import storage
 from testprio.errors import TestprioError
-from testprio.evaluation_file import evaluation_frames, evaluation_uri
+from testprio.evaluation_file import (
+    CONTROL_TITLES,
+    controls_text,
+    evaluation_frames,
+    evaluation_uri,
+    read_evaluation,
+    verdicts,
+)
 from testprio.layout import RunLayout
 from testprio.report.paths import run_file
 from testprio.summary import degenerate_note
@@ -130,9 +137,37 @@ def _faults_table(faults: list[dict]) -> list[dict]:
     return list(table.values())
 
 
+def _vs_random_rows(frames: dict) -> list[dict]:
+    """``evaluation_frames``' ``vs_random`` rows, checked (none for a version 1 file)."""
+    return [
+        {
+            "prioritizer": str(row["prioritizer"]),
+            "budget": as_number(row["budget"]),
+            **{
+                key: as_number(row[key])
+                for key in ("diff_mean", "ci_low", "ci_high", "p", "p_holm")
+            },
+            "significant": bool(row["significant"]),
+        }
+        for row in frames["vs_random"]
+    ]
+
+
+def _controls_rows(frames: dict) -> list[dict]:
+    """The controls (no selection, the whole pool: the ceiling) as rows, checked."""
+    return [
+        {
+            "control": CONTROL_TITLES.get(row["control"], str(row["control"])),
+            **{key: as_number(row[key]) for key in ("accuracy_mean", "ci_low", "ci_high", "gain")},
+        }
+        for row in frames["controls"]
+    ]
+
+
 def _evaluation_view(evaluation: dict, run_id: str) -> dict:
     if not isinstance(evaluation, dict):
         raise _Malformed("it is not a JSON object")
+    evaluation = read_evaluation(evaluation)  # a newer version: its own sentence
     frames = evaluation_frames(evaluation)
     baseline = as_number(evaluation["baseline_accuracy"])
     prioritizers = evaluation["prioritizers"]
@@ -164,11 +199,14 @@ def _evaluation_view(evaluation: dict, run_id: str) -> dict:
         | {"classes": int(model["classes"])},
         "samples": {part: int(samples[part]) for part in ("pool", "train", "test")},
         "test_split": str(evaluation.get("test_split") or ""),
-        "misclassified": int(pool["misclassified"]),
+        "misclassified": as_number(pool["misclassified"]),
         "pool_accuracy": as_number(pool["accuracy"]),
         "baseline_accuracy": baseline,
         "budgets": [as_number(budget) for budget in evaluation["budgets"]],
         "seeds": len(evaluation["seeds"]),
+        "splits": int(evaluation["splits"]),
+        "tested": evaluation["comparison"] is not None,
+        "pairing": str((evaluation["comparison"] or {}).get("pairing") or ""),
         "retraining": {
             "method": str(retraining["method"]),
             "description": str(retraining["description"]),
@@ -184,6 +222,7 @@ def _evaluation_view(evaluation: dict, run_id: str) -> dict:
                 "apfd": as_number((entry["apfd"] or {}).get("raw")),
                 "apfd_normalized": as_number((entry["apfd"] or {}).get("normalized")),
                 "seconds": as_number(entry.get("order_seconds")),
+                "note": degenerate_note(entry),
             }
             for name, entry in prioritizers.items()
         ],
@@ -214,15 +253,19 @@ def _evaluation_view(evaluation: dict, run_id: str) -> dict:
         ],
         "faults_table": _faults_table(frames["faults"]),
         "retrain": retrain_rows,
+        "vs_random": _vs_random_rows(frames),
+        "controls": _controls_rows(frames),
+        "controls_text": controls_text(evaluation),
         "winners": [
             {
                 "budget": as_number(row["budget"]),
+                "verdict": verdict["text"],
                 "by_accuracy": str(row["by_accuracy"]),
                 "accuracy_mean": as_number(row["accuracy_mean"]),
                 "by_faults": str(row["by_faults"]),
                 "found": as_number(row["found"]),
             }
-            for row in frames["winners"]
+            for row, verdict in zip(frames["winners"], verdicts(evaluation), strict=True)
         ],
         "attribution": _attribution_view(prioritizers["instability"])
         if "instability" in prioritizers
@@ -247,10 +290,14 @@ def _shape_problem(exc: Exception) -> str:
 
 
 def evaluation_view(evaluation: Any, run_id: str) -> dict:
-    """Everything the Evaluation page shows of an ``evaluation.json`` (its parsed content):
-    facts, the per-prioritizer table, chart rows (fault-detection curves with their random
-    and ideal references, faults per budget, retraining gain with its interval, normalized
-    APFD), the faults found per budget, winners per budget, the instability attribution.
+    """Everything the Evaluation page shows of an ``evaluation.json`` (its parsed content, any
+    version ``read_evaluation`` reads): facts, the per-prioritizer table (with the
+    degenerate note), chart rows (fault-detection curves with their random and ideal
+    references, faults per budget, retraining gain with its interval, normalized APFD), the
+    faults found per budget, the verdict and winners per budget, the paired differences to
+    random (``vs_random``), the controls (``controls``, ``controls_text``: the ceiling), the
+    instability attribution. ``tested`` is False for a version 1 file (its winners are the
+    best means, untested).
 
     ``curves`` is None for a file written before evaluations kept curves: the page then
     draws the faults at the budgets instead.
