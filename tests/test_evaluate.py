@@ -232,6 +232,36 @@ def test_no_winner_when_nothing_is_significant_or_random_is_missing():
     assert evaluation.winners(alone, (5,))[0]["by_accuracy"] == []
 
 
+def test_score_spread_flags_constant_scores():
+    from testprio.summary import degenerate_note, score_spread
+
+    assert score_spread(np.zeros(600)) == {
+        "degenerate": True, "distinct_values": 1, "modal_share": 1.0
+    }  # fmt: skip
+    nearly = np.zeros(600)
+    nearly[:20] = np.arange(1, 21)  # one value for 580 of 600 samples (96.7%)
+    assert score_spread(nearly)["degenerate"] is True
+    assert degenerate_note(score_spread(nearly)) == (
+        "constant on this pool: its order is the sample-id order (97% of the pool share one "
+        "of 21 values)"
+    )
+    nearly[:40] = np.arange(1, 41)  # 560 of 600 (93.3%, kmnc on the digits MLP): not
+    assert score_spread(nearly) == {
+        "degenerate": False, "distinct_values": 41, "modal_share": pytest.approx(560 / 600)
+    }  # fmt: skip
+    assert degenerate_note(score_spread(nearly)) == "" and degenerate_note({}) == ""
+    assert score_spread(np.array([np.nan, np.nan, 1.0]))["distinct_values"] == 2
+
+
+def test_splits_with_test_data_is_one_sentence_in_the_pipeline_parameters(inputs):
+    parameters = {"model": str(inputs["model"]), "data": str(inputs["pool"]),
+                  "train_data": str(inputs["train"]), "test_data": str(inputs["test"])}  # fmt: skip
+    evaluation.validate_parameters({**parameters, "splits": 1})
+    with pytest.raises(TestprioError, match=r"^splits=3 draws a new pool and test split"):
+        evaluation.validate_parameters({**parameters, "splits": 3})
+    assert evaluation.options_from_parameters(split=0.3, splits="4").splits == 4
+
+
 # --- option errors ------------------------------------------------------------------------
 
 
@@ -262,6 +292,10 @@ def test_unknown_prioritizer_lists_the_valid_ones():
         ({"seeds": 0}, r"--seeds 0 must be 1 or more"),
         ({"split": 1.0}, r"--split 1.0 must be a share of the pool from 0 up to"),
         ({"epochs": 0}, r"--epochs 0 must be a positive number of epochs"),
+        ({"splits": 0}, r"--splits 0 must be a whole number from 1 to 20: each split repeats"),
+        ({"splits": 21}, r"--splits 21 must be a whole number from 1 to 20"),
+        ({"splits": 1.5}, r"--splits 1.5 must be a whole number"),
+        ({"splits": True}, r"--splits True must be a whole number"),
     ],
 )
 def test_bad_options(options, message):
@@ -361,6 +395,237 @@ def test_evaluation_json(inputs, local_root):
         del entry["curve"]
     page = evaluation.evaluation_html(older)
     assert page.count("<svg") == 3 and "Fault-detection curves" not in page
+
+
+def _reference_vs_random(result):
+    """Every vs_random of ``result`` recomputed: scipy's paired t-test on the accuracies,
+    Holm over all of them (statsmodels' method, written out)."""
+    from scipy import stats as reference
+
+    random = {
+        row["budget"]: row["accuracies"] for row in result["prioritizers"]["random"]["retrain"]
+    }
+    tests = {}
+    for name, entry in result["prioritizers"].items():
+        for row in entry["retrain"] if name != "random" else []:
+            test = reference.ttest_rel(row["accuracies"], random[row["budget"]])
+            tests[name, row["budget"]] = test
+    ordered = sorted(tests, key=lambda key: tests[key].pvalue)
+    adjusted, running = {}, 0.0
+    for rank, key in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - rank) * tests[key].pvalue))
+        adjusted[key] = running
+    return tests, adjusted
+
+
+def test_evaluation_json_version_2(inputs, local_root):
+    """vs_random is scipy's paired t-test with Holm over the file, the controls are the
+    fine-tunings they say, a winner beats random significantly, tknc-ctm (one top neuron per
+    sample: always 1) and nbc-ctm (a corner of this ReLU MLP's range: 0 for 99% of the
+    pool) are degenerate."""
+    _needs("tknc-ctm", "nbc-ctm")
+    names = ("gini", "margin", "random", "tknc-ctm", "nbc-ctm")
+    result = _run(inputs, local_root, "v2", prioritizers=names, budgets=(5, 20))
+    assert result["version"] == evaluation_file.EVALUATION_VERSION == 2
+    assert result["splits"] == 1 and "per_split" not in result
+    assert result["comparison"]["pairing"] == "seed" and result["comparison"]["alpha"] == 0.05
+    tests, adjusted = _reference_vs_random(result)
+    for name, entry in result["prioritizers"].items():
+        for row in entry["retrain"]:
+            found = row["vs_random"]
+            if name == "random":
+                assert found is None
+                continue
+            test, key = tests[name, row["budget"]], (name, row["budget"])
+            assert set(found) == {"diff_mean", "ci_low", "ci_high", "p", "p_holm", "significant"}
+            assert found["p"] == pytest.approx(test.pvalue, rel=1e-9)
+            interval = test.confidence_interval()
+            assert (found["ci_low"], found["ci_high"]) == pytest.approx(
+                (interval.low, interval.high), abs=1e-12
+            )
+            assert found["p_holm"] == pytest.approx(adjusted[key], rel=1e-9)
+            assert found["significant"] == (found["p_holm"] < 0.05)
+    for row in result["winners"]:
+        significant = [
+            name
+            for name, entry in result["prioritizers"].items()
+            for line in entry["retrain"]
+            if line["budget"] == row["budget"]
+            and line["vs_random"]
+            and line["vs_random"]["significant"]
+            and line["vs_random"]["diff_mean"] > 0
+        ]
+        assert sorted(row["by_accuracy"]) == sorted(significant)
+        if not significant:
+            assert row["accuracy_mean"] is None
+    # Three seeds of a 1-epoch head retraining on this MLP show no significant difference
+    # (gini at 20% comes closest, p_holm 0.054): no winner, and the text says so.
+    assert [row["by_accuracy"] for row in result["winners"]] == [[], []]
+    assert "   20%: no prioritizer beats random at 20%; most faults: " in (
+        evaluation.format_evaluation(result)
+    )
+    # The controls: the same head retraining on the training data alone and with the whole
+    # pool, seed by seed.
+    from testprio import retrain
+
+    (xt, yt), (xp, yp), (xs, ys) = (inputs["splits"][part] for part in ("train", "pool", "test"))
+    source = retrain.SourceModel(
+        "onnx", "onnx", str(inputs["model"]), str(inputs["model"]), "logits", "logits"
+    )
+    jobs = [
+        retrain.RetrainJob(f"{name}{seed}", selection, seed)
+        for seed in (0, 1, 2)
+        for name, selection in (("none", np.zeros(0, np.int64)), ("all", np.arange(400)))
+    ]
+    direct = retrain.retrain(
+        source,
+        retrain.RetrainData(xt, yt, xp, yp, xs, ys),
+        jobs,
+        settings=retrain.RetrainSettings(epochs=1),
+    )
+    controls = result["controls"]
+    assert controls["no_selection"]["accuracies"] == [direct[f"none{s}"] for s in (0, 1, 2)]
+    assert controls["whole_pool"]["accuracies"] == [direct[f"all{s}"] for s in (0, 1, 2)]
+    for figures in controls.values():
+        assert figures["accuracy_mean"] == pytest.approx(np.mean(figures["accuracies"]))
+        assert figures["ci_low"] <= figures["accuracy_mean"] <= figures["ci_high"]
+    # Degenerate: constant scores order the pool by sample id.
+    spread = {
+        name: (entry["degenerate"], entry["distinct_values"])
+        for name, entry in result["prioritizers"].items()
+    }
+    assert spread["tknc-ctm"] == (True, 1) and spread["nbc-ctm"][0] is True
+    assert spread["gini"] == (False, 400) and spread["random"] == (False, None)
+    assert result["prioritizers"]["nbc-ctm"]["modal_share"] >= 0.95
+    text = evaluation.format_evaluation(result)
+    assert "  tknc-ctm: constant on this pool: its order is the sample-id order\n" in text
+    assert "  nbc-ctm: constant on this pool: its order is the sample-id order (" in text
+    assert "gini: constant" not in text
+    assert "constant on this pool" in evaluation.evaluation_html(result)
+    assert "whole pool labelled (the ceiling)" in evaluation.evaluation_html(result)
+    assert json.loads(json.dumps(result), parse_constant=_no_constant) == result  # no NaN
+
+
+def _no_constant(name):
+    raise AssertionError(f"evaluation.json holds {name}")
+
+
+def _as_version_1(result: dict) -> dict:
+    """``result`` as the version 1 engine wrote it: no vs_random, controls, comparison,
+    splits or degenerate fields; winners by the best mean accuracy."""
+    old = json.loads(json.dumps(result))
+    old["version"] = 1
+    for key in ("controls", "comparison", "splits"):
+        del old[key]
+    for entry in old["prioritizers"].values():
+        for key in ("degenerate", "distinct_values", "modal_share"):
+            del entry[key]
+        for row in entry["retrain"]:
+            del row["vs_random"]
+    for row in old["winners"]:
+        del row["below_random"]
+        means = {
+            name: line["accuracy_mean"]
+            for name, entry in old["prioritizers"].items()
+            for line in entry["retrain"]
+            if line["budget"] == row["budget"]
+        }
+        top = max(means.values())
+        row["by_accuracy"] = [name for name, value in means.items() if value >= top - 1e-12]
+        row["accuracy_mean"] = top
+    return old
+
+
+def test_a_version_1_file_still_reads(inputs, local_root):
+    from testprio.report import data as reportdata
+
+    result = _run(inputs, local_root, "v1", budgets=(5, 10), seeds=2)
+    old = _as_version_1(result)
+    read = evaluation_file.read_evaluation(old)
+    assert read["comparison"] is None and read["controls"] is None and read["splits"] == 1
+    assert all(row["vs_random"] is None for row in read["prioritizers"]["gini"]["retrain"])
+    assert read["winners"][0]["by_accuracy"] == old["winners"][0]["by_accuracy"]
+    frames = evaluation_file.evaluation_frames(old)
+    assert frames["vs_random"] == [] and frames["controls"] == []
+    assert len(frames["retrain"]) == 3 * 2
+    text = evaluation.format_evaluation(old)
+    assert "5%: best by mean accuracy at 5%, untested (a version 1 file): " in text
+    assert "Difference to random" not in text and "control:" not in text
+    assert "<svg" in evaluation.evaluation_html(old) and evaluation.evaluation_markdown(old)
+    view = reportdata.evaluation_view(old, "v1")
+    assert view["tested"] is False and view["vs_random"] == [] and view["controls"] == []
+    assert view["winners"][0]["verdict"].startswith("best by mean accuracy at 5%, untested")
+    # What the engine writes now reads the same through the same function.
+    assert evaluation_file.read_evaluation(result) is result
+    newer = {**result, "version": 3}
+    with pytest.raises(TestprioError, match=r"evaluation.json version 3 is not one this testprio"):
+        evaluation_file.read_evaluation(newer)
+    with pytest.raises(TestprioError, match=r"version 3 is not one this testprio reads"):
+        reportdata.evaluation_view(newer, "v3")
+
+
+def test_splits_pool_the_evaluations_of_seeded_splits(inputs, local_root):
+    """--splits 2 evaluates two seeded pool/test splits; split 0 is the --split run's, the
+    top level pools both (accuracies split by split, pairs by (split, seed))."""
+    options = {"prioritizers": ("gini", "random"), "seeds": 2, "budgets": (5, 10), "split": 0.25}
+    kwargs = {
+        "model": str(inputs["model"]),
+        "data": str(inputs["pool"]),
+        "train_data": str(inputs["train"]),
+    }
+    pooled = evaluation.run_evaluation(
+        local_root, "splits", options=evaluation.EvaluateOptions(**options, splits=2), **kwargs
+    )
+    single = evaluation.run_evaluation(
+        local_root, "split0", options=evaluation.EvaluateOptions(**options), **kwargs
+    )
+    assert pooled["splits"] == 2 and single["splits"] == 1
+    assert pooled["test_split"] == "0.25 of the pool, in 2 seeded splits"
+    assert pooled["comparison"]["pairing"] == "(split, seed)"
+    first, second = pooled["per_split"]
+    assert [first["split"], second["split"]] == [0, 1]
+    for part in ("prioritizers", "controls", "winners", "baseline_accuracy", "pool"):
+        assert _untimed(first[part]) == _untimed(single[part]), part  # split 0: --split's
+    assert first["samples"] == second["samples"] == {"pool": 300, "train": 600, "test": 100}
+    assert (
+        first["pool"] != second["pool"] or first["baseline_accuracy"] != second["baseline_accuracy"]
+    )  # another pool and test split
+    assert pooled["baseline_accuracy"] == pytest.approx(
+        (first["baseline_accuracy"] + second["baseline_accuracy"]) / 2
+    )
+    for name in ("gini", "random"):
+        for i, row in enumerate(pooled["prioritizers"][name]["retrain"]):
+            assert row["accuracies"] == [
+                *first["prioritizers"][name]["retrain"][i]["accuracies"],
+                *second["prioritizers"][name]["retrain"][i]["accuracies"],
+            ]
+        found = [row["found"] for row in pooled["prioritizers"][name]["faults"]]
+        assert found == pytest.approx(
+            [
+                (a["found"] + b["found"]) / 2
+                for a, b in zip(
+                    first["prioritizers"][name]["faults"],
+                    second["prioritizers"][name]["faults"],
+                    strict=True,
+                )
+            ]
+        )
+    tests, adjusted = _reference_vs_random(pooled)  # four pairs per budget
+    for row in pooled["prioritizers"]["gini"]["retrain"]:
+        assert row["vs_random"]["p"] == pytest.approx(tests["gini", row["budget"]].pvalue)
+        assert row["vs_random"]["p_holm"] == pytest.approx(adjusted["gini", row["budget"]])
+    assert len(pooled["controls"]["whole_pool"]["accuracies"]) == 4
+    curve = pooled["prioritizers"]["gini"]["curve"]
+    assert curve[0] == [0.0, 0.0] and curve[-1] == [1.0, 1.0]
+    text = evaluation.format_evaluation(pooled)
+    assert "Pooled over 2 seeded pool/test splits" in text and "2 seeds x 2 splits" in text
+
+
+def _untimed(figures):
+    """``figures`` without the prioritizers' order_seconds (wall-clock time)."""
+    if isinstance(figures, dict):
+        return {k: _untimed(v) for k, v in figures.items() if k != "order_seconds"}
+    return figures
 
 
 def test_split_holds_out_part_of_the_pool(inputs, local_root):
