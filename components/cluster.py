@@ -78,6 +78,10 @@ class ClusterSettings:
     # Each task tells its stages the image it runs in (TESTPRIO_IMAGE, recorded in run.json).
     # Off for local runs: the subprocess runner runs no image (the docker runner sets it).
     record_image: bool = True
+    # 0: one score task per shard (a pod each on a cluster). N > 0: the shards shared out
+    # among N score tasks that score theirs one after another: for local runs, where every
+    # task is a new Python process and KFP's local runner starts at most two at once.
+    score_groups: int = 0
 
     def __post_init__(self) -> None:
         if self.parallelism < 1:
@@ -86,6 +90,8 @@ class ClusterSettings:
             raise ValueError(f"--gpu-count {self.gpu_count} must be at least 1.")
         if self.retries < 0:
             raise ValueError(f"--retries {self.retries} must be zero or more.")
+        if self.score_groups < 0:
+            raise ValueError(f"score_groups {self.score_groups} must be zero or more.")
         for task, seconds in self.timeouts:
             if task not in DEFAULT_TIMEOUTS:
                 raise ValueError(
@@ -103,8 +109,11 @@ class ClusterSettings:
 
 
 # KFP's local runner honours retries (a bad input would wait out every backoff) and ignores
-# node placement; local runs score on whatever this machine's onnxruntime offers.
-LOCAL_SETTINGS = ClusterSettings(gpu=False, retries=0, score_device="auto", record_image=False)
+# node placement; local runs score on whatever this machine's onnxruntime offers, in two
+# score tasks (kfp.local runs at most two loop iterations at once) instead of one per shard.
+LOCAL_SETTINGS = ClusterSettings(
+    gpu=False, retries=0, score_device="auto", record_image=False, score_groups=2
+)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ def rank(
     """
     from testprio.stages import artifact_uris, publish_artifact, rank_scores
 
-    uri = rank_scores(run_uri, artifact_uris(scores), metric, top_k)
-    publish_artifact(ranking, run_uri, uri, metric=metric, shards=len(scores))
+    uris = artifact_uris(scores)
+    uri = rank_scores(run_uri, uris, metric, top_k)
+    publish_artifact(ranking, run_uri, uri, metric=metric, shards=len(uris))
     return uri

@@ -26,7 +26,7 @@ from components.ingest import ingest
 from components.rank import rank
 from components.reference import reference
 from components.report import report
-from components.score import score
+from components.score import score, score_shards
 from components.start import start
 from testprio.params import describe
 
@@ -191,19 +191,27 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
         reference_task.after(convert_task)  # it reads the converted model
         configure_task(reference_task, "reference", settings=settings)
 
-        shards = ingest_task.outputs["Output"]
-        with dsl.ParallelFor(shards, parallelism=settings.parallelism) as shard:
-            # Only the loop item and pipeline parameters go in (see components/score.py).
-            score_task = score(
-                shard=shard,
-                batch_size=batch_size,
-                gpu_batch_size=gpu_batch_size,
-                device=settings.device,
-                metamorphic=metamorphic,
-                followups=followups,
-            ).set_display_name("score")
-            score_task.after(reference_task)  # which is after convert
-            configure_task(score_task, "score", settings=settings)
+        score_arguments = dict(
+            pool=ingest_task.outputs["pool"],
+            batch_size=batch_size,
+            gpu_batch_size=gpu_batch_size,
+            device=settings.device,
+            metamorphic=metamorphic,
+            followups=followups,
+        )
+        if settings.score_groups:  # local runs: a few tasks, each scoring a share of shards
+            groups = list(range(settings.score_groups))
+            with dsl.ParallelFor(groups, parallelism=settings.parallelism) as group:
+                score_task = score_shards(
+                    group=group, groups=settings.score_groups, **score_arguments
+                )
+        else:
+            shards = ingest_task.outputs["Output"]
+            with dsl.ParallelFor(shards, parallelism=settings.parallelism) as shard:
+                # The loop item, artifacts and pipeline parameters only (components/score.py).
+                score_task = score(shard=shard, **score_arguments)
+        score_task.set_display_name("score").after(reference_task)  # which is after convert
+        configure_task(score_task, "score", settings=settings)
 
         # The model and pool artifacts in: the Kubeflow UI then shows the ranking's lineage.
         rank_task = rank(

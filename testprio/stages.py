@@ -207,6 +207,29 @@ def score_shard(
     return result["uri"]
 
 
+def score_shards(
+    run_uri: str,
+    group: int,
+    groups: int,
+    batch_size: int,
+    gpu_batch_size: int = 0,
+    device: str = "auto",
+    metamorphic: str = "",
+    followups: int = 10,
+) -> list[str]:
+    """Score the pool's shards ``group``, ``group + groups``, ... one after another, each
+    as ``score_shard`` does (a stage of its own); returns their scores URIs. A local run's
+    score task: there every task is a new process, which costs more than a small shard."""
+    layout = RunLayout(run_uri)
+    shards = storage.read_json(layout.data_manifest)["shards"]
+    return [
+        score_shard(
+            layout.data_shard(index), batch_size, gpu_batch_size, device, metamorphic, followups
+        )
+        for index in range(int(group), len(shards), int(groups))
+    ]
+
+
 def rank_scores(run_uri: str, score_uris: list[str], metric: str, top_k: int) -> str:
     configure()
     layout = RunLayout(run_uri)
@@ -249,5 +272,11 @@ def publish_artifact(artifact, run_uri: str, uri: str, **figures: Any) -> dict[s
 
 
 def artifact_uris(artifacts) -> list[str]:
-    """The run-folder URIs that ``publish_artifact`` put in ``artifacts``' metadata."""
-    return [artifact.metadata["uri"] for artifact in artifacts]
+    """The run-folder URIs that ``publish_artifact`` put in ``artifacts``' metadata: each
+    artifact's ``uris`` figure where it points at several files (a local run's score task
+    scores several shards), else its ``uri``."""
+    return [
+        uri
+        for artifact in artifacts
+        for uri in artifact.metadata.get("uris", [artifact.metadata["uri"]])
+    ]

@@ -2,13 +2,14 @@
 into a user's own pipeline."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from kfp import compiler, components, dsl
+from kfp import components
 
 from components.compile_yaml import COMPONENTS, YAML_FOLDER
 
@@ -41,7 +42,7 @@ def test_each_yaml_loads_with_described_inputs(name):
     loaded = components.load_component_from_file(path)
     assert loaded.name == name
     assert loaded.component_spec.inputs == COMPONENTS[name].component_spec.inputs
-    # kfp's loader drops descriptions; the YAML (what the Kubeflow UI reads) has them.
+    # kfp's loader drops the inputs' descriptions; the YAML has them.
     definitions = yaml.safe_load(Path(path).read_text())["components"][f"comp-{name}"]
     inputs = definitions["inputDefinitions"]
     described = {**inputs.get("parameters", {}), **inputs.get("artifacts", {})}
@@ -49,38 +50,90 @@ def test_each_yaml_loads_with_described_inputs(name):
     assert all(spec.get("description") for spec in described.values()), name
 
 
-def test_loaded_components_wire_into_a_user_pipeline(tmp_path):
-    load = {
-        name: components.load_component_from_file(os.path.join(YAML_FOLDER, f"{name}.yaml"))
-        for name in ("start", "ingest", "convert-onnx", "score", "rank")
-    }
+def _docs_example(tmp_path, monkeypatch) -> Path:
+    """Run the user pipeline of docs/how-to/use-components-in-your-pipeline.md as written
+    (from a folder holding components/yaml/); return the YAML it compiles."""
+    page = REPO / "docs" / "how-to" / "use-components-in-your-pipeline.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(encoding="utf-8"), re.S | re.M)
+    example = next(block for block in blocks if "configure_task(" in block)
+    (tmp_path / "components").mkdir()
+    (tmp_path / "components" / "yaml").symlink_to(YAML_FOLDER)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, str(page), "exec"), {"__name__": "docs_example"})
+    return tmp_path / "my-prioritize.yaml"
 
-    @dsl.pipeline(name="my-prioritize")
-    def mine(model: str, data: str, root: str):
-        run = load["start"](model=model, data=data, root=root, run_id="mine").output
-        ingest = load["ingest"](run_uri=run, data=data)
-        convert = load["convert-onnx"](run_uri=run, model=model, converter="onnx")
-        convert.after(ingest)
-        with dsl.ParallelFor(ingest.outputs["Output"]) as shard:
-            score = load["score"](shard=shard, device="cpu").after(convert)
-        load["rank"](
-            run_uri=run,
-            onnx_model=convert.outputs["onnx_model"],
-            pool=ingest.outputs["pool"],
-            scores=dsl.Collected(score.outputs["scores"]),
-            metric="entropy",
-        )
 
-    path = tmp_path / "mine.yaml"
-    compiler.Compiler().compile(mine, package_path=str(path))
-    spec = yaml.safe_load(path.read_text())
-    tasks = spec["root"]["dag"]["tasks"]
-    assert {"start", "ingest", "convert-onnx", "for-loop-1", "rank"} <= set(tasks)
-    artifacts = tasks["rank"]["inputs"]["artifacts"]
-    assert artifacts["onnx_model"]["taskOutputArtifact"] == {
-        "outputArtifactKey": "onnx_model",
-        "producerTask": "convert-onnx",
-    }
+def _task_settings(path: Path) -> dict[str, dict]:
+    """Per task of a compiled pipeline: what configure_task sets, from both YAML documents."""
+    pipeline, platform = yaml.safe_load_all(path.read_text())
+    tasks = dict(pipeline["root"]["dag"]["tasks"])
+    for component in pipeline["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    settings = {}
+    for name, task in tasks.items():
+        if name.startswith("for-loop"):
+            continue
+        executor = pipeline["components"][task["componentRef"]["name"]]["executorLabel"]
+        container = pipeline["deploymentSpec"]["executors"][executor]["container"]
+        settings[name] = {
+            "resources": container["resources"],
+            "env": container.get("env"),
+            "caching": task["cachingOptions"],
+            "retry": task.get("retryPolicy"),
+            **kubernetes[executor],
+        }
+    return settings
+
+
+def test_the_docs_user_pipeline_gets_our_cluster_settings(tmp_path, monkeypatch):
+    from pipelines.prioritize import TASK_POD_LABELS, compile_pipeline
+
+    mine = _task_settings(_docs_example(tmp_path, monkeypatch))
+    ours = _task_settings(Path(compile_pipeline(str(tmp_path / "ours.yaml"))))
+    assert set(mine) == {"start", "ingest", "convert-onnx", "score", "rank", "report"}
+    for name, settings in mine.items():
+        expected = dict(ours[name])
+        if name == "ingest":  # timeout_s=12 * 3600 in the example
+            assert int(expected.pop("activeDeadlineSeconds")) == 6 * 3600
+            expected["activeDeadlineSeconds"] = str(12 * 3600)
+        if name == "score":  # node_selector={... "nvidia-l4"} in the example
+            expected["nodeSelector"] = {"labels": {"cloud.google.com/gke-accelerator": "nvidia-l4"}}
+        assert settings == expected, name
+        assert settings["podMetadata"]["labels"] == TASK_POD_LABELS, name
+        assert settings["securityContext"] == {
+            "runAsUser": "10001",
+            "runAsGroup": "10001",
+            "runAsNonRoot": True,
+        }, name
+        assert int(settings["activeDeadlineSeconds"]) > 0, name
+        assert settings["resources"]["resourceMemoryLimit"], name
+    score = mine["score"]
+    accelerator = score["resources"]["accelerator"]
+    assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1")
+    resources = score["resources"]
+    assert (resources["resourceCpuRequest"], resources["resourceMemoryLimit"]) == ("4", "16G")
+    assert score["nodeSelector"] == {"labels": {"cloud.google.com/gke-accelerator": "nvidia-l4"}}
+    assert score["tolerations"] == [
+        {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}
+    ]
+    assert int(mine["ingest"]["activeDeadlineSeconds"]) == 12 * 3600
+    assert not any("accelerator" in mine[name]["resources"] for name in mine if name != "score")
+
+
+def test_what_kfp_keeps_of_the_descriptions(tmp_path, monkeypatch):
+    # As docs/how-to/use-components-in-your-pipeline.md says: the loaded component keeps its
+    # own description, not its inputs'; the user's compiled pipeline keeps neither.
+    loaded = components.load_component_from_file(os.path.join(YAML_FOLDER, "score.yaml"))
+    assert loaded.description.startswith("Score one sample shard")
+    assert all(spec.description is None for spec in loaded.component_spec.inputs.values())
+    pipeline = next(yaml.safe_load_all(_docs_example(tmp_path, monkeypatch).read_text()))
+    for name, component in pipeline["components"].items():
+        inputs = component.get("inputDefinitions", {})
+        for spec in {**inputs.get("parameters", {}), **inputs.get("artifacts", {})}.values():
+            assert "description" not in spec, name
+    described = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert described["root"]["description"] == "where runs go, gs://bucket/runs"
 
 
 def test_compiled_pipeline_describes_every_input_and_hands_typed_artifacts(tmp_path):

@@ -107,7 +107,8 @@ def test_local_pipeline_has_no_retries_and_scores_on_any_device(tmp_path):
     # KFP's local runner honours retry policies: a bad input must fail a local run at once.
     pipeline = _compile(tmp_path, LOCAL_SETTINGS)
     assert not [name for name, spec in _tasks(pipeline).items() if "retryPolicy" in spec]
-    score_inputs = _tasks(pipeline)["score"]["inputs"]["parameters"]
+    # Locally the shards are shared out among a few score tasks (score-shards).
+    score_inputs = _tasks(pipeline)["score-shards"]["inputs"]["parameters"]
     assert score_inputs["device"]["runtimeValue"]["constant"] == "auto"
 
 
