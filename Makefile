@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 REGISTRY ?= $(or $(TESTPRIO_REGISTRY),ghcr.io/testprio)
 IMAGE_TAG ?= $(or $(TESTPRIO_IMAGE_TAG),0.1.0)
 
-.PHONY: setup lint test test-fast demo demo-eval compile components bench bench-eval clean report browser images images-lock images-push image-bases container-engine test-containers bench-containers
+.PHONY: setup lint test test-fast demo demo-eval compile components bench bench-eval bench-mnist clean report browser images images-lock images-push image-bases container-engine test-containers bench-containers
 CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml
@@ -44,9 +44,11 @@ RUNNER ?= subprocess
 demo: setup  ## RUNNER=docker: every task in its own image (make images first)
 	$(PY) demo/run_demo.py --out demo-output --runner $(RUNNER)
 
-# Which prioritizer finds the digits CNN's mistakes, and does retraining on them pay off.
+# Which prioritizer finds a CNN's mistakes on real MNIST digits, and does retraining on them
+# pay off (paired against random, with the controls); EXPERIMENT=digits: the 8x8 digits.
+EXPERIMENT ?= mnist
 demo-eval: setup
-	$(PY) demo/run_eval_demo.py --out demo-output
+	$(PY) demo/run_eval_demo.py --out demo-output --experiment $(EXPERIMENT)
 
 compile: setup
 	for framework in onnx pytorch tensorflow paddle; do \
@@ -92,6 +94,10 @@ bench: setup
 bench-eval: setup  ## coverage and surprise-adequacy costs per 100k samples (bench/RESULTS-evaluation.md)
 	$(PY) bench/coverage_bench.py
 	$(PY) bench/surprise_bench.py
+
+bench-mnist: setup  ## every prioritizer on real MNIST (~10 min): the table in docs/explanation/reading-an-evaluation.md
+	$(PY) bench/mnist_comparison.py
+	$(PY) bench/surprise_reduce_bench.py
 
 clean:
 	rm -rf build demo-output bench/work .pytest_cache test-artifacts
