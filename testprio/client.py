@@ -235,6 +235,55 @@ def upload_inputs(parameters: dict[str, Any], run_uri: str) -> dict[str, str]:
     return uploaded
 
 
+class ClusterError(TestprioError):
+    """The Kubeflow Pipelines server could not be reached or refused a request.
+
+    Its message is one sentence; IPython and Jupyter show that sentence alone, without a
+    traceback through testprio's frames (they call ``_render_traceback_`` where an
+    exception has one).
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+def _no_answer_reasons() -> tuple[tuple[tuple[type[BaseException], ...], str], ...]:
+    """Why a request got no answer, in words, by the first matching cause (most specific
+    first: urllib3's connection errors are timeouts by class)."""
+    import socket
+    import ssl
+
+    import urllib3
+
+    return (
+        ((ConnectionRefusedError,), "nothing answers at that address"),
+        ((socket.gaierror, urllib3.exceptions.NameResolutionError), "its name does not resolve"),
+        ((ssl.SSLError, urllib3.exceptions.SSLError), "the secure connection failed"),
+        ((ConnectionResetError, BrokenPipeError), "the connection was dropped"),
+        ((TimeoutError, urllib3.exceptions.TimeoutError), "it did not answer in time"),
+    )
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error`` and what caused it: urllib3's ``reason``, then ``__cause__``/``__context__``."""
+    found: list[BaseException] = []
+    while error is not None and error not in found:
+        found.append(error)
+        reason = getattr(error, "reason", None)
+        error = (
+            reason if isinstance(reason, BaseException) else error.__cause__ or error.__context__
+        )
+    return found
+
+
+def _no_answer(error: BaseException) -> str:
+    causes = _causes(error)
+    for kinds, words in _no_answer_reasons():
+        if any(isinstance(cause, kinds) for cause in causes):
+            return words
+    return "it gave no answer"
+
+
 @contextlib.contextmanager
 def _kfp_errors(host: str) -> Iterator[None]:
     """Turn the KFP client's exceptions into one sentence naming the server and what to do."""
@@ -249,16 +298,16 @@ def _kfp_errors(host: str) -> Iterator[None]:
             body = json.loads(exc.body)
             detail = body.get("message") or body.get("error") or detail
         if not exc.status:  # no HTTP answer at all
-            raise TestprioError(
-                f"cannot reach Kubeflow Pipelines at {host} ({detail}); check --host."
+            raise ClusterError(
+                f"cannot reach Kubeflow Pipelines at {host}: {_no_answer(exc)}; check --host."
             ) from None
-        raise TestprioError(
+        raise ClusterError(
             f"Kubeflow Pipelines at {host} refused the request (HTTP {exc.status}: "
             f"{str(detail).strip()[:300]})."
         ) from None
     except (urllib3.exceptions.HTTPError, TimeoutError, ConnectionError) as exc:
-        raise TestprioError(
-            f"cannot reach Kubeflow Pipelines at {host} ({type(exc).__name__}); check --host "
+        raise ClusterError(
+            f"cannot reach Kubeflow Pipelines at {host}: {_no_answer(exc)}; check --host "
             "(with KFP standalone: kubectl port-forward -n kubeflow svc/ml-pipeline-ui "
             "8080:80, then --host http://localhost:8080)."
         ) from None
@@ -276,6 +325,10 @@ class Client:
     profile namespace with multi-user Kubeflow; ``ui_host`` the UI's address when links
     should point elsewhere than ``host``. Other keyword arguments go to ``kfp.Client``
     (``existing_token=...``, ``credentials=...``); or pass a ready ``kfp_client``.
+
+    Building one needs no server: ``kfp.Client`` (which asks the server for its health as
+    it starts) is made on the first call that needs the cluster, and a server that cannot
+    be reached then raises ``ClusterError`` with one sentence.
     """
 
     def __init__(
@@ -293,16 +346,22 @@ class Client:
         if ui and "://" not in ui:
             ui = "http://" + ui
         self.ui_host = (ui or "/pipeline").rstrip("/")
-        if kfp_client is None:
+        if namespace:
+            client_options["namespace"] = namespace
+        self._kfp_arguments = {"host": host, "ui_host": ui_host, **client_options}
+        self._kfp = kfp_client
+
+    @property
+    def kfp(self):
+        """The ``kfp.Client``, made on first use (it calls the server as it starts)."""
+        if self._kfp is None:
             import kfp
 
-            if namespace:
-                client_options["namespace"] = namespace
             with warnings.catch_warnings(), _kfp_errors(self.host):
                 # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later"
                 warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
-                kfp_client = kfp.Client(host=host, ui_host=ui_host, **client_options)
-        self.kfp = kfp_client
+                self._kfp = kfp.Client(**self._kfp_arguments)
+        return self._kfp
 
     def run_url(self, kfp_run_id: str) -> str:
         return f"{self.ui_host}/#/runs/details/{kfp_run_id}"

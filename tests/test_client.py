@@ -23,7 +23,7 @@ import yaml
 
 from pipelines.prioritize import ClusterSettings, compile_pipeline
 from testprio import cli, storage
-from testprio.client import PIPELINE_SERVICE_ACCOUNT, Client, format_logs
+from testprio.client import PIPELINE_SERVICE_ACCOUNT, Client, ClusterError, format_logs
 from testprio.errors import TestprioError
 from tests.conftest import BUCKET, linear_classifier, make_deterministic, write_pool
 
@@ -333,9 +333,69 @@ def test_server_errors_become_one_sentence(fake_kfp, package, inputs, gcs_root):
 
 def test_unreachable_server_is_one_sentence(fake_kfp):
     client = Client(fake_kfp.url)
+    client.list_runs()  # kfp.Client made and working
     fake_kfp.stop()
     with pytest.raises(TestprioError, match=r"^cannot reach Kubeflow Pipelines at http://127"):
         client.status("r1")
+
+
+def _closed_port() -> str:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+# One sentence, in words: no exception class (MaxRetryError, NewConnectionError), no urllib3.
+_JARGON = re.compile(r"[A-Z]\w+(Error|Exception)|urllib3|Retry|errno|\[Errno")
+
+
+def test_a_client_is_built_offline_and_its_first_call_says_why(fake_kfp):
+    host = _closed_port()
+    client = Client(host)  # no server there, and none needed yet
+    with pytest.raises(ClusterError) as raised:
+        client.status("r1")
+    message = str(raised.value)
+    assert message == (
+        f"cannot reach Kubeflow Pipelines at {host}: nothing answers at that address; check "
+        "--host (with KFP standalone: kubectl port-forward -n kubeflow svc/ml-pipeline-ui "
+        "8080:80, then --host http://localhost:8080)."
+    )
+    assert not _JARGON.search(message) and raised.value.__suppress_context__
+    with pytest.raises(ClusterError, match=r": its name does not resolve; check --host"):
+        Client("http://no-such-host.invalid:8080").list_runs()
+    # Against a live server, the constructor sends nothing either; the first call does.
+    served = Client(fake_kfp.url)
+    assert fake_kfp.requests == []
+    served.list_runs()
+    assert fake_kfp.requests
+
+
+def test_a_notebook_shows_the_sentence_without_a_traceback(tmp_path):
+    # A real Jupyter kernel (ipykernel) runs the cell; the error output is what the
+    # notebook shows: the sentence alone, no frame of testprio.
+    import nbformat
+    from ipykernel.kernelspec import write_kernel_spec
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
+    from nbclient import NotebookClient
+
+    write_kernel_spec(tmp_path / "kernels" / "testprio-test")
+    host = _closed_port()
+    cell = nbformat.v4.new_code_cell(
+        f"from testprio.client import Client\nclient = Client({host!r})\nclient.list_runs()"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    manager = AsyncKernelManager(
+        kernel_name="testprio-test",
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]),
+    )
+    NotebookClient(notebook, km=manager, timeout=120, allow_errors=True).execute()
+    (error,) = [output for output in cell.outputs if output["output_type"] == "error"]
+    assert error["ename"] == "ClusterError"
+    assert error["traceback"] == [f"ClusterError: {error['evalue']}"]
+    assert error["evalue"].startswith(f"cannot reach Kubeflow Pipelines at {host}: nothing ")
 
 
 def _add_run(fake, name: str, offset: int, **fields) -> str:
