@@ -251,6 +251,15 @@ def test_score_spread_flags_constant_scores():
     }  # fmt: skip
     assert degenerate_note(score_spread(nearly)) == "" and degenerate_note({}) == ""
     assert score_spread(np.array([np.nan, np.nan, 1.0]))["distinct_values"] == 2
+    # A ranking run's summary.json: the report's table of every prioritizer says it too.
+    from testprio.report import data as reportdata
+
+    summary = {"prioritizer": "gini", "prioritizers": {
+        "gini": {"order": "score", "apfd": None, **score_spread(np.arange(600))},
+        "tknc-ctm": {"order": "score", "apfd": None, **score_spread(np.ones(600))},
+    }}  # fmt: skip
+    notes = [row["note"] for row in reportdata.prioritizer_apfd_rows(summary)]
+    assert notes == ["", "constant on this pool: its order is the sample-id order"]
 
 
 def test_splits_with_test_data_is_one_sentence_in_the_pipeline_parameters(inputs):
