@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 REGISTRY ?= $(or $(TESTPRIO_REGISTRY),ghcr.io/testprio)
 IMAGE_TAG ?= $(or $(TESTPRIO_IMAGE_TAG),0.1.0)
 
-.PHONY: setup lint test test-fast demo demo-eval compile components bench bench-eval bench-mnist clean report browser images images-lock images-push image-bases container-engine test-containers bench-containers
+.PHONY: setup lint test test-fast label-studio demo demo-eval compile components bench bench-eval bench-mnist clean report browser images images-lock images-push image-bases container-engine test-containers bench-containers
 CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml
@@ -27,7 +27,25 @@ lint: setup
 browser:
 	@test -x $(CHROMIUM) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-test: setup lint browser
+# Label Studio for tests/test_label_studio.py, in a virtual environment of its own (its pins,
+# Django's among them, must not move the project's). The stamp names the version, so that a
+# new pin reinstalls; the template is a migrated database with the test user, so that each
+# test session starts a server in seconds, not after two minutes of migrations.
+LABEL_STUDIO_VERSION := 1.23.2
+LS_VENV := .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
+
+$(LS_STAMP):
+	rm -rf $(LS_VENV)
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/python -m pip install --quiet "label-studio==$(LABEL_STUDIO_VERSION)"
+	$(PYTHON) -m tests.labelstudiokit template
+	touch $(LS_STAMP)
+
+label-studio: $(LS_STAMP)
+
+test: setup lint browser label-studio
 	$(PY) -m pytest
 
 # The edit loop's tier: no browser, no framework converters, no pipeline runs, nothing slow.
@@ -100,4 +118,4 @@ bench-mnist: setup  ## every prioritizer on real MNIST (~10 min): the table in d
 	$(PY) bench/surprise_reduce_bench.py
 
 clean:
-	rm -rf build demo-output bench/work .pytest_cache test-artifacts
+	rm -rf build demo-output bench/work .pytest_cache test-artifacts $(LS_VENV)

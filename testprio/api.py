@@ -1,6 +1,7 @@
-"""The public API, for notebooks and scripts: ``run``, ``evaluate``, ``export_labels`` and
-``import_labels``. The ``testprio`` command line calls the same functions, so a notebook and
-the CLI given the same inputs make the same run.
+"""The public API, for notebooks and scripts: ``run``, ``evaluate``, ``export_labels``,
+``import_labels``, and ``push_labels``/``pull_labels`` (the same through Label Studio's
+API). The ``testprio`` command line calls the same functions, so a notebook and the CLI
+given the same inputs make the same run.
 
 Each public function checks its inputs and raises ``TestprioError`` with one sentence; the
 work is done by the private function after it (and by ``testprio.local_run``,
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from testprio.labels import ImportResult, LabelExport
+    from testprio.labels.label_studio import PushResult
 
 __all__ = [
     "EVALUATE_OPTIONS",
@@ -31,6 +33,8 @@ __all__ = [
     "evaluate",
     "export_labels",
     "import_labels",
+    "pull_labels",
+    "push_labels",
     "run",
 ]
 
@@ -390,10 +394,11 @@ def export_labels(
     ranks: str | None = None,
     url_prefix: str = "",
     data: str | None = None,
+    pre_annotate: bool = False,
 ) -> LabelExport:
     """Export ranks 1..``top_k`` (or ``ranks``) of a finished run for labelling, as
     ``testprio labels export`` does: ``labels.csv``, Label Studio tasks and config, the
-    images and a README, in the new folder ``out``.
+    images and a README, in the new folder ``out``. Blind unless ``pre_annotate``.
 
     Args:
         run: the run (a ``RunResult``, or its folder ``ROOT/RUN_ID``).
@@ -402,6 +407,9 @@ def export_labels(
         ranks: export ranks ``"A-B"`` instead, inclusive, e.g. ``"101-200"``.
         url_prefix: put before ``images/...`` in the Label Studio tasks.
         data: the pool, if it moved since the run.
+        pre_annotate: put the model's class and scores in labels.csv and the tasks (its
+            class as a Label Studio pre-annotation); without it the labeller sees no
+            model answer.
 
     Returns:
         The export: ``uri`` (``out``), ``ranks``, ``rows`` (one dict per sample, the
@@ -415,7 +423,13 @@ def export_labels(
     from testprio import labels
 
     return labels.export_labels(
-        layout, out, top_k=top_k, ranks=ranks, url_prefix=url_prefix, data_uri=data or None
+        layout,
+        out,
+        top_k=top_k,
+        ranks=ranks,
+        url_prefix=url_prefix,
+        data_uri=data or None,
+        pre_annotate=pre_annotate,
     )
 
 
@@ -438,3 +452,81 @@ def import_labels(run: str | RunResult, file: str) -> ImportResult:
     from testprio import labels
 
     return labels.import_labels(layout, file)
+
+
+def push_labels(
+    run: str | RunResult,
+    *,
+    url: str,
+    token: str,
+    project: str | None = None,
+    top_k: int | None = None,
+    ranks: str | None = None,
+    pre_annotate: bool = False,
+    data: str | None = None,
+) -> PushResult:
+    """Push ranks 1..``top_k`` (or ``ranks``) of a finished run into a Label Studio project,
+    as ``testprio labels push`` does: the labelling interface, the images (uploaded) and
+    one task per sample the project does not hold yet. Blind unless ``pre_annotate``.
+
+    Args:
+        run: the run (a ``RunResult``, or its folder ``ROOT/RUN_ID``).
+        url: the Label Studio server, e.g. ``http://localhost:8080``.
+        token: a personal access token (Account & Settings > Personal Access Token) or a
+            legacy token.
+        project: the project's title or ID; a title no project has makes a new project
+            (default title: ``testprio RUN_ID``).
+        top_k: push ranks 1..``top_k`` (default: the run's ``top_k``).
+        ranks: push ranks ``"A-B"`` instead, inclusive.
+        pre_annotate: show the model's class as a pre-annotation.
+        data: the pool, if it moved since the run.
+
+    Returns:
+        What the push did: ``project_id``, ``project_url``, ``added``, ``already``;
+        ``sentence()``.
+
+    Raises:
+        TestprioError: not a run, bad ranks, an unreachable server, a refused token, a
+            project of another run, or a request Label Studio refused.
+    """
+    layout = _run_layout(run)
+    from testprio.labels import label_studio
+    from testprio.labels.export import export_ranks
+
+    chosen = export_ranks(layout, top_k=top_k, ranks=ranks)
+    client = label_studio.LabelStudio(url, token)
+    return label_studio.push_export(
+        layout,
+        client,
+        ranks=chosen,
+        project=project,
+        pre_annotate=pre_annotate,
+        data_uri=data or None,
+    )
+
+
+def pull_labels(
+    run: str | RunResult, *, url: str, token: str, project: str | None = None
+) -> ImportResult:
+    """Import the labels of a Label Studio project into the run, as ``testprio labels pull``
+    does: the project is exported through Label Studio's API and imported as
+    ``import_labels`` imports an exported file.
+
+    Args:
+        run: the run (a ``RunResult``, or its folder ``ROOT/RUN_ID``).
+        url: the Label Studio server.
+        token: a personal access token or a legacy token.
+        project: the project's title or ID (default title: ``testprio RUN_ID``).
+
+    Returns:
+        What the import did, as ``import_labels`` returns it.
+
+    Raises:
+        TestprioError: not a run, an unreachable server, a refused token, no such project,
+            a project of another run, or any problem in its labels (nothing is written).
+    """
+    layout = _run_layout(run)
+    from testprio.labels import label_studio
+
+    client = label_studio.LabelStudio(url, token)
+    return label_studio.pull_project(layout, client, project=project)

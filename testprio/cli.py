@@ -4,6 +4,7 @@ follow runs there (``testprio.client``), open the report."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
@@ -251,20 +252,29 @@ def _cmd_labels(args: argparse.Namespace) -> int:
     if args.labels_command == "import":
         print(api.import_labels(args.run, args.file).sentence())
         return 0
+    if args.labels_command == "pull":
+        print(api.pull_labels(args.run, **_label_studio(args)).sentence())
+        return 0
+    chosen = {"top_k": args.top_k, "ranks": args.ranks, "pre_annotate": args.pre_annotate}
+    if args.labels_command == "push":
+        result = api.push_labels(args.run, **_label_studio(args), **chosen, data=args.data or None)
+        print(result.sentence())
+        return 0
     export = api.export_labels(
-        args.run,
-        args.out,
-        top_k=args.top_k,
-        ranks=args.ranks,
-        url_prefix=args.url_prefix,
-        data=args.data or None,
+        args.run, args.out, **chosen, url_prefix=args.url_prefix, data=args.data or None
     )
     print(
         f"Exported ranks {export.ranks} of run {export.run_id} ({len(export.rows):,} samples, "
-        f"{export.image_mode} images) to {export.uri}: {labels.CSV_NAME}, {labels.TASKS_NAME}, "
-        f"{labels.CONFIG_NAME}, {labels.IMAGES_FOLDER}/, {labels.README_NAME}."
+        f"{export.image_mode} images, {'pre-annotated' if export.pre_annotate else 'blind'}) "
+        f"to {export.uri}: {labels.CSV_NAME}, {labels.TASKS_NAME}, {labels.CONFIG_NAME}, "
+        f"{labels.IMAGES_FOLDER}/, {labels.README_NAME}."
     )
     return 0
+
+
+def _label_studio(args: argparse.Namespace) -> dict:
+    """The server, token and project of ``labels push`` and ``labels pull``."""
+    return {"url": args.label_studio, "token": args.token, "project": args.project or None}
 
 
 def _parse_param(text: str) -> tuple[str, str]:
@@ -462,20 +472,48 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     rep.set_defaults(handler=_cmd_report)
 
-    lab = commands.add_parser("labels", help="export ranks for labelling; import the labels")
+    lab = commands.add_parser(
+        "labels", help="export ranks for labelling or push them to Label Studio; import labels"
+    )
     lab_commands = lab.add_subparsers(dest="labels_command", required=True)
     lab_export = lab_commands.add_parser("export", help="top-k or ranks A-B, for Label Studio")
     lab_import = lab_commands.add_parser("import", help="Label Studio JSON export or CSV")
-    for command in (lab_export, lab_import):
+    lab_push = lab_commands.add_parser("push", help="top-k or ranks A-B to a Label Studio project")
+    lab_pull = lab_commands.add_parser("pull", help="import a Label Studio project's labels")
+    for command in (lab_export, lab_import, lab_push, lab_pull):
         command.add_argument("--run", required=True, help="run folder ROOT/RUN_ID (or gs://)")
     lab_export.add_argument("--out", required=True, help="new folder (local or gs://)")
-    which = lab_export.add_mutually_exclusive_group()
-    which.add_argument("--top-k", type=int, help="ranks 1..K (default: the run's --top-k)")
-    which.add_argument("--ranks", help="ranks A-B, inclusive, e.g. 101-200")
+    for command in (lab_export, lab_push):
+        which = command.add_mutually_exclusive_group()
+        which.add_argument("--top-k", type=int, help="ranks 1..K (default: the run's --top-k)")
+        which.add_argument("--ranks", help="ranks A-B, inclusive, e.g. 101-200")
+        command.add_argument(
+            "--pre-annotate",
+            action="store_true",
+            help="show the model's class as a pre-annotation (default: blind, no model answer)",
+        )
+        command.add_argument("--data", default="", help="the pool, if it moved since the run")
     lab_export.add_argument(
         "--url-prefix", default="", help="put before images/... in the Label Studio tasks"
     )
-    lab_export.add_argument("--data", default="", help="the pool, if it moved since the run")
+    for command in (lab_push, lab_pull):
+        command.add_argument(
+            "--label-studio",
+            default=os.environ.get("LABEL_STUDIO_URL", ""),
+            metavar="URL",
+            help="the Label Studio server (default: $LABEL_STUDIO_URL)",
+        )
+        command.add_argument(
+            "--token",
+            default=os.environ.get("LABEL_STUDIO_API_KEY", ""),
+            help="personal access token or legacy token (default: $LABEL_STUDIO_API_KEY)",
+        )
+        command.add_argument(
+            "--project",
+            default="",
+            metavar="NAME|ID",
+            help="project title or ID (default: 'testprio RUN_ID'; push makes a new title)",
+        )
     lab_import.add_argument("file", help="Label Studio JSON export, or CSV with sample_id,label")
     lab.set_defaults(handler=_cmd_labels)
 

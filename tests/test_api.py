@@ -158,5 +158,14 @@ def test_import_testprio_loads_neither_the_runner_nor_pandas():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert sorted(testprio.__all__) == sorted(
-        ["run", "evaluate", "export_labels", "import_labels", "RunResult", "EvaluationResult"]
+        [
+            "run",
+            "evaluate",
+            "export_labels",
+            "import_labels",
+            "push_labels",
+            "pull_labels",
+            "RunResult",
+            "EvaluationResult",
+        ]
     )

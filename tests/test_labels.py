@@ -3,6 +3,7 @@ one, an array pool; local and gs:// roots), label it, import the labels back."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -95,7 +96,7 @@ def shard_digests(layout: RunLayout) -> dict[str, str]:
 
 
 def test_export_top_k_copies_the_original_images(image_run, inputs, tmp_path):
-    export = labels.export_labels(image_run, str(tmp_path / "out"), top_k=8)
+    export = labels.export_labels(image_run, str(tmp_path / "out"), top_k=8, pre_annotate=True)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
         "README.txt",
@@ -136,12 +137,42 @@ def test_export_top_k_copies_the_original_images(image_run, inputs, tmp_path):
     readme = (out / "README.txt").read_text()
     assert "ranks 1-8 (8 samples)" in readme
     assert f"the original files, copied from {inputs / 'pool'}" in readme
+    assert "Pre-annotated export (--pre-annotate)" in readme
+
+
+MODEL_ANSWER = {"predicted", "predicted_name", "confidence", "gini"}
+
+
+def test_exports_are_blind_by_default(image_run, tmp_path):
+    """No model answer in labels.csv or the tasks unless --pre-annotate: a labeller shown the
+    model's class accepts it with one click."""
+    assert cli.main(["labels", "export", "--run", image_run.uri, "--out", str(tmp_path / "b")]) == 0
+    rows = read_csv(tmp_path / "b" / "labels.csv")
+    assert list(rows[0]) == ["rank", "sample_id", "source", "image", "label"]
+    tasks = json.loads((tmp_path / "b" / "label_studio_tasks.json").read_text())
+    assert len(tasks) == 6  # the run's --top-k
+    for task in tasks:
+        assert "predictions" not in task
+        assert set(task["data"]) == {"image", "sample_id", "rank"}
+        assert not MODEL_ANSWER & set(task["meta"])
+    readme = (tmp_path / "b" / "README.txt").read_text()
+    assert "Blind export: labels.csv and the tasks carry no model answer" in readme
+    assert "which Label Studio cannot fetch" in readme  # relative paths: says what to do
+    argv = ["labels", "export", "--run", image_run.uri, "--out", str(tmp_path / "p")]
+    assert cli.main([*argv, "--pre-annotate", "--url-prefix", "http://files.example/b"]) == 0
+    tasks = json.loads((tmp_path / "p" / "label_studio_tasks.json").read_text())
+    assert all(MODEL_ANSWER - {"predicted_name"} <= set(t["data"]) for t in tasks)
+    assert all(len(t["predictions"]) == 1 for t in tasks)
+    readme = (tmp_path / "p" / "README.txt").read_text()
+    assert "http://files.example/b/images/..." in readme
 
 
 def test_label_studio_tasks_and_config(image_run, tmp_path):
-    labels.export_labels(image_run, str(tmp_path / "rel"), ranks="1-5")
+    labels.export_labels(image_run, str(tmp_path / "rel"), ranks="1-5", pre_annotate=True)
     prefix = "http://localhost:8081/export/"
-    labels.export_labels(image_run, str(tmp_path / "url"), ranks="1-5", url_prefix=prefix)
+    labels.export_labels(
+        image_run, str(tmp_path / "url"), ranks="1-5", url_prefix=prefix, pre_annotate=True
+    )
     config = ET.fromstring((tmp_path / "rel" / "label_studio_config.xml").read_text())
     assert config.find("Image").attrib == {"name": "image", "value": "$image", "zoom": "true"}
     choices = config.find("Choices")
@@ -521,7 +552,7 @@ def test_cli_export_and_import(run_copy, tmp_path, capsys):
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert f"Exported ranks 2-4 of run img (3 samples, original images) to {out}" in printed
+    assert f"Exported ranks 2-4 of run img (3 samples, original images, blind) to {out}" in printed
     assert [int(r["rank"]) for r in read_csv(out / "labels.csv")] == [2, 3, 4]
 
     assert cli.main(["labels", "import", "--run", run_copy.uri, str(out / "labels.csv")]) == 0
@@ -562,7 +593,7 @@ def test_round_trip_on_gcs(gcs_emulator, inputs, tmp_path):
         storage.copy_file(str(path), f"{pool}/{path.relative_to(inputs / 'pool').as_posix()}")
     layout = run_stages(inputs / "m.onnx", pool, f"{base}/runs", "gcs", ops=OPS, top_k=4)
     out = f"{base}/exports/top"
-    export = labels.export_labels(labels.open_run(layout.uri), out, top_k=4)
+    export = labels.export_labels(labels.open_run(layout.uri), out, top_k=4, pre_annotate=True)
     assert export.image_mode == "original"
     assert storage.list_names(out) == [
         "README.txt",
@@ -595,6 +626,19 @@ def test_app_functions_take_and_give_bytes(run_copy, inputs, tmp_path):
     assert {"README.txt", "label_studio_tasks.json", "label_studio_config.xml"} <= set(
         archive.namelist()
     )
+    # The tasks carry their images, so that the zip works in Label Studio as it is.
+    tasks = json.loads(archive.read("label_studio_tasks.json"))
+    for task, row in zip(tasks, rows, strict=True):
+        head, _, payload = task["data"]["image"].partition(",")
+        assert head == "data:image/png;base64"
+        assert base64.b64decode(payload) == archive.read(row["image"])
+        assert "predictions" not in task
+    assert "carries its image inline" in archive.read("README.txt").decode()
+    prefixed = zipfile.ZipFile(
+        io.BytesIO(labels.export_zip_bytes(run_copy, ranks="2-3", url_prefix="https://f.example"))
+    )
+    tasks = json.loads(prefixed.read("label_studio_tasks.json"))
+    assert [t["data"]["image"] for t in tasks] == [f"https://f.example/{r['image']}" for r in rows]
     upload = f"sample_id,label\n{rows[0]['sample_id']},d4\n".encode()
     result = labels.import_labels(run_copy, "upload.csv", data=upload)
     assert result.read == 1 and result.labelled["file"] == "upload.csv"

@@ -746,7 +746,7 @@ def test_labelling_csv_defuses_formulas_in_class_names_and_sources(tmp_path, roo
     model["class_names"] = [f'=HYPERLINK("http://x/{i}")' for i in range(10)]
     model_json.write_text(json.dumps(model))
     layout = RunLayout(str(tmp_path / "labeled"))
-    export = labels.plan_export(layout, ranks=labels.RankRange(1, 5))
+    export = labels.plan_export(layout, ranks=labels.RankRange(1, 5), pre_annotate=True)
     rows = list(csv_module.DictReader(io.StringIO(export.csv_bytes().decode())))
     assert rows and all(row["predicted_name"].startswith("'=HYPERLINK(") for row in rows)
     assert [int(row["predicted"]) for row in rows] == [r["predicted"] for r in export.rows]

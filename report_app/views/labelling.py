@@ -1,5 +1,6 @@
-"""The Downloads page's labelling section: the top k for Label Studio as a zip, the import
-of labelled files, and the figures of the labelled samples."""
+"""The Downloads page's labelling section: the top k for Label Studio as a zip (blind unless
+pre-annotated; its tasks carry the images, or address them under a URL prefix the user
+gives), the import of labelled files, and the figures of the labelled samples."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ def labelling_section(root: str, details: reportdata.RunDetails) -> None:
     st.subheader("Label in Label Studio")
     st.caption(
         "A zip with labels.csv, label_studio_tasks.json, label_studio_config.xml, the images "
-        "and a README (see the labelling docs). Import the labelled file below."
+        "and a README. In Label Studio: create a project, paste label_studio_config.xml under "
+        "Settings > Labeling Interface > Code, then Import label_studio_tasks.json; its tasks "
+        "carry the images, so they show with no storage to set up (or give a URL prefix "
+        "where you serve the images). Import the labelled export below. testprio labels push "
+        "does the same through Label Studio's API."
     )
     top = max(1, min(details.num_rows, 10_000))
     left, right = st.columns([1, 2])
@@ -29,10 +34,26 @@ def labelling_section(root: str, details: reportdata.RunDetails) -> None:
             key="label-k",
         )
     )
+    pre_annotate = left.checkbox(
+        "Pre-annotate with the model's class",
+        value=False,
+        key="label-pre",
+        help="Off (blind): the tasks carry no model answer, so a labeller cannot accept the "
+        "model's class with one click.",
+    )
+    prefix = right.text_input(
+        "Image URL prefix (empty: the images travel inside the tasks)",
+        value="",
+        key="label-prefix",
+        help="Where you serve the zip's images/ folder, e.g. https://files.example/batch1/; "
+        "the tasks then address each image under it instead of carrying it.",
+    ).strip()
     layout = details.layout
     right.download_button(
         f"Labelling export of the top {k} (zip)",
-        data=lambda: labels.export_zip_bytes(layout, top_k=k),
+        data=lambda: labels.export_zip_bytes(
+            layout, top_k=k, url_prefix=prefix, pre_annotate=pre_annotate
+        ),
         file_name=f"{details.run_id}-label-top-{k}.zip",
         mime="application/zip",
         on_click="ignore",

@@ -2,12 +2,15 @@
 
 **Export** (``export_labels``) writes into a folder (local or ``gs://``):
 
-- ``labels.csv``: rank, sample_id, source, image, predicted, predicted_name, confidence, the
-  run's metric score and ``label`` (the current label: an imported one, else the pool's);
+- ``labels.csv``: rank, sample_id, source, image and ``label`` (the current label: an
+  imported one, else the pool's); with ``pre_annotate`` also predicted, predicted_name,
+  confidence and the run's metric score;
 - ``label_studio_tasks.json``: Label Studio tasks whose ``data.image`` is the exported image
-  (a path relative to the folder, or under a URL prefix), carrying sample_id and rank in
-  ``data`` and ``meta``, with the model's class as a pre-annotation (``predictions``) of a
-  ``Choices`` control over the class names;
+  (a path relative to the folder, under a URL prefix, or in the report app's zip the image
+  itself as a ``data:`` URI), carrying sample_id and rank in ``data`` and ``meta``; with
+  ``pre_annotate`` also the model's class and scores in ``data`` and its class as a
+  pre-annotation (``predictions``) of a ``Choices`` control over the class names. Blind by
+  default: a labeller shown the model's class accepts it with one click;
 - ``label_studio_config.xml``: that labelling interface;
 - ``images/rank-NNNNNNN_sample-ID.EXT``: the ORIGINAL files of an image-folder pool, copied
   from the run's data source; array pools have no files, so their preprocessed tensors are
@@ -35,9 +38,11 @@ One concern per module:
   ``merge`` (check against the run, merge into labels.parquet, the labelled figures,
   ``import_labels``).
 
-A Label Studio API client (push an export's tasks and interface to a project, pull its
-annotations) belongs in a module of its own beside these: it pushes what ``plan_export``
-and ``LabelExport`` make, and pulls into ``import_labels`` (``data=``, as an upload does).
+- Label Studio's API: ``label_studio`` (``LabelStudio``, a session with a server and a
+  personal access or legacy token; ``push_export`` makes or reuses a project with the
+  interface, uploads the images and imports the tasks that ``plan_export`` and
+  ``LabelExport`` make; ``pull_project`` exports the project and hands it to
+  ``import_labels`` with ``data=``, as an upload does).
 
 The modules import each other directly, never this face; it only re-exports.
 """
@@ -69,6 +74,7 @@ from testprio.labels.images import (
     RENDER_CHUNK,
     original_image,
 )
+from testprio.labels.label_studio import LabelStudio, PushResult, pull_project, push_export
 from testprio.labels.merge import (
     ImportResult,
     import_labels,
@@ -97,6 +103,8 @@ __all__ = [
     "FolderSink",
     "ImportResult",
     "LabelExport",
+    "LabelStudio",
+    "PushResult",
     "RankRange",
     "ZipSink",
     "choice_names",
@@ -109,6 +117,8 @@ __all__ = [
     "original_image",
     "parse_ranks",
     "plan_export",
+    "pull_project",
+    "push_export",
     "rank_range",
     "read_label_file",
     "write_export",

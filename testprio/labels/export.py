@@ -1,6 +1,6 @@
 """Export a rank range of a finished run for labelling: plan the rows and images
-(``plan_export``), write them into a folder (``export_labels``) or a zip in memory
-(``export_zip_bytes``)."""
+(``plan_export``), write them into a folder (``export_labels``) or a zip in memory whose
+tasks carry their images (``export_zip_bytes``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,13 @@ from testprio.labels.formats import (
     choice_names,
     imported_labels,
 )
-from testprio.labels.images import IMAGE_WRITERS, direct_base, image_name, safe_source
+from testprio.labels.images import (
+    IMAGE_WRITERS,
+    EmbeddingSink,
+    direct_base,
+    image_name,
+    safe_source,
+)
 from testprio.labels.ranks import RankRange, rank_range
 from testprio.labels.sinks import FolderSink, Sink, ZipSink
 from testprio.layout import RunLayout
@@ -27,6 +33,9 @@ from testprio.log import get_logger
 from testprio.report import data as reportdata
 
 log = get_logger("labels")
+# Images embedded in one zip's tasks at most: Label Studio takes an import of up to 200 MB,
+# and base64 adds a third.
+EMBED_MAX_BYTES = 64 << 20
 
 
 def plan_export(
@@ -36,12 +45,14 @@ def plan_export(
     url_prefix: str = "",
     data_uri: str | None = None,
     download: bool = True,
+    pre_annotate: bool = False,
 ) -> LabelExport:
     """Rows, classes and image plan of an export of ``ranks``; nothing is written.
 
     ``data_uri`` replaces the pool recorded in ``run.json`` (a pool that has moved).
     ``download``: an image folder inside an archive or behind http(s) is fetched again when
     the images are written; without it those images are rendered from the tensors instead.
+    ``pre_annotate``: labels.csv and the tasks carry the model's answer (else: blind).
     """
     details = reportdata.load_run(layout)
     if details.summary is None or not storage.exists(layout.ranking):
@@ -124,14 +135,26 @@ def plan_export(
         image_note=note,
         data_uri=data_uri,
         url_prefix=url_prefix,
+        pre_annotate=pre_annotate,
         originals=originals,
         direct_base=direct,
     )
 
 
-def write_export(export: LabelExport, layout: RunLayout, sink: Sink) -> None:
-    """Write the export's images, then labels.csv, the Label Studio files and README.txt."""
-    IMAGE_WRITERS[export.image_mode](export, sink, layout)
+def write_export(
+    export: LabelExport, layout: RunLayout, sink: Sink, *, embed_max_bytes: int | None = None
+) -> None:
+    """Write the export's images, then labels.csv, the Label Studio files and README.txt.
+
+    ``embed_max_bytes``: the tasks carry each image as a ``data:`` URI (up to that many
+    bytes of images in all), so that they load in Label Studio as they are.
+    """
+    if embed_max_bytes is None:
+        IMAGE_WRITERS[export.image_mode](export, sink, layout)
+    else:
+        embedding = EmbeddingSink(sink, embed_max_bytes)
+        IMAGE_WRITERS[export.image_mode](export, embedding, layout)
+        export.image_urls = embedding.uris
     sink.put_bytes(CSV_NAME, export.csv_bytes())
     sink.put_bytes(TASKS_NAME, export.tasks_bytes())
     sink.put_bytes(CONFIG_NAME, export.config_xml().encode())
@@ -145,19 +168,42 @@ def export_zip_bytes(
     ranks: str | RankRange | None = None,
     url_prefix: str = "",
     download: bool = False,
+    pre_annotate: bool = False,
 ) -> bytes:
     """The export of ``export_labels`` as one zip, in memory (a download button's bytes).
 
-    Without ``download`` an archived or downloaded image folder's images are rendered from
-    the tensors, so that no request fetches the whole pool again.
+    Without ``url_prefix`` the tasks carry their images as ``data:`` URIs, so that the zip's
+    tasks load in any Label Studio as they are (at most ``EMBED_MAX_BYTES`` of images); with
+    it they address each image under that prefix. Without ``download`` an archived or
+    downloaded image folder's images are rendered from the tensors, so that no request
+    fetches the whole pool again.
     """
     export = plan_export(
-        layout, ranks=rank_range(top_k=top_k, ranks=ranks), url_prefix=url_prefix, download=download
+        layout,
+        ranks=rank_range(top_k=top_k, ranks=ranks),
+        url_prefix=url_prefix,
+        download=download,
+        pre_annotate=pre_annotate,
     )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        write_export(export, layout, ZipSink(archive))
+        write_export(
+            export,
+            layout,
+            ZipSink(archive),
+            embed_max_bytes=None if url_prefix else EMBED_MAX_BYTES,
+        )
     return buffer.getvalue()
+
+
+def export_ranks(
+    layout: RunLayout, *, top_k: int | None, ranks: str | RankRange | None
+) -> RankRange:
+    """The ranks to export: ``top_k`` or ``ranks``, else the run's own ``top_k`` (default
+    10), as its report shows it."""
+    if top_k is None and ranks is None:
+        top_k = int(storage.read_json(layout.run_json).get("parameters", {}).get("top_k") or 10)
+    return rank_range(top_k=top_k, ranks=ranks)
 
 
 def export_labels(
@@ -168,30 +214,33 @@ def export_labels(
     ranks: str | RankRange | None = None,
     url_prefix: str = "",
     data_uri: str | None = None,
+    pre_annotate: bool = False,
 ) -> LabelExport:
     """Export ranks 1..``top_k`` (or ``ranks``) of a ranked run into the folder ``out``.
 
     Without ``top_k`` and ``ranks`` the run's ``top_k`` parameter is used (default 10).
     ``out`` is a local folder or gs:// prefix; ``url_prefix`` goes before each image's
-    relative path in the Label Studio tasks. Returns the export (``uri`` set to ``out``).
+    relative path in the Label Studio tasks. ``pre_annotate``: labels.csv and the tasks
+    carry the model's answer (else: blind). Returns the export (``uri`` set to ``out``).
     """
-    if top_k is None and ranks is None:  # the run's own top-k, as its report shows it
-        top_k = int(storage.read_json(layout.run_json).get("parameters", {}).get("top_k") or 10)
-    chosen = rank_range(top_k=top_k, ranks=ranks)
+    chosen = export_ranks(layout, top_k=top_k, ranks=ranks)
     out = storage.normalize_root(out)
     if storage.exists(storage.join(out, CSV_NAME)):
         raise TestprioError(
             f"--out {out} already holds a labelling export ({CSV_NAME}); choose an empty folder."
         )
-    export = plan_export(layout, ranks=chosen, url_prefix=url_prefix, data_uri=data_uri)
+    export = plan_export(
+        layout, ranks=chosen, url_prefix=url_prefix, data_uri=data_uri, pre_annotate=pre_annotate
+    )
     write_export(export, layout, FolderSink(out))
     export.uri = out
     log.info(
-        "labels: ranks %s of %s (%d samples, %s images) exported to %s",
+        "labels: ranks %s of %s (%d samples, %s images, %s) exported to %s",
         export.ranks,
         layout.run_id,
         len(export.rows),
         export.image_mode,
+        "pre-annotated" if pre_annotate else "blind",
         out,
     )
     return export

@@ -1,12 +1,16 @@
 """An export's images: the original files of an image-folder pool (found where the pool is,
 or fetched again from an archive or a download), else the preprocessed tensors rendered to
-PNG; and one sample's original image for the report app."""
+PNG; each as a browser shows it (``web_image``), and kept as ``data:`` URIs for tasks that
+carry their images (``EmbeddingSink``); and one sample's original image for the report app."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
+import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,6 +56,39 @@ def direct_base(data_uri: str, first_source: str) -> str | None:
 
 
 ORIGINAL_IMAGE_MAX_BYTES = 32 << 20
+# What browsers (and so Label Studio's image tag and its uploads) show, by extension.
+WEB_IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".webp": "image/webp",
+}
+
+
+def web_image(name: str, data: bytes) -> tuple[str, str, bytes]:
+    """An export's image ``name`` with bytes ``data`` as a browser shows it: ``(name, MIME
+    type, bytes)``, unchanged for PNG, JPEG, GIF, BMP and WebP; another format of an image
+    folder (TIFF, PNM) is converted to PNG, and its name then ends in ``.png``."""
+    root, extension = os.path.splitext(name)
+    mime = WEB_IMAGE_TYPES.get(extension.lower())
+    if mime is not None:
+        return name, mime, data
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+                image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        raise TestprioError(
+            f"the exported image {name} cannot be read as an image, so it cannot be shown in "
+            "Label Studio; check that file in the pool."
+        ) from None
+    return root + ".png", "image/png", buffer.getvalue()
 
 
 def original_image(details: reportdata.RunDetails, sample_id: int, source: str):
@@ -82,6 +119,33 @@ def original_image(details: reportdata.RunDetails, sample_id: int, source: str):
             return np.asarray(image.convert("L" if image.mode in ("1", "L", "I;16") else "RGB"))
     except (TestprioError, OSError, UnidentifiedImageError, Image.DecompressionBombError):
         return None
+
+
+@dataclass
+class EmbeddingSink:
+    """Images passed on to ``inner`` and kept as ``data:`` URIs in ``uris`` (image name ->
+    URI), for tasks that carry their images inline; at most ``max_bytes`` of images in all."""
+
+    inner: Sink
+    max_bytes: int
+    uris: dict[str, str] = field(default_factory=dict)
+    total: int = 0
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        self.inner.put_bytes(name, data)
+        _, mime, shown = web_image(name, data)
+        self.total += len(shown)
+        if self.total > self.max_bytes:
+            raise TestprioError(
+                f"the images of this export take more than {self.max_bytes >> 20} MiB, too "
+                "much to embed in the Label Studio tasks; export fewer samples, give an image "
+                "URL prefix where you serve the images, or use testprio labels push, which "
+                "uploads them."
+            )
+        self.uris[name] = f"data:{mime};base64,{base64.b64encode(shown).decode()}"
+
+    def put_file(self, name: str, uri: str) -> None:
+        self.put_bytes(name, storage.read_bytes(uri))
 
 
 @contextlib.contextmanager
