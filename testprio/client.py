@@ -34,7 +34,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
-import json
 import os
 import tempfile
 import time
@@ -47,6 +46,7 @@ from typing import Any
 import yaml
 
 from testprio import storage
+from testprio.cluster_errors import ClusterError, kfp_errors  # noqa: F401 (testprio.client.ClusterError)
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout, check_run_id, new_run_id, record_problem
 
@@ -235,84 +235,6 @@ def upload_inputs(parameters: dict[str, Any], run_uri: str) -> dict[str, str]:
     return uploaded
 
 
-class ClusterError(TestprioError):
-    """The Kubeflow Pipelines server could not be reached or refused a request.
-
-    Its message is one sentence; IPython and Jupyter show that sentence alone, without a
-    traceback through testprio's frames (they call ``_render_traceback_`` where an
-    exception has one).
-    """
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"{type(self).__name__}: {self}"]
-
-
-def _no_answer_reasons() -> tuple[tuple[tuple[type[BaseException], ...], str], ...]:
-    """Why a request got no answer, in words, by the first matching cause (most specific
-    first: urllib3's connection errors are timeouts by class)."""
-    import socket
-    import ssl
-
-    import urllib3
-
-    return (
-        ((ConnectionRefusedError,), "nothing answers at that address"),
-        ((socket.gaierror, urllib3.exceptions.NameResolutionError), "its name does not resolve"),
-        ((ssl.SSLError, urllib3.exceptions.SSLError), "the secure connection failed"),
-        ((ConnectionResetError, BrokenPipeError), "the connection was dropped"),
-        ((TimeoutError, urllib3.exceptions.TimeoutError), "it did not answer in time"),
-    )
-
-
-def _causes(error: BaseException) -> list[BaseException]:
-    """``error`` and what caused it: urllib3's ``reason``, then ``__cause__``/``__context__``."""
-    found: list[BaseException] = []
-    while error is not None and error not in found:
-        found.append(error)
-        reason = getattr(error, "reason", None)
-        error = (
-            reason if isinstance(reason, BaseException) else error.__cause__ or error.__context__
-        )
-    return found
-
-
-def _no_answer(error: BaseException) -> str:
-    causes = _causes(error)
-    for kinds, words in _no_answer_reasons():
-        if any(isinstance(cause, kinds) for cause in causes):
-            return words
-    return "it gave no answer"
-
-
-@contextlib.contextmanager
-def _kfp_errors(host: str) -> Iterator[None]:
-    """Turn the KFP client's exceptions into one sentence naming the server and what to do."""
-    import urllib3
-    from kfp_server_api.exceptions import ApiException
-
-    try:
-        yield
-    except ApiException as exc:
-        detail = exc.reason or ""
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            body = json.loads(exc.body)
-            detail = body.get("message") or body.get("error") or detail
-        if not exc.status:  # no HTTP answer at all
-            raise ClusterError(
-                f"cannot reach Kubeflow Pipelines at {host}: {_no_answer(exc)}; check --host."
-            ) from None
-        raise ClusterError(
-            f"Kubeflow Pipelines at {host} refused the request (HTTP {exc.status}: "
-            f"{str(detail).strip()[:300]})."
-        ) from None
-    except (urllib3.exceptions.HTTPError, TimeoutError, ConnectionError) as exc:
-        raise ClusterError(
-            f"cannot reach Kubeflow Pipelines at {host}: {_no_answer(exc)}; check --host "
-            "(with KFP standalone: kubectl port-forward -n kubeflow svc/ml-pipeline-ui "
-            "8080:80, then --host http://localhost:8080)."
-        ) from None
-
-
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -357,7 +279,7 @@ class Client:
         if self._kfp is None:
             import kfp
 
-            with warnings.catch_warnings(), _kfp_errors(self.host):
+            with warnings.catch_warnings(), kfp_errors(self.host):
                 # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later"
                 warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
                 self._kfp = kfp.Client(**self._kfp_arguments)
@@ -468,7 +390,7 @@ class Client:
         uploaded = upload_inputs(parameters, layout.uri)
         name = run_name or f"{pipeline} {parameters['run_id']}"
         # kfp prints its own "Experiment details"/"Run details" lines; we return the link.
-        with _kfp_errors(self.host), contextlib.redirect_stdout(io.StringIO()):
+        with kfp_errors(self.host), contextlib.redirect_stdout(io.StringIO()):
             result = self.kfp.create_run_from_pipeline_package(
                 compiled.path,
                 arguments=parameters,
@@ -519,7 +441,7 @@ class Client:
 
     def list_runs(self, *, limit: int = 20, experiment: str | None = None) -> list[RunState]:
         """The ``limit`` newest runs, of ``experiment`` if given (all experiments if not)."""
-        with _kfp_errors(self.host):
+        with kfp_errors(self.host):
             experiment_id = None
             if experiment:
                 try:
@@ -538,12 +460,12 @@ class Client:
         return [self._state(run) for run in response.runs or []]
 
     def status(self, kfp_run_id: str) -> RunState:
-        with _kfp_errors(self.host):
+        with kfp_errors(self.host):
             return self._state(self.kfp.get_run(kfp_run_id))
 
     def cancel(self, kfp_run_id: str) -> RunState:
         """Ask KFP to terminate the run; returns its state right after the request."""
-        with _kfp_errors(self.host):
+        with kfp_errors(self.host):
             self.kfp.terminate_run(kfp_run_id)
         return self.status(kfp_run_id)
 
