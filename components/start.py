@@ -33,6 +33,7 @@ def start(
     tensor_column: str = "x",
     label_column: str = "",
     max_data_gb: float = 20.0,
+    max_image_pixels: int = 40_000_000,
     custom_op_cpu_seconds: float = 120.0,
     custom_op_memory_mb: int = 2048,
     custom_op_batch_timeout_s: float = 300.0,

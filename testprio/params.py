@@ -289,6 +289,16 @@ PARAMETERS: tuple[Parameter, ...] = (
         metavar="G",
     ),
     Parameter(
+        "max_image_pixels",
+        int,
+        _INGEST.max_image_pixels,
+        "largest image decoded from an image pool, in pixels (width x height); larger ones "
+        "are quarantined (decompression bombs)",
+        _START_INGEST,
+        minimum=1,
+        metavar="P",
+    ),
+    Parameter(
         "custom_op_cpu_seconds",
         float,
         _INGEST.custom_op_cpu_seconds,

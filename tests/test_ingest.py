@@ -598,21 +598,24 @@ def test_shard_size_must_be_positive(local_root, tmp_path, digits_pool, shard_si
     assert not storage.exists(layout.data_dir)
 
 
-def _truncated_npz(folder: Path, x: np.ndarray, rows_written: int) -> Path:
-    """An npz whose x.npy header promises ``len(x)`` rows but holds ``rows_written``."""
-    path = folder / "pool.npz"
-    header = np.lib.format.header_data_from_array_1_0(x)
-    with zipfile.ZipFile(path, "w") as archive, archive.open("x.npy", "w") as member:
-        np.lib.format.write_array_header_1_0(member, header)
-        member.write(x[:rows_written].tobytes())
-    return path
+def _parquet_with_a_short_row(folder: Path, x: np.ndarray, short_row: int) -> Path:
+    """A Parquet pool whose row ``short_row`` holds one value too few (a truncated npz is
+    refused before any shard: its header's sample count is checked up front)."""
+    rows = [list(row) for row in x.reshape(len(x), -1).astype(np.float32)]
+    rows[short_row] = rows[short_row][:-1]
+    table = pa.table({"x": pa.array(rows, pa.list_(pa.float32()))}).replace_schema_metadata(
+        {b"testprio.shape": json.dumps(list(x.shape[1:])).encode()}
+    )
+    pq.write_table(table, folder / "pool.parquet")
+    return folder / "pool.parquet"
 
 
-@pytest.mark.parametrize("failure", ["truncated x", "negative label"])
+@pytest.mark.parametrize("failure", ["short row", "negative label"])
 def test_failure_late_in_the_pool_leaves_only_complete_shards(root, tmp_path, digits_pool, failure):
     x, y = digits_pool
-    if failure == "truncated x":
-        source, match = _truncated_npz(tmp_path, x, 115), r"'x\.npy' in pool\.npz is truncated"
+    if failure == "short row":
+        source = _parquet_with_a_short_row(tmp_path, x, 115)
+        match = r"column 'x' in pool\.parquet holds rows of \[63, 64\] values"
     else:
         y = y.copy()
         y[110] = -1
@@ -772,3 +775,70 @@ def test_file_content_never_appears_in_errors_or_quarantine(local_root, tmp_path
         reasons = storage.read_table(layout.quarantine).to_pylist()
         assert reasons, "the test needs a quarantined sample"
         assert "Secret" not in json.dumps(reasons)
+
+
+# --- .npz members are archive entries: byte budget, ratio, declared sizes ------------------
+
+
+def test_an_npz_member_over_the_byte_budget_is_refused_before_reading(local_root, tmp_path):
+    x = np.zeros((4096, 1, 8, 8), np.float32)  # 1 MiB expanded
+    np.savez_compressed(tmp_path / "pool.npz", x=x)
+    with pytest.raises(
+        TestprioError,
+        match=r"pool.npz expands to more than 524,288 bytes \(at entry 'x.npy'\); .* raise "
+        r"--max-data-gb",
+    ):
+        ingest(
+            RunLayout.create(local_root, "r"), str(tmp_path / "pool.npz"), max_data_gb=0.5 / 2**10
+        )
+    assert not os.path.exists(os.path.join(local_root, "r", "data"))
+
+
+def test_an_npz_member_over_the_ratio_limit_is_refused(tmp_path):
+    from testprio.ingest.archives import ArchiveLimits
+    from testprio.ingest.readers import Columns, ReadLimits, open_pool
+
+    np.savez_compressed(tmp_path / "pool.npz", x=np.zeros((8192, 1, 8, 8), np.float32))
+    limits = ReadLimits(archive=ArchiveLimits(ratio_min_bytes=2**20))
+    with pytest.raises(
+        TestprioError,
+        match=r"pool.npz expands [0-9,]+ times in all \(to 2,097,[0-9]+ bytes at entry "
+        r"'x.npy'\), more than the limit of 200 times for a whole archive; this looks like a "
+        r"compression bomb",
+    ):
+        open_pool(str(tmp_path / "pool.npz"), "npz", "pool.npz", Columns(), limits)
+    # Stored (not compressed) arrays expand 1:1 and pass.
+    np.savez(tmp_path / "stored.npz", x=np.zeros((8192, 1, 8, 8), np.float32))
+    pool = open_pool(str(tmp_path / "stored.npz"), "npz", "stored.npz", Columns(), limits)
+    assert pool.count == 8192
+
+
+def _npy_claiming(rows: int, real_rows: int) -> bytes:
+    """A .npy whose header says ``rows`` samples of 64 float32 but holds ``real_rows``."""
+    import io
+
+    buffer = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": (rows, 64)}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + np.zeros((real_rows, 64), np.float32).tobytes()
+
+
+@pytest.mark.parametrize("suffix", ["npy", "npz"])
+def test_a_header_claiming_more_samples_than_the_file_holds_is_refused_at_once(
+    local_root, tmp_path, suffix
+):
+    data = _npy_claiming(10**15, 3)
+    path = tmp_path / f"pool.{suffix}"
+    if suffix == "npy":
+        path.write_bytes(data)
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("x.npy", data)
+    with pytest.raises(
+        TestprioError,
+        match=rf"array '(x.npy|array)' in pool.{suffix} is truncated: its header declares "
+        r"1,000,000,000,000,000 samples \(256,000,000,000,000,000 bytes\) but it holds "
+        r"768 bytes; re-save the file",
+    ):
+        ingest(RunLayout.create(local_root, "r"), str(path))
+    assert not os.path.exists(os.path.join(local_root, "r", "data"))  # refused before any shard

@@ -46,6 +46,20 @@ def make_image_folder(folder: Path, *, per_class: int = 4, seed: int = 0) -> Pat
     return folder
 
 
+def test_images_over_max_image_pixels_are_quarantined_naming_the_option(layout, tmp_path):
+    folder = make_image_folder(tmp_path / "pets")  # 12 x 10 = 120 pixels each
+    _image(make_deterministic(1), size=(20, 20)).save(folder / "dog" / "big.png")
+    shards = ingest(layout, str(folder), shard_size=4, max_image_pixels=120)
+    assert_accounted(layout, shards)
+    ((row,),) = [[r for r in quarantine_of(layout) if r["source"] == "dog/big.png"]]
+    assert row["kind"] == "unreadable"
+    assert row["reason"] == (
+        "image of 20 x 20 pixels (400), more than the limit of 120 pixels (a decompression "
+        "bomb?); raise --max-image-pixels to read it"
+    )
+    assert manifest_of(layout)["quarantined"] == 1
+
+
 def reassemble(shards: list[str]) -> tuple[np.ndarray, np.ndarray, list, list[str]]:
     ids, xs, labels, sources = [], [], [], []
     for uri in shards:

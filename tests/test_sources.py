@@ -275,7 +275,36 @@ def test_unreadable_images_are_bad_samples_with_a_reason(tmp_path):
     assert reasons["b_corrupt.png"].startswith("not a readable image (")
     assert reasons["c_truncated.png"] == "truncated image file"
     assert reasons["d_bomb.png"] == "image too large (decompression bomb)"
-    assert reasons["e_bomb.png"] == "image too large (decompression bomb)"
+    assert reasons["e_bomb.png"] == (
+        "image of 10,000 x 10,000 pixels (100,000,000), more than the limit of 40,000,000 "
+        "pixels (a decompression bomb?); raise --max-image-pixels to read it"
+    )
+
+
+def test_images_over_the_pixel_limit_are_bad_samples_naming_the_option(tmp_path):
+    folder = tmp_path / "flat"
+    _image(folder / "a_small.png", RED, size=(100, 80))
+    _bomb_png(folder / "b_42mp.png", 6_500, 6_500)  # under Pillow's own limits
+    pool = sources.open_image_folder(str(folder), "flat/")
+    with pytest.raises(BadSample) as caught:
+        pool.load("b_42mp.png")
+    assert str(caught.value) == (
+        "image of 6,500 x 6,500 pixels (42,250,000), more than the limit of 40,000,000 "
+        "pixels (a decompression bomb?); raise --max-image-pixels to read it"
+    )
+    raised = sources.open_image_folder(str(folder), "flat/", max_pixels=50_000_000)
+    with pytest.raises(BadSample, match=r"^not a readable image"):  # decoded: no pixel data
+        raised.load("b_42mp.png")
+    assert sources.open_image_folder(str(folder), "flat/", max_pixels=8_000).load(
+        "a_small.png"
+    ).shape == (80, 100, 3)
+    with pytest.raises(
+        TestprioError,
+        match=r"none of the 2 images in flat/ can be decoded \(the first, 'a_small.png': image "
+        r"of 100 x 80 pixels \(8,000\), more than the limit of 7,999 pixels \(a decompression "
+        r"bomb\?\); raise --max-image-pixels to read it\)",
+    ):
+        sources.open_image_folder(str(folder), "flat/", max_pixels=7_999)
 
 
 def test_mode_comes_from_the_first_image_that_decodes(tmp_path):

@@ -217,6 +217,25 @@ class _Expansion:
         )
 
 
+def check_zip_members(
+    archive: zipfile.ZipFile,
+    members: list[str],
+    name: str,
+    archive_bytes: int,
+    limits: ArchiveLimits,
+) -> None:
+    """The zip entries ``members`` (an ``.npz``'s arrays), read where they are rather than
+    extracted, held to an extracted archive's limits: their declared sizes within
+    ``limits.max_bytes``, each entry's ratio and the whole's. zipfile never hands over more
+    bytes than an entry declares, so the declared sizes bound what reading them produces."""
+    expansion = _Expansion(name, limits, archive_bytes)
+    for member in members:
+        info = archive.getinfo(member)
+        expansion.declare(member, info.file_size)
+        expansion.check_ratio(member, info.file_size, info.compress_size)
+        expansion.check_total(member, expansion.declared)
+
+
 def _damaged(archive: str, entry: str | None, exc: BaseException) -> TestprioError:
     where = f"entry '{entry}': " if entry else ""
     return TestprioError(

@@ -27,6 +27,10 @@ log = get_logger("ingest")
 PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "PPM", "GIF", "WEBP", "TIFF")
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 MAX_NUMERIC_CLASS = 100_000
+# The largest image decoded, in pixels (width x height; --max-image-pixels). A 257 KB PNG
+# can decode to 265 MB; photographs up to 40 megapixels (7,750 x 5,160) pass. Above twice
+# Pillow's own MAX_IMAGE_PIXELS (about 179 megapixels) Pillow refuses to open the file.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 
 def _class_labels(folders: list[str], name: str) -> tuple[list[str], list[int], list[str]]:
@@ -80,16 +84,25 @@ def _walk_images(root: str, sub: str) -> tuple[list[str], int]:
     return sorted(images), skipped
 
 
+def too_many_pixels(width: int, height: int, limit: int) -> str:
+    """The bad-sample reason of an image over ``limit`` pixels: the limit and its option."""
+    return (
+        f"image of {width:,} x {height:,} pixels ({width * height:,}), more than the limit of "
+        f"{limit:,} pixels (a decompression bomb?); raise --max-image-pixels to read it"
+    )
+
+
 @contextlib.contextmanager
-def _open_image(path: str) -> Iterator[Image.Image]:
-    """The decoded image at ``path``; raises ``BadSample`` with a short reason."""
+def _open_image(path: str, max_pixels: int) -> Iterator[Image.Image]:
+    """The decoded image at ``path``, at most ``max_pixels`` pixels; raises ``BadSample``
+    with a short reason."""
     try:
         with Image.open(path, formats=PILLOW_FORMATS) as image:
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a warning filter
-            # would be process-wide (not thread-safe), so check the size here.
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit is not None and image.width * image.height > limit:
-                raise BadSample("image too large (decompression bomb)")
+            # The header gives the size: checked before a byte is decoded. (Pillow's own
+            # check only warns up to twice its MAX_IMAGE_PIXELS, and a warning filter would
+            # be process-wide, not thread-safe.)
+            if image.width * image.height > max_pixels:
+                raise BadSample(too_many_pixels(image.width, image.height, max_pixels))
             image.load()
             yield image
     except BadSample:
@@ -117,21 +130,24 @@ def _to_mode(image: Image.Image, mode: str) -> np.ndarray:
     return np.array(image.convert(mode), dtype=np.uint8)
 
 
-def _pool_mode(root: str, files: list[str], name: str) -> str:
+def _pool_mode(root: str, files: list[str], name: str, max_pixels: int) -> str:
+    first = ""
     for relative in files:
         try:
-            with _open_image(os.path.join(root, relative)) as image:
+            with _open_image(os.path.join(root, relative), max_pixels) as image:
                 return "L" if image.mode in GRAY_MODES else "RGB"
-        except BadSample:
-            continue
+        except BadSample as exc:
+            first = first or f"the first, '{short(relative, 80)}': {exc}"
     raise TestprioError(
-        f"none of the {len(files):,} images in {name} can be decoded; check that the files "
-        f"are images ({', '.join(IMAGE_EXTENSIONS)})."
+        f"none of the {len(files):,} images in {name} can be decoded ({first}); check that "
+        f"the files are images ({', '.join(IMAGE_EXTENSIONS)})."
     )
 
 
-def open_image_folder(path: str, name: str) -> FilePool:
-    """An image folder as a file pool.
+def open_image_folder(
+    path: str, name: str, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> FilePool:
+    """An image folder as a file pool; images over ``max_pixels`` are bad samples.
 
     Class subfolders give labels (see ``_class_labels``; images nested deeper belong to
     their class folder); a flat folder of images has no labels. Hidden files and folders
@@ -177,9 +193,9 @@ def open_image_folder(path: str, name: str) -> FilePool:
             f"{name} holds no images; put image files ({', '.join(IMAGE_EXTENSIONS)}) in it, "
             "in one subfolder per class for labelled images."
         )
-    mode = _pool_mode(path, files, name)
+    mode = _pool_mode(path, files, name, max_pixels)
 
-    return FilePool(name, path, files, labels, class_names, ImageLoader(path, mode))
+    return FilePool(name, path, files, labels, class_names, ImageLoader(path, mode, max_pixels))
 
 
 @dataclass(frozen=True)
@@ -189,7 +205,8 @@ class ImageLoader:
 
     root: str
     mode: str
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __call__(self, relative: str) -> np.ndarray:
-        with _open_image(os.path.join(self.root, relative)) as image:
+        with _open_image(os.path.join(self.root, relative), self.max_pixels) as image:
             return _to_mode(image, self.mode)

@@ -16,6 +16,7 @@ from typing import Any
 from testprio import storage
 from testprio.errors import TestprioError
 from testprio.ingest import preprocess, sandbox, sources
+from testprio.ingest.image_folders import DEFAULT_MAX_IMAGE_PIXELS
 
 CHUNK_ROWS = 1024
 ON_BAD_SAMPLE = ("quarantine", "fail")
@@ -35,6 +36,7 @@ class IngestOptions:
     tensor_column: str = "x"
     label_column: str = ""
     max_data_gb: float = 20.0  # largest download, and largest archive once expanded
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # largest decoded image (width x height)
     # http(s) sources (testprio.ingest.sources.DownloadLimits): non-public addresses are refused
     # unless allowed; the whole download's time limit and its minimum rate (0: none).
     allow_private_urls: bool = False
@@ -93,6 +95,7 @@ def ingest_options(parameters: dict[str, Any]) -> IngestOptions:
         tensor_column=value("tensor_column", "") or defaults.tensor_column,
         label_column=value("label_column", "") or "",
         max_data_gb=float(value("max_data_gb", defaults.max_data_gb)),
+        max_image_pixels=int(value("max_image_pixels", defaults.max_image_pixels)),
         allow_private_urls=bool(value("allow_private_urls", defaults.allow_private_urls)),
         download_timeout_s=float(value("download_timeout_s", defaults.download_timeout_s)),
         download_min_bytes_per_s=float(
@@ -118,6 +121,9 @@ def check_values(options: IngestOptions) -> None:
         )
     if not options.max_data_gb > 0:
         raise TestprioError(f"--max-data-gb {options.max_data_gb} must be a positive number.")
+    pixels = options.max_image_pixels
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 1:
+        raise TestprioError(f"--max-image-pixels {pixels} must be a whole number of at least 1.")
     if not options.download_timeout_s > 0:
         raise TestprioError(
             f"--download-timeout-s {options.download_timeout_s} must be a positive number."

@@ -8,6 +8,8 @@ folders are listed up front and decoded one file at a time by the ingest stage.
 from __future__ import annotations
 
 import json
+import math
+import os
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,10 +22,22 @@ import pyarrow.parquet as pq
 
 from testprio.errors import TestprioError
 from testprio.ingest import sources
+from testprio.ingest.archives import DEFAULT_ARCHIVE_LIMITS, ArchiveLimits, check_zip_members
+from testprio.ingest.image_folders import DEFAULT_MAX_IMAGE_PIXELS
 from testprio.ingest.pool import ArrayPool, Chunk, FilePool
 from testprio.ingest.shards import SHAPE_METADATA_KEY, TENSOR_DTYPE, shard_tensor_decoder
 
 LABEL_COLUMNS = sources.LABEL_COLUMNS
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How much a reader may make of a pool: ``archive`` bounds an ``.npz``'s arrays as an
+    archive's entries (expanded bytes, ratios); ``max_image_pixels`` bounds each decoded
+    image (larger ones are bad samples)."""
+
+    archive: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,19 @@ def _npy_header(handle: BinaryIO, name: str, member: str) -> tuple[tuple[int, ..
     return tuple(shape), dtype
 
 
+def _check_holds(
+    name: str, member: str, shape: tuple[int, ...], dtype: np.dtype, available: int
+) -> None:
+    """Refuse a header that declares more data than follows it: the sample count is trusted
+    from here on (shards are planned by it), so a lying header stops here, not at the end."""
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > available:
+        raise TestprioError(
+            f"array '{member}' in {name} is truncated: its header declares {shape[0]:,} "
+            f"samples ({needed:,} bytes) but it holds {available:,} bytes; re-save the file."
+        )
+
+
 def _stream_rows(
     handle: BinaryIO, shape: tuple[int, ...], dtype: np.dtype, rows: int, name: str, member: str
 ) -> Iterator[np.ndarray]:
@@ -81,7 +108,9 @@ def _stream_rows(
         remaining -= take
 
 
-def read_npy(path: str, name: str, columns: Columns) -> ArrayPool:
+def read_npy(
+    path: str, name: str, columns: Columns, limits: ReadLimits = ReadLimits()
+) -> ArrayPool:
     # Read through the file in chunks rather than memory-mapping it: mapped pages stay
     # resident (and count against a pod's memory limit) until the whole map is released.
     with open(path, "rb") as handle:
@@ -93,8 +122,10 @@ def read_npy(path: str, name: str, columns: Columns) -> ArrayPool:
                 f"{name} is not a readable .npy array (its header is damaged); re-save it "
                 "with numpy.save."
             ) from None
+        available = os.fstat(handle.fileno()).st_size - handle.tell()
     _check_array_pair(name, shape, None)
     check_numeric(name, "inputs", dtype)
+    _check_holds(name, "array", shape, dtype, available)
 
     def read_chunks(rows: int) -> Iterator[Chunk]:
         with open(path, "rb") as handle:
@@ -113,7 +144,21 @@ def _stream_npz_member(
         yield from _stream_rows(handle, shape, dtype, rows, name, member)
 
 
-def read_npz(path: str, name: str, columns: Columns) -> ArrayPool:
+def _npz_header(
+    archive: zipfile.ZipFile, member: str, name: str
+) -> tuple[tuple[int, ...], np.dtype]:
+    """An ``.npz`` array's shape and dtype, checked to fit in the bytes its entry holds."""
+    with archive.open(member) as handle:
+        shape, dtype = _npy_header(handle, name, member)
+        available = archive.getinfo(member).file_size - handle.tell()
+    if len(shape) >= 1:
+        _check_holds(name, member, shape, dtype, available)
+    return shape, dtype
+
+
+def read_npz(
+    path: str, name: str, columns: Columns, limits: ReadLimits = ReadLimits()
+) -> ArrayPool:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -136,12 +181,13 @@ def read_npz(path: str, name: str, columns: Columns) -> ArrayPool:
         )
     label_key = columns.label or sources.default_label_column(arrays, name, "arrays")
     y_member = f"{label_key}.npy" if label_key else ""
-    with archive.open(x_member) as handle:
-        x_shape, x_dtype = _npy_header(handle, name, x_member)
+    read = [x_member] + ([y_member] if y_member in members else [])
+    # The arrays are decompressed as they are read: an archive's limits apply to them.
+    check_zip_members(archive, read, name, os.path.getsize(path), limits.archive)
+    x_shape, x_dtype = _npz_header(archive, x_member, name)
     y_shape = None
     if y_member in members:
-        with archive.open(y_member) as handle:
-            y_shape, y_dtype = _npy_header(handle, name, y_member)
+        y_shape, y_dtype = _npz_header(archive, y_member, name)
         check_numeric(name, "labels", y_dtype)
     _check_array_pair(name, x_shape, y_shape)
     check_numeric(name, "inputs", x_dtype)
@@ -159,7 +205,9 @@ def read_npz(path: str, name: str, columns: Columns) -> ArrayPool:
     return ArrayPool(name, x_shape[0], tuple(x_shape[1:]), y_shape is not None, read_chunks)
 
 
-def read_parquet(path: str, name: str, columns: Columns) -> ArrayPool:
+def read_parquet(
+    path: str, name: str, columns: Columns, limits: ReadLimits = ReadLimits()
+) -> ArrayPool:
     try:
         parquet = pq.ParquetFile(path)
     except pa.ArrowInvalid:
@@ -244,15 +292,19 @@ def read_parquet(path: str, name: str, columns: Columns) -> ArrayPool:
     return ArrayPool(name, parquet.metadata.num_rows, shape, label_column is not None, read_chunks)
 
 
-def read_csv(path: str, name: str, columns: Columns) -> ArrayPool:
+def read_csv(
+    path: str, name: str, columns: Columns, limits: ReadLimits = ReadLimits()
+) -> ArrayPool:
     return sources.read_csv(path, name, label_column=columns.label)
 
 
-def read_images(path: str, name: str, columns: Columns) -> FilePool:
-    return sources.open_image_folder(path, name)
+def read_images(
+    path: str, name: str, columns: Columns, limits: ReadLimits = ReadLimits()
+) -> FilePool:
+    return sources.open_image_folder(path, name, max_pixels=limits.max_image_pixels)
 
 
-READERS: dict[str, Callable[[str, str, Columns], ArrayPool | FilePool]] = {
+READERS: dict[str, Callable[[str, str, Columns, ReadLimits], ArrayPool | FilePool]] = {
     "npy": read_npy,
     "npz": read_npz,
     "parquet": read_parquet,
@@ -261,5 +313,7 @@ READERS: dict[str, Callable[[str, str, Columns], ArrayPool | FilePool]] = {
 }
 
 
-def open_pool(path: str, fmt: str, name: str, columns: Columns) -> ArrayPool | FilePool:
-    return READERS[fmt](path, name, columns)
+def open_pool(
+    path: str, fmt: str, name: str, columns: Columns, limits: ReadLimits = ReadLimits()
+) -> ArrayPool | FilePool:
+    return READERS[fmt](path, name, columns, limits)

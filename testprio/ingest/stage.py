@@ -38,7 +38,7 @@ from testprio.errors import TestprioError
 from testprio.ingest import preprocess, sources
 from testprio.ingest.options import IngestOptions, build_preprocessor, check_values
 from testprio.ingest.pool import ArrayPool, BadSample, FilePool
-from testprio.ingest.readers import Columns, check_numeric, open_pool
+from testprio.ingest.readers import Columns, ReadLimits, check_numeric, open_pool
 from testprio.ingest.shards import (
     DUPLICATES_SCHEMA,
     QUARANTINE_SCHEMA,
@@ -477,12 +477,13 @@ def ingest(layout: RunLayout, data_uri: str, options: IngestOptions | None = Non
         options = IngestOptions(**{**options.__dict__, **overrides})
     check_values(options)
     limit = int(options.max_data_gb * 2**30)
+    archive_limits = sources.ArchiveLimits(max_bytes=limit)
     with (
         build_preprocessor(options) as chain,  # checks the ops before any download
         sources.resolve(
             data_uri,
             max_download_bytes=limit,
-            archive_limits=sources.ArchiveLimits(max_bytes=limit),
+            archive_limits=archive_limits,
             download_limits=sources.DownloadLimits(
                 allow_private=options.allow_private_urls,
                 deadline_s=options.download_timeout_s,
@@ -495,6 +496,7 @@ def ingest(layout: RunLayout, data_uri: str, options: IngestOptions | None = Non
             resolved.format,
             resolved.name,
             Columns(tensor=options.tensor_column, label=options.label_column),
+            ReadLimits(archive=archive_limits, max_image_pixels=options.max_image_pixels),
         )
         if pool.count == 0:
             raise TestprioError(
