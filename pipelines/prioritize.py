@@ -4,7 +4,9 @@ shard) -> rank -> report. The reference task does nothing unless ``train_data`` 
 Cluster settings (GPU, node selector, resources, fan-out width, retries, caching) are fixed
 when the pipeline is built and compiled: ``components.cluster`` (``ClusterSettings``,
 ``configure_task``), which users' own pipelines call too. KFP's local runner ignores the
-placement settings but honours retries, so local runs use ``LOCAL_SETTINGS`` (no retries).
+placement settings but honours retries, and starts a Python process per task, so local runs
+use ``LOCAL_SETTINGS``: no retries, and the shards shared out among two score tasks
+(``score_shards``) instead of one task per shard.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline's annotations as types.
