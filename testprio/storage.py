@@ -19,10 +19,11 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, Protocol
 
 import pyarrow as pa
@@ -84,6 +85,7 @@ class LocalBackend:
                 f"cannot create the folder {folder} ({exc.strerror}); choose a --root you can "
                 "write to."
             ) from None
+        # Named as STAGED_NAME expects: remove_staged finds what a killed writer left.
         return os.path.join(folder, f".{os.path.basename(uri)}.tmp-{uuid.uuid4().hex[:12]}")
 
     def publish(self, staged: str, uri: str) -> None:
@@ -193,6 +195,32 @@ def object_file_name(uri: str) -> str:
     if object_parts(name) is None:
         raise _file_name_refused(uri, name)
     return name
+
+
+# The temporary a local write stages its bytes in, beside its target (LocalBackend).
+STAGED_NAME = re.compile(r"^\.(?P<target>.+)\.tmp-[0-9a-f]{12}$")
+
+
+def remove_staged(folder: str, owns: Callable[[str], bool]) -> list[str]:
+    """Delete the temporaries that local writes of the files ``owns`` says yes to (by
+    name) left in ``folder``; return their names.
+
+    A write that ends, well or not, removes its temporary; one whose process was killed
+    (SIGKILL, a lost node) leaves it. Call this only where no other process writes those
+    files at the time (the stage that alone writes them). A gs:// folder holds none: writes
+    there stage in this machine's temporary folder.
+    """
+    if folder.startswith(GCS_SCHEME) or not os.path.isdir(folder):
+        return []
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            match = STAGED_NAME.match(entry.name)
+            if match and owns(match.group("target")) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path)
+                removed.append(entry.name)
+    return sorted(removed)
 
 
 def split_gcs_uri(uri: str) -> tuple[str, str]:

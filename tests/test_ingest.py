@@ -842,3 +842,25 @@ def test_a_header_claiming_more_samples_than_the_file_holds_is_refused_at_once(
     ):
         ingest(RunLayout.create(local_root, "r"), str(path))
     assert not os.path.exists(os.path.join(local_root, "r", "data"))  # refused before any shard
+
+
+def test_ingest_removes_the_temporaries_an_interrupted_ingest_left(local_root, tmp_path):
+    """A SIGKILL mid-write leaves the write's temporary beside its target; the next ingest
+    of the run removes those of the files ingest writes, and nothing else."""
+    layout = RunLayout.create(local_root, "r")
+    data = Path(layout.data_dir)
+    data.mkdir(parents=True)
+    owned = [
+        ".shard-00000.parquet.tmp-0123456789ab",
+        ".shard-00012.parquet.tmp-ba9876543210",
+        ".quarantine.parquet.tmp-00000000abcd",
+        ".duplicates.parquet.tmp-ffffffffffff",
+        ".manifest.json.tmp-0a0a0a0a0a0a",
+    ]
+    others = [".notes.txt.tmp-0123456789ab", "my.tmp-0123456789ab", ".shard-1.parquet.tmp-x"]
+    for name in owned + others:
+        (data / name).write_bytes(b"half written")
+    x = make_deterministic(3).random((30, *SHAPE), dtype=np.float32)
+    ingest(layout, str(write_pool(tmp_path / "pool.npy", x)), shard_size=20)
+    assert sorted(p.name for p in data.iterdir() if ".tmp-" in p.name) == sorted(others)
+    assert storage.exists(layout.data_manifest)

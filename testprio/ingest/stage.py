@@ -46,7 +46,7 @@ from testprio.ingest.shards import (
     shard_record_batch,
     shard_schema,
 )
-from testprio.layout import RunLayout, record_in_run, shard_name
+from testprio.layout import SHARD_NAME_PATTERN, RunLayout, record_in_run, shard_name
 from testprio.log import get_logger
 
 log = get_logger("ingest")
@@ -476,6 +476,7 @@ def ingest(layout: RunLayout, data_uri: str, options: IngestOptions | None = Non
     if overrides:
         options = IngestOptions(**{**options.__dict__, **overrides})
     check_values(options)
+    remove_interrupted_writes(layout)
     limit = int(options.max_data_gb * 2**30)
     archive_limits = sources.ArchiveLimits(max_bytes=limit)
     with (
@@ -528,6 +529,26 @@ def ingest(layout: RunLayout, data_uri: str, options: IngestOptions | None = Non
         manifest["duplicates"],
     )
     return [layout.data_shard(i) for i in range(len(manifest["shards"]))]
+
+
+def _written_by_ingest(layout: RunLayout) -> Callable[[str], bool]:
+    """Whether a file name in ``data/`` is one that ingest writes (and no one else)."""
+    names = {uri.rsplit("/", 1)[-1] for uri in (layout.quarantine, layout.duplicates)}
+    names.add(layout.data_manifest.rsplit("/", 1)[-1])
+    return lambda name: name in names or SHARD_NAME_PATTERN.match(name) is not None
+
+
+def remove_interrupted_writes(layout: RunLayout) -> None:
+    """Remove what an ingest of this run killed mid-write left in ``data/`` (the temporaries
+    of its shards, quarantine and duplicates lists and manifest): one ingest runs per run at
+    a time, so none of them is another's live write."""
+    removed = storage.remove_staged(layout.data_dir, _written_by_ingest(layout))
+    if removed:
+        log.info(
+            "ingest: removed %d temporary file(s) an interrupted ingest left in %s",
+            len(removed),
+            layout.data_dir,
+        )
 
 
 CGROUP_CPU_LIMITS = (
