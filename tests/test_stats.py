@@ -1,40 +1,14 @@
-"""testprio.stats against scipy.stats (the t distribution, the t-interval, the paired t-test)
-and Holm's correction against a case worked by hand."""
+"""testprio.stats: the t-interval and the paired t-test as scipy.stats computes them, what the
+evaluation reports where they are undefined, and Holm's correction against a case worked by
+hand."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 from scipy import stats as reference
 
 from testprio import stats
-
-
-@pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 10, 29, 30, 31, 60, 200, 5000])
-def test_t_tails_and_quantiles_match_scipy(df):
-    for t in (0.0, 0.05, 0.5, 1.0, 1.96, 2.5, 4.0, 12.0, 80.0):
-        assert stats.t_two_sided_p(t, df) == pytest.approx(2 * reference.t.sf(t, df), abs=1e-11)
-    for q in (0.5, 0.8, 0.975, 0.995, 0.9999):
-        assert stats.t_quantile(q, df) == pytest.approx(reference.t.ppf(q, df), rel=1e-9)
-    assert stats.t_quantile_975(df) == pytest.approx(reference.t.ppf(0.975, df), rel=1e-9)
-    assert stats.t_two_sided_p(math.inf, df) == 0.0
-
-
-@pytest.mark.parametrize(("a", "b", "x"), [(0.5, 0.5, 0.3), (2.0, 0.5, 0.99), (50, 0.5, 0.2)])
-def test_incomplete_beta_matches_scipy(a, b, x):
-    from scipy.special import betainc
-
-    assert stats.incomplete_beta(a, b, x) == pytest.approx(betainc(a, b, x), abs=1e-13)
-    assert stats.incomplete_beta(a, b, 0.0) == 0.0 and stats.incomplete_beta(a, b, 1.0) == 1.0
-
-
-def test_bad_quantile_arguments_raise():
-    with pytest.raises(ValueError, match="df must be at least 1"):
-        stats.t_quantile_975(0)
-    with pytest.raises(ValueError, match=r"q must be in \[0.5, 1\)"):
-        stats.t_quantile(1.0, 3)
 
 
 def test_mean_ci_is_the_t_interval_and_contains_the_mean():
