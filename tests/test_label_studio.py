@@ -22,6 +22,7 @@ from testprio.layout import RunLayout
 from tests import labelstudiokit
 from tests.conftest import _free_port, linear_classifier
 from tests.stagekit import run_stages
+from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.test_labels import CLASSES, OPS, make_digit_folder
 
 # Outside CI a developer without `make label-studio` may skip these tests; CI (CI=true)
@@ -274,3 +275,59 @@ def test_the_app_zip_works_in_label_studio_as_it_is(server, run_copy):
     exported = json.dumps(project_tasks(server, project_id)).encode()
     result = labels.import_labels(run_copy, "project.json", data=exported)
     assert result.read == 1 and imported(run_copy) == {tasks[1]["data"]["sample_id"]: 2}
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(
+    not shutil.which(CHROMIUM) and os.environ.get("CI") != "true",
+    reason=f"{CHROMIUM} is missing (make test installs chromium)",
+)
+def test_the_images_show_in_label_studio_in_chromium(server, run_copy):
+    """A labeller's view: the pushed (uploaded) images and the app zip's embedded images are
+    drawn in Label Studio's labelling page; no class is chosen beforehand unless the export
+    is pre-annotated, where Label Studio ticks the model's class."""
+    from playwright.sync_api import sync_playwright
+
+    def push(project: str, pre_annotate: bool) -> int:
+        return api.push_labels(
+            run_copy.uri,
+            url=server,
+            token=labelstudiokit.LEGACY_TOKEN,
+            top_k=2,
+            project=project,
+            pre_annotate=pre_annotate,
+        ).project_id
+
+    archive = zipfile.ZipFile(io.BytesIO(labels.export_zip_bytes(run_copy, top_k=2)))
+    config = archive.read("label_studio_config.xml").decode()
+    zipped = ls(
+        server, "POST", "/api/projects/", json={"title": "seen zip", "label_config": config}
+    )
+    upload = {"file": ("label_studio_tasks.json", archive.read("label_studio_tasks.json"))}
+    ls(server, "POST", f"/api/projects/{zipped.json()['id']}/import", files=upload)
+    views = [  # project, where its images come from, classes ticked when the page opens
+        (push("seen", False), "/data/upload/", 0),
+        (zipped.json()["id"], "data:image/png", 0),
+        (push("seen pre-annotated", True), "/data/upload/", 1),
+    ]
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{server}/user/login/")
+        page.fill('input[name="email"]', labelstudiokit.USERNAME)
+        page.fill('input[name="password"]', labelstudiokit.PASSWORD)
+        page.click('button[type="submit"]')
+        page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
+        for project_id, source, ticked in views:
+            task = project_tasks(server, project_id)[0]
+            page.goto(f"{server}/projects/{project_id}/data?tab=0&task={task['id']}")
+            drawn = f'img[src*="{source}"]'
+            page.wait_for_function(
+                f"Array.from(document.querySelectorAll('{drawn}')).some(i => i.naturalWidth > 0)",
+                timeout=90_000,
+            )
+            page.get_by_role("button", name="Submit").wait_for(timeout=30_000)
+            choices = "document.querySelectorAll('input[type=checkbox]').length >= 10"
+            page.wait_for_function(choices, timeout=30_000)  # one per class
+            assert page.locator('input[type="checkbox"]:checked').count() == ticked
+        chromium.close()
