@@ -45,14 +45,17 @@ $(LS_STAMP):
 
 label-studio: $(LS_STAMP)
 
+# One pytest worker per core, each taking whole files (their module fixtures stay shared):
+# most tests are one busy process, so the cores run side by side. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
 test: setup lint browser label-studio
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The edit loop's tier: no browser, no framework converters, no pipeline runs, nothing slow.
 # `make test` (what CI runs) stays the whole suite.
 FAST := not containers and not pipeline and not browser and not converters and not slow
 test-fast: setup lint
-	$(PY) -m pytest -m "$(FAST)" -q
+	$(PY) -m pytest -m "$(FAST)" -q -n $(TEST_WORKERS) --dist loadfile
 
 report: setup
 	@test -d demo-output/runs || $(MAKE) demo
