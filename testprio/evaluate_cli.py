@@ -51,7 +51,7 @@ def add_evaluate_parser(commands) -> argparse.ArgumentParser:
         help="comma-separated names (default: gini, entropy, margin, least_confidence, "
         "instability, nac-cam, kmnc, dsa, random; those installed)",
     )
-    parser.add_argument("--seeds", type=int, default=5, help="seeds, 1 or more (default 5)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds, 1 to 100 (default 5)")
     parser.add_argument(
         "--split",
         type=params.finite_float,
@@ -65,7 +65,7 @@ def add_evaluate_parser(commands) -> argparse.ArgumentParser:
         help="with --split: repeat the whole evaluation over N seeded pool/test splits and "
         "pool them (1 to 20; default 1)",
     )
-    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (3)")
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs, 1 to 100 (3)")
     parser.add_argument("--framework", default="auto", help="auto, onnx, pytorch, tensorflow")
     parser.add_argument("--output-kind", default="auto", help="auto, logits or probabilities")
     parser.add_argument("--output-name", default="", help="class-score output of the model")
@@ -104,7 +104,7 @@ def add_evaluate_parser(commands) -> argparse.ArgumentParser:
         "--followups",
         type=int,
         default=10,
-        help="metamorphic follow-ups per sample for instability (default 10)",
+        help="metamorphic follow-ups per sample for instability, 1 to 1,000 (default 10)",
     )
     for flag, kind, text in INGEST_FLAGS:
         parser.add_argument(flag, type=kind, default="", help=text)

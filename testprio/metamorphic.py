@@ -321,6 +321,11 @@ class MetamorphicResult:
         ]
 
 
+# Follow-ups per source sample: a chunk holds at least one source with all its follow-ups,
+# so this bounds the memory of one predict call whatever the batch size.
+MAX_FOLLOWUPS = 1_000
+
+
 def run_metamorphic(
     predict: Callable[[Array], Array],
     x: Array,
@@ -358,6 +363,11 @@ def run_metamorphic(
                 f"metamorphic {name} must be an integer >= {least}, got {value!r}; pass e.g. "
                 f"{name}=10."
             )
+    if followups > MAX_FOLLOWUPS:
+        raise TestprioError(
+            f"metamorphic followups {followups:,} is more than the limit of {MAX_FOLLOWUPS:,}: "
+            "a sample's follow-ups are predicted at once; pass e.g. followups=10."
+        )
     _check_seed(seed)
     return _run(predict, x, chosen, bounds, int(followups), int(seed), layout, ids, batch_size)
 

@@ -21,6 +21,7 @@ from testprio.activations import SPATIAL_REDUCTIONS
 from testprio.convert import DEFAULT_PARITY_TOLERANCE, OUTPUT_KINDS
 from testprio.ingest.options import IngestOptions
 from testprio.ingest.preprocess import PRESETS
+from testprio.metamorphic import MAX_FOLLOWUPS
 from testprio.prioritizers import NAMES as PRIORITIZER_NAMES
 
 
@@ -55,7 +56,8 @@ class Parameter:
 
     ``stages``: the tasks that take it. ``choices``: its allowed values, for the help and the
     docs (the stages check them, with their own sentences); ``argparse_choices`` also makes
-    the command line refuse others. ``minimum``: the smallest whole number allowed.
+    the command line refuse others. ``minimum``/``maximum``: the smallest and largest whole
+    number allowed (a maximum where a count multiplies memory).
     ``cli``: whether ``testprio run`` has the option (the others are for cluster runs).
     ``bare``: the value the option takes when given without one (``--metamorphic``).
     """
@@ -68,6 +70,7 @@ class Parameter:
     choices: tuple[str, ...] = ()
     argparse_choices: bool = False
     minimum: int | None = None
+    maximum: int | None = None
     cli: bool = True
     metavar: str | None = None
     bare: str | None = None
@@ -394,6 +397,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "metamorphic follow-ups per sample (with --metamorphic)",
         ("start", "score"),
         minimum=1,
+        maximum=MAX_FOLLOWUPS,
         metavar="N",
     ),
 )

@@ -49,6 +49,8 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         value = parameters.get(parameter.name)
         if parameter.minimum is not None and value is not None and int(value) < parameter.minimum:
             raise TestprioError(f"{parameter.flag} {value} {_MINIMUM_SENTENCES[parameter.minimum]}")
+        if parameter.maximum is not None and value is not None and int(value) > parameter.maximum:
+            raise TestprioError(f"{parameter.flag} {value} must be at most {parameter.maximum:,}.")
     # inf and nan pass every comparison check below them and then break KFP's parameter
     # serialisation or a loop bound: refuse them for notebook and cluster callers too.
     for name in FLOAT_PARAMETERS:

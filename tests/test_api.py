@@ -130,7 +130,7 @@ def test_evaluate_writes_and_returns_the_evaluation(eval_inputs):
     ("change", "message"),
     [
         ({"seedz": 2}, r"unknown evaluate option\(s\) seedz; use those of testprio evaluate"),
-        ({"seeds": 0}, "--seeds 0 must be 1 or more."),
+        ({"seeds": 0}, "--seeds 0 must be a whole number from 1 to 100"),
         ({"budgets": "0"}, "--budgets 0 must be percents of the pool above 0"),
         ({"prioritizers": ("gini", "nope")}, r"unknown prioritizer\(s\) nope; choose from"),
         ({"train_data": "missing.npz"}, "--train-data missing.npz does not exist"),

@@ -298,9 +298,25 @@ def test_unknown_prioritizer_lists_the_valid_ones():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"seeds": 0}, r"--seeds 0 must be 1 or more"),
+        ({"seeds": 0}, r"--seeds 0 must be a whole number from 1 to 100: each seed"),
+        ({"seeds": 10**9}, r"--seeds 1000000000 must be a whole number from 1 to 100"),
+        ({"seeds": 2.5}, r"--seeds 2.5 must be a whole number from 1 to 100"),
+        ({"epochs": 10**6}, r"--epochs 1000000 must be a whole number from 1 to 100"),
+        ({"followups": 10**9}, r"--followups 1000000000 must be a whole number from 1 to 1,000"),
+        (
+            {"budgets": tuple(range(1, 22))},
+            r"--budgets names 21 budgets, more than the limit of 20: each budget",
+        ),
+        (
+            {"coverage_params": {"kmnc": {"sections": 10**9}}},
+            r"--coverage-params kmnc.sections=1000000000 must be from 1 to 1,000",
+        ),
+        (
+            {"coverage_params": {"tknc": {"top_neurons": 0}}},
+            r"--coverage-params tknc.top_neurons=0 must be from 1 to 1,000",
+        ),
         ({"split": 1.0}, r"--split 1.0 must be a share of the pool from 0 up to"),
-        ({"epochs": 0}, r"--epochs 0 must be a positive number of epochs"),
+        ({"epochs": 0}, r"--epochs 0 must be a whole number from 1 to 100"),
         ({"splits": 0}, r"--splits 0 must be a whole number from 1 to 20: each split repeats"),
         ({"splits": 21}, r"--splits 21 must be a whole number from 1 to 20"),
         ({"splits": 1.5}, r"--splits 1.5 must be a whole number"),
@@ -816,7 +832,7 @@ def test_narrow_ranges_flip_fewer_followups_on_digits(inputs):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"followups": 0}, r"--followups 0 must be 1 or more"),
+        ({"followups": 0}, r"--followups 0 must be a whole number from 1 to 1,000"),
         (
             {"metamorphic_transforms": ("rotate", "spin")},
             r"unknown metamorphic transform\(s\) spin in --metamorphic-transforms; choose from",
@@ -873,12 +889,12 @@ def test_cli_prints_the_tables_and_the_file(inputs, local_root, capsys):
     [
         (["--prioritizers", "gini,nope"], "unknown prioritizer(s) nope; choose from"),
         (["--budgets", "0"], "--budgets 0 must be percents of the pool above 0"),
-        (["--seeds", "0"], "--seeds 0 must be 1 or more."),
+        (["--seeds", "0"], "--seeds 0 must be a whole number from 1 to 100"),
         (["--split", "2"], "--split 2.0 must be a share of the pool"),
         (["--run-id", "../x"], "run id '../x' is not allowed"),
         (["--prioritizers", "gini", "--layers", "hidden,nope"], "layer 'nope' in --layers"),
         (["--coverage-params", "{"], "--coverage-params '{' is not a JSON object"),
-        (["--followups", "0"], "--followups 0 must be 1 or more."),
+        (["--followups", "0"], "--followups 0 must be a whole number from 1 to 1,000"),
         (["--metamorphic-transforms", "spin"], "unknown metamorphic transform(s) spin"),
         (["--splits", "0"], "--splits 0 must be a whole number from 1 to 20: each split"),
         (["--splits", "2"], "--splits 2 draws a new pool and test split from the pool for each"),

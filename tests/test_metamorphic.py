@@ -452,6 +452,7 @@ IMAGES = bin_centred_images(3)
             r"ranges name transform 'blur', which is not among the chosen",
         ),
         ({"followups": 0}, r"followups must be an integer >= 1, got 0"),
+        ({"followups": 10**9}, r"followups 1,000,000,000 is more than the limit of 1,000"),
         ({"batch_size": 2.5}, r"batch_size must be an integer >= 1"),
         ({"seed": -1}, r"seed must be a non-negative integer, got -1"),
         ({"sample_ids": np.array([0, 1])}, r"sample_ids must be 3 non-negative integers"),

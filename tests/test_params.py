@@ -110,6 +110,7 @@ def test_ingest_defaults_are_the_stage_own():
         ("batch_size", -1, "--batch-size -1 must be a positive number."),
         ("gpu_batch_size", -1, "--gpu-batch-size -1 must be zero or positive."),
         ("top_k", -2, "--top-k -2 must be zero or positive."),
+        ("followups", 10**9, "--followups 1000000000 must be at most 1,000."),
     ],
 )
 def test_minimums_from_the_registry(tmp_path, name, value, message):

@@ -4,6 +4,7 @@ option), the parsing of their CLI text and their checks, with one sentence per b
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -21,6 +22,14 @@ DEFAULT_EPOCHS = 3
 # --splits: each split repeats the whole evaluation (every order and every fine-tuning), so
 # that a typo cannot start days of work.
 MAX_SPLITS = 20
+# The other counts, bounded for the same reason (and memory: results are kept per seed,
+# budget and prioritizer): each seed and each budget fine-tunes the model once per
+# prioritizer, each epoch is a pass over the training data plus the selection.
+MAX_SEEDS = 100
+MAX_EPOCHS = 100
+MAX_BUDGETS = 20
+# kmnc's sections and tknc's top_neurons size per-sample arrays (units x sections).
+MAX_COVERAGE_COUNT = 1_000
 
 
 @dataclass(frozen=True)
@@ -61,10 +70,18 @@ def check_budgets(budgets: Iterable[float]) -> tuple[float, ...]:
     budgets = tuple(float(b) for b in budgets)
     if not budgets or any(not math.isfinite(b) or not 0 < b <= 100 for b in budgets):
         raise TestprioError(
-            f"--budgets {','.join(f'{b:g}' for b in budgets) or '(empty)'} must be percents of "
-            "the pool above 0 and at most 100, like 1,2,5,10."
+            f"--budgets {','.join(f'{b:g}' for b in budgets[:10]) or '(empty)'}"
+            f"{',...' if len(budgets) > 10 else ''} must be percents of the pool above 0 and "
+            "at most 100, like 1,2,5,10."
         )
-    return tuple(sorted(set(budgets)))
+    budgets = tuple(sorted(set(budgets)))
+    if len(budgets) > MAX_BUDGETS:
+        raise TestprioError(
+            f"--budgets names {len(budgets):,} budgets, more than the limit of {MAX_BUDGETS}: "
+            "each budget fine-tunes the model once per seed and prioritizer; give fewer, "
+            "like 1,2,5,10."
+        )
+    return budgets
 
 
 def parse_prioritizers(text: str) -> tuple[str, ...]:
@@ -130,13 +147,37 @@ def check_coverage_params(params: dict) -> dict[str, dict]:
                     f"{metric} with a {'whole ' if kind is int else ''}number; parameters "
                     f"and defaults: {known}."
                 )
+            if kind is int and not 1 <= value <= MAX_COVERAGE_COUNT:
+                raise TestprioError(
+                    f"--coverage-params {metric}.{name}={value} must be from 1 to "
+                    f"{MAX_COVERAGE_COUNT:,}: it sizes an array per sample and unit."
+                )
     return {metric: dict(values) for metric, values in params.items()}
+
+
+def _count(flag: str, value: object, limit: int, why: str) -> int:
+    """A count option as a whole number from 1 to ``limit`` (absurd counts exhaust memory
+    and time before any result); the pipeline's or the API's digits are read as one."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or not 1 <= value <= limit
+    ):
+        raise TestprioError(f"{flag} {value} must be a whole number from 1 to {limit:,}: {why}.")
+    return int(value)
 
 
 def check_options(options: EvaluateOptions) -> EvaluateOptions:
     """Every option checked; returns them with the defaults filled in."""
-    if int(options.seeds) < 1:
-        raise TestprioError(f"--seeds {options.seeds} must be 1 or more.")
+    seeds = _count(
+        "--seeds",
+        options.seeds,
+        MAX_SEEDS,
+        "each seed fine-tunes the model once per prioritizer and budget",
+    )
+    epochs = _count("--epochs", options.epochs, MAX_EPOCHS, "each epoch is a pass over the data")
     splits = options.splits
     if isinstance(splits, str) and splits.strip().isdigit():  # the pipeline's or API's text
         splits = int(splits)
@@ -145,8 +186,14 @@ def check_options(options: EvaluateOptions) -> EvaluateOptions:
             f"--splits {splits} must be a whole number from 1 to {MAX_SPLITS}: each split "
             "repeats the whole evaluation on a new seeded pool/test split."
         )
-    if isinstance(options.followups, bool) or int(options.followups) < 1:
-        raise TestprioError(f"--followups {options.followups} must be 1 or more.")
+    from testprio.metamorphic import MAX_FOLLOWUPS
+
+    followups = _count(
+        "--followups",
+        options.followups,
+        MAX_FOLLOWUPS,
+        "each sample's follow-ups are predicted at once",
+    )
     if options.metamorphic_transforms:
         from testprio.metamorphic import TRANSFORMS
 
@@ -165,14 +212,16 @@ def check_options(options: EvaluateOptions) -> EvaluateOptions:
             f"--split {options.split} must be a share of the pool from 0 up to (not "
             "including) 1, like 0.3."
         )
-    retrain.check_settings(retrain.RetrainSettings(epochs=int(options.epochs)))
+    retrain.check_settings(retrain.RetrainSettings(epochs=epochs))
     ingest.check_options(options.ingest)
     return EvaluateOptions(
         **{
             **options.__dict__,
             "budgets": check_budgets(options.budgets),
             "prioritizers": check_prioritizers(options.prioritizers),
-            "followups": int(options.followups),
+            "seeds": seeds,
+            "epochs": epochs,
+            "followups": followups,
             "splits": splits,
         }
     )
