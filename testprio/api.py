@@ -315,8 +315,10 @@ def evaluate(
             f"evaluate ({', '.join(EVALUATE_OPTIONS)})."
         )
     from testprio import evaluation
+    from testprio.evaluation.options import check_test_split
 
     checked = evaluation.check_options(_evaluate_options(options))
+    check_test_split(bool(test_data), checked.split, checked.splits)  # before any file
     uris = {
         name: _existing_input(name, value)
         for name, value in (
@@ -345,6 +347,7 @@ def _names(value, parse) -> tuple[str, ...]:
 def _evaluate_options(options: dict):
     """``testprio.evaluation.EvaluateOptions`` from options as Python values or CLI text."""
     from testprio import evaluation
+    from testprio.evaluation.options import given_prioritizers
     from testprio.ingest.options import ingest_options
 
     defaults = evaluation.EvaluateOptions()
@@ -354,7 +357,10 @@ def _evaluate_options(options: dict):
     ingest = {name: options[name] for name in (*_INGEST_OPTIONS, "shard_size") if name in options}
     return evaluation.EvaluateOptions(
         budgets=evaluation.parse_budgets(budgets) if isinstance(budgets, str) else budgets,
-        prioritizers=_names(value("prioritizers", ()), evaluation.parse_prioritizers),
+        # Named means chosen: an empty value is refused (leave it out for the defaults).
+        prioritizers=given_prioritizers(options["prioritizers"])
+        if "prioritizers" in options
+        else (),
         seeds=value("seeds", defaults.seeds),
         split=value("split", defaults.split),
         splits=value("splits", defaults.splits),

@@ -47,7 +47,7 @@ def add_evaluate_parser(commands) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--prioritizers",
-        default="",
+        default=None,  # not given: the defaults; given, it must name some
         help="comma-separated names (default: gini, entropy, margin, least_confidence, "
         "instability, nac-cam, kmnc, dsa, random; those installed)",
     )
@@ -117,6 +117,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from testprio.log import configure
 
     options = {name: getattr(args, name) for name in api.EVALUATE_OPTIONS}
+    if options["prioritizers"] is None:  # left out: the defaults
+        del options["prioritizers"]
     inputs = {name: getattr(args, name) for name in ("model", "data", "train_data", "test_data")}
     configure()
     result = api.evaluate(root=args.root, run_id=args.run_id, **inputs, **options)

@@ -4,6 +4,7 @@ errors, evaluation.json end to end on real digits with an ONNX model, and the co
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -286,6 +287,51 @@ def test_splits_with_test_data_is_one_sentence_in_the_pipeline_parameters(inputs
 def test_bad_budgets(text, message):
     with pytest.raises(TestprioError, match=message):
         evaluation.parse_budgets(text)
+
+
+@pytest.mark.parametrize("text", [",", " , ,"])
+def test_prioritizers_text_that_names_none_is_refused(text):
+    with pytest.raises(TestprioError, match=r"--prioritizers '.*' names no prioritizer; leave"):
+        evaluation.parse_prioritizers(text)
+
+
+@pytest.mark.parametrize("value", ["", ",", ()])
+def test_an_empty_prioritizers_option_is_refused_not_the_defaults(value, tmp_path):
+    from testprio import api
+
+    with pytest.raises(TestprioError, match=r"--prioritizers '.*' names no prioritizer; leave"):
+        api.evaluate(model="m", data="d", train_data="t", root=str(tmp_path), prioritizers=value)
+
+
+def test_the_command_line_refuses_empty_prioritizers_and_absurd_counts(tmp_path, capsys):
+    from testprio import cli
+
+    base = ["evaluate", "--model", "m.onnx", "--data", "p.npz", "--train-data", "t.npz",
+            "--root", str(tmp_path), "--split", "0.3"]  # fmt: skip
+    for extra, message in (
+        (["--prioritizers", ""], "--prioritizers '' names no prioritizer"),
+        (["--seeds", "1000000000"], "--seeds 1000000000 must be a whole number from 1 to 100"),
+        (["--test-data", "x.npz"], "--split 0.3 holds out a share of the pool as the test"),
+    ):
+        assert cli.main([*base, *extra]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"testprio: error: {message}"), err
+
+
+def test_split_with_test_data_is_refused(inputs, local_root):
+    kwargs = {"model": str(inputs["model"]), "data": str(inputs["pool"]),
+              "train_data": str(inputs["train"]), "test_data": str(inputs["test"])}  # fmt: skip
+    message = (
+        r"--split 0.3 holds out a share of the pool as the test split, and --test-data gives "
+        r"one; give one of them\."
+    )
+    with pytest.raises(TestprioError, match=message):
+        evaluation.run_evaluation(
+            local_root, "both", options=evaluation.EvaluateOptions(split=0.3), **kwargs
+        )
+    with pytest.raises(TestprioError, match=r"split=0.3 holds out a share of the pool"):
+        evaluation.validate_parameters({**kwargs, "split": 0.3})
+    assert not os.path.exists(os.path.join(local_root, "both"))
 
 
 def test_unknown_prioritizer_lists_the_valid_ones():

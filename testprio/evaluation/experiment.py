@@ -21,7 +21,7 @@ from testprio.evaluation.datasets import (
     split_pool,
 )
 from testprio.evaluation.fault_detection import evaluate_orders
-from testprio.evaluation.options import EvaluateOptions, check_options
+from testprio.evaluation.options import EvaluateOptions, check_options, check_test_split
 from testprio.evaluation.prioritizers import PRIORITIZERS, Context, hidden_settings
 from testprio.evaluation.retraining import retrain_orders
 from testprio.evaluation.splits import pool_splits
@@ -54,17 +54,7 @@ def run_evaluation(
     (``testprio.evaluation.splits``) and ``per_split`` keeps each split's figures.
     """
     options = check_options(options or EvaluateOptions())
-    if not test_data and not options.split:
-        raise TestprioError(
-            "the evaluation needs a held-out test split: give --test-data, or --split with the "
-            "share of the pool to hold out (e.g. 0.3)."
-        )
-    if test_data and options.splits > 1:
-        raise TestprioError(
-            f"--splits {options.splits} draws a new pool and test split from the pool for each "
-            "split; give --split F (the share to hold out) instead of --test-data, whose test "
-            "split is fixed."
-        )
+    check_test_split(bool(test_data), options.split, options.splits)
     for uri in (data, train_data, test_data):
         if uri:
             sources.check_data_uri(uri)

@@ -85,7 +85,33 @@ def check_budgets(budgets: Iterable[float]) -> tuple[float, ...]:
 
 
 def parse_prioritizers(text: str) -> tuple[str, ...]:
-    return check_prioritizers(part.strip() for part in text.split(",") if part.strip())
+    """``"gini,random"`` -> the names, checked; empty text (a pipeline's unset parameter)
+    -> the defaults; text that names none (``","``) is refused."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if text.strip() and not names:
+        raise _names_none(text)
+    return check_prioritizers(names)
+
+
+def given_prioritizers(value: str | Iterable[str]) -> tuple[str, ...]:
+    """The prioritizers a caller named (command-line text or names), checked. Naming none
+    (``''``, ``()``) is refused: leaving the option out is how to get the defaults."""
+    names = (
+        tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, str)
+        else tuple(value)
+    )
+    if not names:
+        raise _names_none(value if isinstance(value, str) else ",".join(value))
+    return check_prioritizers(names)
+
+
+def _names_none(text: str) -> TestprioError:
+    return TestprioError(
+        f"--prioritizers '{text}' names no prioritizer; leave the option out for the "
+        f"defaults ({', '.join(default_prioritizers())}), or name some of "
+        f"{', '.join(sorted(PRIORITIZERS))}."
+    )
 
 
 def check_prioritizers(names: Iterable[str]) -> tuple[str, ...]:
@@ -167,6 +193,29 @@ def _count(flag: str, value: object, limit: int, why: str) -> int:
     ):
         raise TestprioError(f"{flag} {value} must be a whole number from 1 to {limit:,}: {why}.")
     return int(value)
+
+
+def check_test_split(has_test_data: bool, split: float, splits: int, *, cli: bool = True) -> None:
+    """Exactly one held-out test split: ``--test-data`` or ``--split`` (with ``--splits``
+    only ``--split``). ``cli``: name the options as the command line does, else as the
+    pipeline's parameters."""
+    name = (lambda flag: flag) if cli else (lambda flag: flag.removeprefix("--").replace("-", "_"))
+    if not has_test_data and not split:
+        raise TestprioError(
+            f"the evaluation needs a held-out test split: give {name('--test-data')}, or "
+            f"{name('--split')} with the share of the pool to hold out (e.g. 0.3)."
+        )
+    if has_test_data and split:
+        raise TestprioError(
+            f"{name('--split')}{' ' if cli else '='}{split:g} holds out a share of the pool as "
+            f"the test split, and {name('--test-data')} gives one; give one of them."
+        )
+    if has_test_data and splits > 1:
+        raise TestprioError(
+            f"{name('--splits')}{' ' if cli else '='}{splits} draws a new pool and test split "
+            f"from the pool for each split; give {name('--split')} (the share to hold out) "
+            f"instead of {name('--test-data')}, whose test split is fixed."
+        )
 
 
 def check_options(options: EvaluateOptions) -> EvaluateOptions:

@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from testprio import convert, ingest
-from testprio.errors import TestprioError
 from testprio.evaluation.experiment import run_evaluation
 from testprio.evaluation.options import (
     DEFAULT_EPOCHS,
     DEFAULT_SEEDS,
     EvaluateOptions,
     check_options,
+    check_test_split,
     parse_budgets,
     parse_coverage_params,
     parse_names,
@@ -81,19 +81,10 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
     for name in ("data", "train_data", "test_data"):
         if parameters.get(name):
             sources.check_data_uri(str(parameters[name]))
-    if not parameters.get("test_data") and not float(parameters.get("split") or 0):
-        raise TestprioError(
-            "the evaluation needs a held-out test split: give test_data, or split with the "
-            "share of the pool to hold out (e.g. split=0.3)."
-        )
     options = options_from_parameters(
         **{k: v for k, v in parameters.items() if k not in _LOCATION_PARAMETERS}
     )
-    if parameters.get("test_data") and options.splits > 1:
-        raise TestprioError(
-            f"splits={options.splits} draws a new pool and test split from the pool for each "
-            "split; give split (the share to hold out) instead of test_data."
-        )
+    check_test_split(bool(parameters.get("test_data")), options.split, options.splits, cli=False)
 
 
 def run_from_parameters(
