@@ -25,11 +25,11 @@ import streamlit as st
 
 from report_app.cached import runs_of
 from report_app.views.compare import compare_page
-from report_app.views.downloads import downloads_page
 from report_app.views.evaluation import evaluation_page
+from report_app.views.labels import labels_page
 from report_app.views.run import run_page
 from report_app.views.runs import runs_page
-from report_app.widgets import esc, show_error, show_errors_of
+from report_app.widgets import apply_open_request, esc, show_error, show_errors_of
 from testprio import storage
 from testprio.errors import TestprioError
 
@@ -41,8 +41,10 @@ PAGES = {
     "run": ("Run", run_page),
     "evaluation": ("Evaluation", evaluation_page),
     "compare": ("Compare", compare_page),
-    "downloads": ("Downloads", downloads_page),
+    "labels": ("Labels", labels_page),
 }
+# Pages under an older key: links to ``?page=downloads`` open the Labels page.
+OLD_PAGE_KEYS = {"downloads": "labels"}
 # The toolbar without developer options: no Deploy button, no "Record a screencast".
 TOOLBAR_MODE = "viewer"
 
@@ -66,8 +68,10 @@ except TestprioError as exc:
     show_error(str(exc))
     st.stop()
 
+apply_open_request()
 if st.session_state.get("page") not in PAGES:
     requested = st.query_params.get("page", "runs")
+    requested = OLD_PAGE_KEYS.get(requested, requested)
     st.session_state["page"] = requested if requested in PAGES else "runs"
 page_key = st.sidebar.radio("Page", list(PAGES), format_func=lambda key: PAGES[key][0], key="page")
 st.query_params["page"] = page_key

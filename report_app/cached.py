@@ -25,6 +25,28 @@ def details_of(root: str, run_id: str) -> reportdata.RunDetails:
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def imported_labels_of(root: str, run_id: str) -> reportdata.ImportedLabels | None:
+    """The labels imported into the run (labels.parquet), None before any import."""
+    return reportdata.read_imported_labels(details_of(root, run_id))
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def label_sources_of(root: str, run_id: str) -> list[reportdata.LabelSource]:
+    """The run's label sources (imported first, then the pool's) with their figures."""
+    details = details_of(root, run_id)
+    imported = imported_labels_of(root, run_id)
+    return reportdata.label_sources(details, imported, reportdata.class_names(details))
+
+
+def forget_labels() -> None:
+    """Drop every cached read that shows labels, after labels were imported."""
+    for cached in (runs_of, details_of, imported_labels_of, label_sources_of, gallery_of):
+        cached.clear()
+    ranking_page_of.clear()
+    sample_of.clear()
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
 def dataset_of(root: str, run_id: str) -> dict | None:
     return reportdata.dataset_summary(details_of(root, run_id))
 
@@ -36,7 +58,8 @@ def random_samples_of(root: str, run_id: str, count: int) -> list[dict]:
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
 def gallery_of(root: str, run_id: str, which: str, k: int) -> list[dict]:
-    return reportdata.gallery(details_of(root, run_id), which, k)
+    imported = imported_labels_of(root, run_id)
+    return reportdata.gallery(details_of(root, run_id), which, k, imported=imported)
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
@@ -48,7 +71,13 @@ def ranking_page_of(
     filters: reportdata.RankingFilter,
 ) -> reportdata.RankingPage:
     details = details_of(root, run_id)
-    result = reportdata.ranking_page(details, page=page, page_size=page_size, filters=filters)
+    result = reportdata.ranking_page(
+        details,
+        page=page,
+        page_size=page_size,
+        filters=filters,
+        imported=imported_labels_of(root, run_id),
+    )
     ids = result.rows.column("sample_id").to_pylist()
     # One read of the page's samples for both columns; tensors only for the thumbnailed rows.
     shown = ids[: reportdata.THUMBNAIL_ROWS]
@@ -72,7 +101,13 @@ def score_columns_of(root: str, run_id: str) -> reportdata.ScoreColumns:
 def sample_of(root: str, run_id: str, rank: int | None, sample_id: int | None) -> dict:
     details = details_of(root, run_id)
     columns = score_columns_of(root, run_id)
-    detail = reportdata.sample_detail(details, columns, rank=rank, sample_id=sample_id)
+    detail = reportdata.sample_detail(
+        details,
+        columns,
+        rank=rank,
+        sample_id=sample_id,
+        imported=imported_labels_of(root, run_id),
+    )
     original = labels.original_image(details, detail["sample_id"], detail["source"])
     detail["original"] = original is not None
     detail["image"] = (
@@ -81,11 +116,6 @@ def sample_of(root: str, run_id: str, rank: int | None, sample_id: int | None) -
         else reportdata.upscale(reportdata.display_image(detail["x"]), min_side=192)
     )
     return detail
-
-
-@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
-def fault_curve_of(root: str, run_id: str) -> dict | None:
-    return reportdata.run_fault_curve(details_of(root, run_id))
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)

@@ -77,11 +77,36 @@ def pick_run(
     return run_id
 
 
+# Session key of a page asked for from inside a page (``request_open``).
+OPEN_REQUEST = "open-request"
+
+
+def open_page(page: str, **runs: str) -> None:
+    """Show ``page`` with these runs (URL parameter -> run id: ``run``, ``a``, ``b``). A
+    callback, or ``apply_open_request`` before the sidebar: it sets the sidebar's page."""
+    st.session_state["page"] = page
+    for param, run_id in runs.items():
+        st.session_state[f"pick-{param}"] = run_id
+    st.query_params.update(page=page, **runs)
+
+
 def open_run(run_id: str, page: str = "run") -> None:
     """Button callback: show ``run_id`` on ``page`` (runs before the next script run)."""
-    st.session_state["page"] = page
-    st.session_state["pick-run"] = run_id
-    st.query_params.update(page=page, run=run_id)
+    open_page(page, run=run_id)
+
+
+def request_open(page: str, **runs: str) -> None:
+    """Open ``page`` from the middle of a page (a table's selection): the sidebar is drawn
+    already, so the script runs again and ``apply_open_request`` opens it first."""
+    st.session_state[OPEN_REQUEST] = (page, runs)
+    st.rerun()
+
+
+def apply_open_request() -> None:
+    """Open the page ``request_open`` asked for, if any; app.py calls it before the sidebar."""
+    request = st.session_state.pop(OPEN_REQUEST, None)
+    if request is not None:
+        open_page(request[0], **request[1])
 
 
 def table_height(rows: int, *, most: int = 12) -> int:

@@ -19,15 +19,14 @@ from testprio.report import data as reportdata
 from tests.reportkit import RUN_IDS, make_runs
 
 APP = Path(__file__).resolve().parent.parent / "report_app" / "app.py"
-RUN_SECTIONS = [
-    "Model",
-    "Data",
-    "Stages",
-    "Scores",
-    "Most and least uncertain",
-    "Ranking",
-    "Sample",
-]
+# The Run page's tabs and the headers each lays out.
+RUN_TABS = {
+    "Overview": ["Model", "Data", "Stages"],
+    "Scores": ["Scores", "Most and least uncertain"],
+    "Ranking": ["Ranking"],
+    "Sample": ["Sample"],
+    "Accuracy and APFD": ["Accuracy and APFD"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +61,18 @@ def open_app(monkeypatch, root: str, **query: str) -> AppTest:
     app.run()
     assert not app.exception, [e.value for e in app.exception]
     return app
+
+
+def open_tab(app: AppTest, name: str) -> AppTest:
+    """Open the Run page's tab ``name`` (as a click on it does) and run the page again."""
+    app.session_state["section"] = name
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def tab_names(app: AppTest) -> list[str]:
+    return [tab.label for tab in app.tabs]
 
 
 def chart_rows(chart) -> list[dict]:
@@ -189,36 +200,137 @@ def test_labelling_export_and_the_labelled_figures(monkeypatch, own_root):
     assert any("20 labelled samples, ranks 1-20." in shown(c.value) for c in app.caption)
 
 
-def test_open_run_button_goes_to_the_run_page(monkeypatch, local_runs):
+def param(app: AppTest, name: str) -> str:
+    """The URL parameter ``name`` of the app (one value)."""
+    value = app.query_params[name]
+    return value[0] if isinstance(value, list) else value
+
+
+def select_runs(app: AppTest, *, rows=(), cell: int | None = None) -> AppTest:
+    """Tick ``rows`` of the runs table, or click the run in row ``cell``, as in a browser."""
+    cells = [[cell, "run_id"]] if cell is not None else []
+    app.session_state["runs-table"] = {"selection": {"rows": list(rows), "cells": cells}}
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def test_clicking_a_run_in_the_table_opens_it(monkeypatch, local_runs):
     app = open_app(monkeypatch, local_runs)
-    app.selectbox(key="runs-open").select("rgb").run()
-    app.button[0].click().run()
-    assert not app.exception
+    row = list(app.dataframe[0].value["run_id"]).index("rgb")
+    select_runs(app, cell=row)
     assert app.title[0].value == "Run rgb"
-    assert app.query_params["run"] == ["rgb"] or app.query_params["run"] == "rgb"
+    assert param(app, "run") == "rgb"
+    app.sidebar.radio[0].set_value("runs").run()  # back: the click is not taken again
+    assert app.title[0].value == "testprio runs"
 
 
-def test_run_page_has_every_section_chart_and_gallery(monkeypatch, runs_root):
+def test_ticking_two_runs_compares_them(monkeypatch, local_runs):
+    app = open_app(monkeypatch, local_runs)
+    ids = list(app.dataframe[0].value["run_id"])
+    select_runs(app, rows=[ids.index("labeled")])
+    assert any("Tick a second run to compare" in shown(c.value) for c in app.caption)
+    assert not [button for button in app.button if button.key == "runs-compare"]
+    select_runs(app, rows=[ids.index("labeled"), ids.index("failed")])
+    assert any("Compare takes two finished ranking runs" in shown(c.value) for c in app.caption)
+    first, second = sorted([ids.index("labeled"), ids.index("entropy")])
+    select_runs(app, rows=[first, second])
+    app.button(key="runs-compare").click().run()
+    assert app.title[0].value == "Compare two runs"
+    assert {param(app, "a"), param(app, "b")} == {"labeled", "entropy"}
+    assert app.metric[0].label == "Spearman rank correlation"
+
+
+def make_many_runs(root: Path, count: int) -> None:
+    """``count`` finished runs of run.json and summary.json alone (what the runs list reads),
+    started a minute apart: ``run-000`` first; accuracy cycles through 0.05 ... 0.95."""
+    from datetime import datetime, timedelta, timezone
+
+    for index in range(count):
+        run = root / f"run-{index:03d}"
+        run.mkdir(parents=True)
+        started = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=index)
+        record = {
+            "run_id": run.name,
+            "status": "succeeded",
+            "started": started.isoformat(),
+            "ended": (started + timedelta(seconds=index)).isoformat(),
+            "parameters": {"model": "m.onnx", "data": f"pool-{index % 7}.npz", "metric": "gini"},
+        }
+        (run / "run.json").write_text(json.dumps(record))
+        labels = {"labeled": 100, "accuracy": (index % 10) / 10 + 0.05, "apfd": {"raw": 0.5}}
+        summary = {
+            "metric": "gini",
+            "counts": {"ranked": 100 + index, "quarantined": 0},
+            "histograms": {"gini": {"mean": 0.5}},
+            "labels": labels,
+        }
+        (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_runs_table_pages_searches_and_sorts_past_50_runs(monkeypatch, tmp_path, local_runs):
+    make_many_runs(tmp_path / "runs", 120)
+    app = open_app(monkeypatch, str(tmp_path / "runs"))
+    table = app.dataframe[0].value
+    assert list(table["run_id"]) == [f"run-{index:03d}" for index in range(119, 69, -1)]
+    assert any(text.value.startswith("120 of 120 runs; 1-50 on this page") for text in app.markdown)
+    assert app.dataframe[0].proto.placeholder == ""  # an unknown value shows as nothing
+    app.number_input(key="runs-page").set_value(3).run()
+    assert list(app.dataframe[0].value["run_id"]) == [f"run-{i:03d}" for i in range(19, -1, -1)]
+    app.selectbox(key="runs-sort").select("accuracy").run()  # sorts every run, then pages
+    app.number_input(key="runs-page").set_value(1).run()
+    accuracy = list(app.dataframe[0].value["accuracy"])
+    assert accuracy == sorted(accuracy, reverse=True) and accuracy[0] == 0.95
+    app.text_input(key="runs-search").input("pool-3").run()
+    found = sorted(app.dataframe[0].value["run_id"])
+    assert found == [f"run-{index:03d}" for index in range(120) if index % 7 == 3]
+    assert not [widget for widget in app.number_input if widget.key == "runs-page"]  # 17 runs
+    # A click takes the run from the rows shown now, not from those before the search.
+    shutil.copytree(Path(local_runs) / "labeled", tmp_path / "runs" / "real")
+    import streamlit as st
+
+    st.cache_data.clear()  # the runs list is read again after 15 s; a new run shows now
+    app.text_input(key="runs-search").input("digits").run()
+    assert list(app.dataframe[0].value["run_id"]) == ["real"]
+    select_runs(app, cell=0)
+    assert app.title[0].value == "Run real"
+
+
+def test_run_page_has_every_tab_chart_and_gallery(monkeypatch, runs_root):
     app = open_app(monkeypatch, runs_root, page="run", run="labeled")
     assert app.title[0].value == "Run labeled"
-    assert [header.value for header in app.header] == [*RUN_SECTIONS, "Labels"]
-    charts = app.get("vega_lite_chart")
-    # timeline, histogram, class means, heatmap, fault curve, per-class accuracy
-    assert len(charts) == 6
-    assert any('"zoom' in chart.proto.spec or "interval" in chart.proto.spec for chart in charts)
-    assert len(app.image) == 16 + 10 + 10  # random samples, top and bottom galleries
-    assert any(c.value == "Enter a rank or a sample id to see that sample." for c in app.caption)
+    assert tab_names(app) == list(RUN_TABS)
     metrics = {metric.label: metric.value for metric in app.metric}
     summary = reportdata.load_run(reportdata.resolve_run(runs_root, "labeled")).summary
     assert metrics["accuracy"] == f"{summary['labels']['accuracy']:.4f}"
     assert metrics["quarantined"] == "2"
-    ranking = ranking_table(app)
-    assert list(ranking["rank"]) == list(range(1, 51))
-    assert ranking["source"].iloc[0].startswith("digits.npz[")
+    # Only the open tab is laid out: the overview first.
+    assert [header.value for header in app.header] == RUN_TABS["Overview"]
+    assert len(app.image) == 16  # random samples
+    charts = len(app.get("vega_lite_chart"))  # the stage timeline
+    assert charts == 1
+    for name, headers in RUN_TABS.items():
+        open_tab(app, name)
+        assert [header.value for header in app.header] == headers, name
+        charts += len(app.get("vega_lite_chart")) if name != "Overview" else 0
+        if name == "Scores":
+            assert len(app.image) == 10 + 10  # top and bottom galleries
+            assert any(
+                "zoom" in c.proto.spec or "interval" in c.proto.spec
+                for c in app.get("vega_lite_chart")
+            )
+        if name == "Ranking":
+            ranking = ranking_table(app)
+            assert list(ranking["rank"]) == list(range(1, 51))
+            assert ranking["source"].iloc[0].startswith("digits.npz[")
+        if name == "Sample":
+            assert facts(app)["rank"] == "1"  # rank 1 without asking
+    # timeline, histogram, class means, heatmap, probabilities, fault curve, per-class accuracy
+    assert charts == 7
 
 
 def test_ranking_filters_and_pages(monkeypatch, local_runs):
-    app = open_app(monkeypatch, local_runs, page="run", run="labeled")
+    app = open_app(monkeypatch, local_runs, page="run", run="labeled", section="Ranking")
     details = reportdata.load_run(reportdata.resolve_run(local_runs, "labeled"))
     ranking = storage.read_table(details.layout.ranking).to_pylist()
     app.multiselect(key="rank-classes").select("9").run()
@@ -240,7 +352,7 @@ def ranking_table(app: AppTest):
 
 
 def test_ranking_has_thumbnails_marks_mistakes_and_filters_by_label(monkeypatch, local_runs):
-    app = open_app(monkeypatch, local_runs, page="run", run="labeled")
+    app = open_app(monkeypatch, local_runs, page="run", run="labeled", section="Ranking")
     details = reportdata.load_run(reportdata.resolve_run(local_runs, "labeled"))
     ranking = storage.read_table(details.layout.ranking).to_pylist()
     table = ranking_table(app)
@@ -259,7 +371,7 @@ def test_ranking_has_thumbnails_marks_mistakes_and_filters_by_label(monkeypatch,
 
 
 def test_ranking_thumbnails_are_bounded_to_the_first_rows_of_a_page(monkeypatch, local_runs):
-    app = open_app(monkeypatch, local_runs, page="run", run="labeled")
+    app = open_app(monkeypatch, local_runs, page="run", run="labeled", section="Ranking")
     app.selectbox(key="rank-size").select(500).run()
     images = ranking_table(app)["image"]
     assert len(images) == 118
@@ -277,7 +389,7 @@ def facts(app: AppTest) -> dict[str, str]:
 
 
 def test_sample_drill_down_by_rank_and_by_id(monkeypatch, local_runs):
-    app = open_app(monkeypatch, local_runs, page="run", run="labeled")
+    app = open_app(monkeypatch, local_runs, page="run", run="labeled", section="Sample")
     root = storage.normalize_root(local_runs)
     ranking = storage.read_table(reportdata.resolve_run(root, "labeled").ranking).to_pylist()
     entropy = storage.read_table(reportdata.resolve_run(root, "entropy").ranking).to_pylist()
@@ -309,7 +421,100 @@ def test_sample_drill_down_by_rank_and_by_id(monkeypatch, local_runs):
         "sample 7 is not among the 118 ranked samples of this run (a quarantined sample is not "
         "ranked); give a sample id from the ranking."
     ]
-    assert "Sample" in [header.value for header in app.header]
+    assert [header.value for header in app.header] == ["Sample"]
+
+
+def import_some_labels(root: Path, run_id: str = "labeled", count: int = 20):
+    """Import labels for the top ``count`` samples of a run; every other one differs from
+    the pool's label, so that the two sources give different figures."""
+    from testprio import labels
+
+    layout = reportdata.resolve_run(str(root), run_id)
+    top = storage.read_table(layout.ranking).to_pylist()[:count]
+    given = {
+        row["sample_id"]: (row["label"] + 1) % 10 if index % 2 else row["label"]
+        for index, row in enumerate(top)
+    }
+    text = "sample_id,label\n" + "".join(f"{i},{label}\n" for i, label in given.items())
+    return labels.import_labels(layout, "batch.csv", data=text.encode()), given
+
+
+def test_imported_labels_are_the_run_labels_on_every_page(monkeypatch, own_root):
+    copy_run(own_root, "again")  # the same pool, without imported labels: for Compare
+    result, given = import_some_labels(own_root)
+    figures = result.labelled
+    details = reportdata.load_run(reportdata.resolve_run(str(own_root), "labeled"))
+    pool = details.summary["labels"]
+    ranking = storage.read_table(details.layout.ranking).to_pylist()
+    run_label = {row["sample_id"]: given.get(row["sample_id"], row["label"]) for row in ranking}
+
+    app = open_app(monkeypatch, str(own_root))  # Runs: the imported figures, the pool's beside
+    table = app.dataframe[0].value.set_index("run_id")
+    assert table.loc["labeled", "labels"] == "imported (20), pool (118)"
+    assert table.loc["labeled", "accuracy"] == round(figures["accuracy"], 4)
+    assert table.loc["labeled", "apfd"] == round(figures["apfd"]["raw"], 4)
+    assert table.loc["labeled", "pool_accuracy"] == round(pool["accuracy"], 4)
+    assert table.loc["labeled", "pool_apfd"] == round(pool["apfd"]["raw"], 4)
+    assert table.loc["again", "labels"] == "pool (118)"
+    assert table.loc["again", "accuracy"] == round(pool["accuracy"], 4)
+    assert np.isnan(table.loc["again", "pool_accuracy"])
+
+    app = open_app(monkeypatch, str(own_root), page="run", run="labeled")
+    metrics = {metric.label: metric.value for metric in app.metric}
+    assert metrics["accuracy (imported labels)"] == f"{figures['accuracy']:.4f}"
+    assert metrics["APFD (imported labels)"] == f"{figures['apfd']['raw']:.4f}"
+    assert metrics["accuracy (pool labels)"] == f"{pool['accuracy']:.4f}"
+    assert "accuracy" not in metrics
+
+    open_tab(app, "Accuracy and APFD")
+    metrics = {metric.label: metric.value for metric in app.metric}
+    assert metrics["imported labels: misclassified"] == str(figures["misclassified"])
+    assert metrics["imported labels: APFD normalized"] == f"{figures['apfd']['normalized']:.4f}"
+    assert metrics["pool labels: misclassified"] == str(pool["misclassified"])
+    assert [s.value for s in app.subheader][:2] == ["Imported labels", "Pool labels"]
+    titles = {json.loads(c.proto.spec).get("title") for c in app.get("vega_lite_chart")}
+    assert "Mistakes found vs inputs inspected (imported labels)" in titles
+
+    open_tab(app, "Ranking")
+    table = ranking_table(app)
+    assert list(table["label"]) == [run_label[i] for i in table["sample_id"]]
+    assert list(table["label_source"]) == ["imported"] * 20 + ["pool"] * 30
+    assert list(table["wrong"] == "✗") == [
+        run_label[row["sample_id"]] != row["predicted"] for row in ranking[:50]
+    ]
+    app.checkbox(key="rank-wrong").check().run()
+    wrong = [row["sample_id"] for row in ranking if run_label[row["sample_id"]] != row["predicted"]]
+    assert list(ranking_table(app)["sample_id"]) == wrong[:50]
+    # Filtered by true label: a sample whose imported label differs from the pool's is
+    # found under the imported one.
+    pool_label = {row["sample_id"]: row["label"] for row in ranking}
+    relabelled = next(i for i, label in given.items() if label != pool_label[i])
+    app.checkbox(key="rank-wrong").uncheck().run()
+    app.multiselect(key="rank-labels").select(str(given[relabelled])).run()
+    expected = [i for i in run_label if run_label[i] == given[relabelled]]
+    assert relabelled in expected
+    assert list(ranking_table(app)["sample_id"]) == expected[:50]
+
+    open_tab(app, "Sample")
+    first = ranking[0]["sample_id"]
+    assert facts(app)["label"] == str(given[first])
+    assert facts(app)["label from"] == "imported labels"
+
+    app = open_app(monkeypatch, str(own_root), page="compare", a="labeled", b="again")
+    table = app.dataframe[0].value
+    assert list(zip(table["run"], table["labels"], strict=True)) == [
+        ("labeled", "imported labels"),
+        ("labeled", "pool labels"),
+        ("again", "pool labels"),
+    ]
+    assert list(table["accuracy"]) == [figures["accuracy"], pool["accuracy"], pool["accuracy"]]
+    (curves,) = [c for c in app.get("vega_lite_chart") if "ranking inspected" in c.proto.spec]
+    assert {row.get("run") for row in chart_rows(curves)} == {
+        None,
+        "labeled · imported labels",
+        "labeled · pool labels",
+        "again · pool labels",
+    }
 
 
 def make_image_run(folder: Path) -> Path:
@@ -337,8 +542,8 @@ def test_sample_of_an_image_folder_shows_the_original_file(monkeypatch, tmp_path
     from testprio import labels
 
     root = make_image_run(tmp_path)
-    app = open_app(monkeypatch, str(root), page="run", run="img")
-    app.number_input(key="sample-rank").set_value(1).run()
+    app = open_app(monkeypatch, str(root), page="run", run="img", section="Sample")
+    assert facts(app)["rank"] == "1"  # rank 1 without asking
     details = reportdata.load_run(reportdata.resolve_run(str(root), "img"))
     first = reportdata.sample_detail(details, reportdata.score_columns(details), rank=1)
     assert any(
@@ -352,15 +557,15 @@ def test_sample_of_an_image_folder_shows_the_original_file(monkeypatch, tmp_path
     assert labels.original_image(details, first["sample_id"], first["source"]) is None
     assert labels.original_image(details, first["sample_id"], "../runs/img/run.json") is None
     (tmp_path / "pool" / first["source"]).unlink()
-    app = open_app(monkeypatch, str(root), page="run", run="img")
-    app.number_input(key="sample-rank").set_value(1).run()
+    app = open_app(monkeypatch, str(root), page="run", run="img", section="Sample")
+    assert facts(app)["rank"] == "1"  # rank 1 without asking
     assert any(
         shown(caption.value) == f"preprocessed tensor {first['source']}" for caption in app.caption
     )
 
 
 def test_apfd_is_explained_next_to_the_fault_curve(monkeypatch, local_runs):
-    app = open_app(monkeypatch, local_runs, page="run", run="labeled")
+    app = open_app(monkeypatch, local_runs, page="run", run="labeled", section="Accuracy and APFD")
     (text,) = [" ".join(b.value.split()) for b in app.markdown if "APFD = 1 − " in b.value]
     assert "APFD = 1 − (r₁ + … + rₖ) / (k · n) + 1 / (2n)" in text
     assert "Raw APFD can only lie between the worst order" in text
@@ -388,10 +593,12 @@ def test_run_page_and_report_show_the_metamorphic_attribution(monkeypatch, tmp_p
     )
     summary = storage.read_json(layout.summary)
     app = open_app(monkeypatch, root, page="run", run="meta")
-    headers = [header.value for header in app.header]
-    assert headers == [*RUN_SECTIONS, "Labels", "Metamorphic attribution (instability)"]
+    assert tab_names(app) == [*RUN_TABS, "Attribution"]
+    open_tab(app, "Accuracy and APFD")
     table = next(frame.value for frame in app.dataframe if "apfd_normalized" in frame.value)
     assert {"gini", "margin", "instability"} <= set(table["prioritizer"])
+    open_tab(app, "Attribution")
+    assert [header.value for header in app.header] == ["Metamorphic attribution (instability)"]
 
     effects = next(frame.value for frame in app.dataframe if "shapley" in frame.value)
     assert list(effects["transform"]) == ["brightness", "contrast"]
@@ -409,8 +616,12 @@ def test_run_page_and_report_show_the_metamorphic_attribution(monkeypatch, tmp_p
 
 def test_rgb_run_page_without_labels(monkeypatch, local_runs):
     app = open_app(monkeypatch, local_runs, page="run", run="rgb")
-    assert [header.value for header in app.header] == RUN_SECTIONS
+    assert tab_names(app) == list(RUN_TABS)
+    assert [header.value for header in app.header] == RUN_TABS["Overview"]
     assert app.image[0].proto.imgs  # RGB samples are shown
+    assert "accuracy" not in {metric.label for metric in app.metric}
+    open_tab(app, "Accuracy and APFD")
+    assert app.info[0].value.startswith("This run has no labels yet")
 
 
 def test_failed_run_page_shows_the_error_sentence(monkeypatch, runs_root):
@@ -464,13 +675,22 @@ def test_compare_page_refuses_runs_of_different_pools_in_one_sentence(monkeypatc
     assert not app.dataframe and not app.metric and not app.get("vega_lite_chart")
 
 
-def test_downloads_page_offers_every_download(monkeypatch, runs_root):
-    app = open_app(monkeypatch, runs_root, page="downloads", run="labeled")
+def test_labels_page_offers_one_top_k_export_and_every_download(monkeypatch, runs_root):
+    app = open_app(monkeypatch, runs_root, page="labels", run="labeled")
+    assert app.title[0].value == "Labels"
+    assert [option for option in app.sidebar.radio[0].options] == [
+        "Runs",
+        "Run",
+        "Evaluation",
+        "Compare",
+        "Labels",
+    ]
     labels = [button.label for button in app.download_button]
-    assert labels[:2] == ["Ranking as CSV", "Ranking as Parquet"]
-    assert labels[2].startswith("Top 100 as CSV") and labels[3].startswith("Top 100 images")
-    assert labels[4] == "Labelling export of the top 5 (zip)"
-    assert labels[5].startswith("export.zip")
+    assert labels[0] == "Labelling export of the top 5 (zip)"  # the one top-k export
+    assert labels[1:3] == ["Ranking as CSV", "Ranking as Parquet"]
+    assert labels[3].startswith("export.zip") and len(labels) == 4
+    old = open_app(monkeypatch, runs_root, page="downloads", run="labeled")  # an older link
+    assert old.title[0].value == "Labels"
 
 
 @pytest.mark.parametrize(
@@ -572,6 +792,8 @@ def test_run_data_in_markdown_never_becomes_a_link_or_markup(monkeypatch, own_ro
     app = open_app(monkeypatch, str(own_root), page="run", run="www.evil.example")
     assert shown(app.title[0].value) == "Run www.evil.example"
     rendered = markdown_texts(app)
+    for name in RUN_TABS:  # class names show in the galleries, the ranking, the sample
+        rendered += markdown_texts(open_tab(app, name))
     assert any("evil" in text for text in rendered)  # the hostile names are on the page ...
     renderer = MarkdownIt("commonmark")
     for text in rendered:
@@ -702,9 +924,7 @@ def test_runs_page_lists_evaluation_runs(monkeypatch, eval_runs):
     assert row["samples"] == 400
     assert row["baseline_accuracy"] == round(evaluation["baseline_accuracy"], 4)
     assert row["best_prioritizer"] == f"{', '.join(names)} ({top:.4f})"
-    assert row["open"] == "?page=evaluation&run=evaluation"
-    app.selectbox(key="runs-open").select("evaluation").run()
-    app.button[0].click().run()
+    select_runs(app, cell=list(app.dataframe[0].value["run_id"]).index("evaluation"))
     assert app.title[0].value == "Evaluation evaluation"
 
 
@@ -940,8 +1160,9 @@ def test_compare_leaves_evaluation_runs_out(monkeypatch, eval_runs):
 
 def test_run_page_shows_the_apfd_of_every_prioritizer(monkeypatch, local_runs):
     summary = reportdata.load_run(reportdata.resolve_run(local_runs, "labeled")).summary
-    app = open_app(monkeypatch, local_runs, page="run", run="labeled")
-    assert "APFD of every prioritizer" in [subheader.value for subheader in app.subheader]
+    app = open_app(monkeypatch, local_runs, page="run", run="labeled", section="Accuracy and APFD")
+    subheaders = [subheader.value for subheader in app.subheader]
+    assert "APFD of every prioritizer (pool labels)" in subheaders
     (table,) = [d.value for d in app.dataframe if "order" in d.value.columns]
     assert list(table["prioritizer"]) == list(summary["prioritizers"])
     assert list(table["apfd"]) == [e["apfd"]["raw"] for e in summary["prioritizers"].values()]

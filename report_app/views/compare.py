@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from report_app.cached import comparison_of, details_of, fault_curve_of
+from report_app.cached import comparison_of, details_of, label_sources_of
 from report_app.widgets import APFD_TEXT, chart, esc, pick_run, show_error
 from testprio.report import charts
 from testprio.report import data as reportdata
@@ -40,17 +40,31 @@ def compare_page(root: str, rows: list[dict]) -> None:
         return
     st.caption(esc(f"Same pool; compared: {pool['compared']}."))
     st.subheader("Accuracy and APFD")
-    figures = [reportdata.run_figures(details) for details in (first, second)]
-    st.dataframe(
-        figures,
-        hide_index=True,
-        column_config={
-            "accuracy": st.column_config.NumberColumn(format="%.4f"),
-            "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
-            "apfd_normalized": st.column_config.NumberColumn("APFD normalized", format="%.4f"),
-        },
-    )
-    curves = {run_id: fault_curve_of(root, run_id) for run_id in (a, b)}
+    sources = {
+        details.run_id: label_sources_of(root, details.run_id) for details in (first, second)
+    }
+    figures = [
+        row
+        for details in (first, second)
+        for row in reportdata.label_figure_rows(details, sources[details.run_id])
+    ]
+    if figures:
+        st.caption(
+            "Each run on its own labels: imported ones (the run's labels, over the imported "
+            "samples alone) and the pool's, each named in the labels column."
+        )
+        st.dataframe(
+            figures,
+            hide_index=True,
+            column_config={
+                "samples": st.column_config.NumberColumn("labelled samples", format="localized"),
+                "accuracy": st.column_config.NumberColumn(format="%.4f"),
+                "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
+                "apfd_normalized": st.column_config.NumberColumn("APFD normalized", format="%.4f"),
+            },
+            placeholder="",
+        )
+    curves = reportdata.fault_curves_by_run(sources)
     if any(curves.values()):
         left, right = st.columns(2)
         with left:

@@ -1,47 +1,98 @@
-"""The Run page's Labels section: accuracy, APFD and the fault-detection curve of a pool
-with labels, per-class accuracy, and every prioritizer's APFD."""
+"""The Labels page: a run's labels in and out. The top k for labelling (one export: the
+labelling zip, with labels.csv, the images and the Label Studio tasks), the import of the
+labelled file, the figures of each label source, and the run's ranking and export.zip."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from report_app.cached import fault_curve_of
-from report_app.widgets import APFD_COLUMNS, APFD_TEXT, chart, table_height
-from testprio.report import charts
+from report_app.cached import details_of, forget_labels, label_sources_of
+from report_app.views.labelling import labelling_section
+from report_app.widgets import open_run, pick_run, table_height
+from testprio import storage
 from testprio.report import data as reportdata
 
+# Session key the labelling section sets to the last imported upload's id.
+IMPORTED_KEY = "label-imported"
 
-def labels_section(root: str, details: reportdata.RunDetails) -> None:
-    labels = details.summary["labels"]
-    st.header("Labels")
-    apfd = labels["apfd"] or {}
-    columns = st.columns(4)
-    columns[0].metric("accuracy", f"{labels['accuracy']:.4f}")
-    columns[1].metric("misclassified", f"{labels['misclassified']:,}")
-    columns[2].metric("APFD", f"{apfd['raw']:.4f}" if apfd else "-")
-    normalized = apfd.get("normalized")
-    columns[3].metric("APFD normalized", f"{normalized:.4f}" if normalized is not None else "-")
-    curve = fault_curve_of(root, details.run_id)
+
+def labels_page(root: str, rows: list[dict]) -> None:
+    st.title("Labels")
+    run_id = pick_run(root, "Run", "run", [row["run_id"] for row in rows])
+    if run_id is None:
+        return
+    details = details_of(root, run_id)
+    if not details.has_ranking:
+        st.info("This run has no ranking yet, so there is nothing to label or download.")
+        return
+    before = st.session_state.get(IMPORTED_KEY)
+    labelling_section(root, details)
+    if st.session_state.get(IMPORTED_KEY) != before:
+        forget_labels()  # the Run page, Runs and Compare now read the imported labels
+    sources_section(root, details)
+    downloads_section(details)
+
+
+def sources_section(root: str, details: reportdata.RunDetails) -> None:
+    """The figures of each label source (read again after an import above)."""
+    sources = label_sources_of(root, details.run_id)
+    if not sources:
+        return
+    st.subheader("The run's labels")
+    st.caption(
+        "Imported labels are the run's labels wherever they exist, on every page: the Run "
+        "page's figures and ranking, Runs and Compare. Where the pool came with labels too, "
+        "both are shown, each named by its source."
+    )
+    rows = reportdata.label_figure_rows(details, sources)
+    st.dataframe(
+        rows,
+        hide_index=True,
+        height=table_height(len(rows)),
+        column_order=["labels", "samples", "accuracy", "misclassified", "apfd", "apfd_normalized"],
+        column_config={
+            "samples": st.column_config.NumberColumn("labelled samples", format="localized"),
+            "accuracy": st.column_config.NumberColumn(format="%.4f"),
+            "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
+            "apfd_normalized": st.column_config.NumberColumn("APFD normalized", format="%.4f"),
+        },
+        placeholder="",
+    )
+    st.button(
+        "Open the run's Accuracy and APFD",
+        on_click=open_run,
+        args=(details.run_id, "run"),
+        key="labels-open-run",
+    )
+
+
+def downloads_section(details: reportdata.RunDetails) -> None:
+    """The whole ranking (CSV, Parquet) and the report stage's export.zip."""
+    run_id, layout = details.run_id, details.layout
+    st.subheader("The whole ranking")
     left, right = st.columns(2)
-    with left:
-        if curve:
-            chart(charts.fault_curve(reportdata.fault_curve_rows(curve)))
-        else:
-            st.write("No misclassified sample: nothing to find.")
-    with right:
-        st.markdown(APFD_TEXT)
-    names = reportdata.class_names(details)
-    chart(charts.per_class_accuracy(reportdata.per_class_accuracy(details.summary, names)))
-    compared = reportdata.prioritizer_apfd_rows(details.summary)
-    if compared:
-        st.subheader("APFD of every prioritizer")
-        st.caption(
-            "The same labelled samples in the order of each prioritizer this run's scores "
-            "allow (✓: the order of this ranking)."
+    left.download_button(
+        "Ranking as CSV",
+        data=lambda: reportdata.ranking_csv(layout),
+        file_name=f"{run_id}-ranking.csv",
+        mime="text/csv",
+        on_click="ignore",
+    )
+    right.download_button(
+        "Ranking as Parquet",
+        data=lambda: reportdata.ranking_parquet(details),
+        file_name=f"{run_id}-ranking.parquet",
+        mime="application/octet-stream",
+        on_click="ignore",
+    )
+    export = reportdata.export_zip_file(details)  # refused here if it links out of the root
+    if export is not None:
+        st.download_button(
+            "export.zip (ranking, scores and probabilities, report.html, run.json, model.json)",
+            data=lambda: storage.read_bytes(export),
+            file_name=f"{run_id}-export.zip",
+            mime="application/zip",
+            on_click="ignore",
         )
-        st.dataframe(
-            compared,
-            hide_index=True,
-            height=table_height(len(compared), most=20),
-            column_config=APFD_COLUMNS,
-        )
+    else:
+        st.write("This run has no report/export.zip (its report stage has not run).")

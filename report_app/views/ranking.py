@@ -1,11 +1,12 @@
-"""The Run page's Ranking section: the ranking a page at a time, filtered by class, score
-and label, with thumbnails."""
+"""The Run page's Ranking tab: the ranking a page at a time, filtered by class, score and
+label, with thumbnails; the label column holds the run's labels (imported, else the pool's)
+and says which."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from report_app.cached import ranking_page_of
+from report_app.cached import imported_labels_of, ranking_page_of
 from report_app.widgets import esc
 from testprio.report import data as reportdata
 
@@ -26,7 +27,9 @@ def ranking_section(root: str, details: reportdata.RunDetails) -> None:
     )
     page_size = right.selectbox("Rows per page", PAGE_SIZES, index=1, key="rank-size")
     true_labels, wrong_only = None, False
-    if details.has_labels:
+    imported = imported_labels_of(root, details.run_id)
+    labelled = details.has_labels or imported is not None
+    if labelled:
         left, right = st.columns([4, 1])
         chosen_truth = left.multiselect("True label", labels, key="rank-labels")
         true_labels = tuple(labels.index(label) for label in chosen_truth) or None
@@ -48,13 +51,19 @@ def ranking_section(root: str, details: reportdata.RunDetails) -> None:
         else ranking_page_of(root, details.run_id, int(page) - 1, page_size, filters)
     )
     rows = result.rows.to_pandas()
-    if details.has_labels:
+    if labelled:
         wrong = rows["label"].notna() & (rows["predicted"] != rows["label"])
         rows.insert(1, "wrong", wrong.map({True: "✗", False: ""}))
     st.caption(
         f"{result.total:,} matching samples, most uncertain first. Thumbnails for the first "
         f"{reportdata.THUMBNAIL_ROWS} rows of a page"
-        + ("; ✗ marks a prediction that differs from the label." if details.has_labels else ".")
+        + ("; ✗ marks a prediction that differs from the label" if labelled else "")
+        + (
+            "; label: the imported label where there is one, else the pool's (label from "
+            "says which)."
+            if imported is not None
+            else "."
+        )
     )
     st.dataframe(
         rows,
@@ -62,5 +71,10 @@ def ranking_section(root: str, details: reportdata.RunDetails) -> None:
         column_config={
             "image": st.column_config.ImageColumn("image", width="small"),
             "wrong": st.column_config.TextColumn("wrong", help="✗: predicted ≠ label"),
+            "label": st.column_config.NumberColumn("label", help="the run's label"),
+            "label_source": st.column_config.TextColumn(
+                "label from", help="imported: testprio labels import; pool: the pool's own"
+            ),
         },
+        placeholder="",
     )

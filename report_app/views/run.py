@@ -1,13 +1,20 @@
-"""The Run page: one ranking run's status, model, data, stages, scores and galleries, then
-its ranking, a sample, its labels and its attribution (each a section of its own)."""
+"""The Run page: one run's status and headline figures, then a tab each for its overview
+(model, data, stages), scores and galleries, ranking, one sample, accuracy and APFD of each
+label source, and the metamorphic attribution; only the open tab is laid out."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from report_app.cached import dataset_of, details_of, gallery_of, random_samples_of
+from report_app.cached import (
+    dataset_of,
+    details_of,
+    gallery_of,
+    label_sources_of,
+    random_samples_of,
+)
+from report_app.views.accuracy import accuracy_section
 from report_app.views.attribution import attribution_section
-from report_app.views.labels import labels_section
 from report_app.views.ranking import ranking_section
 from report_app.views.samples import sample_section
 from report_app.widgets import chart, esc, open_run, pick_run, show_error, table_height
@@ -102,6 +109,19 @@ def data_section(root: str, details: reportdata.RunDetails) -> None:
             )
 
 
+# The Run page's tabs, in order; each lays out one part of a ranking run.
+OVERVIEW, SCORES, RANKING, SAMPLE, ACCURACY, ATTRIBUTION = (
+    "Overview",
+    "Scores",
+    "Ranking",
+    "Sample",
+    "Accuracy and APFD",
+    "Attribution",
+)
+# The URL parameter (and session key) of the open tab: a link can open any tab.
+SECTION_KEY = "section"
+
+
 def run_page(root: str, rows: list[dict]) -> None:
     run_id = pick_run(root, "Run", "run", [row["run_id"] for row in rows])
     if run_id is None:
@@ -131,21 +151,56 @@ def run_page(root: str, rows: list[dict]) -> None:
             "This is an evaluation run (testprio evaluate): its results are on the Evaluation page."
         )
         st.button("Open the evaluation", on_click=open_run, args=(run_id, "evaluation"))
+    sources = label_sources_of(root, run_id) if details.summary else []
     if details.summary:
-        summary, metric = details.summary, details.metric
-        columns = st.columns(5)
-        columns[0].metric("ranked", f"{summary['counts']['ranked']:,}")
-        columns[1].metric("quarantined", f"{summary['counts']['quarantined']:,}")
-        mean = summary["histograms"][metric]["mean"]
-        columns[2].metric(f"mean {esc(metric)}", "-" if mean is None else f"{mean:.4f}")
-        if summary["labels"]:
-            columns[3].metric("accuracy", f"{summary['labels']['accuracy']:.4f}")
-            apfd = summary["labels"]["apfd"]
-            columns[4].metric("APFD", f"{apfd['raw']:.4f}" if apfd else "-")
+        headline(details, sources)
+    attribution = reportdata.ranking_attribution_view(details.summary)
+    tabs = [OVERVIEW]
+    if details.summary:
+        tabs += [SCORES, RANKING, SAMPLE, ACCURACY]
+    if attribution is not None:
+        tabs.append(ATTRIBUTION)
+    if len(tabs) == 1:
+        overview(root, details)
+        if not details.summary and not evaluation:
+            st.info("This run has no ranking yet, so there are no scores to show.")
+        return
+    sections = {
+        OVERVIEW: lambda: overview(root, details),
+        SCORES: lambda: scores(root, details),
+        RANKING: lambda: ranking_section(root, details),
+        SAMPLE: lambda: sample_section(root, details),
+        ACCURACY: lambda: accuracy_section(root, details),
+        ATTRIBUTION: lambda: attribution_section(attribution),
+    }
+    # Only the open tab runs: a tab of a million-sample run reads only what it shows.
+    for name, tab in zip(tabs, st.tabs(tabs, key=SECTION_KEY, bind="query-params"), strict=True):
+        if tab.open:
+            with tab:
+                sections[name]()
 
+
+def headline(details: reportdata.RunDetails, sources: list[reportdata.LabelSource]) -> None:
+    """Samples ranked and quarantined, the mean score, and each label source's accuracy and
+    APFD (the imported labels first: they are the run's labels)."""
+    summary, metric = details.summary, details.metric
+    columns = st.columns(3 + 2 * max(1, len(sources)))
+    columns[0].metric("ranked", f"{summary['counts']['ranked']:,}")
+    columns[1].metric("quarantined", f"{summary['counts']['quarantined']:,}")
+    mean = summary["histograms"][metric]["mean"]
+    columns[2].metric(f"mean {esc(metric)}", "-" if mean is None else f"{mean:.4f}")
+    for index, source in enumerate(sources):
+        suffix = f" ({source.text})" if len(sources) > 1 or source.source != "pool" else ""
+        accuracy, apfd = source.figures["accuracy"], source.figures["apfd"]
+        columns[3 + 2 * index].metric(
+            f"accuracy{suffix}", "-" if accuracy is None else f"{accuracy:.4f}"
+        )
+        columns[4 + 2 * index].metric(f"APFD{suffix}", "-" if apfd is None else f"{apfd:.4f}")
+
+
+def overview(root: str, details: reportdata.RunDetails) -> None:
     model_section(details)
     data_section(root, details)
-
     st.header("Stages")
     timeline = reportdata.stage_timeline(details)
     if timeline:
@@ -153,11 +208,11 @@ def run_page(root: str, rows: list[dict]) -> None:
     else:
         st.write("No stage has finished yet.")
 
-    if not details.summary:
-        if not evaluation:
-            st.info("This run has no ranking yet, so there are no scores to show.")
-        return
+
+def scores(root: str, details: reportdata.RunDetails) -> None:
+    """The score figures and the galleries of the most and least uncertain samples."""
     names = reportdata.class_names(details)
+    metric, run_id = details.metric, details.run_id
     st.header("Scores")
     left, right = st.columns(2)
     with left:
@@ -167,18 +222,15 @@ def run_page(root: str, rows: list[dict]) -> None:
     chart(
         charts.class_score_heatmap(reportdata.class_score_heatmap(details.summary, names), metric)
     )
-
     st.header("Most and least uncertain")
     k = st.slider("Samples per gallery", 5, 30, 10, step=5, key="gallery-k")
     st.subheader(f"Top {k}: label these first")
+    st.button(
+        "Export the top of the ranking for labelling (Labels page)",
+        on_click=open_run,
+        args=(run_id, "labels"),
+        key="scores-label",
+    )
     show_gallery(gallery_of(root, run_id, "top", k), metric)
     st.subheader(f"Bottom {k}: the model is surest about these")
     show_gallery(gallery_of(root, run_id, "bottom", k), metric)
-
-    ranking_section(root, details)
-    sample_section(root, details)
-    if details.has_labels:
-        labels_section(root, details)
-    attribution = reportdata.ranking_attribution_view(details.summary)
-    if attribution is not None:
-        attribution_section(attribution)

@@ -1,56 +1,138 @@
-"""The Runs page: every run under the root, searchable, with a link to open each."""
+"""The Runs page: every run under the root in one table, searched, sorted and paged; click a
+run to open it, tick two to compare them."""
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
-from report_app.widgets import esc, open_run, show_error
+from report_app.widgets import esc, open_page, request_open, show_error
 from testprio.report import data as reportdata
 
-# The page that opens a run of each kind (run.json's parameters.kind).
-PAGE_OF_KIND = {reportdata.RANKING_KIND: "run", reportdata.EVALUATION_KIND: "evaluation"}
+TABLE_KEY = "runs-table"
+# What the table's selection means once the rows under it changed (search, sort, page).
+VIEW_KEY = "runs-view"
+NO_SELECTION = {"selection": {"rows": [], "columns": [], "cells": []}}
+
+
+def column_config() -> dict:
+    number = st.column_config.NumberColumn
+    text = st.column_config.TextColumn
+    return {
+        "run_id": text("run", pinned=True, help="click a run to open it"),
+        "status": text("status", width="small"),
+        "kind": text("kind", width="small", help="ranking (testprio run) or evaluation"),
+        "model": text("model", width="small"),
+        "dataset": text("pool", width="small"),
+        "metric": text("metric", width="small"),
+        "samples": number("samples", format="localized", width="small"),
+        "labels": text(
+            "labels",
+            width="small",
+            help="where the run's labels come from: imported (testprio labels import, the "
+            "Labels page) and the pool's own, with how many samples each labels",
+        ),
+        "accuracy": number(
+            "accuracy",
+            format="%.4f",
+            width="small",
+            help="on the run's labels: imported ones where the run has any, else the pool's",
+        ),
+        "apfd": number("APFD", format="%.4f", width="small", help="on the run's labels"),
+        "pool_accuracy": number(
+            "pool accuracy",
+            format="%.4f",
+            width="small",
+            help="on the pool's own labels, where the run has imported labels too",
+        ),
+        "pool_apfd": number("pool APFD", format="%.4f", width="small"),
+        "baseline_accuracy": number(
+            "baseline",
+            format="%.4f",
+            width="small",
+            help="evaluations: the model as given, on the test split",
+        ),
+        "best_prioritizer": text("best prioritizer", help="evaluations: highest normalized APFD"),
+        "started": text("started"),
+        "duration": text("duration", width="small"),
+        "error": text("error", width="large"),
+    }
 
 
 def runs_page(root: str, rows: list[dict]) -> None:
     st.title("testprio runs")
     st.caption(esc(f"Root: {root}"))
-    query = st.text_input(
-        "Search runs", placeholder="name, model, dataset, metric, status, start time, duration"
+    search, sort, paging = st.columns([3, 1, 1])
+    query = search.text_input(
+        "Search runs",
+        placeholder="name, model, pool, metric, labels, status, start time, duration",
+        key="runs-search",
     )
-    shown = reportdata.filter_runs(rows, query)
-    st.write(f"{len(shown)} of {len(rows)} runs")
-    table = [
-        {
-            **{name: row[name] for name in reportdata.RUN_COLUMNS},
-            **{name: row.get(name) for name in reportdata.RUN_FIGURE_COLUMNS},
-            "open": f"?page={PAGE_OF_KIND[row['kind']]}&run={row['run_id']}",
-            "error": row["error"],
-        }
-        for row in shown
-    ]
-    st.dataframe(
-        table,
+    order = sort.selectbox("Sort by", list(reportdata.RUN_SORTS), key="runs-sort")
+    matching = reportdata.runs_page(rows, query=query, sort=order, page=0)
+    page_number = 1
+    if matching.pages > 1:
+        page_number = int(
+            paging.number_input(
+                f"Page (of {matching.pages})",
+                min_value=1,
+                max_value=matching.pages,
+                value=1,
+                key="runs-page",
+            )
+        )
+    view = reportdata.runs_page(rows, query=query, sort=order, page=page_number - 1)
+    shown = f"{view.total} of {len(rows)} runs"
+    if view.pages > 1:
+        first = view.page * reportdata.RUNS_PER_PAGE
+        shown += f"; {first + 1}-{first + len(view.rows)} on this page"
+    st.write(shown + ". Click a run to open it; tick two runs to compare them.")
+    signature = (query, order, view.page)
+    if st.session_state.get(VIEW_KEY) != signature:
+        # Selections are row positions: the same position is another run after a change.
+        st.session_state[VIEW_KEY] = signature
+        st.session_state[TABLE_KEY] = NO_SELECTION
+    event = st.dataframe(
+        pd.DataFrame(view.rows, columns=list(reportdata.RUNS_TABLE_COLUMNS)),
         hide_index=True,
-        column_config={
-            "run_id": st.column_config.TextColumn("name"),
-            "samples": st.column_config.NumberColumn("samples", format="localized"),
-            "accuracy": st.column_config.NumberColumn("accuracy", format="%.4f"),
-            "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
-            "baseline_accuracy": st.column_config.NumberColumn(
-                "baseline accuracy", format="%.4f", help="evaluations: the model as given"
-            ),
-            "best_prioritizer": st.column_config.TextColumn(
-                "best prioritizer", help="evaluations: highest normalized APFD"
-            ),
-            "open": st.column_config.LinkColumn("open", display_text="open"),
-        },
+        column_order=view.columns,
+        column_config=column_config(),
+        key=TABLE_KEY,
+        on_select="rerun",
+        selection_mode=["multi-row", "single-cell"],
+        placeholder="",
     )
-    for row in shown:
+    cells = event.selection.get("cells") or []
+    if cells:
+        run = view.runs[int(cells[0][0])]
+        request_open(reportdata.PAGE_OF_KIND[run["kind"]], run=run["run_id"])
+    ticked = [view.runs[int(row)] for row in event.selection.get("rows") or []]
+    compare_ticked(ticked)
+    for row in view.runs:
         if row["status"] == "failed":
             show_error(f"{row['run_id']} failed in {row['failed_stage']}: {row['error']}")
         elif row["status"] == "refused":
             show_error(row["error"])
-    if shown:
-        run_id = st.selectbox("Run", [row["run_id"] for row in shown], key="runs-open")
-        kind = next(row["kind"] for row in shown if row["run_id"] == run_id)
-        st.button("Open run", on_click=open_run, args=(run_id, PAGE_OF_KIND[kind]))
+
+
+def compare_ticked(ticked: list[dict]) -> None:
+    """A Compare button for two ticked runs, or what is missing for one."""
+    if not ticked:
+        return
+    names = " and ".join(row["run_id"] for row in ticked)
+    if len(ticked) == 1:
+        st.caption(esc(f"Ticked: {names}. Tick a second run to compare the two."))
+    elif len(ticked) > 2:
+        st.caption(f"{len(ticked)} runs ticked; Compare takes two.")
+    elif not all(reportdata.comparable(row) for row in ticked):
+        st.caption(esc(f"Ticked: {names}. Compare takes two finished ranking runs (testprio run)."))
+    else:
+        a, b = (row["run_id"] for row in ticked)
+        st.button(
+            esc(f"Compare {a} and {b}"),
+            on_click=open_page,
+            args=("compare",),
+            kwargs={"a": a, "b": b},
+            type="primary",
+            key="runs-compare",
+        )

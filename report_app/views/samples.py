@@ -1,5 +1,5 @@
-"""The Run page's Sample section: one sample by rank or id, its image, probabilities and
-its rank under every metric."""
+"""The Run page's Sample tab: one sample by rank (rank 1 to start with) or id, its image,
+probabilities, label and its rank under every metric."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ def sample_section(root: str, details: reportdata.RunDetails) -> None:
     st.header("Sample")
     left, right = st.columns([1, 2])
     by = left.radio("Find by", ["rank", "sample id"], horizontal=True, key="sample-by")
-    # Empty until asked: the ranks under every metric read the run's score columns, which
-    # the page would otherwise pay for on every open.
+    # Rank 1 to start with: only this tab reads the run's score columns (the ranks under
+    # every metric), and only once it is open.
     if by == "rank":
         number = right.number_input(
-            "Rank", min_value=1, max_value=max(1, details.num_rows), value=None, key="sample-rank"
+            "Rank", min_value=1, max_value=max(1, details.num_rows), value=1, key="sample-rank"
         )
         chosen = (int(number), None) if number is not None else None
     else:
@@ -47,6 +47,8 @@ def sample_section(root: str, details: reportdata.RunDetails) -> None:
             ("confidence", f"{detail['confidence']:.4f}"),
             ("label", detail["label"] or "unknown"),
         ]
+        if detail["label_source"] is not None:
+            facts.append(("label from", reportdata.SOURCE_TEXT[detail["label_source"]]))
         if detail["wrong"] is not None:
             facts.append(("misclassified", "yes" if detail["wrong"] else "no"))
         st.dataframe(

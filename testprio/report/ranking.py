@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from testprio import storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
+from testprio.report.label_sources import ImportedLabels, overlay_labels
 from testprio.report.paths import run_file
 from testprio.report.run import RunDetails
 
@@ -88,12 +89,15 @@ def group_statistics(metadata, group: int, column: str):
     return stats.min, stats.max
 
 
-def _group_may_match(metadata, group: int, metric: str, filters: RankingFilter) -> bool:
+def _group_may_match(
+    metadata, group: int, metric: str, filters: RankingFilter, *, imported: bool = False
+) -> bool:
     if filters.classes is not None:
         bounds = group_statistics(metadata, group, "predicted")
         if bounds and not any(bounds[0] <= cls <= bounds[1] for cls in filters.classes):
             return False
-    if filters.labels is not None:
+    # The pool's label statistics say nothing of labels imported after the run.
+    if filters.labels is not None and not imported:
         bounds = group_statistics(metadata, group, "label")
         if bounds and not any(bounds[0] <= cls <= bounds[1] for cls in filters.labels):
             return False
@@ -131,32 +135,43 @@ def ranking_page(
     page_size: int = 50,
     filters: RankingFilter | None = None,
     columns: Iterable[str] | None = None,
+    imported: ImportedLabels | None = None,
 ) -> RankingPage:
     """Page ``page`` (0-based) of the ranking in rank order, after ``filters``.
 
     Unfiltered, reads the row groups the page lies in. Filtered, reads the two filter
     columns of row groups whose statistics may match (to count), and full rows only of the
     row groups that hold the page.
+
+    ``imported``: labels imported into the run; each row's ``label`` is then the run's label
+    (the imported one, else the pool's) with its ``label_source`` beside it, and the label
+    filters match those labels.
     """
     if page_size <= 0:
         raise TestprioError(f"page size {page_size} must be a positive number of rows.")
     metric = details.metric
     columns = list(columns or (*RANKING_VIEW_COLUMNS[:4], metric, "label"))
+    if imported is not None and "label" in columns and "sample_id" not in columns:
+        columns.insert(0, "sample_id")  # the imported labels are found by sample id
     filters = filters or RankingFilter()
     if not filters.active:
         total = details.num_rows
         pages = max(1, math.ceil(total / page_size))
         page = min(max(page, 0), pages - 1)
         rows = ranking_rows(details.layout, page * page_size, (page + 1) * page_size, columns)
-        return RankingPage(rows, total, page, pages, page_size)
+        return RankingPage(_overlaid(rows, imported), total, page, pages, page_size)
 
     with storage.open_parquet(run_file(details.layout, details.layout.ranking)) as parquet:
         metadata = parquet.metadata
         masks: dict[int, pa.Array] = {}
         for group in range(metadata.num_row_groups):
-            if _group_may_match(metadata, group, metric, filters):
-                needed = ["predicted", metric] + (["label"] if filters.needs_labels else [])
+            if _group_may_match(metadata, group, metric, filters, imported=imported is not None):
+                needed = ["predicted", metric]
+                if filters.needs_labels:
+                    needed += ["label"] + (["sample_id"] if imported is not None else [])
                 table = parquet.read_row_group(group, columns=needed)
+                if filters.needs_labels:
+                    table = overlay_labels(table, imported)
                 masks[group] = _match_mask(table, metric, filters)
         counts = {group: pc.sum(mask).as_py() or 0 for group, mask in masks.items()}
         total = sum(counts.values())
@@ -173,4 +188,11 @@ def ranking_page(
             seen += count
         empty = parquet.schema_arrow.empty_table().select(columns)
     rows = pa.concat_tables(pieces) if pieces else empty
-    return RankingPage(rows, total, page, pages, page_size)
+    return RankingPage(_overlaid(rows, imported), total, page, pages, page_size)
+
+
+def _overlaid(rows: pa.Table, imported: ImportedLabels | None) -> pa.Table:
+    """``rows`` with the run's labels (``overlay_labels``) when labels were imported."""
+    if imported is None or "label" not in rows.column_names:
+        return rows
+    return overlay_labels(rows, imported)

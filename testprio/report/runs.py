@@ -15,6 +15,7 @@ from testprio.errors import TestprioError
 from testprio.evaluation_file import EVALUATION_NAME
 from testprio.layout import RUN_ID_PATTERN, RunLayout, record_problem, run_status
 from testprio.report.evaluation import SHAPE_ERRORS, as_number, best_by_apfd, best_text
+from testprio.report.label_sources import IMPORTED, POOL, recorded_imported_figures
 from testprio.report.paths import basename, read_json_or_none, resolve_under_root
 from testprio.report.text import format_seconds
 
@@ -124,7 +125,7 @@ def list_runs(root: str) -> list[dict]:
             # A "running" run whose local owner process is gone shows as "unfinished".
             {
                 **run_row(record),
-                **figure,
+                **with_imported_labels(figure, record),
                 "run_id": name,
                 "status": run_status(_layout(root, name), record),
             }
@@ -142,7 +143,19 @@ def list_runs(root: str) -> list[dict]:
     return sorted(rows, key=lambda row: (row["started"], row["run_id"]), reverse=True)
 
 
-RUN_FIGURE_COLUMNS = ("samples", "accuracy", "apfd", "baseline_accuracy", "best_prioritizer")
+# ``accuracy`` and ``apfd`` are those of the run's labels: the imported ones where a run has
+# any, else the pool's; ``labels`` says which, and ``pool_accuracy``/``pool_apfd`` hold the
+# pool's where a run has both.
+RUN_FIGURE_COLUMNS = (
+    "samples",
+    "labels",
+    "accuracy",
+    "apfd",
+    "pool_accuracy",
+    "pool_apfd",
+    "baseline_accuracy",
+    "best_prioritizer",
+)
 _NO_FIGURES = dict.fromkeys(RUN_FIGURE_COLUMNS)
 # Figures of finished runs by (run folder, end time): a finished run never changes, so a
 # root with hundreds of runs reads each summary.json once per process, not once per look.
@@ -173,11 +186,38 @@ def figures_of_summary(summary: Any) -> dict:
     """Samples ranked, accuracy and raw APFD of a ``summary.json`` (None where unknown, also
     where the file holds something else than a number)."""
     labels = _field(summary, "labels")
+    accuracy = _fraction(_field(labels, "accuracy"))
+    labelled = _count(_field(labels, "labeled"))
     return {
         **_NO_FIGURES,
         "samples": _count(_field(_field(summary, "counts"), "ranked")),
-        "accuracy": _fraction(_field(labels, "accuracy")),
+        "labels": _source_text(POOL, labelled) if accuracy is not None else "",
+        "accuracy": accuracy,
         "apfd": _fraction(_field(_field(labels, "apfd"), "raw")),
+    }
+
+
+def _source_text(source: str, samples: int | None) -> str:
+    return source if samples is None else f"{source} ({samples:,})"
+
+
+def with_imported_labels(figures: dict, record: dict) -> dict:
+    """A ranking run's figures with its imported labels (run.json's ``labelled``) as the
+    run's: their accuracy and APFD in ``accuracy`` and ``apfd``, the pool's moved to
+    ``pool_accuracy`` and ``pool_apfd``, and ``labels`` naming the sources."""
+    imported = recorded_imported_figures(record) if run_kind(record) == RANKING_KIND else None
+    if imported is None:
+        return figures
+    pool = figures["labels"]
+    return {
+        **figures,
+        "labels": ", ".join(
+            text for text in (_source_text(IMPORTED, imported["samples"]), pool) if text
+        ),
+        "accuracy": _fraction(imported["accuracy"]),
+        "apfd": _fraction(imported["apfd"]),
+        "pool_accuracy": figures["accuracy"] if pool else None,
+        "pool_apfd": figures["apfd"] if pool else None,
     }
 
 
@@ -205,7 +245,7 @@ def filter_runs(rows: list[dict], query: str) -> list[dict]:
     needle = query.strip().lower()
     if not needle:
         return list(rows)
-    fields = (*RUN_COLUMNS, "best_prioritizer", "error")
+    fields = (*RUN_COLUMNS, "labels", "best_prioritizer", "error")
     return [row for row in rows if any(needle in str(row.get(f, "")).lower() for f in fields)]
 
 

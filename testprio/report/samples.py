@@ -17,6 +17,7 @@ from testprio.errors import TestprioError
 from testprio.ingest.shards import shard_sample_shape, shard_tensors
 from testprio.metrics import METRICS
 from testprio.report.images import THUMBNAIL_SIDE, display_image, encode_png, upscale
+from testprio.report.label_sources import ImportedLabels, overlay_labels, sample_label
 from testprio.report.paths import run_file, shard_file
 from testprio.report.ranking import group_statistics, ranking_rows, row_group_starts
 from testprio.report.run import RunDetails, class_label, class_names
@@ -153,11 +154,19 @@ def _top_probabilities(probs: np.ndarray | None, names, count: int) -> list[dict
     return [{"class": class_label(int(i), names), "probability": float(probs[i])} for i in order]
 
 
-def gallery(details: RunDetails, which: str = "top", k: int = 8, *, top: int = 3) -> list[dict]:
+def gallery(
+    details: RunDetails,
+    which: str = "top",
+    k: int = 8,
+    *,
+    top: int = 3,
+    imported: ImportedLabels | None = None,
+) -> list[dict]:
     """The ``k`` most (``top``) or least (``bottom``) uncertain samples, ready to show.
 
-    Each item: rank, sample_id, predicted (label text), label, score, source, ``image``
-    (uint8, enlarged) and the ``top`` class probabilities.
+    Each item: rank, sample_id, predicted (label text), label (the run's: the ``imported``
+    one, else the pool's), score, source, ``image`` (uint8, enlarged) and the ``top`` class
+    probabilities.
     """
     if which not in ("top", "bottom"):
         raise TestprioError(f"gallery '{which}' is not one of top, bottom.")
@@ -167,7 +176,8 @@ def gallery(details: RunDetails, which: str = "top", k: int = 8, *, top: int = 3
     n = details.num_rows
     start, stop = (0, k) if which == "top" else (max(0, n - k), n)
     columns = ["rank", "sample_id", "predicted", "label", metric]
-    rows = ranking_rows(details.layout, start, stop, columns).to_pylist()
+    rows = overlay_labels(ranking_rows(details.layout, start, stop, columns), imported)
+    rows = rows.to_pylist()
     ids = [row["sample_id"] for row in rows]
     samples = read_samples(details, ids, columns=("x", "source"))
     probabilities = read_probabilities(details, ids)
@@ -314,13 +324,15 @@ def sample_detail(
     *,
     rank: int | None = None,
     sample_id: int | None = None,
+    imported: ImportedLabels | None = None,
 ) -> dict:
     """One ranked sample by ``rank`` (1-based, in this run's ranking) or ``sample_id``.
 
-    Returns rank, sample_id, predicted, confidence, label (text with class name), source,
-    ``scores`` and ``ranks`` (``{metric: value}``, ``{metric: rank}`` under every metric),
-    ``probabilities`` (``probability_rows``), ``x`` (the preprocessed tensor) and
-    ``wrong`` (True/False with a label, None without).
+    Returns rank, sample_id, predicted, confidence, label (text with class name: the run's
+    label, the ``imported`` one else the pool's), ``label_source`` (``imported``, ``pool``,
+    None), source, ``scores`` and ``ranks`` (``{metric: value}``, ``{metric: rank}`` under
+    every metric), ``probabilities`` (``probability_rows``), ``x`` (the preprocessed tensor)
+    and ``wrong`` (True/False with a label, None without).
     """
     if (rank is None) == (sample_id is None):
         raise TestprioError("give a rank or a sample id, not both.")
@@ -347,7 +359,7 @@ def sample_detail(
             f"{details.run_id}; the run folder was changed after it was ranked."
         )
     names = class_names(details)
-    label = scored.get("label")
+    label, label_source = sample_label(scored.get("label"), sample_id, imported)
     return {
         "rank": row + 1,
         "sample_id": sample_id,
@@ -355,6 +367,7 @@ def sample_detail(
         "predicted_index": int(scored["predicted"]),
         "confidence": float(scored["confidence"]),
         "label": class_label(label, names) if label is not None else "",
+        "label_source": label_source,
         "wrong": None if label is None else int(label) != int(scored["predicted"]),
         "source": str(data.get("source") or ""),
         "scores": {name: float(values[row]) for name, values in columns.scores.items()},
