@@ -174,10 +174,10 @@ def test_configure_task_refuses_bad_settings(stage, settings, message):
     from kfp import dsl
 
     from components import configure_task
-    from components.score import score
+    from components.start import start
 
     with pytest.raises(ValueError, match=message):
 
         @dsl.pipeline(name="bad")
         def bad():
-            configure_task(score(shard="gs://b/r/data/shard-00000.parquet"), stage, **settings)
+            configure_task(start(model="m.onnx", data="pool.npz", root="runs"), stage, **settings)
