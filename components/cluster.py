@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 
 from testprio.containers import IMAGE_VARIABLE
 
@@ -273,6 +273,10 @@ def _harden(task: dsl.PipelineTask, policy: TaskPolicy) -> None:
     conversions use tempfile). kfp-kubernetes 2.17 cannot set readOnlyRootFilesystem,
     allowPrivilegeEscalation or seccomp: recent KFP backends set the last two (and drop
     every capability) themselves; the namespace's Pod Security Admission enforces them."""
+    # Imported here: a task's own image runs ``components/<stage>.py`` (and so this package)
+    # without kfp-kubernetes, which only the pipeline's compiler needs.
+    from kfp import kubernetes
+
     kubernetes.set_timeout(task, policy.timeout_s)
     for key, value in TASK_POD_LABELS.items():
         kubernetes.add_pod_label(task, label_key=key, label_value=value)
@@ -283,6 +287,8 @@ def _harden(task: dsl.PipelineTask, policy: TaskPolicy) -> None:
 
 
 def _place_on_gpu(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
+    from kfp import kubernetes
+
     task.set_accelerator_type(settings.accelerator_type)
     task.set_accelerator_limit(settings.gpu_count)
     for key, value in settings.node_selector:
