@@ -7,7 +7,8 @@ import pytest
 from testprio import storage
 from testprio.errors import TestprioError
 from testprio.metrics import METRICS, softmax
-from testprio.rank import rank_table, ranking_order
+from testprio.rank_memory import rank_table, ranking_order
+from testprio.ranking_file import RANK_COLUMNS
 from testprio.summary import HISTOGRAM_BINS, apfd
 from tests.conftest import linear_classifier, make_deterministic, write_pool
 from tests.stagekit import ranking, run_stages
@@ -215,9 +216,10 @@ def test_ranking_from_many_small_shards_equals_one_shard(
     tmp_path, tied_scores, metric, monkeypatch
 ):
     from testprio import rank as rank_module
+    from testprio import ranking_file
 
     # Row groups of 64 rows: the ranking is written in many pieces, top-k spans two.
-    monkeypatch.setattr(rank_module, "RANKING_ROW_GROUP", 64)
+    monkeypatch.setattr(ranking_file, "RANKING_ROW_GROUP", 64)
     probs, labels = tied_scores
     one, one_uris = _scores_run(tmp_path, "one", probs, labels, [])
     cuts = sorted({*range(7, 600, 37), 300})  # 18 uneven shards, one of them empty
@@ -233,7 +235,7 @@ def test_ranking_from_many_small_shards_equals_one_shard(
     assert sharded.equals(whole, check_metadata=True)
     assert summaries[0] == summaries[1]
     reference = rank_table(
-        [storage.read_table(uri, columns=rank_module.RANK_COLUMNS) for uri in one_uris], metric
+        [storage.read_table(uri, columns=RANK_COLUMNS) for uri in one_uris], metric
     )
     assert whole.equals(reference)
     assert summaries[0]["top"] == reference.slice(0, 100).to_pylist()
@@ -243,7 +245,7 @@ def test_ranking_from_many_small_shards_equals_one_shard(
 
 def test_shards_whose_ids_interleave_rank_like_one_table(tmp_path, tied_scores):
     """Ids that do not ascend across shards take the general (lexsort) path."""
-    from testprio.rank import RANK_COLUMNS, rank
+    from testprio.rank import rank
 
     probs, labels = tied_scores
     layout, uris = _scores_run(tmp_path, "interleaved", probs, labels, [300])
