@@ -10,7 +10,7 @@ names, sources, error sentences) goes through ``reportdata.md_escape`` wherever 
 reads it as Markdown (captions, alerts, titles, widget and metric labels). Uncaught
 exceptions show no message or traceback in the browser (``client.showErrorDetails``).
 
-This file sets the page up, reads the runs table and calls the page chosen in the sidebar;
+This file sets the page up, reads the runs table and calls the page chosen at the top;
 each page is a module of ``report_app.views``, the cached reads are ``report_app.cached`` and
 what the pages share is ``report_app.widgets``. Streamlit runs this file as a script, so it
 imports them as the ``report_app`` package, which testprio installs beside ``testprio``.
@@ -29,7 +29,7 @@ from report_app.views.evaluation import evaluation_page
 from report_app.views.labels import labels_page
 from report_app.views.run import run_page
 from report_app.views.runs import runs_page
-from report_app.widgets import apply_open_request, esc, show_error, show_errors_of
+from report_app.widgets import apply_open_request, show_error, show_errors_of
 from testprio import storage
 from testprio.errors import TestprioError
 
@@ -73,7 +73,15 @@ if st.session_state.get("page") not in PAGES:
     requested = st.query_params.get("page", "runs")
     requested = OLD_PAGE_KEYS.get(requested, requested)
     st.session_state["page"] = requested if requested in PAGES else "runs"
-page_key = st.sidebar.radio("Page", list(PAGES), format_func=lambda key: PAGES[key][0], key="page")
+# The pages along the top, not in a sidebar: the page keeps the window's whole width (the
+# runs table's columns all show at 1280 pixels).
+page_key = st.radio(
+    "Page",
+    list(PAGES),
+    format_func=lambda key: PAGES[key][0],
+    key="page",
+    horizontal=True,
+    label_visibility="collapsed",
+)
 st.query_params["page"] = page_key
-st.sidebar.caption(esc(f"Root: {ROOT}"))
 show_errors_of(PAGES[page_key][1], ROOT, all_runs)

@@ -221,7 +221,7 @@ def test_clicking_a_run_in_the_table_opens_it(monkeypatch, local_runs):
     select_runs(app, cell=row)
     assert app.title[0].value == "Run rgb"
     assert param(app, "run") == "rgb"
-    app.sidebar.radio[0].set_value("runs").run()  # back: the click is not taken again
+    app.radio(key="page").set_value("runs").run()  # back: the click is not taken again
     assert app.title[0].value == "testprio runs"
 
 
@@ -450,12 +450,12 @@ def test_imported_labels_are_the_run_labels_on_every_page(monkeypatch, own_root)
 
     app = open_app(monkeypatch, str(own_root))  # Runs: the imported figures, the pool's beside
     table = app.dataframe[0].value.set_index("run_id")
-    assert table.loc["labeled", "labels"] == "imported (20), pool (118)"
+    assert table.loc["labeled", "labels"] == "imported 20, pool 118"
     assert table.loc["labeled", "accuracy"] == round(figures["accuracy"], 4)
     assert table.loc["labeled", "apfd"] == round(figures["apfd"]["raw"], 4)
     assert table.loc["labeled", "pool_accuracy"] == round(pool["accuracy"], 4)
     assert table.loc["labeled", "pool_apfd"] == round(pool["apfd"]["raw"], 4)
-    assert table.loc["again", "labels"] == "pool (118)"
+    assert table.loc["again", "labels"] == "pool 118"
     assert table.loc["again", "accuracy"] == round(pool["accuracy"], 4)
     assert np.isnan(table.loc["again", "pool_accuracy"])
 
@@ -678,7 +678,7 @@ def test_compare_page_refuses_runs_of_different_pools_in_one_sentence(monkeypatc
 def test_labels_page_offers_one_top_k_export_and_every_download(monkeypatch, runs_root):
     app = open_app(monkeypatch, runs_root, page="labels", run="labeled")
     assert app.title[0].value == "Labels"
-    assert [option for option in app.sidebar.radio[0].options] == [
+    assert [option for option in app.radio(key="page").options] == [
         "Runs",
         "Run",
         "Evaluation",

@@ -184,10 +184,10 @@ def test_a_pool_without_labels_gets_its_labels_from_the_import(root):
     (only,) = reportdata.label_sources(run, reportdata.read_imported_labels(run))
     assert only.source == "imported" and only.figures["samples"] == len(given)
     rows = {row["run_id"]: row for row in reportdata.list_runs(str(root))}
-    assert rows["unlabeled"]["labels"] == f"imported ({len(given)})"
+    assert rows["unlabeled"]["labels"] == f"imported {len(given)}"
     assert rows["unlabeled"]["accuracy"] == round(only.figures["accuracy"], 4)
     assert rows["unlabeled"]["pool_accuracy"] is None
-    assert rows["labeled"]["labels"] == f"pool ({SAMPLES})"
+    assert rows["labeled"]["labels"] == f"pool {SAMPLES}"
     assert reportdata.label_sources(details(root), None)[0].source == "pool"
     assert reportdata.filter_runs(list(rows.values()), "imported") == [rows["unlabeled"]]
 
@@ -198,7 +198,7 @@ def test_the_runs_list_shows_both_sources(root):
     rows = {row["run_id"]: row for row in reportdata.list_runs(str(root))}
     row = rows["labeled"]
     summary = details(root).summary["labels"]
-    assert row["labels"] == f"imported (24), pool ({SAMPLES})"
+    assert row["labels"] == f"imported 24, pool {SAMPLES}"
     assert row["accuracy"] == round(result.labelled["accuracy"], 4)
     assert row["apfd"] == round(result.labelled["apfd"]["raw"], 4)
     assert row["pool_accuracy"] == round(summary["accuracy"], 4)
@@ -214,7 +214,7 @@ def test_an_odd_labelled_entry_in_run_json_is_no_label_source(root, labelled):
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "labelled": labelled}))
     (row,) = [row for row in reportdata.list_runs(str(root)) if row["run_id"] == "labeled"]
-    assert row["labels"] == f"pool ({SAMPLES})" and row["pool_accuracy"] is None
+    assert row["labels"] == f"pool {SAMPLES}" and row["pool_accuracy"] is None
     assert reportdata.recorded_imported_figures(json.loads(path.read_text())) is None
 
 

@@ -15,46 +15,64 @@ VIEW_KEY = "runs-view"
 NO_SELECTION = {"selection": {"rows": [], "columns": [], "cells": []}}
 
 
+# Pixel widths of the key columns: with the row ticks they fit the 1,120 pixels the page
+# has at a window 1,280 wide, so none of them scrolls out of view.
+KEY_WIDTHS = {
+    "run_id": 130,
+    "status": 85,
+    "model": 105,
+    "dataset": 105,
+    "metric": 70,
+    "samples": 75,
+    "labels": 150,
+    "accuracy": 70,
+    "apfd": 65,
+    "started": 125,
+    "duration": 70,
+}
+
+
 def column_config() -> dict:
     number = st.column_config.NumberColumn
     text = st.column_config.TextColumn
+    width = KEY_WIDTHS
     return {
-        "run_id": text("run", pinned=True, help="click a run to open it"),
-        "status": text("status", width="small"),
-        "kind": text("kind", width="small", help="ranking (testprio run) or evaluation"),
-        "model": text("model", width="small"),
-        "dataset": text("pool", width="small"),
-        "metric": text("metric", width="small"),
-        "samples": number("samples", format="localized", width="small"),
+        "run_id": text("run", width=width["run_id"], help="click a run to open it"),
+        "status": text("status", width=width["status"]),
+        "kind": text("kind", width=80, help="ranking (testprio run) or evaluation"),
+        "model": text("model", width=width["model"]),
+        "dataset": text("pool", width=width["dataset"]),
+        "metric": text("metric", width=width["metric"]),
+        "samples": number("samples", format="localized", width=width["samples"]),
         "labels": text(
             "labels",
-            width="small",
-            help="where the run's labels come from: imported (testprio labels import, the "
-            "Labels page) and the pool's own, with how many samples each labels",
+            width=width["labels"],
+            help="where the run's labels come from, with how many samples each labels: "
+            "imported (testprio labels import, the Labels page) and the pool's own",
         ),
         "accuracy": number(
             "accuracy",
             format="%.4f",
-            width="small",
-            help="on the run's labels: imported ones where the run has any, else the pool's",
+            width=width["accuracy"],
+            help="on the run's labels: the imported ones where it has any, else the pool's",
         ),
-        "apfd": number("APFD", format="%.4f", width="small", help="on the run's labels"),
+        "apfd": number("APFD", format="%.4f", width=width["apfd"], help="on the run's labels"),
+        "started": text("started (UTC)", width=width["started"]),
+        "duration": text("duration", width=width["duration"]),
         "pool_accuracy": number(
             "pool accuracy",
             format="%.4f",
-            width="small",
+            width=95,
             help="on the pool's own labels, where the run has imported labels too",
         ),
-        "pool_apfd": number("pool APFD", format="%.4f", width="small"),
+        "pool_apfd": number("pool APFD", format="%.4f", width=85),
         "baseline_accuracy": number(
             "baseline",
             format="%.4f",
-            width="small",
+            width=75,
             help="evaluations: the model as given, on the test split",
         ),
         "best_prioritizer": text("best prioritizer", help="evaluations: highest normalized APFD"),
-        "started": text("started"),
-        "duration": text("duration", width="small"),
         "error": text("error", width="large"),
     }
 

@@ -198,7 +198,7 @@ def figures_of_summary(summary: Any) -> dict:
 
 
 def _source_text(source: str, samples: int | None) -> str:
-    return source if samples is None else f"{source} ({samples:,})"
+    return source if samples is None else f"{source} {samples:,}"
 
 
 def with_imported_labels(figures: dict, record: dict) -> dict:

@@ -24,7 +24,9 @@ RUN_SORTS = {
     "APFD": ("apfd", True),
     "longest first": ("duration_s", True),
 }
-# The columns of the table, in order; the last four only show where a row has a value.
+# The columns of the table, in order: the key columns first, then those only some runs have
+# (``RUNS_OPTIONAL_COLUMNS``: shown where a row on the page has a value; ``kind`` where a row
+# is an evaluation).
 RUNS_TABLE_COLUMNS = (
     "run_id",
     "status",
@@ -36,12 +38,12 @@ RUNS_TABLE_COLUMNS = (
     "labels",
     "accuracy",
     "apfd",
+    "started",
+    "duration",
     "pool_accuracy",
     "pool_apfd",
     "baseline_accuracy",
     "best_prioritizer",
-    "started",
-    "duration",
     "error",
 )
 RUNS_OPTIONAL_COLUMNS = (
@@ -95,11 +97,13 @@ def _sort_key(value):
 
 def runs_table_row(row: dict) -> dict:
     """A runs-table row as the table shows it: text ("" where unknown) in text columns,
-    numbers or None in number columns."""
-    return {
+    numbers or None in number columns; ``started`` to the minute (the column says UTC)."""
+    shown = {
         name: row.get(name) if name in RUNS_NUMBER_COLUMNS else _text(row.get(name))
         for name in RUNS_TABLE_COLUMNS
     }
+    shown["started"] = shown["started"].removesuffix(" UTC")[:16]
+    return shown
 
 
 def _text(value) -> str:
@@ -122,10 +126,12 @@ def runs_page(
     page = min(max(int(page), 0), pages - 1)
     shown = matching[page * page_size : (page + 1) * page_size]
     table = [runs_table_row(row) for row in shown]
+    evaluations = any(row["kind"] == EVALUATION_KIND for row in shown)
     columns = [
         name
         for name in RUNS_TABLE_COLUMNS
-        if name not in RUNS_OPTIONAL_COLUMNS or any(row[name] not in (None, "") for row in table)
+        if (name != "kind" or evaluations)
+        and (name not in RUNS_OPTIONAL_COLUMNS or any(row[name] not in (None, "") for row in table))
     ]
     return RunsPage(table, shown, len(matching), page, pages, columns)
 
