@@ -151,11 +151,12 @@ def render(evaluation: dict, *, seconds: float, test_accuracy: float | None) -> 
         f"Generated {stamp} by `python bench/mnist_comparison.py` in {seconds / 60:.1f} min "
         f"on {machine()}.",
         "",
-        f"The CNN: test accuracy {accuracy} (baseline {evaluation['baseline_accuracy']:.4f} "
-        f"after conversion); pool {evaluation['samples']['pool']:,} samples, "
-        f"{evaluation['pool']['misclassified']} misclassified. Surprise and coverage read "
-        f"{layers.get('surprise', '?')} ({layers.get('surprise_reduce', 'mean')} over space "
-        "for surprise).",
+        f"The CNN: test accuracy {accuracy} (converted to ONNX: "
+        f"{evaluation['baseline_accuracy']:.4f}); pool {evaluation['samples']['pool']:,} samples, "
+        f"{evaluation['pool']['misclassified']} misclassified. Coverage reads "
+        f"{', '.join(layers.get('coverage', [])) or '?'} (each channel's mean over space); "
+        f"surprise reads {layers.get('surprise', '?')} ({layers.get('surprise_reduce', 'mean')})"
+        ".",
         "",
         "**Finding the mistakes** (APFD of the whole order; faults found in the top b%; "
         "random: the mean over its seeds):",

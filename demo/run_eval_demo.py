@@ -138,21 +138,16 @@ def prepare(experiment: Experiment, out: Path, *, seed: int) -> dict:
 # --- the verdicts -----------------------------------------------------------------------------
 
 
-def _interval(summary: dict | None) -> str:
-    if not summary:
-        return "-"
-    return f"{summary['accuracy_mean']:.4f} [{summary['ci_low']:.4f}, {summary['ci_high']:.4f}]"
+def _percent(budget: float) -> str:
+    return f"{budget:g}%"
 
 
-def _difference(name: str, test: dict) -> str:
-    return (
-        f"{name} {test['diff_mean']:+.4f} [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}] "
-        f"(p_holm {test['p_holm']:.3g})"
-    )
+def _points(value: float) -> str:
+    return f"{100 * value:+.2f}"
 
 
 def _rows_at(evaluation: dict, budget: float) -> list[tuple[str, dict]]:
-    """``(prioritizer, retrain row)`` at ``budget``, largest paired difference first."""
+    """``(prioritizer, retrain row)`` at ``budget`` with a test, largest difference first."""
     rows = [
         (name, row)
         for name, entry in evaluation["prioritizers"].items()
@@ -163,63 +158,55 @@ def _rows_at(evaluation: dict, budget: float) -> list[tuple[str, dict]]:
 
 
 def verdict_lines(evaluation: dict) -> list[str]:
-    """What the evaluation concludes, in a few lines: per budget, the prioritizers that beat
-    random (evaluation.json version 2's ``winners`` and ``vs_random``), the most faults found,
-    and the controls; a version 1 file has no tests, and says so."""
-    lines = []
-    tested = any(_rows_at(evaluation, row["budget"]) for row in evaluation["winners"])
-    controls = evaluation.get("controls") or {}
-    ceiling = (controls.get("whole_pool") or {}).get("accuracy_mean")
-    floor = (controls.get("no_selection") or {}).get("accuracy_mean")
-    if tested:
-        comparison = evaluation.get("comparison") or {}
-        lines.append(
-            "Verdicts (retrained test accuracy minus random's, paired by "
-            f"{comparison.get('pairing', 'seed')}, mean [95% CI]; significant when Holm's "
-            "p < 0.05 over every prioritizer x budget):"
-        )
-    else:
-        lines.append(
-            "Verdicts: this evaluation.json has no paired tests against random (version "
-            f"{evaluation.get('version', 1)}); best by mean retrained accuracy, untested:"
-        )
-    for row in evaluation["winners"]:
-        budget = f"{row['budget']:g}%"
-        faults = f"most faults found: {', '.join(row['by_faults'])} ({row['found']:g})"
-        if not tested:
+    """The evaluation's conclusion in a few lines, read from evaluation.json version 2
+    (``winners[i].by_accuracy``, ``vs_random``, ``controls``): per budget, who beats random
+    and by how many points of test accuracy, and what share of the room between the controls
+    (no selection, the whole pool labelled) that is. A version 1 file has no tests: its
+    best-by-mean names are shown as untested."""
+    winners = evaluation["winners"]
+    if not any(_rows_at(evaluation, row["budget"]) for row in winners):
+        lines = [
+            f"In short: evaluation.json version {evaluation.get('version', 1)} has no paired "
+            "tests against random; best by mean retrained accuracy, untested:"
+        ]
+        for row in winners:
             best = ", ".join(row["by_accuracy"]) or "-"
-            lines.append(f"  {budget:>4}: {best}; {faults}")
+            lines.append(f"  {_percent(row['budget']):>4}: {best}")
+        return lines
+    controls = evaluation.get("controls") or {}
+    floor = (controls.get("no_selection") or {}).get("accuracy_mean")
+    ceiling = (controls.get("whole_pool") or {}).get("accuracy_mean")
+    room = ceiling - floor if floor is not None and ceiling is not None else None
+    lines = [
+        "In short (test accuracy points over random, paired by seed, Holm-corrected"
+        + (
+            f"; the whole pool labelled adds {100 * room:.2f} points over no selection):"
+            if room is not None
+            else "):"
+        )
+    ]
+    for row in winners:
+        ranked = dict(_rows_at(evaluation, row["budget"]))  # largest difference first
+        if not ranked:  # only random at this budget
             continue
-        ranked = _rows_at(evaluation, row["budget"])
-        winners = set(row["by_accuracy"])
-        if winners:
-            beat = "; ".join(_difference(n, r["vs_random"]) for n, r in ranked if n in winners)
-            verdict = f"beats random: {beat}"
+        name = row["by_accuracy"][0] if row["by_accuracy"] else next(iter(ranked))
+        best = ranked[name]
+        test = best["vs_random"]
+        figure = (
+            f"{name} {_points(test['diff_mean'])} [{_points(test['ci_low'])}, "
+            f"{_points(test['ci_high'])}], p_holm {test['p_holm']:.2g}"
+        )
+        if row["by_accuracy"]:
+            share = ""
+            if room and room > 0:
+                share = f", {100 * (best['accuracy_mean'] - floor) / room:.0f}% of the room"
+            verdict = f"{', '.join(row['by_accuracy'])} beat random (best {figure}{share})"
         else:
-            closest = _difference(ranked[0][0], ranked[0][1]["vs_random"])
-            verdict = f"no prioritizer beats random (closest: {closest})"
+            verdict = f"no prioritizer beats random (closest {figure})"
         below = row.get("below_random") or []
         if below:
             verdict += f"; below random: {', '.join(below)}"
-        if winners and ceiling is not None and floor is not None and ceiling > floor:
-            top = max(r["accuracy_mean"] for n, r in ranked if n in winners)
-            verdict += f"; {100 * (top - floor) / (ceiling - floor):.0f}% of the ceiling's gain"
-        lines.append(f"  {budget:>4}: {verdict}; {faults}")
-    if controls:
-        lines.append(
-            f"  Controls: no selection (the extra epochs alone) "
-            f"{_interval(controls.get('no_selection'))}; the whole pool labelled (the "
-            f"ceiling) {_interval(controls.get('whole_pool'))}; the model as given "
-            f"{evaluation['baseline_accuracy']:.4f}."
-        )
-    degenerate = [
-        name for name, entry in evaluation["prioritizers"].items() if entry.get("degenerate")
-    ]
-    if degenerate:
-        lines.append(
-            "  Constant on this pool (their order is the sample-id order): "
-            f"{', '.join(degenerate)}."
-        )
+        lines.append(f"  {_percent(row['budget']):>4}: {verdict}")
     return lines
 
 

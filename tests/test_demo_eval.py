@@ -68,29 +68,26 @@ def _evaluation(*, version=2, significant=True, diff=0.011):
     return evaluation
 
 
-def test_verdicts_name_the_prioritizers_that_beat_random_and_the_ceiling():
+def test_verdicts_name_the_prioritizers_that_beat_random_and_their_share_of_the_room():
     lines = run_eval_demo.verdict_lines(_evaluation())
-    assert "paired by seed" in lines[0]
-    assert lines[1] == (
-        "    5%: beats random: gini +0.0110 [+0.0060, +0.0160] (p_holm 0.004); 40% of the "
-        "ceiling's gain; most faults found: gini (40)"
-    )
-    assert "no selection (the extra epochs alone) 0.8600 [0.8550, 0.8650]" in lines[2]
-    assert "the whole pool labelled (the ceiling) 0.9100" in lines[2]
+    assert lines == [
+        "In short (test accuracy points over random, paired by seed, Holm-corrected; the "
+        "whole pool labelled adds 5.00 points over no selection):",
+        "    5%: gini beat random (best gini +1.10 [+0.60, +1.60], p_holm 0.004, 40% of the room)",
+    ]
 
 
 def test_verdicts_say_when_no_prioritizer_beats_random():
     lines = run_eval_demo.verdict_lines(_evaluation(significant=False, diff=0.002))
-    assert lines[1].startswith(
-        "    5%: no prioritizer beats random (closest: gini +0.0020 [-0.0030, +0.0070] "
-        "(p_holm 0.3))"
+    assert lines[1] == (
+        "    5%: no prioritizer beats random (closest gini +0.20 [-0.30, +0.70], p_holm 0.3)"
     )
 
 
 def test_verdicts_of_a_version_1_file_say_they_are_untested():
     lines = run_eval_demo.verdict_lines(_evaluation(version=1))
-    assert "no paired tests against random (version 1)" in lines[0]
-    assert lines[1] == "    5%: gini; most faults found: gini (40)"
+    assert "version 1 has no paired tests against random" in lines[0]
+    assert lines[1] == "    5%: gini"
 
 
 @pytest.mark.slow
@@ -99,8 +96,8 @@ def test_verdicts_of_a_version_1_file_say_they_are_untested():
 def test_the_small_experiment_runs_end_to_end(tmp_path, capsys):
     assert run_eval_demo.main(["--out", str(tmp_path), "--experiment", "small"]) == 0
     printed = capsys.readouterr().out
-    assert "Verdicts (retrained test accuracy minus random's, paired by seed" in printed
-    assert "Controls: no selection" in printed and "Done in" in printed
+    assert "In short (test accuracy points over random, paired by seed" in printed
+    assert "Done in" in printed
     (path,) = (tmp_path / "runs").glob("eval-mnist-*/evaluation.json")
     evaluation = json.loads(path.read_text())
     assert evaluation["samples"] == {"pool": 300, "train": 200, "test": 300}
