@@ -23,6 +23,7 @@ def rank(
     ranking: Output[Dataset],
     metric: str = "gini",
     top_k: int = 10,
+    rank_memory_mb: int = 512,
 ) -> str:
     """Merge every shard's scores into ranking.parquet and summary.json; returns its URI.
 
@@ -32,6 +33,6 @@ def rank(
     from testprio.stages import artifact_uris, publish_artifact, rank_scores
 
     uris = artifact_uris(scores)
-    uri = rank_scores(run_uri, uris, metric, top_k)
+    uri = rank_scores(run_uri, uris, metric, top_k, rank_memory_mb)
     publish_artifact(ranking, run_uri, uri, metric=metric, shards=len(uris))
     return uri

@@ -23,6 +23,7 @@ def start(
     shard_size: int = 10_000,
     batch_size: int = 256,
     top_k: int = 10,
+    rank_memory_mb: int = 512,
     parity_tolerance: float = 1e-3,
     strict_model_checks: bool = False,
     preset: str = "",

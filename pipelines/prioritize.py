@@ -91,6 +91,7 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
         batch_size: int = 256,
         gpu_batch_size: int = 1024,
         top_k: int = 10,
+        rank_memory_mb: int = 512,
         parity_tolerance: float = 1e-3,  # testprio.convert.DEFAULT_PARITY_TOLERANCE
         strict_model_checks: bool = False,
         preset: str = "",
@@ -146,6 +147,7 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
             shard_size=shard_size,
             batch_size=batch_size,
             top_k=top_k,
+            rank_memory_mb=rank_memory_mb,
             parity_tolerance=parity_tolerance,
             strict_model_checks=strict_model_checks,
             train_data=train_data,
@@ -225,6 +227,7 @@ def build_pipeline(settings: Optional[ClusterSettings] = None, framework: str = 
             scores=dsl.Collected(score_task.outputs["scores"]),
             metric=metric,
             top_k=top_k,
+            rank_memory_mb=rank_memory_mb,
         ).set_display_name("rank")
         configure_task(rank_task, "rank", settings=settings)
 

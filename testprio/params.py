@@ -23,6 +23,7 @@ from testprio.ingest.options import IngestOptions
 from testprio.ingest.preprocess import PRESETS
 from testprio.metamorphic import MAX_FOLLOWUPS
 from testprio.prioritizers import NAMES as PRIORITIZER_NAMES
+from testprio.rank import DEFAULT_MEMORY_MB as RANK_MEMORY_MB
 
 
 class _Required:
@@ -204,6 +205,17 @@ PARAMETERS: tuple[Parameter, ...] = (
         ("start", "rank", "report"),
         minimum=0,
         metavar="K",
+    ),
+    Parameter(
+        "rank_memory_mb",
+        int,
+        RANK_MEMORY_MB,
+        "memory of the rank task in MiB, whatever the pool's size: a ranking by a score "
+        "column sorts out of core within it, spilling to the task's local temp directory "
+        "(about 50 bytes a sample); CAM orders (kmnc-cam, ...) still hold the pool's covered "
+        "cells in memory (at least 256)",
+        ("start", "rank"),
+        metavar="MB",
     ),
     Parameter(
         "parity_tolerance",

@@ -39,6 +39,7 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
             "reference pool; give --train-data R too, or leave out --layers."
         )
     check_reduction(parameters.get("surprise_reduce") or "mean")
+    rank.check_memory(parameters.get("rank_memory_mb", rank.DEFAULT_MEMORY_MB))
     convert.resolve_framework(parameters["model"], parameters["framework"])
     if parameters["output_kind"] not in convert.OUTPUT_KINDS:
         raise TestprioError(
@@ -232,11 +233,23 @@ def score_shards(
     ]
 
 
-def rank_scores(run_uri: str, score_uris: list[str], metric: str, top_k: int) -> str:
+def rank_scores(
+    run_uri: str,
+    score_uris: list[str],
+    metric: str,
+    top_k: int,
+    rank_memory_mb: int = rank.DEFAULT_MEMORY_MB,
+) -> str:
     configure()
     layout = RunLayout(run_uri)
     with stage(layout, "rank"):
-        rank.rank(layout, list(score_uris), metric=metric, top_k=int(top_k))
+        rank.rank(
+            layout,
+            list(score_uris),
+            metric=metric,
+            top_k=int(top_k),
+            memory_mb=int(rank_memory_mb),
+        )
     return layout.ranking
 
 

@@ -392,3 +392,41 @@ def test_rank_refuses_a_prioritizer_the_scores_lack(tmp_path, pool, model):
         rank_module.rank(layout, uris, metric="instability")
     with pytest.raises(TestprioError, match=r"^unknown metric 'wobble'"):
         rank_module.rank(layout, uris, metric="wobble")
+
+
+def test_cam_orders_past_the_memory_setting_say_so_up_front(prioritized_runs, capsys):
+    from testprio import rank as rank_module
+    from testprio.log import configure
+
+    layout = prioritized_runs[97]
+    uris = [storage.join(layout.scores_dir, n) for n in storage.list_names(layout.scores_dir)]
+    available = ["nac", "kmnc", "nbc", "snac", "tknc", "lsa", "dsa", "mdsa", "instability"]
+    options = dict(available=available, has_labels=True, memory_mb=512)
+    cells = rank_module._cells_of(layout, uris[0], "kmnc")
+    pool = 10 * 2**33 // cells  # about 10 GiB of kmnc's packed cells
+    note = rank_module.cam_memory_note(layout, uris, metric="kmnc-cam", samples=pool, **options)
+    assert note.startswith(
+        f"--metric kmnc-cam orders the whole pool as one set-cover problem in memory, and "
+        f"{pool:,} samples x {cells:,} covered cells of kmnc need about 10.0 GiB, more than "
+        "--rank-memory-mb 512:"
+    )
+    assert note.endswith("or rank by kmnc-ctm, which orders by the same cells in bounded memory.")
+    assert note.count(".") == 2  # one sentence (and the decimal point)
+    # A score order with labels still computes every CAM order for its APFD.
+    note = rank_module.cam_memory_note(layout, uris, metric="gini", samples=pool, **options)
+    assert note.startswith("the APFD of the CAM prioritizers orders the whole pool")
+    assert (
+        rank_module.cam_memory_note(layout, uris, metric="kmnc-cam", samples=400, **options) is None
+    )
+    unlabelled = dict(options, has_labels=False)
+    assert (
+        rank_module.cam_memory_note(layout, uris, metric="gini", samples=pool, **unlabelled) is None
+    )
+    # rank() says it before it ranks (here of a pool it takes for that big).
+    configure()  # log lines to stderr
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rank_module, "shard_rows", lambda uris: [pool])
+        rank_module.rank(layout, uris, metric="kmnc-cam")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("testprio WARNING rank: --metric kmnc-cam orders the whole pool")

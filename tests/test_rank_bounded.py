@@ -219,3 +219,14 @@ def test_summary_in_pieces_equals_build_summary(metric):
             stream.add({name: values[a:b] for name, values in ranked.items()})
         streamed = stream.summary(samples_in=n, quarantined=1, top=[])
         assert json.dumps(streamed) == json.dumps(reference), n
+
+
+def test_the_memory_setting_is_checked_when_the_run_starts(tmp_path):
+    from testprio import cli, stages
+    from tests.conftest import linear_classifier
+
+    model = linear_classifier(tmp_path / "model.onnx")
+    parameters = {**cli.RUN_DEFAULTS, "model": str(model), "data": "pool.npz", "root": "r"}
+    assert parameters["rank_memory_mb"] == rank.DEFAULT_MEMORY_MB == 512
+    with pytest.raises(TestprioError, match=r"^--rank-memory-mb 200 is too little"):
+        stages.validate_parameters({**parameters, "rank_memory_mb": 200})
