@@ -9,7 +9,11 @@ It prints a Markdown report and writes it to ``bench/RESULTS.md``.
     batches read from the ``.npy`` with mmap and fed to the same ``InferenceSession``.
 (b) peak RSS of ingest + convert + score + rank at two pool sizes, each in a fresh child
     process (peak = the child's ``VmHWM``; phases sampled from ``/proc/self/status``).
-(c) time (and peak RSS) to rank 10M scores spread over 100 scores shards.
+(c) time (and peak RSS) to rank 10M scores spread over 100 scores shards;
+    ``--only c --rank-samples N`` ranks N scores in shards of 100,000 instead, once, and
+    prints as its last line ``rank N samples: S s, peak RSS M MiB``. Its shards hold the
+    per-sample probabilities (which rank never reads but for one row's length) in their
+    first row group only, so that 100M scores fit a small disk.
 
 Scratch files go to ``bench/work/`` (git-ignored) and are deleted at the end unless
 ``--keep`` is given. ``--child ...`` is internal: the script re-runs itself for (b), (c) and
@@ -91,6 +95,8 @@ QUICK = Sizes(
 # Batch size the score stage writes its row groups with (its default --batch-size), used
 # when synthesising scores files for (c) so they look like the ones the pipeline makes.
 SCORE_STAGE_BATCH = 256
+# Rows per scores shard of --rank-samples (1,000 shards for 100M).
+RANK_SHARD_ROWS = 100_000
 
 
 # --- small helpers ---------------------------------------------------------------------
@@ -481,8 +487,14 @@ def bench_memory(work: Path, sizes: Sizes, model_path: Path) -> dict:
 # --- (c) ranking 10M scores -------------------------------------------------------------
 
 
-def make_scores_run(work: Path, shards: int, rows: int, run_id: str) -> str:
-    """A run folder holding only what rank reads: ``data/manifest.json`` and scores shards."""
+def make_scores_run(
+    work: Path, shards: int, rows: int, run_id: str, *, total: int | None = None, lean=False
+) -> str:
+    """A run folder holding only what rank reads: ``data/manifest.json`` and scores shards.
+
+    ``total``: the samples in all (the last shard holds the rest; default shards x rows).
+    ``lean``: the probabilities only in each shard's first row group (null lists after it).
+    """
     import pyarrow as pa
 
     from testprio import storage
@@ -493,29 +505,71 @@ def make_scores_run(work: Path, shards: int, rows: int, run_id: str) -> str:
     shutil.rmtree(work / "runs" / run_id, ignore_errors=True)
     layout = RunLayout.create(str(work / "runs"), run_id)
     rng = np.random.default_rng(SEED + 3)
-    for index in range(shards):
-        ids = np.arange(index * rows, (index + 1) * rows, dtype=np.int64)
-        probs = softmax(rng.standard_normal((rows, NUM_CLASSES)) * 3.0)
-        labels = rng.integers(0, NUM_CLASSES, rows, dtype=np.int32)
-        unlabeled = rng.random(rows) < 0.5
+    total = shards * rows if total is None else total
+    counts = [min(rows, total - index * rows) for index in range(shards)]
+    for index, count in enumerate(counts):
+        ids = np.arange(index * rows, index * rows + count, dtype=np.int64)
+        probs = softmax(rng.standard_normal((count, NUM_CLASSES)) * 3.0)
+        labels = rng.integers(0, NUM_CLASSES, count, dtype=np.int32)
+        unlabeled = rng.random(count) < 0.5
         batch = pa.RecordBatch.from_arrays(
             [pa.array(ids, pa.int64()), pa.array(labels, pa.int32(), mask=unlabeled)],
             names=["sample_id", "label"],
         )
+        scores = _scores_batch(batch, probs)
+        if lean:
+            column = SCORES_SCHEMA.get_field_index("probs")
+            kept = min(count, SCORE_STAGE_BATCH)
+            lengths = np.where(np.arange(count) < kept, NUM_CLASSES, 0)
+            offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+            values = pa.array(probs[:kept].astype(np.float32).ravel())
+            nulls = pa.array(np.arange(count) >= kept)
+            lists = pa.ListArray.from_arrays(offsets, values, mask=nulls)
+            scores = scores.set_column(column, SCORES_SCHEMA.field("probs"), lists)
         with storage.parquet_writer(layout.scores_shard(index), SCORES_SCHEMA) as writer:
             # The score stage writes one row group per batch of its --batch-size.
-            writer.write_batch(_scores_batch(batch, probs), row_group_size=SCORE_STAGE_BATCH)
+            writer.write_batch(scores, row_group_size=SCORE_STAGE_BATCH)
     manifest = {
         "source": "bench-scores",
-        "samples": shards * rows,
-        "ingested": shards * rows,
+        "samples": total,
+        "ingested": total,
         "quarantined": 0,
         "sample_shape": list(SAMPLE_SHAPE),
         "has_labels": True,
-        "shards": [{"name": shard_name(i), "rows": rows} for i in range(shards)],
+        "shards": [{"name": shard_name(i), "rows": count} for i, count in enumerate(counts)],
     }
     storage.write_json(layout.data_manifest, manifest)
     return layout.uri
+
+
+class ScratchSampler:
+    """Polls the size of the rank stage's scratch folders (``testprio-rank-*`` in the temp
+    directory) in a thread; keeps the largest total seen."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _size(self) -> int:
+        total = 0
+        for folder in Path(tempfile.gettempdir()).glob("testprio-rank-*"):
+            for path in folder.rglob("*"):
+                with contextlib.suppress(OSError):
+                    total += path.stat().st_size if path.is_file() else 0
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._size())
+
+    def __enter__(self) -> ScratchSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def child_rank(args: argparse.Namespace) -> dict:
@@ -525,51 +579,66 @@ def child_rank(args: argparse.Namespace) -> dict:
     layout = RunLayout(args.run)
     uris = [layout.scores_shard(i) for i in range(args.shards)]
     profile = cProfile.Profile() if args.profile else None
-    started, cpu_started = time.perf_counter(), time.process_time()
-    if profile is not None:
-        summary = profile.runcall(rank, layout, uris, metric="gini", top_k=10)
-    else:
-        summary = rank(layout, uris, metric="gini", top_k=10)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    with ScratchSampler() as scratch:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        if profile is not None:
+            summary = profile.runcall(rank, layout, uris, metric="gini", top_k=10)
+        else:
+            summary = rank(layout, uris, metric="gini", top_k=10)
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     assert summary["counts"]["ranked"] == args.samples, summary["counts"]
     assert len(summary["top"]) == 10
-    result: dict = {"seconds": seconds, "cpu_seconds": cpu_seconds}
+    result: dict = {"seconds": seconds, "cpu_seconds": cpu_seconds, "scratch": scratch.peak}
     if profile is not None:
         result["breakdown"] = profile_breakdown(
             profile,
             [
                 ("rank (total, under cProfile)", in_file("testprio/rank.py", "rank")),
                 ("_check_complete", by_name("_check_complete")),
-                ("read sample_id + metric, sort keys (_sort_shards)", by_name("_sort_shards")),
-                ("  of which keys.sort", by_name("_order_of_keys")),
-                ("read the other columns (_read_other_columns)", by_name("_read_other_columns")),
-                ("gather + write ranking.parquet (_write_ranking)", by_name("_write_ranking")),
-                ("  of which gather (_ranking_batch)", by_name("_ranking_batch")),
-                ("summary columns in rank order (_gather)", by_name("_gather", "testprio")),
-                ("build_summary", by_name("build_summary")),
+                ("read shards, make sort keys (_Pass._sort_batch)", by_name("_sort_batch")),
+                ("  the others' scratch file (_write_others)", by_name("_write_others")),
+                ("sort, then sorted rows out (_ranking_batches)", by_name("_ranking_batches")),
+                ("write ranking.parquet (RankingWriter.write)", by_name("write", "ranking_file")),
+                ("summary in pieces (SummaryStream.add)", by_name("add", "summary.py")),
                 ("  of which score_bins", by_name("score_bins")),
+                ("other prioritizers' APFD (_labelled_positions)", by_name("_labelled_positions")),
+                ("other prioritizers' spread (_spread)", by_name("_spread", "rank_bounded")),
                 ("_num_classes", by_name("_num_classes")),
             ],
         )
     return result
 
 
-def bench_rank(work: Path, sizes: Sizes) -> dict:
+def bench_rank(work: Path, sizes: Sizes, samples: int | None = None) -> dict:
+    """(c); ``samples``: rank that many scores in shards of ``RANK_SHARD_ROWS``, once, with
+    no profile run."""
     load_before = load_average()
-    total = sizes.rank_shards * sizes.rank_rows
-    say(f"(c) writing {sizes.rank_shards} scores shards of {sizes.rank_rows:,} rows")
+    lean = samples is not None
+    if lean:
+        sizes = dataclasses.replace(
+            sizes, rank_shards=-(-samples // RANK_SHARD_ROWS), rank_rows=RANK_SHARD_ROWS, repeats=1
+        )
+    total = samples if lean else sizes.rank_shards * sizes.rank_rows
+    say(f"(c) writing {total:,} scores in {sizes.rank_shards} shards of {sizes.rank_rows:,} rows")
     started = time.perf_counter()
-    run_uri = make_scores_run(work, sizes.rank_shards, sizes.rank_rows, "bench-rank")
+    run_uri = make_scores_run(
+        work, sizes.rank_shards, sizes.rank_rows, "bench-rank", total=total, lean=lean
+    )
     generate_seconds = time.perf_counter() - started
     common = ["rank", "--run", run_uri, "--shards", str(sizes.rank_shards)]
     common += ["--samples", str(total)]
     runs = []
     for repeat in range(sizes.repeats):
         result, peak, wall = run_child(common)
-        say(f"(c) run {repeat + 1}: rank {result['seconds']:.2f} s, peak RSS {fmt_bytes(peak)}")
+        say(
+            f"(c) run {repeat + 1}: rank {result['seconds']:.2f} s, peak RSS {fmt_bytes(peak)}, "
+            f"scratch {fmt_bytes(result['scratch'])}"
+        )
         runs.append({"peak": peak, "wall": wall, **result})
-    say("(c) one more run under cProfile for the breakdown")
-    profiled, _, _ = run_child([*common, "--profile"])
+    profiled = None
+    if not lean:
+        say("(c) one more run under cProfile for the breakdown")
+        profiled, _, _ = run_child([*common, "--profile"])
     ranking_bytes = os.path.getsize(os.path.join(run_uri, "ranking.parquet"))
     scores_bytes = sum(
         os.path.getsize(os.path.join(run_uri, "scores", name))
@@ -579,9 +648,11 @@ def bench_rank(work: Path, sizes: Sizes) -> dict:
     return {
         "total": total,
         "shards": sizes.rank_shards,
+        "rows": sizes.rank_rows,
+        "lean": lean,
         "generate_seconds": generate_seconds,
         "runs": runs,
-        "profile": {"total": profiled["seconds"], "rows": profiled["breakdown"]},
+        "profile": profiled and {"total": profiled["seconds"], "rows": profiled["breakdown"]},
         "ranking_bytes": ranking_bytes,
         "scores_bytes": scores_bytes,
         "load": (load_before, load_average()),
@@ -744,8 +815,10 @@ def report(
     if ranking is not None:
         lines += ["", "### (c) ranking", ""]
         lines.append(
-            f"{ranking['shards']} scores shards of {ranking['total'] // ranking['shards']:,} rows "
-            f"in `SCORES_SCHEMA` (K={NUM_CLASSES}, labels on about half the rows), written with "
+            f"{ranking['shards']} scores shards of {ranking['rows']:,} rows (the last holds the "
+            f"rest) in `SCORES_SCHEMA` (K={NUM_CLASSES}, labels on about half the rows"
+            + ("; probs in each shard's first row group only" if ranking["lean"] else "")
+            + "), written with "
             f"row groups of {SCORE_STAGE_BATCH} rows as the score stage writes them at its default "
             f"batch size; {fmt_bytes(ranking['scores_bytes'])} of scores, generated in "
             f"{fmt_s(ranking['generate_seconds'])}; ranking.parquet "
@@ -753,11 +826,12 @@ def report(
             "metric='gini', top_k=10)` in a fresh child process: "
             + ", ".join(
                 f"{run['seconds']:.2f} s (CPU {run['cpu_seconds']:.2f} s) / peak RSS "
-                f"{fmt_bytes(run['peak'])}"
+                f"{fmt_bytes(run['peak'])} / scratch {fmt_bytes(run['scratch'])}"
                 for run in ranking["runs"]
             )
             + "."
         )
+    if ranking is not None and ranking["profile"] is not None:
         lines += [
             "",
             f"Profile of one more run (cProfile, {fmt_s(ranking['profile']['total'])}; "
@@ -802,6 +876,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="interleaved raw/stage runs per batch size in (a), best of which is reported "
         f"(default {FULL.score_repeats}; more settle the figure on a noisy machine)",
+    )
+    parser.add_argument(
+        "--rank-samples",
+        type=int,
+        metavar="N",
+        help="(c) ranks N scores in shards of 100,000 instead of 10M, once; the last line "
+        "printed is 'rank N samples: S s, peak RSS M MiB'",
     )
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -848,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
         if "b" in only:
             memory = bench_memory(work, sizes, model_path)
         if "c" in only:
-            ranking = bench_rank(work, sizes)
+            ranking = bench_rank(work, sizes, args.rank_samples)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -859,6 +940,12 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         Path(out).write_text(text)
         say(f"wrote {out}")
+    if ranking is not None and args.rank_samples:
+        run = ranking["runs"][0]
+        print(
+            f"rank {ranking['total']:,} samples: {run['seconds']:.1f} s, "
+            f"peak RSS {run['peak'] / MIB:.0f} MiB"
+        )
     return 0
 
 
