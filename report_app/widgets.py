@@ -90,9 +90,16 @@ def open_page(page: str, **runs: str) -> None:
     st.query_params.update(page=page, **runs)
 
 
-def open_run(run_id: str, page: str = "run") -> None:
-    """Button callback: show ``run_id`` on ``page`` (runs before the next script run)."""
+# The URL parameter (and session key) of the Run page's open tab: a link opens any tab.
+SECTION_KEY = "section"
+
+
+def open_run(run_id: str, page: str = "run", section: str | None = None) -> None:
+    """Button callback: show ``run_id`` on ``page`` (runs before the next script run), on the
+    Run page's tab ``section`` if given."""
     open_page(page, run=run_id)
+    if section is not None:
+        st.session_state[SECTION_KEY] = section
 
 
 def request_open(page: str, **runs: str) -> None:

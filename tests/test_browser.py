@@ -106,46 +106,109 @@ def browser():
         chromium.close()
 
 
-def test_run_page_renders_in_chromium(report_server, browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 6000})
+CHARTS_DRAWN = (
+    'n => document.querySelectorAll(\'[data-testid="stVegaLiteChart"] canvas, '
+    '[data-testid="stVegaLiteChart"] svg\').length >= n'
+)
+IMAGES_LOADED = (
+    "n => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+    ".filter(img => img.complete && img.naturalWidth > 0).length >= n"
+)
+# Each tab of the Run page: its headings, and the charts drawn and images loaded when open.
+RUN_TABS = {
+    "Overview": (["Model", "Data", "Stages"], 1, 16),
+    "Scores": (["Scores", "Most and least uncertain"], 3, 20),
+    "Ranking": (["Ranking"], 0, 0),
+    "Sample": (["Sample"], 1, 1),
+    "Accuracy and APFD": (["Accuracy and APFD"], 2, 0),
+}
+
+
+def test_run_page_renders_every_tab_in_chromium(report_server, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 3000})
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(f"{report_server}/?page=run&run=labeled")
-    for section in [
-        "Model",
-        "Data",
-        "Stages",
-        "Scores",
-        "Most and least uncertain",
-        "Ranking",
-        "Sample",
-    ]:
-        page.get_by_role("heading", name=section, exact=True).wait_for(timeout=60_000)
-    page.get_by_role("heading", name="Labels", exact=True).wait_for(timeout=60_000)
-    page.get_by_text("Top 10: label these first").wait_for()
-    # Charts are drawn (Vega renders each into a canvas or SVG) and sample images load:
-    # 16 random samples, two galleries of 10.
-    page.wait_for_function(
-        'document.querySelectorAll(\'[data-testid="stVegaLiteChart"] canvas, '
-        '[data-testid="stVegaLiteChart"] svg\').length >= 6',
-        timeout=60_000,
-    )
-    page.wait_for_function(
-        "[...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
-        ".filter(img => img.complete && img.naturalWidth > 0).length >= 36",
-        timeout=60_000,
-    )
-    page.get_by_text("APFD = 1 − (r₁ + … + rₖ) / (k · n) + 1 / (2n)").wait_for()
+    page.get_by_role("heading", name="Run labeled").wait_for(timeout=60_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name, (headings, charts, images) in RUN_TABS.items():
+        page.get_by_role("tab", name=name, exact=True).click()
+        for heading in headings:
+            page.get_by_role("heading", name=heading, exact=True).wait_for(timeout=60_000)
+        # Charts are drawn (Vega renders each into a canvas or SVG) and images load.
+        page.wait_for_function(CHARTS_DRAWN, arg=charts, timeout=60_000)
+        page.wait_for_function(IMAGES_LOADED, arg=images, timeout=60_000)
+        if name == "Scores":
+            page.get_by_text("Top 10: label these first").wait_for()
+        if name == "Ranking":
+            page.get_by_text("matching samples, most uncertain first").wait_for()
+        if name == "Sample":  # rank 1 without asking
+            page.get_by_text("Class probabilities").first.wait_for(timeout=60_000)
+        if name == "Accuracy and APFD":
+            page.get_by_text("APFD = 1 − (r₁ + … + rₖ) / (k · n) + 1 / (2n)").wait_for()
+        page.wait_for_timeout(1000)  # let the charts' transitions settle before the screenshot
+        slug = name.lower().replace(" ", "-")
+        page.screenshot(path=str(ARTIFACTS / f"report-run-{slug}.png"))
     # No Deploy button or other developer options in the toolbar.
-    page.wait_for_timeout(500)
     assert page.get_by_role("button", name="Deploy").count() == 0
     assert page.locator('[data-testid="stAppDeployButton"]').count() == 0
-    assert page.get_by_role("heading", name="Run labeled").is_visible()
+    page.goto(f"{report_server}/?page=run&run=labeled&section=Ranking")  # a tab by its link
+    page.get_by_text("matching samples, most uncertain first").wait_for(timeout=60_000)
+    assert page.get_by_role("heading", name="Model", exact=True).count() == 0
+    assert (ARTIFACTS / "report-run-overview.png").stat().st_size > 50_000
+    assert not errors, errors
+    page.close()
+
+
+def runs_grid_cell(page, row: int, *, tick: bool = False) -> tuple[float, float]:
+    """Where row ``row`` (0-based) of the runs table shows the run's name (or its tick box)
+    on screen: the table is drawn on a canvas, 35 pixels a row under a 35-pixel header."""
+    box = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
+    x = box["x"] + (16 if tick else 33 + 40)
+    return x, box["y"] + 35 + row * 35 + 17
+
+
+def search_runs(page, text: str) -> list[str]:
+    """Search the runs table; the run names it then shows (its cells for screen readers)."""
+    box = page.get_by_role("textbox", name="Search runs")
+    box.fill(text)
+    box.press("Enter")
+    page.get_by_text(re.compile(r"^\d+ of \d+ runs")).wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+    return page.eval_on_selector_all(
+        '[data-testid^="glide-cell-1-"]', "cells => cells.map(cell => cell.textContent)"
+    )
+
+
+def test_runs_table_fits_1280_pixels_and_opens_and_compares_runs(report_server, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 1200})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(report_server)
+    page.get_by_text("Click a run to open it").wait_for(timeout=60_000)
+    assert search_runs(page, "entropy") == ["entropy"]
+    # Every column of a ranking run shows without scrolling sideways, and nothing says None.
+    widths = page.locator(".dvn-scroller").first.evaluate("s => [s.scrollWidth, s.clientWidth]")
+    assert widths[0] <= widths[1], widths
+    cells = page.eval_on_selector_all(
+        '[data-testid^="glide-cell-"]', "cells => cells.map(cell => cell.textContent)"
+    )
+    assert "None" not in cells and "gini" not in cells and "entropy" in cells
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(1000)  # let the charts' transitions settle before the screenshot
-    shot = ARTIFACTS / "report-run-page.png"
-    page.screenshot(path=str(shot))
-    assert shot.stat().st_size > 50_000
+    page.screenshot(path=str(ARTIFACTS / "report-runs-page.png"))
+    page.mouse.click(*runs_grid_cell(page, 0))  # a click on the run opens it
+    page.get_by_role("heading", name="Run entropy").wait_for(timeout=60_000)
+    assert "page=run" in page.url and "run=entropy" in page.url
+
+    page.get_by_text("Runs", exact=True).click()
+    page.get_by_text("Click a run to open it").wait_for(timeout=60_000)
+    names = search_runs(page, "digits.npz")
+    page.mouse.click(*runs_grid_cell(page, names.index("labeled"), tick=True))
+    page.get_by_text("Tick a second run to compare").wait_for(timeout=60_000)
+    page.mouse.click(*runs_grid_cell(page, names.index("entropy"), tick=True))
+    page.get_by_role("button", name=re.compile(r"^Compare (labeled|entropy) and ")).click()
+    page.get_by_role("heading", name="Compare two runs").wait_for(timeout=60_000)
+    page.get_by_text("Spearman rank correlation").wait_for(timeout=60_000)
     assert not errors, errors
     page.close()
 
@@ -154,7 +217,7 @@ def test_hostile_run_names_stay_text_in_chromium(report_server, browser):
     page = browser.new_page()
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    page.goto(f"{report_server}/?page=run&run=hostile")
+    page.goto(f"{report_server}/?page=run&run=hostile&section=Scores")
     page.get_by_text("Top 10: label these first").wait_for(timeout=60_000)
     page.get_by_text("<img src=x onerror=alert(1)>.npz[", exact=False).first.wait_for()
     page.wait_for_timeout(500)
@@ -164,7 +227,7 @@ def test_hostile_run_names_stay_text_in_chromium(report_server, browser):
 
 def test_link_like_run_data_is_not_linked_in_chromium(report_server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 4000})
-    page.goto(f"{report_server}/?page=run&run=www.evil.example")
+    page.goto(f"{report_server}/?page=run&run=www.evil.example&section=Scores")
     page.get_by_text("Top 10: label these first").wait_for(timeout=60_000)
     # Shown as text, with invisible word joiners (U+2060) where an autolink would start.
     page.get_by_role("heading", name=re.compile(r"^Run www\W?\.evil\.example$")).wait_for()
@@ -186,8 +249,8 @@ def test_labels_uploaded_in_chromium_show_the_labelled_figures(report_server, br
     upload = tmp_path / "batch.csv"
     ids = [i for i in range(11) if i != 7]  # sample 7 is quarantined (NaN), not ranked
     upload.write_text("sample_id,label\n" + "".join(f"{i},{truth[i]}\n" for i in ids))
-    page = browser.new_page(viewport={"width": 1400, "height": 3000})
-    page.goto(f"{report_server}/?page=downloads&run=upload")
+    page = browser.new_page(viewport={"width": 1280, "height": 3000})
+    page.goto(f"{report_server}/?page=labels&run=upload")
     page.get_by_text("Labelling export of the top 5 (zip)").wait_for(timeout=60_000)
     page.get_by_text("No labels imported into this run yet.").wait_for()
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(upload))
@@ -197,6 +260,14 @@ def test_labels_uploaded_in_chromium_show_the_labelled_figures(report_server, br
     accuracy = page.locator('[data-testid="stMetric"]', has_text="labelled accuracy")
     assert f"{record['labelled']['accuracy']:.4f}" in accuracy.inner_text()
     assert (SERVED["root"] / "upload" / "labels.parquet").is_file()
+    # The imported labels are the run's labels at once on the Run page, beside the pool's.
+    page.get_by_role("button", name="Open the run's Accuracy and APFD").click()
+    page.get_by_role("heading", name="Run upload").wait_for(timeout=60_000)
+    headline = page.locator('[data-testid="stMetric"]', has_text="accuracy (imported labels)")
+    assert f"{record['labelled']['accuracy']:.4f}" in headline.inner_text(timeout=60_000)
+    page.locator('[data-testid="stMetric"]', has_text="accuracy (pool labels)").wait_for()
+    page.get_by_role("tab", name="Ranking", exact=True).click()
+    page.get_by_text("label from says which").wait_for(timeout=60_000)
     page.close()
 
 

@@ -8,6 +8,7 @@ import streamlit as st
 
 from report_app.cached import details_of, forget_labels, label_sources_of
 from report_app.views.labelling import labelling_section
+from report_app.views.run import ACCURACY
 from report_app.widgets import open_run, pick_run, table_height
 from testprio import storage
 from testprio.report import data as reportdata
@@ -61,7 +62,7 @@ def sources_section(root: str, details: reportdata.RunDetails) -> None:
     st.button(
         "Open the run's Accuracy and APFD",
         on_click=open_run,
-        args=(details.run_id, "run"),
+        args=(details.run_id, "run", ACCURACY),
         key="labels-open-run",
     )
 

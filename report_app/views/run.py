@@ -17,7 +17,15 @@ from report_app.views.accuracy import accuracy_section
 from report_app.views.attribution import attribution_section
 from report_app.views.ranking import ranking_section
 from report_app.views.samples import sample_section
-from report_app.widgets import chart, esc, open_run, pick_run, show_error, table_height
+from report_app.widgets import (
+    SECTION_KEY,
+    chart,
+    esc,
+    open_run,
+    pick_run,
+    show_error,
+    table_height,
+)
 from testprio.errors import TestprioError
 from testprio.layout import run_status
 from testprio.report import charts
@@ -118,8 +126,6 @@ OVERVIEW, SCORES, RANKING, SAMPLE, ACCURACY, ATTRIBUTION = (
     "Accuracy and APFD",
     "Attribution",
 )
-# The URL parameter (and session key) of the open tab: a link can open any tab.
-SECTION_KEY = "section"
 
 
 def run_page(root: str, rows: list[dict]) -> None:
