@@ -439,13 +439,16 @@ def export_labels(
     )
 
 
-def import_labels(run: str | RunResult, file: str) -> ImportResult:
+def import_labels(
+    run: str | RunResult, file: str, *, max_file_mb: float | None = None
+) -> ImportResult:
     """Merge a labels file into the run's ``labels.parquet`` and record the figures of the
     labelled samples (accuracy, APFD) in ``run.json``, as ``testprio labels import`` does.
 
     Args:
         run: the run (a ``RunResult``, or its folder ``ROOT/RUN_ID``).
-        file: a Label Studio JSON export, or a CSV with ``sample_id`` and ``label``.
+        file: a Label Studio JSON export, or a CSV with ``sample_id`` and ``label``; a
+            regular file of at most ``max_file_mb`` MB (default 256).
 
     Returns:
         What the import did: ``read``, ``skipped``, ``added``, ``changed``, ``labelled``
@@ -456,8 +459,10 @@ def import_labels(run: str | RunResult, file: str) -> ImportResult:
     """
     layout = _run_layout(run)
     from testprio import labels
+    from testprio.labels.readers import DEFAULT_MAX_FILE_MB
 
-    return labels.import_labels(layout, file)
+    limit = DEFAULT_MAX_FILE_MB if max_file_mb is None else max_file_mb
+    return labels.import_labels(layout, file, max_file_mb=limit)
 
 
 def push_labels(

@@ -250,7 +250,7 @@ def _cmd_labels(args: argparse.Namespace) -> int:
     from testprio import api, labels
 
     if args.labels_command == "import":
-        print(api.import_labels(args.run, args.file).sentence())
+        print(api.import_labels(args.run, args.file, max_file_mb=args.max_file_mb).sentence())
         return 0
     if args.labels_command == "pull":
         print(api.pull_labels(args.run, **_label_studio(args)).sentence())
@@ -515,6 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="project title or ID (default: 'testprio RUN_ID'; push makes a new title)",
         )
     lab_import.add_argument("file", help="Label Studio JSON export, or CSV with sample_id,label")
+    lab_import.add_argument(
+        "--max-file-mb",
+        type=params.finite_float,
+        default=None,  # labels.readers.DEFAULT_MAX_FILE_MB (not imported: it loads labels)
+        help="largest labels file read, in MB (default 256)",
+    )
     lab.set_defaults(handler=_cmd_labels)
 
     sub = commands.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster")

@@ -8,7 +8,10 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import uuid
 import xml.etree.ElementTree as ET
 import zipfile
@@ -25,6 +28,8 @@ from testprio.report import data as reportdata
 from tests.conftest import BUCKET, linear_classifier, write_pool
 from tests.reportkit import digits
 from tests.stagekit import run_stages
+
+REPO = Path(__file__).resolve().parents[1]
 
 OPS = '[{"op": "scale", "divide": 255}, {"op": "layout", "to": "NCHW"}]'
 CLASSES = [f"d{i}" for i in range(10)]
@@ -440,7 +445,60 @@ def task_json(sample_id, *choices) -> dict:
         (
             "columns.csv",
             "id,class\n1,2\n",
-            r"has no sample_id and label columns \(found: id, class\)",
+            r"none of the 2 columns in the header row of .*columns\.csv is named sample_id; ",
+        ),
+        (
+            "nolabel.csv",
+            "sample_id,klass\n{a},2\n",
+            r"none of the 2 columns in the header row of .*nolabel\.csv is named label; ",
+        ),
+        (
+            "types.json",
+            '[{"data": {"sample_id": {a}}, "annotations": 5}]',
+            r"task 1 \(sample {a}\) of .*types\.json has annotations that are not a list",
+        ),
+        (
+            "result.json",
+            '[{"data": {"sample_id": {a}}, "annotations": [{"result": "x"}]}]',
+            r"task 1 \(sample {a}\) of .*result\.json has an annotation whose result is not",
+        ),
+        (
+            "deep.json",
+            "[" * 50_000 + "]" * 50_000,
+            r"deep\.json cannot be read as a Label Studio export \(its values are nested too "
+            r"deeply\); export",
+        ),
+        (
+            "deeptask.json",
+            '[{"data": {"sample_id": {a}}, "x": ' + "[" * 50_000 + "]" * 50_000 + "}]",
+            r"deeptask\.json cannot be read as a Label Studio export \(its values are nested",
+        ),
+        (
+            "digits.json",
+            '[{"data": {"sample_id": ' + "9" * 5000 + "}}]",
+            r"digits\.json cannot be read as a Label Studio export \(a number has more than "
+            r"4,300 digits\)",
+        ),
+        (
+            "bigid.json",
+            '[{"data": {"sample_id": ' + "9" * 30 + '}, "label": "d1"}]',
+            r"task 1 of .*bigid\.json has the sample_id 9{30}, which is not a sample id \(a "
+            r"whole number from 0 to 9,223,372,036,854,775,807\)",
+        ),
+        (
+            "bigid.csv",
+            "sample_id,label\n" + "9" * 5000 + ",d1\n",
+            r"line 2 of .*bigid\.csv has the sample_id '9{50}\.\.\.', which is not a sample id",
+        ),
+        (
+            "biglabel.csv",
+            "sample_id,label\n{a}," + "7" * 5000 + "\n",
+            r"has the label 7{50}\.\.\., but run img has classes 0 to 9",
+        ),
+        (
+            "biglabel.json",
+            '[{"data": {"sample_id": {a}}, "label": ' + "7" * 30 + "}]",
+            r"has the label 7{30}, but run img has classes 0 to 9",
         ),
         (
             "notint.csv",
@@ -506,6 +564,110 @@ def test_bad_label_files_are_one_sentence(run_copy, tmp_path, name, content, mes
     assert str(caught.value).count(". ") == 0  # one sentence
     assert not storage.exists(labels.labels_uri(run_copy))
     assert "labelled" not in storage.read_json(run_copy.run_json)
+
+
+def test_a_csv_without_a_header_is_not_quoted_back(run_copy, tmp_path):
+    secret = tmp_path / "secret.env"
+    secret.write_text("API_TOKEN=s3cr3t-value,other\nmore=x\n")
+    link = tmp_path / "labels.csv"
+    os.symlink(secret, link)
+    with pytest.raises(TestprioError, match=r"none of the 2 columns in the header row") as caught:
+        labels.import_labels(run_copy, str(link))
+    assert "s3cr3t" not in str(caught.value) and "API_TOKEN" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["folder", "device", "fifo"])
+def test_a_label_file_that_is_no_regular_file_is_refused(run_copy, tmp_path, kind):
+    path = {"folder": tmp_path, "device": Path("/dev/zero"), "fifo": tmp_path / "pipe.csv"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    message = (
+        "is a folder;"
+        if kind == "folder"
+        else r"is not a regular file \(a device, pipe or socket\);"
+    )
+    with pytest.raises(TestprioError, match=rf"the label file {path} {message} give the"):
+        labels.import_labels(run_copy, str(path))
+    assert not storage.exists(labels.labels_uri(run_copy))
+
+
+def test_a_label_file_over_the_size_limit_is_refused(run_copy, tmp_path):
+    a = ranking_of(run_copy)[0]["sample_id"]
+    uri = write(tmp_path / "big.csv", "sample_id,label\n" + f"{a},d1\n" * 200_000)
+    with pytest.raises(
+        TestprioError,
+        match=r"big\.csv is larger than the limit of 1 MB for a labels file \([0-9,]+ bytes\); "
+        r"import it in parts or raise --max-file-mb",
+    ):
+        labels.import_labels(run_copy, uri, max_file_mb=1)
+    with pytest.raises(TestprioError, match=r"upload\.csv is larger than the limit of 1 MB"):
+        labels.import_labels(run_copy, "upload.csv", data=Path(uri).read_bytes(), max_file_mb=1)
+    assert labels.import_labels(run_copy, uri, max_file_mb=2).read == 1
+
+
+def test_cli_import_of_a_folder_is_one_sentence_and_takes_a_size(run_copy, tmp_path, capsys):
+    assert cli.main(["labels", "import", "--run", run_copy.uri, str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the label file {tmp_path} is a folder" in err[0]
+    a = ranking_of(run_copy)[0]["sample_id"]
+    uri = write(tmp_path / "l.csv", "sample_id,label\n" + f"{a},d1\n" * 100_000)
+    argv = ["labels", "import", "--run", run_copy.uri, uri, "--max-file-mb", "0.5"]
+    assert cli.main(argv) == 1
+    assert "raise --max-file-mb" in capsys.readouterr().err
+    from testprio.labels.readers import DEFAULT_MAX_FILE_MB
+
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    importing = commands["labels"]._subparsers._group_actions[0].choices["import"]
+    assert f"(default {DEFAULT_MAX_FILE_MB:g})" in " ".join(importing.format_help().split())
+
+
+# Peak RSS from VmHWM in a fresh process: before the import (run loaded) and after.
+_MEASURE_IMPORT = """
+import sys
+from testprio import labels
+layout = labels.open_run(sys.argv[1])
+def peak():
+    with open("/proc/self/status") as status:
+        fields = dict(line.split(":", 1) for line in status)
+    return int(fields["VmHWM"].split()[0]) // 1024
+from testprio.report import data as reportdata
+reportdata.load_run(layout)
+before = peak()
+labels.import_labels(layout, sys.argv[2])
+print(before, peak())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.parametrize("kind", ["json", "csv"])
+def test_import_memory_stays_within_a_few_times_the_file(run_copy, tmp_path, kind):
+    ids = [row["sample_id"] for row in ranking_of(run_copy)]
+    path = tmp_path / f"export.{kind}"
+    with open(path, "w") as handle:
+        if kind == "json":  # Label Studio's export: a task per sample, again and again
+            handle.write("[")
+            for number in range(120_000):
+                task = task_json(ids[number % len(ids)], "d1")
+                task["data"]["image"] = f"/data/upload/1/{number:08d}.png"
+                handle.write(("," if number else "") + json.dumps(task))
+            handle.write("]")
+        else:
+            handle.write("sample_id,label,rank,source\n")
+            for number in range(600_000):
+                handle.write(f"{ids[number % len(ids)]},d1,{number},cat/{number:07d}.png\n")
+    size_mb = path.stat().st_size / 2**20
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE_IMPORT, run_copy.uri, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, after = (int(value) for value in result.stdout.split()[-2:])
+    assert after - before < 5 * size_mb, (
+        f"importing a {size_mb:.0f} MB {kind} file raised peak RSS by {after - before} MB"
+    )
 
 
 def test_import_refuses_a_missing_file_and_a_non_run(run_copy, tmp_path):

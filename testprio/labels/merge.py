@@ -5,6 +5,7 @@ ids), merge it into ``{run}/labels.parquet`` and record the figures of the label
 from __future__ import annotations
 
 import re
+from array import array
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -22,7 +23,15 @@ from testprio.labels.formats import (
     imported_labels,
     labels_uri,
 )
-from testprio.labels.readers import LABEL_READERS, FileLabel, file_kind, read_text
+from testprio.labels.readers import (
+    DEFAULT_MAX_FILE_MB,
+    LABEL_READERS,
+    FileLabel,
+    file_kind,
+    is_blank,
+    read_file,
+    short,
+)
 from testprio.layout import RunLayout, record_in_run
 from testprio.log import get_logger
 from testprio.report import data as reportdata
@@ -67,62 +76,112 @@ def class_index(label: FileLabel, lookup: dict[str, int], count: int, run_id: st
     value = label.value
     if isinstance(value, str) and value.strip() in lookup:
         return lookup[value.strip()]
-    text = str(value).strip()
+    text = value.strip() if isinstance(value, str) else str(value)
     if not isinstance(value, bool) and re.fullmatch(r"-?\d+", text):
-        index = int(text)
-        if 0 <= index < count:
+        # Past 18 digits no class index is meant, and int() refuses 4,300 digits and more.
+        index = int(text) if len(text) <= 19 else None
+        if index is not None and 0 <= index < count:
             return index
         raise TestprioError(
-            f"{label.where} (sample {label.sample_id}) of {uri} has the label {index}, but "
-            f"run {run_id} has classes 0 to {count - 1}; use a class index in that range or "
-            "a class name."
+            f"{label.where} (sample {label.sample_id}) of {uri} has the label "
+            f"{short(text, 53)}, but run {run_id} has classes 0 to {count - 1}; use a class "
+            "index in that range or a class name."
         )
     shown = ", ".join(list(lookup)[:12]) + (", ..." if len(lookup) > 12 else "")
     raise TestprioError(
-        f"{label.where} (sample {label.sample_id}) of {uri} has the label '{value}', which "
-        f"is not a class of run {run_id}; use one of its class names ({shown}) or a class index."
+        f"{label.where} (sample {label.sample_id}) of {uri} has the label "
+        f"'{short(text, 53)}', which is not a class of run {run_id}; use one of its class "
+        f"names ({shown}) or a class index."
     )
 
 
+class _Entries:
+    """The labelled entries of a file as three compact arrays (sample id, class index, and
+    line or task number: 20 bytes an entry), not a Python object each."""
+
+    def __init__(self) -> None:
+        self.ids = array("q")
+        self.classes = array("i")
+        self.numbers = array("q")
+
+    def add(self, sample_id: int, index: int, number: int) -> None:
+        self.ids.append(sample_id)
+        self.classes.append(index)
+        self.numbers.append(number)
+
+    def first_conflict(self) -> tuple[int, int, int, int, int] | None:
+        """The earliest entry (in file order) whose label differs from its sample's first:
+        ``(sample_id, first class, its number, other class, its number)``, or None."""
+        ids = np.frombuffer(self.ids, dtype=np.int64)
+        classes = np.frombuffer(self.classes, dtype=np.dtype(f"i{self.classes.itemsize}"))
+        numbers = np.frombuffer(self.numbers, dtype=np.int64)
+        order = np.lexsort((numbers, ids))  # by sample, then file order
+        ids, classes, numbers = ids[order], classes[order], numbers[order]
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        first = np.repeat(starts, np.diff(np.r_[starts, len(ids)]))
+        differs = np.flatnonzero(classes != classes[first])
+        if not len(differs):
+            return None
+        at = differs[np.argmin(numbers[differs])]
+        head = first[at]
+        return (int(ids[at]), int(classes[head]), int(numbers[head]), int(classes[at]),
+                int(numbers[at]))  # fmt: skip
+
+    def labels(self) -> dict[int, int]:
+        """``{sample_id: class index}`` (no conflicts left: one label a sample)."""
+        ids = np.frombuffer(self.ids, dtype=np.int64)
+        classes = np.frombuffer(self.classes, dtype=np.dtype(f"i{self.classes.itemsize}"))
+        unique, where = np.unique(ids, return_index=True)
+        return dict(zip(unique.tolist(), classes[where].tolist(), strict=True))
+
+
 def read_label_file(
-    layout: RunLayout, uri: str, *, data: bytes | None = None
+    layout: RunLayout,
+    uri: str,
+    *,
+    data: bytes | None = None,
+    max_file_mb: float = DEFAULT_MAX_FILE_MB,
 ) -> tuple[dict[int, int], int]:
     """``{sample_id: class index}`` from a Label Studio JSON export or a CSV, and how many
     tasks or rows had no label. Checks classes, duplicates and sample ids against the run.
 
     ``data``: the file's bytes when it is stored nowhere (an upload); ``uri`` then only
-    names it (its extension says JSON or CSV)."""
+    names it (its extension says JSON or CSV). Either way at most ``max_file_mb`` MB, read
+    an entry at a time."""
     details = reportdata.load_run(layout)
     if details.summary is None:
         raise TestprioError(
             f"{layout.uri} has no ranking yet, so labels cannot be checked against it; let "
             "the run finish its rank stage first."
         )
-    text = read_text(uri, data)
-    if not text.strip():
+    data = read_file(uri, data, max_file_mb=max_file_mb)
+    if is_blank(data):
         raise TestprioError(f"{uri} is empty; give a Label Studio JSON export or a CSV.")
-    entries, skipped = LABEL_READERS[file_kind(uri, text)](uri, text)
     lookup = class_lookup(details)
     count = len(choice_names(details))
-    labels: dict[int, int] = {}
-    first_where: dict[int, str] = {}
-    for entry in entries:
-        index = class_index(entry, lookup, count, layout.run_id, uri)
-        previous = labels.get(entry.sample_id)
-        if previous is not None and previous != index:
-            names = choice_names(details)
-            raise TestprioError(
-                f"sample {entry.sample_id} has two different labels in {uri} "
-                f"({names[previous]} at {first_where[entry.sample_id]}, {names[index]} at "
-                f"{entry.where}); keep one of them."
-            )
-        labels[entry.sample_id] = index
-        first_where.setdefault(entry.sample_id, entry.where)
-    if not labels:
+    entries, skipped, unit = _Entries(), 0, "line"
+    for entry in LABEL_READERS[file_kind(uri, data)](uri, data):
+        unit = entry.unit
+        if entry.value is None:
+            skipped += 1
+            continue
+        entries.add(entry.sample_id, class_index(entry, lookup, count, layout.run_id, uri),
+                    entry.number)  # fmt: skip
+    if not entries.ids:
         raise TestprioError(
             f"{uri} holds no labels ({skipped:,} tasks or rows without one); label some "
             "samples first."
         )
+    conflict = entries.first_conflict()
+    if conflict is not None:
+        sample_id, first, first_number, other, number = conflict
+        names = choice_names(details)
+        raise TestprioError(
+            f"sample {sample_id} has two different labels in {uri} ({names[first]} at "
+            f"{unit} {first_number}, {names[other]} at {unit} {number}); keep one of them."
+        )
+    labels = entries.labels()
+    del entries
     ranked = storage.read_table(layout.ranking, columns=["sample_id"]).column("sample_id")
     wanted = np.fromiter(labels, dtype=np.int64, count=len(labels))
     unknown = wanted[~np.isin(wanted, ranked.to_numpy())]
@@ -159,14 +218,21 @@ def labelled_figures(layout: RunLayout, labels: dict[int, int]) -> dict:
     }
 
 
-def import_labels(layout: RunLayout, uri: str, *, data: bytes | None = None) -> ImportResult:
+def import_labels(
+    layout: RunLayout,
+    uri: str,
+    *,
+    data: bytes | None = None,
+    max_file_mb: float = DEFAULT_MAX_FILE_MB,
+) -> ImportResult:
     """Merge the labels of ``uri`` into ``{run}/labels.parquet``; record figures in run.json.
 
     A label for a sample that already has one replaces it. Nothing is written when the file
     has any problem. ``data``: the file's bytes when it is stored nowhere (an upload in the
-    report app); ``uri`` is then its name, for messages and the record.
+    report app); ``uri`` is then its name, for messages and the record. ``max_file_mb``:
+    the largest file read (``--max-file-mb``).
     """
-    labels, skipped = read_label_file(layout, uri, data=data)
+    labels, skipped = read_label_file(layout, uri, data=data, max_file_mb=max_file_mb)
     before = imported_labels(layout)
     now = datetime.now(timezone.utc)
     previous_times: dict[int, Any] = {}
