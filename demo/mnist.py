@@ -18,6 +18,8 @@ import numpy as np
 SIZES = {"train": 500, "pool": 2500, "test": 2000}
 EPOCHS = 13  # 500 samples: ~87% test accuracy, so the pool keeps ~330 mistakes to find
 IMAGE = (1, 28, 28)
+# How mnist_splits draws; a model saved by another version is trained again, not reused.
+SPLITS_VERSION = 2  # 2: each split in its permutation's order (1: sorted by row)
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,7 +95,12 @@ def train_and_save(
     paths = {name: out / f"{name}.npz" for name in ("train", "pool", "test")}
     paths["model"] = out / "model.pt"
     stamp = out / "inputs.json"
-    wanted = {"seed": seed, "epochs": epochs, "sizes": dict(SIZES if sizes is None else sizes)}
+    wanted = {
+        "seed": seed,
+        "epochs": epochs,
+        "sizes": dict(SIZES if sizes is None else sizes),
+        "splits": SPLITS_VERSION,
+    }
     if stamp.exists() and all(path.exists() for path in paths.values()):
         recorded = json.loads(stamp.read_text())
         if recorded["settings"] == wanted:
