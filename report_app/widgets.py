@@ -121,6 +121,21 @@ def table_height(rows: int, *, most: int = 12) -> int:
     return 38 + 35 * max(1, min(rows, most))
 
 
+# The view size Altair's default theme adds to every specification; Streamlit sizes charts.
+ALTAIR_DEFAULT_VIEW = {"continuousWidth": 300, "continuousHeight": 300}
+
+
 def chart(spec) -> None:
-    """An Altair chart as wide as its column."""
-    st.altair_chart(spec, width="stretch")
+    """An Altair chart as wide as its column.
+
+    Converted here without Altair's check against the Vega-Lite schema, which
+    ``st.altair_chart`` runs on every script run (about 0.2 s a chart on a busy 2-core
+    machine: most of a tab's time); tests/test_app.py checks every chart the pages send.
+    The charts carry their data inline, so no data transformer is involved."""
+    vega = spec.to_dict(validate=False)
+    config = vega.get("config") or {}
+    if config.get("view") == ALTAIR_DEFAULT_VIEW:
+        del config["view"]
+        if not config:
+            vega.pop("config")
+    st.vega_lite_chart(vega, width="stretch")

@@ -215,6 +215,40 @@ def select_runs(app: AppTest, *, rows=(), cell: int | None = None) -> AppTest:
     return app
 
 
+def vega_lite_problems(app: AppTest) -> list[str]:
+    """What is wrong, against the Vega-Lite schema, with each chart the page sent (the app
+    converts charts without Altair's check, so this is where they are checked)."""
+    import jsonschema
+    from altair.vegalite.v6.schema.core import load_schema  # the schema Altair carries
+
+    validator = jsonschema.Draft7Validator(load_schema())
+    problems = []
+    for element in app.get("vega_lite_chart"):
+        spec = json.loads(element.proto.spec)
+        spec.setdefault("data", {"name": "sent apart"})  # Streamlit sends the data as Arrow
+        error = jsonschema.exceptions.best_match(validator.iter_errors(spec))
+        if error is not None:
+            problems.append(f"{spec.get('title')}: {error.message} at {list(error.path)}")
+    return problems
+
+
+def test_every_chart_the_pages_send_is_valid_vega_lite(monkeypatch, local_runs, eval_runs):
+    checked = 0
+    app = open_app(monkeypatch, local_runs, page="run", run="labeled")
+    for name in RUN_TABS:
+        open_tab(app, name)
+        assert vega_lite_problems(app) == [], name
+        checked += len(app.get("vega_lite_chart"))
+    for root, query in [
+        (local_runs, {"page": "compare", "a": "labeled", "b": "entropy"}),
+        (eval_runs, {"page": "evaluation", "run": "evaluation"}),
+    ]:
+        app = open_app(monkeypatch, root, **query)
+        assert vega_lite_problems(app) == [], query
+        checked += len(app.get("vega_lite_chart"))
+    assert checked >= 13
+
+
 def test_clicking_a_run_in_the_table_opens_it(monkeypatch, local_runs):
     app = open_app(monkeypatch, local_runs)
     row = list(app.dataframe[0].value["run_id"]).index("rgb")

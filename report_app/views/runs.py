@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from report_app.widgets import esc, open_page, request_open, show_error
+from report_app.widgets import esc, open_page, request_open, show_error, table_height
 from testprio.report import data as reportdata
 
 TABLE_KEY = "runs-table"
@@ -113,6 +113,7 @@ def runs_page(root: str, rows: list[dict]) -> None:
     event = st.dataframe(
         pd.DataFrame(view.rows, columns=list(reportdata.RUNS_TABLE_COLUMNS)),
         hide_index=True,
+        height=table_height(len(view.rows), most=20),
         column_order=view.columns,
         column_config=column_config(),
         key=TABLE_KEY,
