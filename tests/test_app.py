@@ -1075,6 +1075,45 @@ BUDGET_POINTS_CAPTION = (
 )
 
 
+def test_nine_prioritizers_get_a_retraining_panel_each_with_random_in_every_one(
+    monkeypatch, own_eval_root
+):
+    path = own_eval_root / "evaluation" / "evaluation.json"
+    evaluation = json.loads(path.read_text())
+    for copy in range(5):  # nine prioritizers in all, random among them
+        evaluation["prioritizers"][f"gini-{copy}"] = evaluation["prioritizers"]["gini"]
+    path.write_text(json.dumps(evaluation))
+    app = open_app(monkeypatch, str(own_eval_root), page="evaluation", run="evaluation")
+    assert not app.error
+    charts = vega_charts(app)
+    assert "Accuracy gain after retraining" not in charts
+    rows = charts["Accuracy gain after retraining, one panel per prioritizer"]
+    names = [name for name in evaluation["prioritizers"] if name != "random"]
+    assert {row["panel"] for row in rows} == set(names)
+    for name in names:  # its own line, and random's to compare with
+        panel = [row for row in rows if row["panel"] == name]
+        assert {row["prioritizer"] for row in panel} == {name, "random"}
+        assert {row["line"] for row in panel} == {"this prioritizer", "random (in every panel)"}
+    significant = {
+        (name, row["budget"]): row["vs_random"]["significant"]
+        for name, entry in evaluation["prioritizers"].items()
+        if name != "random"
+        for row in entry["retrain"]
+    }
+    for row in rows:
+        if row["line"] == "this prioritizer":
+            beats = row["verdict"] == "beats random (Holm p < 0.05)"
+            assert beats == significant[(row["prioritizer"], row["budget"])]
+    assert vega_lite_problems(app) == []
+    # Every legend names random: the prioritizer's line and the dashed reference apart.
+    spec = next(
+        json.loads(c.proto.spec)
+        for c in app.get("vega_lite_chart")
+        if "Fault-detection curves" in c.proto.spec
+    )
+    assert "random order, expected" in json.dumps(spec)
+
+
 def test_an_evaluation_written_before_curves_shows_the_budget_points(monkeypatch, own_eval_root):
     path = own_eval_root / "evaluation" / "evaluation.json"
     evaluation = json.loads(path.read_text())

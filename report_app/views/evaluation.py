@@ -22,6 +22,8 @@ RETRAINING_SCOPE = {
     "pytorch": "Whole-model retraining: every layer of the PyTorch model was fine-tuned.",
     "tensorflow": "Whole-model retraining: every layer of the Keras model was fine-tuned.",
 }
+# Prioritizers (random included) whose retraining gains share one chart; more get a panel each.
+OVERLAID_MOST = 4
 # Said under the budget-points chart of an evaluation written before curves were kept.
 FAULT_POINTS_TEXT = (
     "This evaluation.json was written before evaluations kept each prioritizer's curve: it "
@@ -207,16 +209,28 @@ def retraining_section(view: dict) -> None:
             "training data plus each prioritizer's top b% with their labels, once per seed."
         )
     )
-    left, right = st.columns(2)
-    with left:
-        chart(charts.retraining_gain(view["retrain"]))
-    with right:
+    if len({row["prioritizer"] for row in view["retrain"]}) > OVERLAID_MOST:
+        # Many lines with their bands on one chart hide each other: a panel each.
+        chart(charts.retraining_gain_panels(view["retrain"], view["vs_random"]))
         st.caption(
             esc(
-                "Accuracy after retraining minus the baseline accuracy (dashed at 0); band: "
-                f"the interval over seeds ({retraining['interval']})."
+                "Accuracy after retraining minus the baseline accuracy (dotted at 0) for each "
+                "prioritizer, with random's dashed in every panel; band: the interval over "
+                f"seeds ({retraining['interval']}); a filled point: it beats random at that "
+                "budget (see Against random)."
             )
         )
+    else:
+        left, right = st.columns(2)
+        with left:
+            chart(charts.retraining_gain(view["retrain"]))
+        with right:
+            st.caption(
+                esc(
+                    "Accuracy after retraining minus the baseline accuracy (dashed at 0); "
+                    f"band: the interval over seeds ({retraining['interval']})."
+                )
+            )
     st.dataframe(
         view["retrain"],
         hide_index=True,

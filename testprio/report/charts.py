@@ -13,6 +13,18 @@ import altair as alt
 WIDTH = 520
 HEIGHT = 240
 ORDER_COLORS = {"ranking": "#d62728", "random": "#7f7f7f", "ideal": "#2ca02c"}
+# The dashed reference orders as their legends name them (a Vega expression).
+REFERENCE_LABELS = (
+    "datum.label == 'random' ? 'random order, expected' : "
+    "datum.label == 'ideal' ? 'ideal order' : datum.label"
+)
+
+
+def _height_for_legends(*entries: int) -> int:
+    """A chart's height that shows every entry of its legends (stacked on the right, about
+    24 pixels an entry and 40 a title): the app fits a chart into its height, and a legend
+    taller than that is cut off at the bottom."""
+    return max(HEIGHT, sum(24 * count + 40 for count in entries))
 
 
 def _data(rows: list[dict]) -> alt.Data:
@@ -353,8 +365,9 @@ def fault_detection_curves(rows: list[dict], references: list[dict]) -> alt.Laye
                     domain=["random", "ideal"],
                     range=[ORDER_COLORS["random"], ORDER_COLORS["ideal"]],
                 ),
-                title="reference",
-                legend=alt.Legend(symbolDash=[4, 3]),
+                title="reference (dashed)",
+                # Named apart from the random prioritizer's own line (the mean over seeds).
+                legend=alt.Legend(symbolDash=[4, 3], labelExpr=REFERENCE_LABELS),
             ),
         )
     )
@@ -373,10 +386,15 @@ def fault_detection_curves(rows: list[dict], references: list[dict]) -> alt.Laye
         )
     )
     # Two colour scales, two legends: the references never take a prioritizer's colour.
+    prioritizers = len({row["prioritizer"] for row in rows})
     return (
         alt.layer(lines, dashed)
         .resolve_scale(color="independent")
-        .properties(title="Fault-detection curves", width=WIDTH, height=HEIGHT)
+        .properties(
+            title="Fault-detection curves",
+            width=WIDTH,
+            height=_height_for_legends(prioritizers, 2),
+        )
     )
 
 
@@ -404,15 +422,30 @@ def faults_at_budgets(rows: list[dict]) -> alt.LayerChart:
             ],
         )
     )
+    reference = [{"budget": 0.0, "share": 0.0}, {"budget": top, "share": top / 100}]
     expected = (
-        alt.Chart(_data([{"budget": 0.0, "share": 0.0}, {"budget": top, "share": top / 100}]))
-        .mark_line(color=ORDER_COLORS["random"], strokeDash=[4, 3])
-        .encode(x="budget:Q", y="share:Q")
+        alt.Chart(_data([{**point, "order": "random"} for point in reference]))
+        .mark_line(strokeDash=[4, 3])
+        .encode(
+            x="budget:Q",
+            y="share:Q",
+            color=alt.Color(
+                "order:N",
+                scale=alt.Scale(domain=["random"], range=[ORDER_COLORS["random"]]),
+                title="reference (dashed)",
+                legend=alt.Legend(symbolDash=[4, 3], labelExpr=REFERENCE_LABELS),
+            ),
+        )
     )
-    return (expected + lines).properties(
-        title="Faults found at each budget",
-        width=WIDTH,
-        height=HEIGHT,
+    # Two colour scales, two legends: the reference never takes a prioritizer's colour.
+    return (
+        alt.layer(lines, expected)
+        .resolve_scale(color="independent")
+        .properties(
+            title="Faults found at each budget",
+            width=WIDTH,
+            height=_height_for_legends(len({row["prioritizer"] for row in rows}), 1),
+        )
     )
 
 
@@ -452,4 +485,90 @@ def retraining_gain(rows: list[dict]) -> alt.LayerChart:
         title="Accuracy gain after retraining",
         width=WIDTH,
         height=HEIGHT,
+    )
+
+
+# The lines of each retraining panel, as the legend names them.
+OWN_LINE, RANDOM_LINE = "this prioritizer", "random (in every panel)"
+BEATS, NOT_SHOWN = "beats random (Holm p < 0.05)", "not shown to beat random"
+PANEL_WIDTH, PANEL_HEIGHT = 190, 110
+
+
+def retraining_gain_panels(
+    rows: list[dict], vs_random: list[dict] | None = None, *, columns: int = 4
+) -> alt.FacetChart:
+    """The accuracy gain after retraining as small multiples, readable with many
+    prioritizers: one panel per prioritizer (``evaluation_view``'s ``retrain`` rows) with its
+    gain and 95% band, random's gain dashed in every panel to compare against, and the
+    baseline (0) as a rule. With ``vs_random`` rows (prioritizer, budget, significant), a
+    filled point marks a budget where the prioritizer beats random, a hollow one where it was
+    not shown to."""
+    names = [name for name in dict.fromkeys(row["prioritizer"] for row in rows) if name != "random"]
+    names = names or ["random"]
+    beats = {(row["prioritizer"], row["budget"]) for row in vs_random or [] if row["significant"]}
+    tested = bool(vs_random)
+    data = [
+        {
+            **row,
+            "panel": name,
+            "line": OWN_LINE if row["prioritizer"] == name else RANDOM_LINE,
+            "verdict": BEATS if (row["prioritizer"], row["budget"]) in beats else NOT_SHOWN,
+        }
+        for name in names
+        for row in rows
+        if row["prioritizer"] in (name, "random")
+    ]
+    x = alt.X("budget:Q", title="budget (% labelled)")
+    line_color = alt.Color(
+        "line:N",
+        scale=alt.Scale(domain=[OWN_LINE, RANDOM_LINE], range=["#4c78a8", ORDER_COLORS["random"]]),
+        title="line",
+    )
+    base = alt.Chart()
+    band = (
+        base.transform_filter(alt.datum.line == OWN_LINE)
+        .mark_area(opacity=0.2, color="#4c78a8")
+        .encode(x=x, y=alt.Y("gain_low:Q", title="accuracy gain"), y2="gain_high:Q")
+    )
+    lines = base.mark_line().encode(
+        x=x,
+        y="gain:Q",
+        color=line_color.legend(labelLimit=0),
+        strokeDash=alt.StrokeDash(  # one legend with the colour: the same field and title
+            "line:N",
+            scale=alt.Scale(domain=[OWN_LINE, RANDOM_LINE], range=[[1, 0], [4, 3]]),
+            title="line",
+        ),
+    )
+    points = (
+        base.transform_filter(alt.datum.line == OWN_LINE)
+        .mark_point(size=40, color="#4c78a8")
+        .encode(
+            x=x,
+            y="gain:Q",
+            fill=alt.Fill(
+                "verdict:N",
+                scale=alt.Scale(domain=[BEATS, NOT_SHOWN], range=["#4c78a8", "white"]),
+                title="point",
+                legend=alt.Legend(labelLimit=0),  # the whole verdict, not cut at 160 px
+            )
+            if tested
+            else alt.value("#4c78a8"),  # a version 1 file: nothing was tested
+            tooltip=[
+                "prioritizer:N",
+                alt.Tooltip("budget:Q", title="budget %"),
+                alt.Tooltip("gain:Q", format="+.4f", title="gain"),
+                alt.Tooltip("gain_low:Q", format="+.4f", title="95% CI low"),
+                alt.Tooltip("gain_high:Q", format="+.4f", title="95% CI high"),
+                "verdict:N",
+            ],
+        )
+    )
+    zero = base.mark_rule(strokeDash=[2, 2], color="#333333").encode(y=alt.datum(0))
+    return (
+        alt.layer(band, lines, points, zero, data=_data(data))
+        .properties(width=PANEL_WIDTH, height=PANEL_HEIGHT)
+        .facet(facet=alt.Facet("panel:N", title=None, sort=names), columns=columns)
+        .resolve_scale(y="shared")
+        .properties(title="Accuracy gain after retraining, one panel per prioritizer")
     )
