@@ -48,7 +48,7 @@ SORT_KEY = "testprio_sort_key"
 # What the process itself uses while it ranks, beside DuckDB's own memory (a shard's batch
 # being read and converted, the ranking row group being encoded, Arrow's pools): DuckDB's
 # limit is the setting less this and the memory the process already holds when it starts.
-WORKING_MB = 160
+WORKING_MB = 192
 # DuckDB needs a few blocks per thread to merge its sorted runs.
 DUCKDB_MINIMUM_MB = 64
 MAX_THREADS = 4
@@ -89,7 +89,8 @@ def _connect(memory_mb: int, folder: str):
     import duckdb
 
     limit = duckdb_memory_mb(memory_mb)
-    threads = max(1, min(MAX_THREADS, len(os.sched_getaffinity(0))))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, min(MAX_THREADS, cores or 1))
     log.info("rank: sorting out of core in %s MiB (DuckDB, %s threads)", limit, threads)
     return duckdb.connect(
         config={
@@ -127,7 +128,6 @@ class _Pass:
     high: float = -np.inf
     done: bool = False
     error: BaseException | None = None
-    labelled: int = 0
     _writer: pq.ParquetWriter | None = field(default=None, repr=False)
 
     @property
@@ -187,7 +187,6 @@ class _Pass:
         labels = pc.fill_null(label, UNKNOWN_LABEL).to_numpy()
         wrong = labels != batch.column("predicted").to_numpy()
         code = np.where(known, np.where(wrong, FAULT, RIGHT), UNLABELLED).astype(np.int8)
-        self.labelled += int(known.sum())
         arrays = [batch.column("sample_id"), pa.array(code)]
         arrays += [batch.column(name) for name in self.others]
         self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.others_schema))
@@ -299,22 +298,41 @@ def _summary_columns(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
     return columns
 
 
-def _labelled_positions(con, others_path: str, column: str, kind: pa.DataType) -> tuple:
-    """``(labelled, faults, sum of the faults' 0-based positions)`` in ``column``'s order."""
+# Whole numbers up to this size are exact as float32: sorted as float32, equal ones are
+# neighbours, so their spread can be counted from the sorted order.
+EXACT_FLOAT32_INTEGERS = 2**24
+
+
+def _other_figures(con, others_path: str, column: str, kind: pa.DataType, samples: int) -> dict:
+    """``{"apfd", **spread}`` of another score prioritizer: its rows sorted as the ranking
+    would be (the faults' positions among the labelled ones give APFD, runs of equal values
+    the spread), in one sort of the scratch file."""
+    source = _parquet_sql(others_path)
+    exact = _is_float(kind)
+    if not exact:
+        (largest,) = con.sql(f'SELECT max(abs("{column}")) FROM {source}').fetchone()
+        exact = (largest or 0) <= EXACT_FLOAT32_INTEGERS
     result = con.sql(
-        f"SELECT code FROM {_parquet_sql(others_path)} WHERE code > {UNLABELLED} "
-        f"ORDER BY {_order_sql(column, kind)} DESC, sample_id"
+        f'SELECT code, "{column}" FROM {source} ORDER BY {_order_sql(column, kind)} DESC, sample_id'
     ).to_arrow_reader(ranking_file.RANKING_ROW_GROUP)
     seen = faults = position_sum = 0
+    spread = _Spread()
     for batch in result:
-        fault = np.flatnonzero(batch.column(0).to_numpy() == FAULT)
+        code = batch.column(0).to_numpy()
+        labelled = code[code != UNLABELLED]
+        fault = np.flatnonzero(labelled == FAULT)
         position_sum += int(fault.sum()) + seen * len(fault)
         faults += len(fault)
-        seen += batch.num_rows
-    return seen, faults, position_sum
+        seen += len(labelled)
+        if exact:
+            spread.add(batch.column(1).to_numpy().astype(np.float64, copy=False))
+    figures = {"apfd": apfd_of_positions(seen, faults, position_sum)}
+    figures.update(spread.figures(samples) if exact else _spread(con, others_path, column, samples))
+    return figures
 
 
 def _spread(con, others_path: str, column: str, samples: int) -> dict:
+    """``score_spread``'s figures by ``GROUP BY`` value (whole numbers past float32's)."""
     distinct, modal = con.sql(
         "SELECT count(*), max(n) FROM "
         f'(SELECT count(*) AS n FROM {_parquet_sql(others_path)} GROUP BY "{column}")'
@@ -400,11 +418,7 @@ def rank_bounded(
                         else _spread(con, feed.others_path, column, feed.rows)
                     )
                 else:
-                    labelled, faults, positions = _labelled_positions(
-                        con, feed.others_path, column, kind
-                    )
-                    figure = {"apfd": apfd_of_positions(labelled, faults, positions)}
-                    figure.update(_spread(con, feed.others_path, column, feed.rows))
+                    figure = _other_figures(con, feed.others_path, column, kind, feed.rows)
                 figures[column] = figure
         except Exception as exc:
             if feed.error is not None:  # a shard could not be read: its own sentence

@@ -369,6 +369,13 @@ def test_summary_compares_every_prioritizer_by_apfd(prioritized_runs, hidden_dig
         assert summary["prioritizers"][name]["apfd"] == apfd(wrong)
     # The ranking's own APFD is the chosen prioritizer's.
     assert summary["labels"]["apfd"] == summary["prioritizers"]["dsa"]["apfd"]
+    # Each one's spread, counted from its sorted order, is np.unique's over the pool.
+    from testprio.summary import score_spread
+
+    table = ranking(prioritized_runs[134])
+    for name, entry in summary["prioritizers"].items():
+        expected = score_spread(table.column(entry["column"]).to_numpy())
+        assert {key: entry[key] for key in expected} == expected, name
     metamorphic = summary["metamorphic"]
     assert metamorphic["followups"] == 3 and metamorphic["rows"] == 3 * 400
     assert {e["transform"] for e in metamorphic["attribution"]["effects"]} == set(
