@@ -10,13 +10,14 @@ float columns as their int32 bits, so every value comes out bit for bit as it we
 float payload would lose the sign of -0.0).
 
 Everything else that needs the whole pool comes from counts or from one more sort each:
-the APFD of every other score prioritizer (its labelled rows sorted the same way, its faults'
-positions summed) and each one's spread (``GROUP BY`` value), from a scratch file of the
-columns they need written during the first pass. CAM prioritizers stay in memory
-(``rank_memory.cam_figures``).
+every other score prioritizer's rows, from a scratch file of the columns they need written
+during the first pass, sorted the same way give its APFD (the faults' positions among the
+labelled rows, summed) and its spread (runs of equal values). CAM prioritizers stay in
+memory (``rank_memory.cam_figures``).
 
 Scratch: a ``testprio-rank-*`` folder in the local temp directory (``TMPDIR``), removed when
-the stage ends, on success or failure.
+the stage ends, on success or failure (not when the process is killed: a cluster pod's
+ephemeral storage goes with it). About 75 bytes per sample at its peak.
 """
 
 from __future__ import annotations
