@@ -41,6 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -316,29 +317,26 @@ def _children(pid: int) -> list[int]:
     return []
 
 
-# Counts the script runs of a page (each start of one), so that a navigation waits for the
-# run it caused, not for the state the page was in before the click.
-WATCH_RUNS = """() => {
-  window.__runs = 0;
-  const app = document.querySelector('.stApp');
-  new MutationObserver(() => {
-    if (app.getAttribute('data-test-script-state') === 'running') window.__runs += 1;
-  }).observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
-}"""
-AFTER_RUN = (
-    "([runs, texts, charts, images]) => window.__runs > runs && ("
-    + READY
-    + ")([texts, charts, images])"
-)
-
-
 def _navigate(page, click, texts: list[str], charts: int, images: int) -> float:
-    """Seconds from ``click()`` (a click in the open app) until the page it opens is open."""
-    runs = page.evaluate("() => window.__runs")
+    """Seconds from ``click()`` (a click in the open app) until the page it opens is open.
+    Its texts are not on the page before the click, so their coming marks the new run."""
+    for text in texts:
+        if page.evaluate("text => document.body.innerText.includes(text)", text):
+            raise RuntimeError(f"'{text}' is on the page before the click")
     started = time.perf_counter()
     click()
-    page.wait_for_function(AFTER_RUN, arg=[runs, texts, charts, images], timeout=90_000, polling=20)
+    page.wait_for_function(READY, arg=[texts, charts, images], timeout=90_000, polling=20)
     return time.perf_counter() - started
+
+
+def _wait_for_text(page, text: str) -> None:
+    page.wait_for_function(
+        "text => document.querySelector('.stApp')?.getAttribute('data-test-script-state')"
+        " === 'notRunning' && document.body.innerText.includes(text)",
+        arg=text,
+        timeout=90_000,
+        polling=20,
+    )
 
 
 def _open(browser, url: str, texts: list[str], charts: int, images: int) -> float:
@@ -366,18 +364,12 @@ def _radio(page, label: str):
     )
 
 
-def _search(page, text: str) -> list[str]:
-    """On the Runs page: search for ``text``; the names of the runs the table then shows."""
+def _search(page, text: str, matching: int) -> list[str]:
+    """On the Runs page: search for ``text`` (``matching`` runs); the names the table shows."""
     box = page.get_by_role("textbox", name="Search runs")
     box.fill(text)
-    runs = page.evaluate("() => window.__runs")
     box.press("Enter")
-    page.wait_for_function(
-        "([runs]) => window.__runs > runs && document.querySelector('.stApp')"
-        ".getAttribute('data-test-script-state') === 'notRunning'",
-        arg=[runs],
-        timeout=90_000,
-    )
+    _wait_for_text(page, f"{matching} of ")
     page.wait_for_timeout(300)  # the grid draws its rows after the run
     return page.eval_on_selector_all(
         '[data-testid^="glide-cell-1-"]', "cells => cells.map(cell => cell.textContent)"
@@ -390,17 +382,6 @@ def _runs_cell(page, row: int, *, tick: bool = False) -> tuple[float, float]:
     return grid["x"] + (16 if tick else 73), grid["y"] + 35 + row * 35 + 17
 
 
-def _tick(page, names: list[str], name: str) -> None:
-    runs = page.evaluate("() => window.__runs")
-    page.mouse.click(*_runs_cell(page, names.index(name), tick=True))
-    page.wait_for_function(
-        "([runs]) => window.__runs > runs && document.querySelector('.stApp')"
-        ".getAttribute('data-test-script-state') === 'notRunning'",
-        arg=[runs],
-        timeout=90_000,
-    )
-
-
 def time_in_app(browser, base: str, samples: int, runs: int, repeats: int) -> list[dict]:
     """Each page and Run tab reached by a click in one open app, ``1 + repeats`` rounds; the
     first round fills the caches and is not counted. Searching and ticking runs on the Runs
@@ -408,7 +389,6 @@ def time_in_app(browser, base: str, samples: int, runs: int, repeats: int) -> li
     page = browser.new_page(viewport=VIEWPORT)
     page.goto(f"{base}/?page=labels&run=bench-gini")
     page.wait_for_function(READY, arg=[["export.zip"], 0, 0], timeout=180_000)
-    page.evaluate(WATCH_RUNS)
     big = f"({samples:,} samples)"
     found: dict[str, list[str]] = {}
 
@@ -416,12 +396,14 @@ def time_in_app(browser, base: str, samples: int, runs: int, repeats: int) -> li
         return lambda: page.get_by_role("tab", name=name, exact=True).click()
 
     def tick_both() -> None:
-        names = _search(page, "bench-")
-        for name in ("bench-gini", "bench-entropy"):
-            _tick(page, names, name)
+        names = _search(page, "bench-", 2)
+        page.mouse.click(*_runs_cell(page, names.index("bench-gini"), tick=True))
+        _wait_for_text(page, "Tick a second run")
+        page.mouse.click(*_runs_cell(page, names.index("bench-entropy"), tick=True))
+        _wait_for_text(page, "Compare bench-")
 
     def find_big() -> None:
-        found["names"] = _search(page, "bench-gini")
+        found["names"] = _search(page, "bench-gini", 1)
 
     steps = [
         (f"Runs page ({runs} runs)", _radio(page, "Runs"), ["Click a run to open it"], 0, 0),
@@ -434,7 +416,7 @@ def time_in_app(browser, base: str, samples: int, runs: int, repeats: int) -> li
             0,
         ),
         ("Evaluation page (digits)", _radio(page, "Evaluation"), ["Prioritizers"], 3, 0),
-        (None, _radio(page, "Runs"), ["Click a run to open it"], 0, 0),
+        (None, lambda: (_radio(page, "Runs")(), _wait_for_text(page, "Click a run")), None, 0, 0),
         (None, find_big, None, 0, 0),
         (
             f"Run page, Overview tab, by a click on the run in Runs {big}",
@@ -462,7 +444,11 @@ def time_in_app(browser, base: str, samples: int, runs: int, repeats: int) -> li
             if texts is None:
                 action()
                 continue
-            seconds = _navigate(page, action, texts, charts, images)
+            try:
+                seconds = _navigate(page, action, texts, charts, images)
+            except Exception as exc:
+                page.screenshot(path=str(Path(tempfile.gettempdir()) / "report-bench-stuck.png"))
+                raise RuntimeError(f"{name}: did not open ({exc.__class__.__name__})") from exc
             if round_ and name:
                 times[name].append(seconds)
         say(f"round {round_}: " + ", ".join(f"{t[-1]:.2f}" for t in times.values() if t))

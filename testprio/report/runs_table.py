@@ -25,12 +25,11 @@ RUN_SORTS = {
     "longest first": ("duration_s", True),
 }
 # The columns of the table, in order: the key columns first, then those only some runs have
-# (``RUNS_OPTIONAL_COLUMNS``: shown where a row on the page has a value; ``kind`` where a row
-# is an evaluation).
+# (``kind`` where a row on the page is an evaluation; ``RUNS_OPTIONAL_COLUMNS`` where a row
+# has a value).
 RUNS_TABLE_COLUMNS = (
     "run_id",
     "status",
-    "kind",
     "model",
     "dataset",
     "metric",
@@ -40,6 +39,7 @@ RUNS_TABLE_COLUMNS = (
     "apfd",
     "started",
     "duration",
+    "kind",
     "pool_accuracy",
     "pool_apfd",
     "baseline_accuracy",
