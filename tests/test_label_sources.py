@@ -308,3 +308,13 @@ def test_runs_pages_refuse_an_unknown_sort_and_an_empty_page():
         reportdata.runs_page(run_rows(2), sort="size")
     with pytest.raises(TestprioError, match="page size 0 must be a positive number of runs"):
         reportdata.runs_page(run_rows(2), page_size=0)
+
+
+@pytest.mark.parametrize(
+    ("labelled", "text"),
+    [(118, "pool 118"), (99_999, "pool 99,999"), (250_400, "pool 250k"), (1_000_000, "pool 1M")]
+    + [(1_300_000, "pool 1.3M")],
+)
+def test_the_labels_column_counts_compactly(labelled, text):
+    summary = {"counts": {"ranked": labelled}, "labels": {"labeled": labelled, "accuracy": 0.5}}
+    assert reportdata.figures_of_summary(summary)["labels"] == text

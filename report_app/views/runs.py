@@ -24,7 +24,7 @@ KEY_WIDTHS = {
     "dataset": 105,
     "metric": 70,
     "samples": 75,
-    "labels": 150,
+    "labels": 160,
     "accuracy": 70,
     "apfd": 65,
     "started": 125,

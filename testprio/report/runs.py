@@ -198,7 +198,16 @@ def figures_of_summary(summary: Any) -> dict:
 
 
 def _source_text(source: str, samples: int | None) -> str:
-    return source if samples is None else f"{source} {samples:,}"
+    """``imported 1,000``; ``pool 1.2M`` (counts from 100,000 in k and M: the column is narrow)."""
+    if samples is None:
+        return source
+    if samples >= 1_000_000:
+        count = f"{samples / 1_000_000:.1f}".removesuffix(".0") + "M"
+    elif samples >= 100_000:
+        count = f"{samples / 1_000:.0f}k"
+    else:
+        count = f"{samples:,}"
+    return f"{source} {count}"
 
 
 def with_imported_labels(figures: dict, record: dict) -> dict:
