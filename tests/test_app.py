@@ -145,6 +145,19 @@ def test_an_interrupted_run_shows_as_unfinished_on_both_pages(monkeypatch, own_r
     assert shown(app.caption[0].value).startswith("unfinished · model digits.onnx")
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"[1]", b'{"counts": [2]}', b'{"counts": {"samples": 1, "ranked": 1, "quarantined": 0}}'],
+)
+def test_a_malformed_summary_is_one_sentence_on_the_run_page(monkeypatch, own_root, data):
+    (own_root / "labeled" / "summary.json").write_bytes(data)
+    app = open_app(monkeypatch, str(own_root), page="run", run="labeled")  # no exception
+    assert any(
+        "summary.json is not a summary the report can show" in shown(error.value)
+        for error in app.error
+    ), [error.value for error in app.error]
+
+
 def test_the_toolbar_has_no_deploy_button(monkeypatch, local_runs):
     import streamlit as st
 

@@ -167,6 +167,18 @@ def test_list_runs_lists_a_malformed_run_folder_as_unreadable(tmp_path):
     assert reportdata.filter_runs(list(rows.values()), "unreadable")
 
 
+# (The first, JSON too deep to parse, reads as no summary at all: the page shows no ranking.)
+@pytest.mark.parametrize("data", MALFORMED_SUMMARIES[1:])
+def test_load_run_refuses_a_malformed_summary_in_one_sentence(tmp_path, data):
+    run = tmp_path / "runs" / "odd"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"status": "succeeded", "parameters": {}}))
+    (run / "summary.json").write_bytes(data)
+    layout = reportdata.resolve_run(str(tmp_path / "runs"), "odd")
+    with pytest.raises(TestprioError, match=r"summary.json is not a summary the report can sh"):
+        reportdata.load_run(layout)
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [

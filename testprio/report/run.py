@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from testprio import storage
 from testprio.errors import TestprioError
@@ -68,10 +69,49 @@ def load_run(layout: RunLayout) -> RunDetails:
         model, manifest, summary, report = pool.map(read_json_or_none, uris)
     for shard in (manifest or {}).get("shards") or []:
         shard_file(layout, "data", shard.get("name") if isinstance(shard, dict) else shard)
+    if summary is not None:
+        _check_summary(summary, layout.summary)
     details = RunDetails(layout, record, model, manifest, summary, report)
     if summary is not None:
         details._num_rows = summary["counts"]["ranked"]
     return details
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _summary_problem(summary: Any) -> str | None:
+    """What makes ``summary`` (a parsed summary.json) unusable by the pages, or None."""
+    if not isinstance(summary, dict):
+        return "it is not a JSON object"
+    counts, metric = summary.get("counts"), summary.get("metric")
+    if not isinstance(counts, dict) or not all(
+        _whole(counts.get(key)) for key in ("samples", "ranked", "quarantined")
+    ):
+        return "its counts are not whole numbers"
+    if not isinstance(metric, str):
+        return "it names no metric"
+    if not _whole(summary.get("num_classes")) or not summary["num_classes"]:
+        return "its number of classes is not a positive whole number"
+    histograms = summary.get("histograms")
+    histogram = histograms.get(metric) if isinstance(histograms, dict) else None
+    if not isinstance(histogram, dict) or not isinstance(histogram.get("edges"), list):
+        return f"it has no histogram of its metric {metric!r}"
+    if not isinstance(histogram.get("mean"), (int, float)) or not histogram["edges"]:
+        return f"its histogram of {metric!r} has no mean or no edges"
+    return None
+
+
+def _check_summary(summary: Any, uri: str) -> None:
+    """Refuse a summary.json the pages cannot show, in one sentence, instead of failing on
+    its first missing field (the file may hold anything: it is read, not trusted)."""
+    problem = _summary_problem(summary)
+    if problem is not None:
+        raise TestprioError(
+            f"{uri} is not a summary the report can show ({problem}); move the run folder aside "
+            "or run it again under a new --run-id."
+        )
 
 
 def class_names(details: RunDetails) -> list[str] | None:
