@@ -25,6 +25,7 @@ def evaluate_pool(
     prioritizers: str = "",
     seeds: int = 5,
     split: float = 0.0,
+    splits: int = 1,
     epochs: int = 3,
     framework: str = "auto",
     output_kind: str = "auto",
@@ -45,8 +46,8 @@ def evaluate_pool(
 
     return run_from_parameters(
         root, run_id, model=model, data=data, train_data=train_data, test_data=test_data,
-        budgets=budgets, prioritizers=prioritizers, seeds=seeds, split=split, epochs=epochs,
-        framework=framework, output_kind=output_kind, preset=preset, ops=ops,
+        budgets=budgets, prioritizers=prioritizers, seeds=seeds, split=split, splits=splits,
+        epochs=epochs, framework=framework, output_kind=output_kind, preset=preset, ops=ops,
         input_shape=input_shape, shard_size=shard_size, label_column=label_column,
         layers=layers, surprise_layer=surprise_layer, surprise_reduce=surprise_reduce,
         coverage_params=coverage_params,

@@ -41,6 +41,7 @@ def build_pipeline(framework: str = "onnx"):
         prioritizers: str = "",
         seeds: int = 5,
         split: float = 0.0,
+        splits: int = 1,
         epochs: int = 3,
         output_kind: str = "auto",
         preset: str = "",
@@ -58,7 +59,7 @@ def build_pipeline(framework: str = "onnx"):
         task = evaluate_pool(
             root=root, run_id=run_id, model=model, data=data, train_data=train_data,
             test_data=test_data, budgets=budgets, prioritizers=prioritizers, seeds=seeds,
-            split=split, epochs=epochs, framework="auto", output_kind=output_kind,
+            split=split, splits=splits, epochs=epochs, framework="auto", output_kind=output_kind,
             preset=preset, ops=ops, input_shape=input_shape, shard_size=shard_size,
             label_column=label_column, layers=layers, surprise_layer=surprise_layer,
             surprise_reduce=surprise_reduce,

@@ -1039,7 +1039,7 @@ def test_compile_writes_the_evaluate_pipeline(tmp_path, capsys):
     spec = yaml.safe_load(open(out / "evaluate.yaml"))
     assert spec["pipelineInfo"]["name"] == "evaluate"
     assert set(spec["root"]["dag"]["tasks"]) == {"evaluate-pool", "evaluate-report"}
-    assert {"train_data", "layers", "followups"} <= set(
+    assert {"train_data", "layers", "followups", "splits"} <= set(
         spec["root"]["inputDefinitions"]["parameters"]
     )
     assert cli.main(["compile", "--pipeline", "evaluate", "--framework", "pytorch",
