@@ -186,6 +186,8 @@ def _count(flag: str, value: object, limit: int, why: str) -> int:
     and time before any result); the pipeline's or the API's digits are read as one."""
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
+    if isinstance(value, float) and value.is_integer():  # a compiled pipeline's 1.0
+        value = int(value)
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Integral)
@@ -227,14 +229,12 @@ def check_options(options: EvaluateOptions) -> EvaluateOptions:
         "each seed fine-tunes the model once per prioritizer and budget",
     )
     epochs = _count("--epochs", options.epochs, MAX_EPOCHS, "each epoch is a pass over the data")
-    splits = options.splits
-    if isinstance(splits, str) and splits.strip().isdigit():  # the pipeline's or API's text
-        splits = int(splits)
-    if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= MAX_SPLITS:
-        raise TestprioError(
-            f"--splits {splits} must be a whole number from 1 to {MAX_SPLITS}: each split "
-            "repeats the whole evaluation on a new seeded pool/test split."
-        )
+    splits = _count(
+        "--splits",
+        options.splits,
+        MAX_SPLITS,
+        "each split repeats the whole evaluation on a new seeded pool/test split",
+    )
     from testprio.metamorphic import MAX_FOLLOWUPS
 
     followups = _count(
