@@ -31,6 +31,9 @@ MARKERS_BY_FILE = {
     "test_convert_paddle.py": "converters",
     "test_convert_pytorch.py": "converters",
     "test_convert_tensorflow.py": "converters",
+    "test_retrain.py": "converters",  # fine-tunes real PyTorch and Keras models
+    "test_images.py": "slow",  # installs each image's lock into a fresh environment
+    "test_task_policies.py": "slow",  # compiles the pipeline once per setting
 }
 
 
