@@ -266,8 +266,9 @@ def test_report_app_image_serves_a_run(engine, digits_model, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 4000})
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"http://127.0.0.1:{port}/?page=run&run={layout.run_id}")
-            page.get_by_role("heading", name="Ranking", exact=True).wait_for(timeout=60_000)
+            # The Run page's Scores tab: its top-k table and its charts.
+            page.goto(f"http://127.0.0.1:{port}/?page=run&run={layout.run_id}&section=Scores")
+            page.get_by_role("heading", name="Scores", exact=True).wait_for(timeout=60_000)
             page.get_by_text("Top 10: label these first").wait_for(timeout=30_000)
             page.wait_for_function(
                 'document.querySelectorAll(\'[data-testid="stVegaLiteChart"] canvas, '
