@@ -13,7 +13,7 @@ task per shard as on a cluster (``score_groups=0``: how local runs scored before
 each run's wall time, the KFP tasks the local runner started (from its log), the score
 stages' own time and the load average, then a Markdown table. ``--verbose-log`` keeps the
 last run's ``--verbose`` log (with ``PYTHONPROFILEIMPORTTIME=1`` in every task when
-``--import-times`` is given). Scratch files go to ``bench/work/local-shards/``.
+``--import-times`` is given). Scratch files go to the git-ignored ``WORK`` folder below.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ budgets 2, 5, 10 and 20%, 10 seeds. Two tables come out:
 ``python bench/mnist_comparison.py`` (about 8 minutes on 2 busy cores) writes the tables, the
 machine and the time it took into the page; ``--seeds``, ``--surprise-reduce`` and
 ``--no-docs`` change what is run and where it goes. The model and splits are cached in the
-git-ignored bench/work/mnist.
+git-ignored ``mnist`` folder of the bench scratch folder (``WORK`` below).
 """
 
 from __future__ import annotations
