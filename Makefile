@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+PIP_VERSION := 26.3
 
 REGISTRY ?= $(or $(TESTPRIO_REGISTRY),ghcr.io/testprio)
 IMAGE_TAG ?= $(or $(TESTPRIO_IMAGE_TAG),0.1.0)
@@ -11,10 +12,11 @@ IMAGE_TAG ?= $(or $(TESTPRIO_IMAGE_TAG),0.1.0)
 .PHONY: setup lint test test-fast label-studio demo demo-eval compile components bench bench-eval bench-mnist clean report browser images images-lock images-push image-bases container-engine test-containers bench-containers
 CHROMIUM := /usr/bin/chromium
 
-$(STAMP): pyproject.toml
+# constraints-dev.txt pins every package of the environment as tested (see its header).
+$(STAMP): pyproject.toml constraints-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet "pip==$(PIP_VERSION)"
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,17 +31,20 @@ browser:
 
 # Label Studio for tests/test_label_studio.py, in a virtual environment of its own (its pins,
 # Django's among them, must not move the project's). The stamp names the version, so that a
-# new pin reinstalls; the template is a migrated database with the test user, so that each
-# test session starts a server in seconds, not after two minutes of migrations.
+# new pin reinstalls; every package it pulls in is pinned by $(LS_CONSTRAINTS), so that a new
+# release of one (sentry-sdk 3.0 broke `label-studio init`) cannot break `make test`. The
+# template is a migrated database with the test user, so that each test session starts a
+# server in seconds, not after two minutes of migrations.
 LABEL_STUDIO_VERSION := 1.23.2
 LS_VENV := .venv-labelstudio
 LS_STAMP := $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
+LS_CONSTRAINTS := tests/label-studio-constraints.txt
 
-$(LS_STAMP):
+$(LS_STAMP): $(LS_CONSTRAINTS)
 	rm -rf $(LS_VENV)
 	$(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LS_VENV)/bin/python -m pip install --quiet "label-studio==$(LABEL_STUDIO_VERSION)"
+	$(LS_VENV)/bin/python -m pip install --quiet "pip==$(PIP_VERSION)"
+	$(LS_VENV)/bin/python -m pip install --quiet -c $(LS_CONSTRAINTS) "label-studio==$(LABEL_STUDIO_VERSION)"
 	$(PYTHON) -m tests.labelstudiokit template
 	touch $(LS_STAMP)
 

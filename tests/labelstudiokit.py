@@ -52,7 +52,7 @@ def make_template() -> Path:
         return TEMPLATE
     partial = TEMPLATE.with_name("template.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    subprocess.run(
+    done = subprocess.run(
         [
             str(EXECUTABLE),
             "init",
@@ -68,10 +68,13 @@ def make_template() -> Path:
             "--enable-legacy-api-token",
         ],
         env=_environment(partial),
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+    if done.returncode != 0:
+        tail = done.stdout[-3000:]
+        raise SystemExit(f"'label-studio init' failed (exit {done.returncode}):\n{tail}")
     partial.rename(TEMPLATE)
     return TEMPLATE
 
