@@ -3,7 +3,8 @@
 DuckDB sorts out of core: the score shards stream in (read a row group batch at a time,
 local or ``gs://`` alike, through ``testprio.storage``), DuckDB's ``ORDER BY`` spills what
 does not fit its memory limit to a scratch folder, and the sorted rows stream out a ranking
-row group at a time into ``ranking.parquet`` and the summary (``SummaryStream``). The
+row group at a time into ``ranking.parquet`` (on ``gs://``, uploaded as it is written) and
+the summary (``SummaryStream``). The
 order is ``testprio.rank_memory``'s: the metric descending as float32 (-0.0 equal to 0.0),
 ties by ``sample_id``; DuckDB sorts one uint32 key made from the metric's bits, and carries
 float columns as their int32 bits, so every value comes out bit for bit as it went in (a

@@ -4,9 +4,11 @@ Every other module names files by URI (a local path or ``gs://...``) and goes th
 functions here, so the pipeline runs unchanged on a laptop and in a cluster.
 
 Publishing is atomic: a local file is written under a temporary name in the same folder and
-moved into place with ``os.replace``; a GCS object is uploaded in one request, and GCS
-makes an object visible only once its upload has completed. A reader therefore never sees
-half a file, and a file that exists is complete.
+moved into place with ``os.replace``; a GCS object is uploaded in one request, or, for a
+Parquet file written a batch at a time (``parquet_writer``), streamed as a resumable upload
+``UPLOAD_CHUNK`` at a time with no local copy, and GCS makes an object visible only once its
+upload has completed (a failed one is cancelled). A reader therefore never sees half a
+file, and a file that exists is complete.
 
 For GCS the client honours ``STORAGE_EMULATOR_HOST`` (used by the tests with
 ``gcp-storage-emulator``); otherwise it uses the ambient Google credentials (Workload
@@ -32,6 +34,8 @@ import pyarrow.parquet as pq
 from testprio.errors import TestprioError
 
 GCS_SCHEME = "gs://"
+# A streamed upload's piece (GCS wants multiples of 256 KiB): the memory a streamed write holds.
+UPLOAD_CHUNK = 8 << 20
 
 
 class Backend(Protocol):
@@ -340,6 +344,12 @@ class GcsBackend:
             os.remove(staged)
 
     @_gcs_errors
+    def open_write(self, uri: str) -> BinaryIO:
+        """A file whose bytes upload to ``uri`` as they are written (a resumable upload):
+        ``close()`` makes the object, ``terminate()`` cancels it."""
+        return self._blob(uri).open("wb", chunk_size=UPLOAD_CHUNK, ignore_flush=True)
+
+    @_gcs_errors
     def _upload(self, uri: str, staged: str) -> None:
         self._blob(uri).upload_from_filename(staged)
 
@@ -623,13 +633,34 @@ def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 @contextlib.contextmanager
 def parquet_writer(uri: str, schema: pa.Schema, **options: Any) -> Iterator[pq.ParquetWriter]:
-    """Stream record batches into a Parquet file that appears at ``uri`` only when complete."""
-    with atomic_path(uri) as path:
-        writer = pq.ParquetWriter(path, schema, **options)
+    """Stream record batches into a Parquet file that appears at ``uri`` only when complete.
+
+    On GCS the file uploads as it is written, ``UPLOAD_CHUNK`` at a time, with no local copy:
+    a ranking of any size needs no local disk for itself."""
+    backend = backend_for(uri)
+    if not isinstance(backend, GcsBackend):
+        with atomic_path(uri) as path:
+            writer = pq.ParquetWriter(path, schema, **options)
+            try:
+                yield writer
+            finally:
+                writer.close()
+        return
+    handle = backend.open_write(uri)
+    try:
+        writer = pq.ParquetWriter(handle, schema, **options)
         try:
             yield writer
         finally:
             writer.close()
+        handle.close()  # the last piece: the object appears
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            handle.terminate()  # the upload so far is dropped; nothing appears
+        sentence = _gcs_error(uri, exc) if isinstance(exc, Exception) else None
+        if sentence is None:
+            raise
+        raise sentence from None
 
 
 def write_table(uri: str, table: pa.Table, **options: Any) -> None:

@@ -1,11 +1,13 @@
 """Storage: one interface over local folders and gs:// (a real emulator), tested on both."""
 
+import contextlib
 import glob
 import os
 import re
 import tempfile
 import uuid
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -165,6 +167,43 @@ def test_failed_write_leaves_nothing(root, suffix, write_half):
         write_half(uri)
     assert not storage.exists(uri)
     assert _staging_leftovers(uri) == []
+
+
+@pytest.mark.usefixtures("gcs_emulator")
+@pytest.mark.parametrize("fail", [False, True], ids=["complete", "failed_after_two_pieces"])
+def test_parquet_to_gcs_streams_in_pieces_with_no_local_copy(monkeypatch, tmp_path, fail):
+    monkeypatch.setattr(storage, "UPLOAD_CHUNK", 256 << 10)  # the smallest piece GCS takes
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a local copy would go
+    uri = f"gs://{BUCKET}/streamed/{_unique_name('.parquet')}"
+    rng = np.random.default_rng(0)
+    table = pa.table({"x": rng.random(200_000), "y": rng.integers(0, 9, 200_000)})
+    pieces = []
+    real_write = storage.GcsBackend.open_write
+
+    def counting_open_write(self, target):
+        handle = real_write(self, target)
+        real_upload = handle._upload_chunks_from_buffer
+
+        def upload(count):
+            pieces.append(count)
+            real_upload(count)
+            if fail and len(pieces) == 2:
+                raise RuntimeError("the node went away")
+
+        handle._upload_chunks_from_buffer = upload
+        return handle
+
+    monkeypatch.setattr(storage.GcsBackend, "open_write", counting_open_write)
+    written = contextlib.nullcontext() if not fail else pytest.raises(RuntimeError)
+    with written, storage.parquet_writer(uri, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=20_000):
+            writer.write_batch(batch)
+    assert len(pieces) >= 2  # it went up in pieces while it was written
+    assert os.listdir(tmp_path) == []  # and never as a whole local file
+    if fail:
+        assert not storage.exists(uri)
+    else:
+        assert storage.read_table(uri).equals(table)
 
 
 def test_failed_write_keeps_the_previous_version(root):
