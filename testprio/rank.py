@@ -210,7 +210,7 @@ def rank(
         top_k=top_k,
         num_classes=_num_classes(score_uris),
         manifest=manifest,
-        **({} if chosen.order == "cam" else {"memory_mb": memory_mb}),
+        **({} if chosen.order == "cam" else {"memory_mb": memory_mb, "samples": samples}),
     )
     # ``metric`` names the ranking column (what the report reads); ``prioritizer`` the
     # order (e.g. kmnc-cam orders by kmnc's covered cells).

@@ -4,17 +4,16 @@ DuckDB sorts out of core: the score shards stream in (read a row group batch at 
 local or ``gs://`` alike, through ``testprio.storage``), DuckDB's ``ORDER BY`` spills what
 does not fit its memory limit to a scratch folder, and the sorted rows stream out a ranking
 row group at a time into ``ranking.parquet`` (on ``gs://``, uploaded as it is written) and
-the summary (``SummaryStream``). The
-order is ``testprio.rank_memory``'s: the metric descending as float32 (-0.0 equal to 0.0),
-ties by ``sample_id``; DuckDB sorts one uint32 key made from the metric's bits, and carries
-float columns as their int32 bits, so every value comes out bit for bit as it went in (a
-float payload would lose the sign of -0.0).
+the summary (``SummaryStream``). The order is ``testprio.rank_memory``'s: the metric
+descending as float32 (-0.0 equal to 0.0), ties by ``sample_id``; DuckDB sorts one uint32 key
+made from the metric's bits, and carries float columns as their int32 bits, so every value
+comes out bit for bit as it went in (a float payload would lose the sign of -0.0).
 
-Everything else that needs the whole pool comes from counts or from one more sort each:
-every other score prioritizer's rows, from a scratch file of the columns they need written
-during the first pass, sorted the same way give its APFD (the faults' positions among the
-labelled rows, summed) and its spread (runs of equal values). CAM prioritizers stay in
-memory (``rank_memory.cam_figures``).
+Everything else that needs the whole pool comes from counts or from DuckDB over a scratch
+file of the columns the other score prioritizers need, written during the first pass: each
+one's labelled rows sorted the same way give its APFD (the faults' positions among them,
+summed), and a ``GROUP BY`` of its values its spread. CAM prioritizers stay in memory
+(``rank_memory.cam_figures``).
 
 Scratch: a ``testprio-rank-*`` folder in the local temp directory (``TMPDIR``), removed when
 the stage ends, on success or failure. A process that is killed (out of memory, say) cannot
@@ -44,7 +43,7 @@ from testprio.errors import TestprioError
 from testprio.layout import RunLayout
 from testprio.log import get_logger
 from testprio.metrics import METRICS
-from testprio.rank_memory import _sortable_descending, cam_figures, shard_rows
+from testprio.rank_memory import _sortable_descending, cam_figures
 from testprio.ranking_file import UNKNOWN_LABEL, RankingWriter, ranking_schema
 from testprio.summary import SummaryStream, apfd_of_positions, spread_of_counts
 
@@ -339,41 +338,29 @@ def _summary_columns(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
     return columns
 
 
-# Whole numbers up to this size are exact as float32: sorted as float32, equal ones are
-# neighbours, so their spread can be counted from the sorted order.
-EXACT_FLOAT32_INTEGERS = 2**24
-
-
 def _other_figures(con, others_path: str, column: str, kind: pa.DataType, samples: int) -> dict:
-    """``{"apfd", **spread}`` of another score prioritizer: its rows sorted as the ranking
-    would be (the faults' positions among the labelled ones give APFD, runs of equal values
-    the spread), in one sort of the scratch file."""
-    source = _parquet_sql(others_path)
-    exact = _is_float(kind)
-    if not exact:
-        (largest,) = con.sql(f'SELECT max(abs("{column}")) FROM {source}').fetchone()
-        exact = (largest or 0) <= EXACT_FLOAT32_INTEGERS
+    """``{"apfd", **spread}`` of another score prioritizer: its labelled rows sorted as the
+    ranking would be (the faults' positions among them give APFD; a pool that is mostly
+    unlabelled sorts little), and its values counted by ``GROUP BY`` (the spread)."""
     result = con.sql(
-        f'SELECT code, "{column}" FROM {source} ORDER BY {_order_sql(column, kind)} DESC, sample_id'
+        f"SELECT code FROM {_parquet_sql(others_path)} WHERE code != {UNLABELLED} "
+        f"ORDER BY {_order_sql(column, kind)} DESC, sample_id"
     ).to_arrow_reader(ranking_file.RANKING_ROW_GROUP)
     seen = faults = position_sum = 0
-    spread = _Spread()
     for batch in result:
-        code = batch.column(0).to_numpy()
-        labelled = code[code != UNLABELLED]
-        fault = np.flatnonzero(labelled == FAULT)
+        fault = np.flatnonzero(batch.column(0).to_numpy() == FAULT)
         position_sum += int(fault.sum()) + seen * len(fault)
         faults += len(fault)
-        seen += len(labelled)
-        if exact:
-            spread.add(batch.column(1).to_numpy().astype(np.float64, copy=False))
-    figures = {"apfd": apfd_of_positions(seen, faults, position_sum)}
-    figures.update(spread.figures(samples) if exact else _spread(con, others_path, column, samples))
-    return figures
+        seen += batch.num_rows
+    return {
+        "apfd": apfd_of_positions(seen, faults, position_sum),
+        **_spread(con, others_path, column, samples),
+    }
 
 
 def _spread(con, others_path: str, column: str, samples: int) -> dict:
-    """``score_spread``'s figures by ``GROUP BY`` value (whole numbers past float32's)."""
+    """``score_spread``'s figures by ``GROUP BY`` value: equal values, -0.0 and 0.0 alike
+    and every NaN, are one group, as in ``np.unique``."""
     distinct, modal = con.sql(
         "SELECT count(*), max(n) FROM "
         f'(SELECT count(*) AS n FROM {_parquet_sql(others_path)} GROUP BY "{column}")'
@@ -393,9 +380,11 @@ def rank_bounded(
     num_classes: int,
     manifest: dict,
     memory_mb: int,
+    samples: int,
 ) -> tuple[dict, dict | None]:
     """Write ``ranking.parquet`` in the order of the score prioritizer ``metric`` in bounded
-    memory; return the same figures as ``rank_memory.rank_in_memory``."""
+    memory; return the same figures as ``rank_memory.rank_in_memory``. ``samples``: the
+    shards' rows as their footers count them (checked against the rows read)."""
     import duckdb  # only the rank task needs it (not the GPU image's score tasks)
 
     chosen = prioritizers.NAMES[metric]
@@ -418,7 +407,6 @@ def rank_bounded(
             shard_schema,
             os.path.join(folder, "others.parquet"),
         )
-        expected = sum(shard_rows(score_uris))
         con = _connect(memory_mb, folder)
         try:
             con.register("scores", feed.reader())
@@ -438,9 +426,9 @@ def rank_bounded(
             if stream is None:  # no rows at all
                 stream = _summary_stream(feed, chosen.column, num_classes)
                 spread = _Spread()
-            if feed.rows != expected:
+            if feed.rows != samples:
                 raise TestprioError(
-                    f"the scores shards held {feed.rows} rows while ranked but {expected} "
+                    f"the scores shards held {feed.rows} rows while ranked but {samples} "
                     "before; rerun the rank task."
                 )
             summary = stream.summary(
