@@ -601,8 +601,8 @@ def child_rank(args: argparse.Namespace) -> dict:
                 ("write ranking.parquet (RankingWriter.write)", by_name("write", "ranking_file")),
                 ("summary in pieces (SummaryStream.add)", by_name("add", "summary.py")),
                 ("  of which score_bins", by_name("score_bins")),
-                ("other prioritizers' APFD (_labelled_positions)", by_name("_labelled_positions")),
-                ("other prioritizers' spread (_spread)", by_name("_spread", "rank_bounded")),
+                ("other prioritizers' APFD and spread (_other_figures)", by_name("_other_figures")),
+                ("  of which the spread (_spread, GROUP BY)", by_name("_spread", "rank_bounded")),
                 ("_num_classes", by_name("_num_classes")),
             ],
         )
