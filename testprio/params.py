@@ -212,7 +212,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         RANK_MEMORY_MB,
         "memory of the rank task in MiB, whatever the pool's size: a ranking by a score "
         "column sorts out of core within it, spilling to the task's local temp directory "
-        "(about 50 bytes a sample); CAM orders (kmnc-cam, ...) still hold the pool's covered "
+        "(about 80 bytes a sample); CAM orders (kmnc-cam, ...) still hold the pool's covered "
         "cells in memory (at least 256)",
         ("start", "rank"),
         metavar="MB",

@@ -290,7 +290,7 @@ def _duckdb_error(exc: Exception, memory_mb: int, folder: str) -> TestprioError:
     if "No space left" in text or "temp_directory" in text or "disk" in text.lower():
         return TestprioError(
             f"the rank stage could not spill its sort to {folder} ({text}); give the rank "
-            "task more local disk (TMPDIR), about 50 bytes per sample."
+            "task more local disk (TMPDIR), about 80 bytes per sample."
         )
     return TestprioError(f"the rank stage's sort failed ({text}); rerun the rank task.")
 
