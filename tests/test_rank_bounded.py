@@ -46,7 +46,7 @@ def _in_memory(layout: RunLayout, uris: list[str], metric: str) -> None:
     """Today's rank: rank() with its in-memory path (which it keeps for CAM orders) for any
     prioritizer."""
 
-    def in_memory(*args, memory_mb, **kwargs):
+    def in_memory(*args, memory_mb, samples, **kwargs):
         return rank_memory.rank_in_memory(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
