@@ -317,6 +317,13 @@ class GcsBackend:
         return sorted(blob.name[len(prefix) :] for blob in blobs)
 
     @_gcs_errors
+    def list_tree(self, uri: str) -> list[str]:
+        bucket, name = split_gcs_uri(uri)
+        prefix = name + "/" if name else ""
+        blobs = _gcs_client().list_blobs(bucket, prefix=prefix)
+        return sorted(blob.name[len(prefix) :] for blob in blobs)
+
+    @_gcs_errors
     def list_folders(self, uri: str) -> list[str]:
         bucket, name = split_gcs_uri(uri)
         prefix = name + "/" if name else ""
@@ -512,7 +519,12 @@ def is_folder(uri: str) -> bool:
 
 
 def list_tree(uri: str) -> list[str]:
-    """Paths (``a/b.txt``) of every file under the folder ``uri``, at any depth, sorted."""
+    """Paths (``a/b.txt``) of every file under the folder ``uri``, at any depth, sorted (on
+    GCS every object under the prefix ``uri/``, by its name after it: one listing, and a name
+    with an empty part, ``a//b``, comes back as it is, for the caller to refuse)."""
+    backend = backend_for(uri)
+    if isinstance(backend, GcsBackend):
+        return backend.list_tree(uri)
     names = list_names(uri)
     for folder in list_folders(uri):
         names += [f"{folder}/{name}" for name in list_tree(join(uri, folder))]

@@ -405,3 +405,22 @@ def test_gcs_errors_while_reading_a_stream_are_one_sentence(gcs_emulator):
     with pytest.raises(ValueError, match="not a storage error"):  # others pass through
         with storage.open_read(uri):
             raise ValueError("not a storage error")
+
+
+def test_gcs_list_tree_is_one_listing_that_keeps_names_with_empty_parts(monkeypatch):
+    # The emulator normalizes object paths, so it cannot hold "a//b.npy"; GCS can, and a
+    # listing folder by folder went round in circles on it (its folder "a/" holds "a//").
+    calls = []
+
+    class Blob:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    class Client:
+        def list_blobs(self, bucket, prefix="", delimiter=None):
+            calls.append((bucket, prefix, delimiter))
+            return [Blob(prefix + name) for name in ["ok.npy", "a//b.npy", "sub/c.npy"]]
+
+    monkeypatch.setattr(storage, "_gcs_client", lambda: Client())
+    assert storage.list_tree("gs://b/pool") == ["a//b.npy", "ok.npy", "sub/c.npy"]
+    assert calls == [("b", "pool/", None)]
