@@ -11,7 +11,7 @@ work is done by the private function after it (and by ``testprio.local_run``,
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from testprio import storage
@@ -452,7 +452,9 @@ def import_labels(
 
     Returns:
         What the import did: ``read``, ``skipped``, ``added``, ``changed``, ``labelled``
-        (the figures now in ``run.json``), ``uri`` (``labels.parquet``); ``sentence()``.
+        (the figures now in ``run.json``), ``uri`` (``labels.parquet``), ``report`` (the
+        run's ``report.html``, rendered again to show them; None without one);
+        ``sentence()``.
 
     Raises:
         TestprioError: not a run, or any problem in the file (nothing is written then).
@@ -462,7 +464,14 @@ def import_labels(
     from testprio.labels.readers import DEFAULT_MAX_FILE_MB
 
     limit = DEFAULT_MAX_FILE_MB if max_file_mb is None else max_file_mb
-    return labels.import_labels(layout, file, max_file_mb=limit)
+    return _with_report(layout, labels.import_labels(layout, file, max_file_mb=limit))
+
+
+def _with_report(layout: RunLayout, result: ImportResult) -> ImportResult:
+    """``result`` once the run's report.html shows the imported labels (where it has one)."""
+    from testprio.report import refresh_report_html
+
+    return replace(result, report=refresh_report_html(layout))
 
 
 def push_labels(
@@ -540,4 +549,4 @@ def pull_labels(
     from testprio.labels import label_studio
 
     client = label_studio.LabelStudio(url, token)
-    return label_studio.pull_project(layout, client, project=project)
+    return _with_report(layout, label_studio.pull_project(layout, client, project=project))

@@ -65,9 +65,18 @@ def test_export_and_import_labels_of_a_run(api_run, tmp_path):
     export = testprio.export_labels(api_run, str(tmp_path / "out"), ranks="2-4")
     assert (str(export.ranks), len(export.rows), export.uri) == ("2-4", 3, str(tmp_path / "out"))
     assert [row["rank"] for row in export.rows] == [2, 3, 4]
+    report = api_run.layout.report_html
+    assert 'id="imported-labels"' not in storage.read_bytes(report).decode()
     result = testprio.import_labels(api_run.uri, str(tmp_path / "out" / "labels.csv"))
     assert (result.read, result.added) == (3, 3)
     assert api_run.record["labelled"]["samples"] == 3
+    # The run's report.html is rendered again and shows them.
+    assert result.report == report and result.sentence().endswith(f"{report} shows them.")
+    html = storage.read_bytes(report).decode()
+    figures = result.labelled
+    assert 'id="imported-labels"' in html and 'href="#imported-labels"' in html
+    assert "3 samples labelled (ranks 2 to 4)" in html
+    assert f"accuracy {figures['accuracy']:.4f}, {figures['misclassified']} misclassified" in html
     with pytest.raises(TestprioError, match="already holds a labelling export"):
         testprio.export_labels(api_run, str(tmp_path / "out"), top_k=2)
 

@@ -260,6 +260,9 @@ def test_labels_uploaded_in_chromium_show_the_labelled_figures(report_server, br
     accuracy = page.locator('[data-testid="stMetric"]', has_text="labelled accuracy")
     assert f"{record['labelled']['accuracy']:.4f}" in accuracy.inner_text()
     assert (SERVED["root"] / "upload" / "labels.parquet").is_file()
+    # The run's static report.html is rendered again with them.
+    report = (SERVED["root"] / "upload" / "report" / "report.html").read_text()
+    assert 'id="imported-labels"' in report and "10 samples labelled (ranks" in report
     # The imported labels are the run's labels at once on the Run page, beside the pool's.
     page.get_by_role("button", name="Open the run's Accuracy and APFD").click()
     page.get_by_role("heading", name="Run upload").wait_for(timeout=60_000)

@@ -143,6 +143,9 @@ def test_push_and_pull_with_a_personal_access_token(server, personal_token, run_
     predicted = {row["sample_id"]: row["predicted"] for row in rows}
     wrong = sum(chosen[i] != predicted[i] for i in chosen)
     assert pulled.labelled["misclassified"] == wrong
+    assert pulled.report == run_copy.report_html  # rendered again with them
+    html = storage.read_bytes(run_copy.report_html).decode()
+    assert 'id="imported-labels"' in html and f"{len(chosen)} samples labelled" in html
 
 
 def test_push_again_adds_only_new_samples_with_a_legacy_token(

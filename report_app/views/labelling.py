@@ -4,12 +4,15 @@ gives), the import of labelled files, and the figures of the labelled samples.""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import streamlit as st
 
 from report_app.widgets import esc, show_error
 from testprio import labels, storage
 from testprio.errors import TestprioError
 from testprio.report import data as reportdata
+from testprio.report import refresh_report_html
 
 
 def labelling_section(root: str, details: reportdata.RunDetails) -> None:
@@ -67,6 +70,7 @@ def labelling_section(root: str, details: reportdata.RunDetails) -> None:
     if upload is not None and st.session_state.get("label-imported") != upload.file_id:
         try:
             result = labels.import_labels(layout, upload.name, data=upload.getvalue())
+            result = replace(result, report=refresh_report_html(layout))
         except TestprioError as exc:
             show_error(str(exc))
         else:

@@ -52,6 +52,7 @@ class ImportResult:
     changed: int
     labelled: dict
     uri: str
+    report: str | None = None  # report.html, when it was rendered again with these labels
 
     def sentence(self) -> str:
         figures = self.labelled
@@ -68,7 +69,10 @@ class ImportResult:
                 text += f" (normalized {figures['apfd']['normalized']:.4f})"
         else:
             text += ", no APFD (no misclassified sample)"
-        return text + "."
+        text += "."
+        if self.report:
+            text += f" {self.report} shows them."
+        return text
 
 
 def class_index(label: FileLabel, lookup: dict[str, int], count: int, run_id: str, uri: str):

@@ -222,6 +222,54 @@ def _chart_svgs(details: reportdata.RunDetails, figures: dict, record: dict) -> 
     return svgs
 
 
+def _imported_context(details: reportdata.RunDetails, record: dict) -> dict | None:
+    """The labels imported after the run (``labels.parquet``): their figures over the
+    labelled samples in rank order, and their charts; None before any import."""
+    imported = reportdata.read_imported_labels(details)
+    if imported is None:
+        return None
+    names = reportdata.class_names(details)
+    source = reportdata.label_sources(details, imported, names)[0]  # imported come first
+    labelled = record.get("labelled") if isinstance(record.get("labelled"), dict) else {}
+    charts_of = {"fault_curve": None, "class_accuracy": None}
+    if source.curve:
+        rows = reportdata.fault_curve_rows(source.curve)
+        charts_of["fault_curve"] = _svg(charts.fault_curve(rows))
+    if source.per_class:
+        charts_of["class_accuracy"] = _svg(charts.per_class_accuracy(source.per_class))
+    return {
+        "figures": source.figures,
+        "file": labelled.get("file"),
+        "imported_at": labelled.get("imported_at"),
+        "charts": charts_of,
+    }
+
+
+def refresh_report_html(layout: RunLayout) -> str | None:
+    """Render ``report.html`` again, with the labels imported since (``testprio labels
+    import``, ``labels pull``, the app's upload); None where the run has no report yet."""
+    if not storage.exists(layout.report_html):
+        return None
+    details = reportdata.load_run(layout)
+    if details.summary is None or not isinstance(details.record, dict):
+        return None
+    try:
+        figures = storage.read_json(layout.report_json)
+    except (TestprioError, ValueError):
+        figures = report_figures(details)
+    details.report = figures
+    top_k = int((details.record.get("parameters") or {}).get("top_k") or 10)
+    labelling = (
+        label_export.plan_export(layout, ranks=label_export.RankRange(1, top_k), download=False)
+        if top_k
+        else None
+    )
+    html = render_html(details, figures, details.record, top_k=top_k, labelling=labelling)
+    storage.write_bytes(layout.report_html, html.encode())
+    log.info("report: %s rendered again with the imported labels", layout.report_html)
+    return layout.report_html
+
+
 def _gallery_rows(items: list[dict]) -> list[dict]:
     return [
         {
@@ -293,6 +341,7 @@ def render_html(
             ("APFD normalized", _fmt(figures["metrics"].get("apfd_normalized"))),
         ]
     samples = reportdata.random_samples(details, RANDOM_SAMPLES)
+    imported = _imported_context(details, record)
     context = {
         "run": row,
         "record": record,
@@ -314,6 +363,7 @@ def render_html(
         "bottom": _gallery_rows(reportdata.gallery(details, "bottom", top_k)),
         "top_k": top_k,
         "labels": labels,
+        "imported": imported,
         "labelling": _labelling_context(labelling),
         "compared": reportdata.prioritizer_apfd_rows(summary),
         "attribution": reportdata.ranking_attribution_view(summary),
