@@ -245,6 +245,15 @@ def _imported_context(details: reportdata.RunDetails, record: dict) -> dict | No
     }
 
 
+def _labelling_plan(layout: RunLayout, top_k: int) -> label_export.LabelExport | None:
+    """The top ``top_k`` as the report's labelling section offers them. The report does not
+    fetch an archived or downloaded pool again: images of such pools are rendered from the
+    tensors (``testprio labels export`` copies them)."""
+    if not top_k:
+        return None
+    return label_export.plan_export(layout, ranks=label_export.RankRange(1, top_k), download=False)
+
+
 def refresh_report_html(layout: RunLayout) -> str | None:
     """Render ``report.html`` again, with the labels imported since (``testprio labels
     import``, ``labels pull``, the app's upload); None where the run has no report yet."""
@@ -259,11 +268,7 @@ def refresh_report_html(layout: RunLayout) -> str | None:
         figures = report_figures(details)
     details.report = figures
     top_k = int((details.record.get("parameters") or {}).get("top_k") or 10)
-    labelling = (
-        label_export.plan_export(layout, ranks=label_export.RankRange(1, top_k), download=False)
-        if top_k
-        else None
-    )
+    labelling = _labelling_plan(layout, top_k)
     html = render_html(details, figures, details.record, top_k=top_k, labelling=labelling)
     storage.write_bytes(layout.report_html, html.encode())
     log.info("report: %s rendered again with the imported labels", layout.report_html)
@@ -496,13 +501,7 @@ def build_report(layout: RunLayout, *, top_k: int = 10) -> ReportResult:
     storage.write_json(layout.report_json, figures)
     # The record as the run will end (status succeeded, every stage before this one).
     record = finished_record(layout)
-    # The report stage does not fetch an archived or downloaded pool again: images of
-    # such pools are rendered from the tensors (``testprio labels export`` copies them).
-    labelling = (
-        label_export.plan_export(layout, ranks=label_export.RankRange(1, top_k), download=False)
-        if top_k
-        else None
-    )
+    labelling = _labelling_plan(layout, top_k)
     html = render_html(details, figures, record, top_k=top_k, labelling=labelling)
     storage.write_bytes(layout.report_html, html.encode())
     markdown = render_markdown(details, figures["metrics"], top_k=top_k)
