@@ -18,7 +18,7 @@ summed), and a ``GROUP BY`` of its values its spread. CAM prioritizers stay in m
 Scratch: a ``testprio-rank-*`` folder in the local temp directory (``TMPDIR``), removed when
 the stage ends, on success or failure. A process that is killed (out of memory, say) cannot
 remove its own: the next rank on the same host removes every scratch folder whose process
-has gone (a cluster pod's ephemeral storage goes with the pod anyway). About 75 bytes per
+has gone (a cluster pod's ephemeral storage goes with the pod anyway). About 80 bytes per
 sample at its peak.
 """
 
