@@ -29,6 +29,12 @@ APFD_COLUMNS = {
     "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
     "apfd_normalized": st.column_config.NumberColumn("APFD normalized", format="%.4f"),
 }
+# A table of ``reportdata.label_figure_rows`` (Compare, Labels).
+LABEL_FIGURE_COLUMNS = {
+    "samples": st.column_config.NumberColumn("labelled samples", format="localized"),
+    "accuracy": st.column_config.NumberColumn(format="%.4f"),
+    **APFD_COLUMNS,
+}
 
 
 def show_errors_of(page, *args) -> None:

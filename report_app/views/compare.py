@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from report_app.cached import comparison_of, details_of, label_sources_of
-from report_app.widgets import APFD_TEXT, chart, esc, pick_run, show_error
+from report_app.widgets import APFD_TEXT, LABEL_FIGURE_COLUMNS, chart, esc, pick_run, show_error
 from testprio.report import charts
 from testprio.report import data as reportdata
 
@@ -56,12 +56,7 @@ def compare_page(root: str, rows: list[dict]) -> None:
         st.dataframe(
             figures,
             hide_index=True,
-            column_config={
-                "samples": st.column_config.NumberColumn("labelled samples", format="localized"),
-                "accuracy": st.column_config.NumberColumn(format="%.4f"),
-                "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
-                "apfd_normalized": st.column_config.NumberColumn("APFD normalized", format="%.4f"),
-            },
+            column_config=LABEL_FIGURE_COLUMNS,
             placeholder="",
         )
     curves = reportdata.fault_curves_by_run(sources)

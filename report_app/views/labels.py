@@ -9,7 +9,7 @@ import streamlit as st
 from report_app.cached import details_of, forget_labels, label_sources_of
 from report_app.views.labelling import labelling_section
 from report_app.views.run import ACCURACY
-from report_app.widgets import open_run, pick_run, table_height
+from report_app.widgets import LABEL_FIGURE_COLUMNS, open_run, pick_run, table_height
 from testprio import storage
 from testprio.report import data as reportdata
 
@@ -51,12 +51,7 @@ def sources_section(root: str, details: reportdata.RunDetails) -> None:
         hide_index=True,
         height=table_height(len(rows)),
         column_order=["labels", "samples", "accuracy", "misclassified", "apfd", "apfd_normalized"],
-        column_config={
-            "samples": st.column_config.NumberColumn("labelled samples", format="localized"),
-            "accuracy": st.column_config.NumberColumn(format="%.4f"),
-            "apfd": st.column_config.NumberColumn("APFD", format="%.4f"),
-            "apfd_normalized": st.column_config.NumberColumn("APFD normalized", format="%.4f"),
-        },
+        column_config=LABEL_FIGURE_COLUMNS,
         placeholder="",
     )
     st.button(
