@@ -16,6 +16,9 @@ from typing import Any
 # the end (``.``, ``,``, ``)``...) belongs to the sentence around the URL, not to it.
 _URL = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]*")
 _TRAILING = ".,;:!?)]}"
+# A URL that opens a quoted value ('...' or "...", as KFP's argument lines and JSON quote
+# them) runs to the closing quote: a literal space in its query belongs to it.
+_QUOTED_URL = re.compile(r"""(['"])([A-Za-z][A-Za-z0-9+.-]*://[^'"\n]*)\1""")
 # gs:// object names may hold '?' and '#': they are part of the name there, not a query.
 _NAME_SCHEMES = frozenset({"gs"})
 
@@ -55,11 +58,20 @@ def _redact_match(match: re.Match) -> str:
     return redact_url(stripped) + text[len(stripped) :]
 
 
+def _redact_quoted(match: re.Match) -> str:
+    quote = match.group(1)
+    return quote + redact_url(match.group(2)) + quote
+
+
 def redact_text(text: str) -> str:
-    """``text`` with every URL-like part (``scheme://...``) shown as ``redact_url`` shows it."""
+    """``text`` with every URL-like part (``scheme://...``) shown as ``redact_url`` shows it.
+
+    A URL ends at a space, a quote or an angle bracket, except where it opens a quoted
+    value: there it runs to the closing quote (a query with a literal space, quoted by KFP's
+    argument lines or JSON, goes whole)."""
     if "://" not in text:
         return text
-    return _URL.sub(_redact_match, text)
+    return _URL.sub(_redact_match, _QUOTED_URL.sub(_redact_quoted, text))
 
 
 def redact_value(value: Any) -> Any:

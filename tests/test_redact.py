@@ -51,6 +51,13 @@ def test_redact_url_of_every_scheme(uri, shown):
             "args: {'data': 'https://h/p.npy', 'n': 1}",
         ),
         ('"model": "s3://AKIA:SECRET@b/m.onnx"', '"model": "s3://b/m.onnx"'),
+        # A quoted value is one URL, a literal space in its query too.
+        (
+            "args: {'data': 'https://h/p.npy?sig=SEC RET&token=MORE', 'n': 1}",
+            "args: {'data': 'https://h/p.npy', 'n': 1}",
+        ),
+        ('{"data": "https://h/p.npy?a=1 b=SECRET"}', '{"data": "https://h/p.npy"}'),
+        ("'gs://b/my pool/x.npy' stays", "'gs://b/my pool/x.npy' stays"),
         ("two: http://a/x?SECRET and file:///y#FRAG.", "two: http://a/x and file:///y."),
         ("no URL here: /data/pool.npy, gs://b/p.npy", "no URL here: /data/pool.npy, gs://b/p.npy"),
     ],
