@@ -16,20 +16,14 @@ summed), and a ``GROUP BY`` of its values its spread. CAM prioritizers stay in m
 (``rank_memory.cam_figures``).
 
 Scratch: a ``testprio-rank-*`` folder in the local temp directory (``TMPDIR``), removed when
-the stage ends, on success or failure. A process that is killed (out of memory, say) cannot
-remove its own: the next rank on the same host removes every scratch folder whose process
-has gone (a cluster pod's ephemeral storage goes with the pod anyway). About 80 bytes per
-sample at its peak.
+the stage ends, on success or failure; one a killed rank left is removed by the next stage
+that makes a scratch folder on the host (``testprio.scratch``; a cluster pod's ephemeral
+storage goes with the pod anyway). About 80 bytes per sample at its peak.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
-import shutil
-import socket
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -38,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from testprio import prioritizers, ranking_file, storage
+from testprio import prioritizers, ranking_file, scratch, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
 from testprio.log import get_logger
@@ -78,51 +72,6 @@ def _resident_mb() -> float:
 def duckdb_memory_mb(memory_mb: int) -> int:
     """DuckDB's memory limit within ``memory_mb`` for the whole process (MiB)."""
     return max(DUCKDB_MINIMUM_MB, int(memory_mb - _resident_mb() - WORKING_MB))
-
-
-SCRATCH_PREFIX = "testprio-rank-"
-# In each scratch folder: "HOST PID" of the process that made it.
-OWNER_FILE = "owner"
-
-
-def _owner_alive(folder: str) -> bool:
-    """False only when the folder's owner ran on this host and is gone (True when unsure)."""
-    try:
-        with open(os.path.join(folder, OWNER_FILE)) as handle:
-            host, pid = handle.read().split()
-        if host != socket.gethostname():
-            return True
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, ValueError):  # no owner file yet, or unreadable: leave it
-        return True
-    return True
-
-
-def remove_stale_scratch() -> list[str]:
-    """Remove the scratch folders of killed ranks on this host; return them."""
-    removed = []
-    for folder in glob.glob(os.path.join(tempfile.gettempdir(), SCRATCH_PREFIX + "*")):
-        if os.path.isdir(folder) and not _owner_alive(folder):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    if removed:
-        log.info("rank: removed %s scratch folder(s) of killed ranks", len(removed))
-    return removed
-
-
-@contextlib.contextmanager
-def scratch_folder() -> Iterator[str]:
-    """A ``testprio-rank-*`` folder in the local temp directory, removed on the way out."""
-    remove_stale_scratch()
-    folder = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
-    try:
-        with open(os.path.join(folder, OWNER_FILE), "w") as handle:
-            handle.write(f"{socket.gethostname()} {os.getpid()}\n")
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _connect(memory_mb: int, folder: str):
@@ -398,7 +347,7 @@ def rank_bounded(
     # The scratch file holds the columns sorted again (the others) or grouped (an int chosen).
     others = [c for c in compared_columns if c != chosen.column or not float_chosen]
     schema = ranking_schema(shard_schema, names)
-    with scratch_folder() as folder:
+    with scratch.folder("rank") as folder:
         feed = _Pass(
             score_uris,
             chosen.column,

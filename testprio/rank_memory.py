@@ -16,13 +16,12 @@ and the summary's columns are permuted one at a time.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from testprio import prioritizers, ranking_file, storage
+from testprio import prioritizers, ranking_file, scratch, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
 from testprio.metrics import METRICS
@@ -203,7 +202,7 @@ def cam_rows(
     from testprio import coverage
 
     n_cells, width, written = None, 0, 0
-    with tempfile.TemporaryDirectory(prefix="testprio-cam-") as folder:
+    with scratch.folder("cam") as folder:
         path = os.path.join(folder, f"{column}.bits")
         with open(path, "wb") as out:
             for uri in score_uris:

@@ -22,7 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from testprio import scratch
 from testprio.errors import TestprioError
 from testprio.log import get_logger
 from testprio.metrics import softmax
@@ -357,7 +357,7 @@ def _retrain_in_child(
     """Run ``python -m testprio.retrain_worker REQUEST.json`` for all ``jobs`` at once (one
     framework import, one model load); its stdout lines ``done N/M`` report progress."""
     output_names = [output.name for output in onnx.load(source.onnx_path).graph.output]
-    with tempfile.TemporaryDirectory(prefix="testprio-retrain-") as work:
+    with scratch.folder("retrain") as work:
         arrays = os.path.join(work, "data.npz")
         np.savez(arrays, **{name: getattr(data, name) for name in RetrainData.__dataclass_fields__})
         request = {

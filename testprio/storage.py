@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from testprio import scratch
 from testprio.errors import TestprioError
 
 GCS_SCHEME = "gs://"
@@ -509,7 +510,7 @@ def open_read(uri: str) -> Iterator[BinaryIO]:
 @contextlib.contextmanager
 def local_copy(uri: str) -> Iterator[str]:
     """A local path holding the object's bytes (the file itself when it is local)."""
-    with tempfile.TemporaryDirectory(prefix="testprio-fetch-") as folder:
+    with scratch.folder("fetch") as folder:
         yield backend_for(uri).local_copy(uri, folder)
 
 
@@ -541,7 +542,7 @@ def local_folder(base: str, names: list[str]) -> Iterator[str]:
     if isinstance(backend, LocalBackend):
         yield base
         return
-    with tempfile.TemporaryDirectory(prefix="testprio-fetch-") as folder:
+    with scratch.folder("fetch") as folder:
         targets = []
         for name in names:
             parts = object_parts(name)

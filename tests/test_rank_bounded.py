@@ -8,8 +8,7 @@ made to spill with a tiny memory limit, must write the same ``ranking.parquet`` 
 
 import json
 import os
-import subprocess
-import sys
+import tempfile
 
 import numpy as np
 import pyarrow as pa
@@ -61,7 +60,7 @@ def spill(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(rank_bounded, "duckdb_memory_mb", lambda memory_mb: 16)
     monkeypatch.setattr(rank_bounded, "MAX_THREADS", 1)
-    monkeypatch.setattr(rank_bounded.tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     os.makedirs(tmp_path / "tmp")
     stream = rank_bounded._summary_stream
 
@@ -132,42 +131,19 @@ def test_scratch_is_removed_and_nothing_published_when_a_shard_breaks(tmp_path, 
     assert not storage.exists(layout.ranking) and not storage.exists(layout.summary)
 
 
-def _holding_scratch(tmp: str) -> subprocess.Popen:
-    """A process that makes a rank scratch folder in ``tmp`` and waits there."""
-    code = (
-        "import sys, tempfile; from testprio import rank_bounded; "
-        f"tempfile.tempdir = {tmp!r}; "
-        "context = rank_bounded.scratch_folder(); print(context.__enter__(), flush=True); "
-        "sys.stdin.read()"
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-
-
 def test_the_next_rank_removes_the_scratch_of_a_killed_one(tmp_path, spill):
-    tmp = str(tmp_path / "tmp")
-    killed, alive = _holding_scratch(tmp), _holding_scratch(tmp)
-    try:
-        killed_folder = killed.stdout.readline().strip()
-        alive_folder = alive.stdout.readline().strip()
-        killed.kill()  # SIGKILL: no finally block runs
-        killed.wait()
-        elsewhere = os.path.join(tmp, "testprio-rank-elsewhere")
-        os.makedirs(elsewhere)  # a folder of a process on another host sharing the folder
-        with open(os.path.join(elsewhere, rank_bounded.OWNER_FILE), "w") as handle:
-            handle.write(f"another-host {killed.pid}\n")
-        assert os.path.isdir(killed_folder)
+    from tests.test_scratch import holding_scratch
 
-        probs, labels = _pool(20_000)
-        layout, uris = _scores_run(tmp_path / "runs", "after", probs, labels, [10_000])
-        rank.rank(layout, uris, metric="gini", memory_mb=256)
-        assert sorted(os.listdir(tmp)) == sorted(
-            [os.path.basename(alive_folder), "testprio-rank-elsewhere"]
-        )
-    finally:
-        alive.kill()
-        alive.wait()
+    tmp = str(tmp_path / "tmp")
+    killed = holding_scratch(tmp, "rank")
+    folder = killed.stdout.readline().strip()
+    killed.kill()  # SIGKILL: no finally block runs
+    killed.wait()
+    assert os.path.isdir(folder)
+    probs, labels = _pool(20_000)
+    layout, uris = _scores_run(tmp_path / "runs", "after", probs, labels, [10_000])
+    rank.rank(layout, uris, metric="gini", memory_mb=256)
+    assert os.listdir(tmp) == []  # the killed rank's scratch, owner file and all, is gone
 
 
 def test_running_out_of_memory_is_one_sentence_and_leaves_no_scratch(tmp_path, spill, monkeypatch):

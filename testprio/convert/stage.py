@@ -29,14 +29,13 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
-from testprio import storage
+from testprio import scratch, storage
 from testprio.convert.checks import failed_checks, max_difference, run_model_checks
 from testprio.convert.worker import SAVE_LINES
 from testprio.errors import TestprioError
@@ -552,7 +551,7 @@ def _convert_in_child(
 ) -> tuple[dict, list[np.ndarray] | None]:
     """Run ``python -m testprio.convert.worker`` for one conversion; return its facts and the
     source model's outputs on ``samples`` (None when the source model failed to run)."""
-    with tempfile.TemporaryDirectory(prefix="testprio-convert-") as work:
+    with scratch.folder("convert") as work:
         request = {
             "module": converter.module,
             "format": detected.format.name,

@@ -10,12 +10,11 @@ order, dropout); for a seeded one (``random``) it also draws the selection.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from testprio import retrain, storage
+from testprio import retrain, scratch, storage
 from testprio.evaluation.datasets import Labeled
 from testprio.evaluation.fault_detection import budget_size
 from testprio.evaluation.statistics import INTERVAL, accuracy_summary, retrain_summary
@@ -87,7 +86,7 @@ def retrain_orders(
 
     with (
         storage.local_folder(detected.base, list(detected.files)) as folder,
-        tempfile.TemporaryDirectory(prefix="testprio-evaluate-") as work,
+        scratch.folder("evaluate") as work,
     ):
         path = f"{folder}/{detected.graph}" if detected.graph else folder
         source = retrain.SourceModel(

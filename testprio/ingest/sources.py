@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from testprio import scratch as scratch_folders
 from testprio import storage
 from testprio.errors import TestprioError
 from testprio.ingest.archives import (
@@ -178,8 +177,8 @@ def resolve(
     with contextlib.ExitStack() as cleanup:
 
         def scratch() -> str:
-            folder = tempfile.mkdtemp(prefix="testprio-data-")
-            cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
+            folder = scratch_folders.make("data")
+            cleanup.callback(scratch_folders.remove, folder)
             return folder
 
         fetch = _FETCHERS[_scheme(data_uri)]
