@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 from testprio.redact import redact_text
 
@@ -12,6 +13,26 @@ LOGGER_NAME = "testprio"
 
 def get_logger(name: str | None = None) -> logging.Logger:
     return logging.getLogger(LOGGER_NAME if name is None else f"{LOGGER_NAME}.{name}")
+
+
+# Long work logs how far it got at most this often (and once at the end).
+PROGRESS_SECONDS = 5.0
+
+
+class Progress:
+    """Logs ``{prefix} done/total {unit}`` on ``logger`` at most every ``PROGRESS_SECONDS``,
+    and when told it is the last update."""
+
+    def __init__(self, logger: logging.Logger, prefix: str, unit: str, total: int | None):
+        self.logger, self.prefix, self.unit, self.total = logger, prefix, unit, total
+        self.last = time.monotonic()
+
+    def update(self, done: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if final or now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            total = f"/{self.total:,}" if self.total is not None else ""
+            self.logger.info("%s %s%s %s", self.prefix, f"{done:,}", total, self.unit)
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from testprio import prioritizers, ranking_file, scratch, storage
 from testprio.errors import TestprioError
 from testprio.layout import RunLayout
-from testprio.log import get_logger
+from testprio.log import Progress, get_logger
 from testprio.metrics import METRICS
 from testprio.rank_memory import _sortable_descending, cam_figures
 from testprio.ranking_file import UNKNOWN_LABEL, RankingWriter, ranking_schema
@@ -111,6 +111,7 @@ class _Pass:
     others: list[str]  # the other prioritizers' columns, for the scratch file
     shard_schema: pa.Schema
     others_path: str
+    progress: Progress
     rows: int = 0
     finite: int = 0
     low: float = np.inf
@@ -149,9 +150,11 @@ class _Pass:
                             batch_size=READ_BATCH, columns=wanted, use_threads=False
                         ):
                             yield self._sort_batch(batch)
+                            self.progress.update(self.rows)
         except Exception as exc:  # DuckDB reports it as its own error: keep ours
             self.error = exc
             raise
+        self.progress.update(self.rows, final=True)
         self.done = True
 
     def _sort_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -355,6 +358,7 @@ def rank_bounded(
             others,
             shard_schema,
             os.path.join(folder, "others.parquet"),
+            Progress(log, "rank: read and sorted", "scores", samples),
         )
         con = _connect(memory_mb, folder)
         try:
@@ -363,6 +367,7 @@ def rank_bounded(
                 f"SELECT * EXCLUDE ({SORT_KEY}) FROM scores ORDER BY {SORT_KEY}, sample_id"
             ).to_arrow_reader(ranking_file.RANKING_ROW_GROUP)
             stream = spread = None
+            written, done = Progress(log, "rank: wrote", "ranked rows", samples), 0
             with RankingWriter(layout.ranking, schema, top_k) as writer:
                 for batch, columns in _ranking_batches(result, schema, names):
                     if stream is None:  # the sort has read every shard by its first row
@@ -372,6 +377,8 @@ def rank_bounded(
                     if float_chosen:
                         spread.add(columns[chosen.column])
                     writer.write(batch)
+                    done += batch.num_rows
+                    written.update(done, final=done == samples)
             if stream is None:  # no rows at all
                 stream = _summary_stream(feed, chosen.column, num_classes)
                 spread = _Spread()
@@ -386,7 +393,13 @@ def rank_bounded(
             if summary["labels"] is None:
                 return summary, None
             figures = {}
-            for column in compared_columns:
+            for number, column in enumerate(compared_columns, 1):
+                log.info(
+                    "rank: APFD and spread of %s (%d/%d prioritizer columns)",
+                    column,
+                    number,
+                    len(compared_columns),
+                )
                 kind = shard_schema.field(column).type
                 if column == chosen.column:
                     figure = {"apfd": summary["labels"]["apfd"]}

@@ -6,8 +6,10 @@ made to spill with a tiny memory limit, must write the same ``ranking.parquet`` 
 ``summary.json`` byte for byte, on uneven shards with ties, -0.0 scores and unknown labels.
 """
 
+import io
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -144,6 +146,24 @@ def test_the_next_rank_removes_the_scratch_of_a_killed_one(tmp_path, spill):
     layout, uris = _scores_run(tmp_path / "runs", "after", probs, labels, [10_000])
     rank.rank(layout, uris, metric="gini", memory_mb=256)
     assert os.listdir(tmp) == []  # the killed rank's scratch, owner file and all, is gone
+
+
+def test_a_long_rank_logs_its_progress(tmp_path, spill, monkeypatch):
+    from testprio import log
+
+    log.configure()
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    monkeypatch.setattr(log, "PROGRESS_SECONDS", 0.0)  # every batch
+    probs, labels = _pool(150_000)
+    layout, uris = _scores_run(tmp_path / "runs", "long", probs, labels, [70_000])
+    rank.rank(layout, uris, metric="gini", memory_mb=256)
+    lines = out.getvalue().splitlines()
+    read = [line for line in lines if "rank: read and sorted" in line]
+    wrote = [line for line in lines if "rank: wrote" in line]
+    assert len(read) >= 3 and read[-1].endswith("rank: read and sorted 150,000/150,000 scores")
+    assert len(wrote) >= 3 and wrote[-1].endswith("rank: wrote 150,000/150,000 ranked rows")
+    assert any("rank: APFD and spread of entropy" in line for line in lines)
 
 
 def test_running_out_of_memory_is_one_sentence_and_leaves_no_scratch(tmp_path, spill, monkeypatch):

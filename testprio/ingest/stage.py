@@ -24,7 +24,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -47,13 +46,12 @@ from testprio.ingest.shards import (
     shard_schema,
 )
 from testprio.layout import SHARD_NAME_PATTERN, RunLayout, record_in_run, shard_name
-from testprio.log import get_logger
+from testprio.log import Progress, get_logger
 
 log = get_logger("ingest")
 
 # A chunk holds at most this many bytes of raw or preprocessed samples (large images).
 CHUNK_BYTES = 64 * 2**20
-PROGRESS_SECONDS = 5.0
 # An image folder this large is decoded in worker processes (starting them takes about a
 # second); a smaller one in threads.
 PROCESS_DECODING_MIN_FILES = 2000
@@ -380,18 +378,9 @@ def _to_labels(y: np.ndarray | None, n: int, name: str) -> pa.Array:
 LABEL_MAX = int(np.iinfo(np.int32).max)
 
 
-class _Progress:
-    """Logs ``what: done/total samples`` at most every PROGRESS_SECONDS, and at the end."""
-
-    def __init__(self, what: str, total: int | None):
-        self.what, self.total, self.last = what, total, time.monotonic()
-
-    def update(self, done: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if final or now - self.last >= PROGRESS_SECONDS:
-            self.last = now
-            total = f"/{self.total:,}" if self.total is not None else ""
-            log.info("ingest: %s %s%s samples", self.what, f"{done:,}", total)
+def _progress(what: str, total: int | None) -> Progress:
+    """Logs ``ingest: what done/total samples`` now and then."""
+    return Progress(log, f"ingest: {what}", "samples", total)
 
 
 @dataclass
@@ -438,11 +427,11 @@ def _fit(plan: _Plan, chain: preprocess.Preprocessor) -> None:
     while (index := chain.first_unfitted()) is not None:
         op = chain.ops[index]
         prefix = preprocess.Preprocessor(chain.ops[:index])
-        progress = _Progress(f"statistics for op {index + 1} ({op.name}):", plan.pool.count)
+        progress = _progress(f"statistics for op {index + 1} ({op.name}):", plan.pool.count)
         op.fit(_fit_batches(plan, prefix, progress))
 
 
-def _fit_batches(plan: _Plan, prefix: preprocess.Preprocessor, progress: _Progress):
+def _fit_batches(plan: _Plan, prefix: preprocess.Preprocessor, progress: Progress):
     """The good samples of the pool through ``prefix``, batch by batch, with progress."""
     done = 0
     for prepared in plan.prepared(prefix, hashing=False):
@@ -622,7 +611,7 @@ def _write_shards(layout: RunLayout, plan: _Plan, chain: preprocess.Preprocessor
     quarantine = quarantine_context.__enter__()
     kinds: Counter[str] = Counter()
     digests: list[tuple[np.ndarray, np.ndarray]] = []
-    progress = _Progress("read", pool.count)
+    progress = _progress("read", pool.count)
     samples = 0
     try:
         for prepared in plan.prepared(chain, hashing=True, shapes=shapes):
