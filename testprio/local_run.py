@@ -11,12 +11,11 @@ import io
 import re
 import signal
 import sys
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
 
-from testprio import containers, params, storage
+from testprio import containers, params, scratch, storage
 from testprio.errors import TestprioError
 from testprio.layout import (
     RunLayout,
@@ -238,7 +237,7 @@ def _run_in_kfp(
 
     progress = _ProgressFilter(sys.stderr, verbose=verbose)
     state: dict = {}
-    with tempfile.TemporaryDirectory(prefix="testprio-kfp-") as pipeline_root:
+    with scratch.folder("kfp") as pipeline_root:
         original_print = builtins.print
         try:
             # A notebook's parameters are checked by no command line: a bad one (inf, say)

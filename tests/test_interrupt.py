@@ -2,17 +2,19 @@
 is marked (or shown) as interrupted, no task process is left, and running the same command
 again resumes it to a ranking byte-identical to an uninterrupted run's."""
 
+import glob
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import psutil
 import pytest
 
-from testprio import cli, storage
+from testprio import cli, scratch, storage
 from testprio.layout import UNFINISHED, RunLayout, run_status
 from tests.conftest import linear_classifier, write_pool
 
@@ -94,6 +96,13 @@ def test_a_killed_run_shows_unfinished_and_resumes(inputs, reference, local_root
     layout = RunLayout.create(local_root, "killed")
     process = _start(_args(inputs, local_root, "killed"))
     children = _wait_for_scoring(process, layout)
+    # The CLI's scratch (KFP's pipeline root): a SIGKILL leaves it, the next scratch folder
+    # made on the host (the resumed run's, or a still running task's) removes it.
+    (left,) = [
+        owner[: -len(scratch.OWNER_SUFFIX)]
+        for owner in glob.glob(os.path.join(tempfile.gettempdir(), "testprio-kfp-*.owner"))
+        if open(owner).read().split()[-1] == str(process.pid)
+    ]
     process.kill()
     process.communicate(timeout=60)
     # Nothing could stop the task processes: they end at their next write to the dead pipe.
@@ -109,6 +118,7 @@ def test_a_killed_run_shows_unfinished_and_resumes(inputs, reference, local_root
     assert cli.main(args) == 0
     assert storage.read_json(layout.run_json)["status"] == "succeeded"
     assert storage.read_bytes(layout.ranking) == reference
+    assert not os.path.exists(left) and not os.path.exists(left + scratch.OWNER_SUFFIX)
 
 
 def test_a_gs_run_is_locked_too(inputs, gcs_emulator, capsys):
