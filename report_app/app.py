@@ -29,7 +29,7 @@ from report_app.views.evaluation import evaluation_page
 from report_app.views.labels import labels_page
 from report_app.views.run import run_page
 from report_app.views.runs import runs_page
-from report_app.widgets import apply_open_request, show_error, show_errors_of
+from report_app.widgets import apply_open_request, note_page_shown, show_error, show_errors_of
 from testprio import storage
 from testprio.errors import TestprioError
 
@@ -84,4 +84,5 @@ page_key = st.radio(
     label_visibility="collapsed",
 )
 st.query_params["page"] = page_key
+note_page_shown(page_key)
 show_errors_of(PAGES[page_key][1], ROOT, all_runs)

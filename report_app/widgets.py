@@ -122,6 +122,22 @@ def apply_open_request() -> None:
         open_page(request[0], **request[1])
 
 
+# The page the latest script run began to draw, and whether that run came from another page.
+SHOWN_PAGE_KEY = "shown-page"
+ARRIVED_KEY = "arrived"
+
+
+def note_page_shown(page: str) -> None:
+    """Record that this script run draws ``page``; app.py calls it before the page."""
+    st.session_state[ARRIVED_KEY] = st.session_state.get(SHOWN_PAGE_KEY) != page
+    st.session_state[SHOWN_PAGE_KEY] = page
+
+
+def arrived() -> bool:
+    """Whether this script run came to its page from another page (or is the first)."""
+    return st.session_state.get(ARRIVED_KEY, True)
+
+
 def table_height(rows: int, *, most: int = 12) -> int:
     """Pixels that show ``rows`` rows (at most ``most``) of an ``st.dataframe`` unscrolled."""
     return 38 + 35 * max(1, min(rows, most))

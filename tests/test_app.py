@@ -272,6 +272,20 @@ def test_clicking_a_run_in_the_table_opens_it(monkeypatch, local_runs):
     assert app.title[0].value == "testprio runs"
 
 
+def test_back_to_runs_before_the_run_page_finished_does_not_reopen_the_run(monkeypatch, local_runs):
+    app = open_app(monkeypatch, local_runs)
+    row = list(app.dataframe[0].value["run_id"]).index("rgb")
+    select_runs(app, cell=row)
+    assert app.title[0].value == "Run rgb"
+    # "Runs" clicked while the Run page is still drawn: the browser forgets the table's
+    # selection only when a script run finishes, so it sends the click on the run again.
+    app.session_state["runs-table"] = {"selection": {"rows": [], "cells": [[row, "run_id"]]}}
+    app.radio(key="page").set_value("runs").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.title[0].value == "testprio runs"
+    assert param(app, "page") == "runs"
+
+
 def test_ticking_two_runs_compares_them(monkeypatch, local_runs):
     app = open_app(monkeypatch, local_runs)
     ids = list(app.dataframe[0].value["run_id"])
@@ -339,6 +353,7 @@ def test_runs_table_pages_searches_and_sorts_past_50_runs(monkeypatch, tmp_path,
     st.cache_data.clear()  # the runs list is read again after 15 s; a new run shows now
     app.text_input(key="runs-search").input("digits").run()
     assert list(app.dataframe[0].value["run_id"]) == ["real"]
+    assert any(text.value.startswith("1 of 121 runs match “digits”.") for text in app.markdown)
     select_runs(app, cell=0)
     assert app.title[0].value == "Run real"
 

@@ -173,7 +173,8 @@ def search_runs(page, text: str) -> list[str]:
     box = page.get_by_role("textbox", name="Search runs")
     box.fill(text)
     box.press("Enter")
-    page.get_by_text(re.compile(r"^\d+ of \d+ runs")).wait_for(timeout=60_000)
+    # The count that names this search: the table under it shows its rows.
+    page.get_by_text(f"runs match “{text}”").wait_for(timeout=60_000)
     page.wait_for_timeout(1500)
     return page.eval_on_selector_all(
         '[data-testid^="glide-cell-1-"]', "cells => cells.map(cell => cell.textContent)"

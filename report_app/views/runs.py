@@ -6,7 +6,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from report_app.widgets import esc, open_page, request_open, show_error, table_height
+from report_app.widgets import (
+    arrived,
+    esc,
+    open_page,
+    request_open,
+    show_error,
+    table_height,
+)
 from testprio.report import data as reportdata
 
 TABLE_KEY = "runs-table"
@@ -101,13 +108,17 @@ def runs_page(root: str, rows: list[dict]) -> None:
         )
     view = reportdata.runs_page(rows, query=query, sort=order, page=page_number - 1)
     shown = f"{view.total} of {len(rows)} runs"
+    if query.strip():
+        shown += f" match “{esc(query.strip())}”"
     if view.pages > 1:
         first = view.page * reportdata.RUNS_PER_PAGE
         shown += f"; {first + 1}-{first + len(view.rows)} on this page"
     st.write(shown + ". Click a run to open it; tick two runs to compare them.")
     signature = (query, order, view.page)
-    if st.session_state.get(VIEW_KEY) != signature:
+    if st.session_state.get(VIEW_KEY) != signature or arrived():
         # Selections are row positions: the same position is another run after a change.
+        # Coming back from another page, the browser may still send the click that opened
+        # a run (it forgets a table's selection only when a script run finishes).
         st.session_state[VIEW_KEY] = signature
         st.session_state[TABLE_KEY] = NO_SELECTION
     event = st.dataframe(
