@@ -288,6 +288,25 @@ def pipeline_images(pipeline) -> list[str]:
 # --- the task handler ---------------------------------------------------------------------
 
 
+# podman can write a container's last log lines after it reports the exit (its log follow
+# ends early, and a read just after the exit misses them): read again until two reads agree.
+LOG_SETTLE_S = 0.25
+LOG_SETTLE_READS = 12
+
+
+def settled_logs(container, **options) -> bytes:
+    """The whole log of an exited ``container``, once it stops growing; ``options`` go to
+    ``container.logs`` (stdout and stderr both by default)."""
+    logs = container.logs(**options)
+    for _ in range(LOG_SETTLE_READS):
+        time.sleep(LOG_SETTLE_S)
+        again = container.logs(**options)
+        if again == logs:
+            break
+        logs = again
+    return logs
+
+
 def _task_handler_class(plan: ContainerPlan, client):
     from kfp.local import docker_task_handler, status
 
@@ -309,15 +328,18 @@ def _task_handler_class(plan: ContainerPlan, client):
                 self.image, self.full_command, detach=True, **arguments
             )
             try:
-                first = True
+                first, shown = True, 0
                 for chunk in container.logs(stream=True, follow=True):
                     if first:
                         seconds = time.monotonic() - started
                         plan.cold_starts.append((task, seconds))
                         log.info("task %s: first log line %.2f s after start", task, seconds)
                         first = False
+                    shown += len(chunk)
                     print(chunk.decode(errors="replace"), end="")
                 code = container.wait()["StatusCode"]
+                rest = settled_logs(container)[shown:]  # what the follow missed, if anything
+                print(rest.decode(errors="replace"), end="")
             finally:
                 with contextlib.suppress(docker.errors.DockerException):
                     container.remove(force=True)

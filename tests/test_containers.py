@@ -146,6 +146,20 @@ def test_pytorch_run_in_containers_equals_subprocess(engine, digits_model, tmp_p
     assert storage.read_json(boxed.summary)["prioritizer"] == "dsa"
 
 
+def run_to_exit(engine, image: str, command: list[str], **arguments) -> str:
+    """What ``command`` printed on its stdout in a container of ``image``, read once it
+    exited: podman can log a container's last lines after it reports the exit, as the task
+    runner knows."""
+    container = engine.containers.run(image, command, detach=True, **arguments)
+    try:
+        code = container.wait()["StatusCode"]
+        output = containers.settled_logs(container, stderr=False).decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    assert code == 0, output
+    return output
+
+
 def test_task_cannot_write_outside_its_mounts(engine, tmp_path):
     """A task runs as the non-root image user on a read-only root file system: it writes
     its run folder and /tmp, and nothing else, its read-only inputs included."""
@@ -177,9 +191,7 @@ def test_task_cannot_write_outside_its_mounts(engine, tmp_path):
             "touch /tmp/ok && echo WROTE tmp",
         ]
     )
-    output = engine.containers.run(
-        images.RUNTIME, ["sh", "-c", script], remove=True, **arguments
-    ).decode()
+    output = run_to_exit(engine, images.RUNTIME, ["sh", "-c", script], **arguments)
     uid, *lines = output.strip().split("\n")
     outcome = dict(reversed(line.split(" ", 1)) for line in lines)
     assert uid.strip() != "0", output
@@ -218,15 +230,15 @@ def test_gpu_image_lists_cuda_and_falls_back_to_cpu(engine, tmp_path):
         "print('used', s.get_providers())\n"
         "print('out', s.run(None, {'input': np.ones((2, 1, 8, 8), np.float32)})[0].shape)\n"
     )
-    output = engine.containers.run(
+    output = run_to_exit(
+        engine,
         images.RUNTIME_GPU,
         ["python3", "-c", script],
-        remove=True,
         volumes={str(model): {"bind": str(model), "mode": "ro"}},
         user=containers.container_user(),
         read_only=True,
         tmpfs={"/tmp": "rw"},
-    ).decode()
+    )
     assert "CUDAExecutionProvider" in output.split("available", 1)[1].split("\n")[0], output
     assert "used ['CPUExecutionProvider']" in output, output
     assert "out (2, 10)" in output, output

@@ -138,3 +138,23 @@ def test_an_input_the_task_user_cannot_read_is_named(tmp_path):
     with pytest.raises(TestprioError, match=rf"--train-data .*cannot read {folder};"):
         containers.check_readable({"train_data": str(folder)}, user)
     containers.check_readable({"data": str(pool)}, f"{os.getuid()}:{os.getgid()}")
+
+
+class LateLog:
+    """An exited container whose log gains its last lines a few reads late, as podman's can."""
+
+    def __init__(self, parts: list[bytes], late_reads: int):
+        self.parts, self.reads, self.late_reads = parts, 0, late_reads
+
+    def logs(self, **options) -> bytes:
+        self.reads += 1
+        return b"".join(self.parts[: 1 if self.reads <= self.late_reads else None])
+
+
+def test_the_log_of_an_exited_task_is_read_until_it_stops_growing(monkeypatch):
+    monkeypatch.setattr(containers, "LOG_SETTLE_S", 0.0)
+    container = LateLog([b"first\n", b"last\n"], late_reads=1)
+    assert containers.settled_logs(container) == b"first\nlast\n"
+    assert container.reads == 3  # a short read, then the whole log twice
+    whole = LateLog([b"all\n"], late_reads=0)
+    assert containers.settled_logs(whole) == b"all\n" and whole.reads == 2
