@@ -60,9 +60,7 @@ def remove_stale() -> list[str]:
     for owner in glob.glob(os.path.join(tempfile.gettempdir(), PREFIX + "*" + OWNER_SUFFIX)):
         if _owner_gone(owner):
             folder = owner[: -len(OWNER_SUFFIX)]
-            shutil.rmtree(folder, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(owner)
+            remove(folder)
             removed.append(folder)
     if removed:
         log.info("removed %s scratch folder(s) of killed testprio processes", len(removed))

@@ -43,6 +43,7 @@ class Backend(Protocol):
     def exists(self, uri: str) -> bool: ...
     def list_names(self, uri: str) -> list[str]: ...
     def list_folders(self, uri: str) -> list[str]: ...
+    def list_tree(self, uri: str) -> list[str]: ...
     def open_read(self, uri: str) -> BinaryIO: ...
     def staging_path(self, uri: str) -> str: ...
     def publish(self, staged: str, uri: str) -> None: ...
@@ -69,6 +70,12 @@ class LocalBackend:
         if not os.path.isdir(uri):
             return []
         return sorted(entry.name for entry in os.scandir(uri) if entry.is_dir())
+
+    def list_tree(self, uri: str) -> list[str]:
+        names = self.list_names(uri)
+        for folder in self.list_folders(uri):
+            names += [f"{folder}/{name}" for name in self.list_tree(join(uri, folder))]
+        return sorted(names)
 
     def open_read(self, uri: str) -> BinaryIO:
         try:
@@ -523,13 +530,7 @@ def list_tree(uri: str) -> list[str]:
     """Paths (``a/b.txt``) of every file under the folder ``uri``, at any depth, sorted (on
     GCS every object under the prefix ``uri/``, by its name after it: one listing, and a name
     with an empty part, ``a//b``, comes back as it is, for the caller to refuse)."""
-    backend = backend_for(uri)
-    if isinstance(backend, GcsBackend):
-        return backend.list_tree(uri)
-    names = list_names(uri)
-    for folder in list_folders(uri):
-        names += [f"{folder}/{name}" for name in list_tree(join(uri, folder))]
-    return sorted(names)
+    return backend_for(uri).list_tree(uri)
 
 
 @contextlib.contextmanager
