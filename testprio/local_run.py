@@ -261,7 +261,7 @@ def _run_in_kfp(
         except KeyboardInterrupt:
             name = signal.Signals(state["signum"]).name
             where = f" during {progress.stage}" if progress.stage else ""
-            _fail_unless_done(
+            status = _fail_unless_done(
                 layout,
                 progress.stage,
                 f"the run was interrupted by {name}{where}; run the same command again to "
@@ -269,9 +269,7 @@ def _run_in_kfp(
                 reason="interrupted",
             )
             raise RunInterrupted(
-                f"interrupted by {name}{where}: run {layout.uri} is marked failed "
-                "(interrupted); run the same command again to resume it.",
-                signum=state["signum"],
+                _interrupted_sentence(layout, name, where, status), signum=state["signum"]
             ) from None
         except RuntimeError:
             record = read_record(layout)
@@ -296,8 +294,32 @@ def _run_in_kfp(
             builtins.print = original_print
 
 
-def _fail_unless_done(layout: RunLayout, stage_name: str | None, error: str, **how) -> None:
-    """Mark the run failed unless its own tasks already ended it (succeeded or failed)."""
+def _fail_unless_done(layout: RunLayout, stage_name: str | None, error: str, **how) -> str:
+    """Mark the run failed unless its own tasks already ended it (succeeded or failed).
+
+    Returns ``"marked"`` when this marked it, else the status its tasks left.
+    """
     record = read_record(layout)
     if record.get("status") in (None, "running"):
         fail_run(layout, stage_name, error, **how)
+        return "marked"
+    return str(record["status"])
+
+
+def _interrupted_sentence(layout: RunLayout, name: str, where: str, status: str) -> str:
+    """What a stopped ``testprio run`` says: the run is marked interrupted, unless its last
+    task had already ended it (the signal came while the runner was finishing)."""
+    if status == "succeeded":
+        return (
+            f"interrupted by {name} after run {layout.uri} had finished: it succeeded, and "
+            "its results are complete."
+        )
+    if status == "failed":
+        return (
+            f"interrupted by {name} after run {layout.uri} had failed: `testprio runs` "
+            "shows why; run the same command again to resume it."
+        )
+    return (
+        f"interrupted by {name}{where}: run {layout.uri} is marked failed "
+        "(interrupted); run the same command again to resume it."
+    )

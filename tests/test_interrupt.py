@@ -2,6 +2,7 @@
 is marked (or shown) as interrupted, no task process is left, and running the same command
 again resumes it to a ranking byte-identical to an uninterrupted run's."""
 
+import contextlib
 import glob
 import os
 import signal
@@ -41,18 +42,31 @@ def _start(args: list[str]) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group: `_wait_for_scoring` pauses it whole
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
 
 
 def _wait_for_scoring(process: subprocess.Popen, layout: RunLayout) -> list[psutil.Process]:
-    """Wait until the first shard is scored; return the run's processes below the CLI."""
+    """Wait until the first shard is scored, then pause the run (SIGSTOP to its process
+    group) so that it cannot finish while the test looks at it; return the run's processes
+    below the CLI. `_signal_and_go_on` sends the test's signal and lets the run go on."""
     deadline = time.time() + 120
     while not storage.exists(layout.scores_shard(0)):
         assert process.poll() is None, process.communicate()
         assert time.time() < deadline, "the run did not reach the score stage"
-        time.sleep(0.1)
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGSTOP)
     return psutil.Process(process.pid).children(recursive=True)
+
+
+def _signal_and_go_on(process: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the paused CLI, then continue its process group. A paused process
+    keeps the signal pending, so the CLI handles it the moment it goes on: the rest of the
+    run (five shards, rank, report: seconds of work) cannot end before it."""
+    process.send_signal(sig)
+    with contextlib.suppress(ProcessLookupError):  # SIGKILL: its tasks may all be gone
+        os.killpg(process.pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +86,7 @@ def test_a_stopped_run_is_marked_interrupted_and_resumes(
     # While it runs, a second run of the same run id is refused.
     assert cli.main(_args(inputs, local_root, "stopped")) == 1
     assert "is being run by process" in capsys.readouterr().err
-    process.send_signal(sig)
+    _signal_and_go_on(process, sig)
     _, err = process.communicate(timeout=60)
 
     assert process.returncode == code
@@ -103,7 +117,7 @@ def test_a_killed_run_shows_unfinished_and_resumes(inputs, reference, local_root
         for owner in glob.glob(os.path.join(tempfile.gettempdir(), "testprio-kfp-*.owner"))
         if open(owner).read().split()[-1] == str(process.pid)
     ]
-    process.kill()
+    _signal_and_go_on(process, signal.SIGKILL)
     process.communicate(timeout=60)
     # Nothing could stop the task processes: they end at their next write to the dead pipe.
     for child in psutil.wait_procs(children, timeout=30)[1]:
@@ -132,3 +146,36 @@ def test_a_gs_run_is_locked_too(inputs, gcs_emulator, capsys):
         assert cli.main(_args(inputs, root, "locked")) == 1
     assert "is being run by process" in capsys.readouterr().err
     assert not storage.exists(layout.run_json)
+
+
+def test_a_signal_after_the_last_task_does_not_call_the_run_interrupted(inputs, local_root):
+    """The signal can come while the runner finishes a run its last task already ended: the
+    record stays as the tasks left it and the sentence says so."""
+    from testprio.layout import fail_run, finish_run, start_run
+    from testprio.local_run import _fail_unless_done, _interrupted_sentence
+
+    layout = RunLayout.create(local_root, "ended")
+    storage.ensure_root(local_root)
+    start_run(layout, {"model": "m.onnx"})
+    interrupt = ("report", "the run was interrupted by SIGINT.")
+    assert _fail_unless_done(layout, *interrupt, reason="interrupted") == "marked"
+    assert storage.read_json(layout.run_json)["reason"] == "interrupted"
+    assert "is marked failed (interrupted)" in _interrupted_sentence(
+        layout, "SIGINT", " during report", "marked"
+    )
+
+    start_run(layout, {"model": "m.onnx"})  # resumed
+    finish_run(layout)
+    assert _fail_unless_done(layout, *interrupt, reason="interrupted") == "succeeded"
+    record = storage.read_json(layout.run_json)
+    assert record["status"] == "succeeded" and "reason" not in record
+    sentence = _interrupted_sentence(layout, "SIGINT", " during report", "succeeded")
+    assert "it succeeded, and its results are complete" in sentence
+    assert "marked failed" not in sentence
+
+    other = RunLayout.create(local_root, "broke")
+    start_run(other, {"model": "m.onnx"})
+    fail_run(other, "rank", "rank failed.")
+    assert _fail_unless_done(other, *interrupt, reason="interrupted") == "failed"
+    assert storage.read_json(other.run_json)["error"] == "rank failed."
+    assert "had failed" in _interrupted_sentence(other, "SIGTERM", "", "failed")
